@@ -1,0 +1,102 @@
+"""Saved-tensor census: bytes that autograd keeps for backward, per token and per layer, measured on
+the real transformers/peft modules (CPU, bf16), then fitted exactly as integer coefficients of the
+layer's widths. The estimator's activation formulas (memplan/estimators/activations.py) state these
+coefficients; tests/test_census.py re-runs a small census and checks them.
+
+Run: python benchmarks/census.py   (about a minute on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+
+import torch
+
+
+def _saved_bytes(run) -> int:
+    """Bytes of distinct storages packed by autograd during run(), excluding parameters."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        params = run()
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    return sum(v for k, v in seen.items() if k not in param_ptrs)
+
+
+def llm_layer_bytes(mode: str, h: int, heads: int, head_dim: int, kv: int, ffn: int, rank: int,
+                    dropout: float, tokens: int, layers: int, upcast: bool = False) -> int:
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(hidden_size=h, intermediate_size=ffn, num_attention_heads=heads, head_dim=head_dim,
+                         num_key_value_heads=kv, num_hidden_layers=layers, vocab_size=64,
+                         attn_implementation="sdpa")
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    if mode == "lora":
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout,
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "gate_proj", "up_proj", "down_proj"]))
+    elif mode == "frozen":
+        model.requires_grad_(False)
+    if upcast:
+        for p in model.parameters():
+            p.data = p.data.float()
+    decoder = model.get_decoder()
+    x = torch.randn(1, tokens, h, dtype=torch.float32 if upcast else torch.bfloat16, requires_grad=True)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=upcast):
+            decoder(inputs_embeds=x)
+        return list(model.parameters())
+
+    return _saved_bytes(run)
+
+
+def fit(rows: list[tuple[list[float], float]], names: list[str]) -> dict[str, float]:
+    a = torch.tensor([r[0] for r in rows], dtype=torch.float64)
+    b = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+    solution = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
+    residual = (a @ solution - b).abs().max().item()
+    out = {n: round(v, 3) for n, v in zip(names, solution.tolist())}
+    out["max_residual_bytes"] = round(residual, 1)
+    return out
+
+
+LLM_SHAPES = [  # (h, heads, head_dim, kv, ffn, rank)
+    (128, 4, 32, 2, 384, 8), (192, 6, 32, 3, 512, 16), (256, 4, 64, 2, 768, 8), (256, 8, 16, 4, 640, 32),
+    (320, 5, 64, 1, 896, 16), (384, 12, 16, 6, 1024, 8), (448, 7, 48, 7, 1152, 24), (512, 8, 32, 2, 1280, 16),
+]
+
+
+def llm_census(mode: str, dropout: float = 0.0, upcast: bool = False) -> dict[str, float]:
+    """Per-token-per-layer coefficients on [h, q, kv, ffn, heads, rank] and per-token model constants."""
+    rows = []
+    for h, heads, head_dim, kv, ffn, rank in LLM_SHAPES:
+        q, kvd = heads * head_dim, kv * head_dim
+        per = {}
+        for layers in (1, 2):
+            t1 = llm_layer_bytes(mode, h, heads, head_dim, kv, ffn, rank, dropout, 32, layers, upcast)
+            t2 = llm_layer_bytes(mode, h, heads, head_dim, kv, ffn, rank, dropout, 64, layers, upcast)
+            per[layers] = (t2 - t1) / 32  # per token
+        per_layer = per[2] - per[1]
+        rows.append(([h, q, kvd, ffn, heads, rank if mode == "lora" else 0], per_layer))
+    names = ["h", "q", "kv", "ffn", "heads", "rank"]
+    return fit(rows, names)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    results = {}
+    for mode, dropout, upcast in [("frozen", 0.0, False), ("full", 0.0, False), ("lora", 0.0, False),
+                                  ("lora", 0.05, False), ("frozen", 0.0, True), ("lora", 0.05, True)]:
+        key = f"llm/{mode}/dropout={dropout}/upcast={upcast}"
+        results[key] = llm_census(mode, dropout, upcast)
+        print(key, results[key], flush=True)
+    json.dump(results, sys.stdout if len(sys.argv) < 2 else open(sys.argv[1], "w"), indent=1)

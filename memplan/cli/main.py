@@ -1,0 +1,102 @@
+"""memplan's command line: thin wrappers that parse, call a pure function and render."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from memplan.cli.options import console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+
+app = typer.Typer(
+    help="Peak-VRAM planner and feasibility checker for fine-tuning multimodal models (Sa2VA and kin).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+MODEL = typer.Option(None, "--model", "-m", help="Profile name (see `memplan profiles`) or path; default sa2va-4b.")
+PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
+
+
+@app.command()
+@user_errors
+def estimate(
+    model: Optional[str] = MODEL,
+    plan: Optional[str] = PLAN,
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
+    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
+    host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
+    res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
+    zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
+    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all (params too, ZeRO-3)."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", help="LLM sequence length in tokens (image tokens included)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
+    objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder."),
+    ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
+) -> None:
+    """Estimate the peak memory per GPU of one plan, and say whether it fits."""
+    from memplan.estimate import estimate as run_estimate
+    from memplan.loading import load_calibration
+    from memplan.report import render
+
+    the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+                          offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
+                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
+    profile = resolve_profile(model, the_plan)
+    check_lora_rank(profile, the_plan)
+    result = run_estimate(profile, the_plan, load_calibration(calibration))
+    if output_format is OutputFormat.json:
+        typer.echo(render.estimate_json(result))
+    elif output_format is OutputFormat.md:
+        typer.echo(render.estimate_markdown(result), nl=False)
+    else:
+        console().print(render.estimate_table(result))
+
+
+@app.command("profiles")
+@user_errors
+def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f")) -> None:
+    """List shipped profiles with their parameter counts per component."""
+    import json
+
+    from memplan.loading import load_profile, profile_names
+
+    rows = []
+    for name in profile_names():
+        profile = load_profile(name)
+        rows.append({"name": name, "total_params": profile.param_count(), "components": profile.component_params(),
+                     "description": profile.description})
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="memplan profiles (parameters)")
+    for column in ("name", "total", "llm", "vision", "projector", "sam2", "seg head"):
+        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
+    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=70)
+
+    def millions(count: int | None) -> str:
+        return f"{count / 1e6:,.1f}M" if count else ""
+
+    for row in rows:
+        c = row["components"]
+        sam2 = (c.get("sam2_encoder") or 0) + (c.get("sam2_decoder") or 0)
+        table.add_row(row["name"], millions(row["total_params"]), millions(c.get("llm")), millions(c.get("vision")),
+                      millions(c.get("projector")), millions(sam2), millions(c.get("seg_head")), row["description"])
+    console().print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

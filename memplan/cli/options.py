@@ -1,0 +1,146 @@
+"""Shared CLI plumbing: flags layered over a plan file, errors as one line with exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from typing import Any, Callable
+
+import typer
+
+from memplan.loading import InputError, load_profile, plan_document, plan_from_document
+from memplan.plan import Plan
+from memplan.profile import Profile
+
+DEFAULT_MODEL = "sa2va-4b"
+DEFAULT_PLAN = "sa2va-official"  # plans/sa2va-official.yaml: the official recipe
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    md = "md"
+
+
+class OffloadChoice(str, Enum):
+    none = "none"
+    optimizer = "optimizer"
+    all = "all"
+    nvme = "nvme"
+
+
+def console():
+    """A rich Console; when stdout is not a terminal, wide enough for the tables (>= 140 columns)."""
+    import shutil
+
+    from rich.console import Console
+
+    width = None if sys.stdout.isatty() else max(140, shutil.get_terminal_size((140, 24)).columns)
+    return Console(width=width)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2 (bad input)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn InputError (and a few OS errors) into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as error:
+            fail(str(error).replace("\n", " "))
+        except BrokenPipeError:
+            sys.exit(0)
+
+    return wrapper
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def plan_with_defaults(document: dict[str, Any]) -> dict[str, Any]:
+    """The recipe defaults, with each section of the document merged in. A component named in the
+    document replaces the recipe's entry for it whole (so `llm: {train: frozen}` means frozen)."""
+    base = Plan().model_dump(mode="python", exclude_none=True)
+    for key, value in document.items():
+        if key == "components" and isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
+    """A Plan from an optional plan file and CLI flags (None = not given). Flags win."""
+    document = plan_with_defaults(plan_document(plan_file or DEFAULT_PLAN))
+    overrides: dict[str, Any] = {}
+    mapping = {
+        "gpus": "hardware.num_gpus", "vram": "hardware.vram_gib", "host_ram": "hardware.host_ram_gib",
+        "gpu": "hardware.gpu", "res": "inputs.sam2_resolution", "tiles": "inputs.tiles",
+        "text_len": "inputs.text_tokens", "micro_batch": "inputs.micro_batch", "objects": "inputs.objects",
+        "frames": "inputs.frames", "zero": "engine.zero_stage", "engine": "engine.kind",
+        "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
+        "precision": "precision.compute",
+    }
+    for flag, path in mapping.items():
+        value = flags.get(flag)
+        if value is not None:
+            _set(overrides, path, value.value if isinstance(value, Enum) else value)
+    if flags.get("zero") is not None and flags.get("engine") is None:
+        _set(overrides, "engine.kind", "deepspeed")
+    offload = flags.get("offload")
+    if offload is not None:
+        offload = offload.value if isinstance(offload, Enum) else offload
+        device = "nvme" if offload == "nvme" else "cpu"
+        _set(overrides, "engine.offload_optimizer", "none" if offload == "none" else device)
+        _set(overrides, "engine.offload_params", device if offload in ("all", "nvme") else "none")
+        if offload in ("all", "nvme") and flags.get("zero") is None:
+            _set(overrides, "engine.zero_stage", 3)
+    if flags.get("lora_rank") is not None:
+        llm = document["components"]["llm"]
+        if llm.get("train") != "lora":
+            raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
+        _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
+    merged = _deep_merge(document, overrides)
+    return plan_from_document(merged, plan_file or DEFAULT_PLAN)
+
+
+def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
+    """--model wins, then the plan's own model, then the documented default (sa2va-4b)."""
+    return load_profile(name or (plan.model if plan else None) or DEFAULT_MODEL)
+
+
+def check_lora_rank(profile: Profile, plan: Plan) -> None:
+    """LoRA rank above a wrapped layer's narrowest width is rejected (the update could not be low-rank)."""
+    llm_plan = plan.components.llm
+    if profile.llm is None or llm_plan.train != "lora" or llm_plan.lora is None:
+        return
+    narrowest = min(min(d_in, d_out) for _, d_in, d_out in profile.llm.linear_shapes())
+    if llm_plan.lora.rank > narrowest:
+        raise InputError(
+            f"components.llm.lora.rank={llm_plan.lora.rank}: above the narrowest wrapped layer width "
+            f"({narrowest}) of {profile.name}"
+        )

@@ -1,0 +1,116 @@
+"""DeepSpeed JSON configs and launch lines built from a memplan ``Plan`` (pure Python, no torch).
+
+The keys follow DeepSpeed 0.19's config reference (deepspeed/runtime/config.py,
+deepspeed/runtime/zero/config.py, deepspeed/runtime/zero/offload_config.py). The optimizer follows
+the Sa2VA recipe (AdamW lr 4e-5, weight decay 0.05, gradient clipping 1.0):
+
+- ``adamw``: ``torch_adam: true`` makes DeepSpeed build ``torch.optim.AdamW`` (``foreach`` passed on);
+- ``fused_adam``: DeepSpeed's FusedAdam (a JIT-built CUDA op);
+- ``cpu_adam`` or any optimizer offload: DeepSpeedCPUAdam (DeepSpeed picks it for type AdamW when
+  ``offload_optimizer`` is set and ``torch_adam`` is off);
+- ``sgd``: ``torch.optim.SGD`` (``zero_allow_untested_optimizer`` set, since ZeRO only vouches for Adam);
+- ``adam8bit``: no optimizer section; the probe passes a bitsandbytes optimizer object instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from memplan.plan import Plan
+
+LEARNING_RATE = 4e-5  # Sa2VA configs (projects/sa2va/configs/*.py: lr = 4e-5)
+WEIGHT_DECAY = 0.05
+GRADIENT_CLIPPING = 1.0
+BETAS = (0.9, 0.999)
+EPSILON = 1e-8
+NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def _offload(device: str, *, with_buffers: bool = False) -> dict[str, Any]:
+    """An offload section: device cpu/nvme, pinned host memory (DeepSpeed's default, stated)."""
+    section: dict[str, Any] = {"device": device, "pin_memory": True}
+    if device == "nvme":
+        section["nvme_path"] = "/local_nvme"
+    if with_buffers and device == "nvme":
+        section["buffer_count"] = 5
+    return section
+
+
+def zero_section(plan: Plan) -> dict[str, Any]:
+    """The ``zero_optimization`` block: stage, offload, buckets, overlap and the stage-3 knobs."""
+    engine = plan.engine
+    zero: dict[str, Any] = {
+        "stage": engine.zero_stage,
+        "reduce_bucket_size": engine.reduce_bucket_size,
+        "allgather_bucket_size": engine.allgather_bucket_size,
+        "overlap_comm": engine.overlap,
+        "contiguous_gradients": engine.contiguous_gradients,
+    }
+    if engine.offload_optimizer != "none":
+        zero["offload_optimizer"] = _offload(engine.offload_optimizer)
+    if engine.zero_stage == 3:
+        if engine.offload_params != "none":
+            zero["offload_param"] = _offload(engine.offload_params, with_buffers=True)
+        zero.update(
+            stage3_prefetch_bucket_size=engine.stage3_prefetch_bucket_size,
+            stage3_param_persistence_threshold=engine.stage3_param_persistence_threshold,
+            stage3_max_live_parameters=engine.stage3_max_live_parameters,
+            stage3_max_reuse_distance=engine.stage3_max_reuse_distance,
+        )
+    return zero
+
+
+def optimizer_section(plan: Plan) -> dict[str, Any] | None:
+    """The ``optimizer`` block (None for adam8bit, which is passed to deepspeed.initialize as an object)."""
+    kind = plan.optimizer.kind
+    if kind == "adam8bit":
+        return None
+    if kind == "sgd":
+        return {"type": "SGD", "params": {"lr": LEARNING_RATE, "weight_decay": WEIGHT_DECAY, "momentum": 0.0}}
+    params: dict[str, Any] = {
+        "lr": LEARNING_RATE,
+        "betas": list(BETAS),
+        "eps": EPSILON,
+        "weight_decay": WEIGHT_DECAY,
+    }
+    offloading = plan.engine.offload_optimizer != "none"
+    if kind == "adamw" and not offloading:
+        params.update(torch_adam=True, adam_w_mode=True, foreach=plan.optimizer.foreach)
+    return {"type": "AdamW", "params": params}
+
+
+def deepspeed_config(plan: Plan) -> dict[str, Any]:
+    """A DeepSpeed config dict for ``plan`` (one micro-batch per step: gradient_accumulation_steps 1)."""
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": plan.inputs.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": GRADIENT_CLIPPING,
+        "bf16": {"enabled": plan.precision.compute == "bf16"},
+        "fp16": {"enabled": plan.precision.compute == "fp16", "initial_scale_power": 16},
+        "zero_optimization": zero_section(plan),
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+    optimizer = optimizer_section(plan)
+    if optimizer is not None:
+        config["optimizer"] = optimizer
+    if plan.optimizer.kind in ("sgd", "adam8bit") and plan.engine.zero_stage > 0:
+        config["zero_allow_untested_optimizer"] = True
+    if plan.optimizer.kind == "adam8bit" and plan.engine.offload_optimizer != "none":
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def launch_command(plan: Plan, script: str, *, args: str = "") -> str:
+    """The shell line that starts ``script`` on ``plan.hardware.num_gpus`` GPUs of one host.
+
+    DeepSpeed engines use the ``deepspeed`` launcher, plain PyTorch uses ``torchrun``; both get the
+    NCCL settings that keep NVLink multicast off (see ../shared/gpu/README.md).
+    """
+    gpus = plan.hardware.num_gpus
+    env = " ".join(f"{key}={value}" for key, value in NCCL_ENV.items())
+    tail = f"{shlex.quote(script)}{' ' + args if args else ''}"
+    if plan.engine.kind == "deepspeed":
+        return f"{env} deepspeed --num_gpus={gpus} {tail}"
+    return f"{env} torchrun --standalone --nproc_per_node={gpus} {tail}"

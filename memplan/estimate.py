@@ -1,0 +1,123 @@
+"""The estimate: per-GPU peak by phase, what dominates it, the device and host views, a verdict.
+
+    profile + plan -> Context -> estimators (per category) -> phases -> Estimate -> reports
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from memplan.estimators import gradients, optimizer, overhead, weights
+from memplan.estimators.context import Context, build_context
+from memplan.estimators.overhead import Calibration
+from memplan.phases import PhaseMemory, Term, all_phases
+from memplan.plan import Plan
+from memplan.profile import Profile
+from memplan.units import GIB, gib_to_bytes
+from memplan.vocabulary import Category, Component, Phase, Verdict
+
+
+@dataclass(frozen=True)
+class Estimate:
+    profile_name: str
+    plan_name: str
+    num_gpus: int
+    vram_bytes: int
+    host_ram_bytes: int
+    phases: tuple[PhaseMemory, ...]
+    peak: PhaseMemory
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_bytes: int
+    host_bytes: int
+    calibration: Calibration = field(repr=False)
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.vram_bytes - self.device_bytes
+
+    @property
+    def verdict(self) -> Verdict:
+        """FITS when the whole device view (what an OOM is decided against) fits the VRAM."""
+        return Verdict.FITS if self.device_bytes <= self.vram_bytes else Verdict.OOM
+
+    @property
+    def host_fits(self) -> bool:
+        return self.host_bytes <= self.host_ram_bytes
+
+    @property
+    def peak_phase(self) -> Phase:
+        return self.peak.phase
+
+    def breakdown(self) -> list[Term]:
+        """The terms of the peak moment, merged per (component, category), largest first."""
+        merged: dict[tuple[Component, Category], int] = defaultdict(int)
+        for term in self.peak.moment.terms:
+            merged[(term.component, term.category)] += term.bytes
+        terms = [Term(c, k, b) for (c, k), b in merged.items() if b]
+        return sorted(terms, key=lambda t: -t.bytes)
+
+    def dominant(self, count: int = 3) -> list[Term]:
+        return self.breakdown()[:count]
+
+    def to_dict(self) -> dict:
+        """The JSON contract: bytes as integers under documented keys."""
+        return {
+            "model": self.profile_name,
+            "plan": self.plan_name,
+            "verdict": self.verdict.value,
+            "num_gpus": self.num_gpus,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_bytes": self.device_bytes,
+            "host_bytes": self.host_bytes,
+            "host_ram_bytes": self.host_ram_bytes,
+            "vram_bytes": self.vram_bytes,
+            "headroom_bytes": self.headroom_bytes,
+            "peak_phase": self.peak_phase.value,
+            "peak_moment": self.peak.moment.label,
+            "phases": {p.phase.value: p.total for p in self.phases},
+            "breakdown": [
+                {"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
+                for t in self.breakdown()
+            ],
+        }
+
+
+def host_bytes(ctx: Context, calibration: Calibration) -> int:
+    """Node-wide host RAM: one process per GPU (base RSS each) plus offloaded optimizer state,
+    fp32 masters and gradients, and offloaded parameters (ZeRO-Offload, arXiv 2101.06840)."""
+    return (
+        ctx.num_gpus * calibration.host_base_bytes
+        + optimizer.host_optimizer_bytes(ctx)
+        + gradients.host_gradient_bytes(ctx)
+        + weights.host_weight_bytes(ctx)
+    )
+
+
+def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = None) -> Estimate:
+    """Pure: the same (profile, plan, calibration) always gives the same Estimate."""
+    calibration = calibration or overhead.DEFAULT
+    ctx = build_context(profile, plan)
+    phases = tuple(all_phases(ctx))
+    peak = max(phases, key=lambda p: p.total)
+    allocated = peak.total + calibration.allocated_constant_bytes
+    reserved = overhead.reserved_bytes(calibration, allocated)
+    return Estimate(
+        profile_name=profile.name,
+        plan_name=plan.name,
+        num_gpus=plan.hardware.num_gpus,
+        vram_bytes=gib_to_bytes(plan.hardware.vram_gib),
+        host_ram_bytes=gib_to_bytes(plan.hardware.host_ram_gib),
+        phases=phases,
+        peak=peak,
+        peak_allocated_bytes=allocated,
+        peak_reserved_bytes=reserved,
+        device_bytes=overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus),
+        host_bytes=host_bytes(ctx, calibration),
+        calibration=calibration,
+    )
+
+
+__all__ = ["Estimate", "estimate", "GIB"]

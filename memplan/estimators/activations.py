@@ -1,0 +1,255 @@
+"""Activations (tensors saved for backward) and the forward/backward transients of each component.
+
+Which components keep a graph follows the gradient paths of the Sa2VA wiring
+(vision -> projector -> LLM -> [SEG] hidden state -> seg head -> SAM2 mask decoder -> mask loss):
+a component saves activations when it trains or when a trained component lies upstream of it.
+Per-token coefficients come from the saved-tensor census (coefficients.py); token counts from the
+profile (448px tiles of 1024 patches + CLS, 256 LLM tokens per tile after pixel shuffle; SAM2 at
+resolution R sees (R/4)^2 stage-1 tokens and decodes masks on (R/16)^2 image tokens).
+"""
+
+from __future__ import annotations
+
+from memplan.estimators import coefficients as k
+from memplan.estimators.context import Context
+from memplan.vocabulary import Component
+
+
+def trains(ctx: Context, component: Component) -> bool:
+    part = ctx.parts.get(component)
+    return ctx.training and part is not None and part.trainable > 0
+
+
+def needs_graph(ctx: Context, component: Component) -> bool:
+    """A component saves activations if it trains or gradients must flow through it upstream."""
+    if not ctx.training or component not in ctx.parts:
+        return False
+    upstream = {
+        Component.VISION: (),
+        Component.PROJECTOR: (Component.VISION,),
+        Component.LLM: (Component.VISION, Component.PROJECTOR),
+        Component.SEG_HEAD: (Component.LLM, Component.VISION, Component.PROJECTOR),
+        Component.SAM2_DECODER: (Component.SEG_HEAD, Component.LLM, Component.VISION, Component.PROJECTOR),
+        Component.SAM2_ENCODER: (),
+    }[component]
+    return trains(ctx, component) or any(trains(ctx, c) for c in upstream)
+
+
+# ---------------------------------------------------------------- token counts
+def llm_tokens(ctx: Context) -> int:
+    """b x s: micro-batch times the sequence (image tokens included)."""
+    return ctx.plan.inputs.micro_batch * ctx.plan.inputs.text_tokens
+
+
+def vision_tiles(ctx: Context) -> int:
+    inputs = ctx.plan.inputs
+    return inputs.micro_batch * (inputs.tiles + inputs.frames)
+
+
+def image_tokens(ctx: Context) -> int:
+    """LLM tokens the images occupy: 256 per 448px tile (1024 patches / pixel-shuffle 4)."""
+    v, p = ctx.profile.vision, ctx.profile.projector
+    if v is None:
+        return 0
+    merge = p.merge_factor if p else 4
+    return vision_tiles(ctx) * v.patches_per_tile // merge
+
+
+# ---------------------------------------------------------------- LLM
+def _dot(coefficients: dict[str, int], widths: dict[str, int]) -> int:
+    return sum(c * widths[name] for name, c in coefficients.items())
+
+
+def _llm_widths(ctx: Context) -> dict[str, int]:
+    llm = ctx.profile.llm
+    return {"h": llm.hidden_size, "q": llm.q_dim, "kv": llm.kv_dim, "ffn": llm.intermediate_size,
+            "heads": llm.num_heads}
+
+
+def _upcast(ctx: Context) -> bool:
+    return ctx.parts[Component.LLM].weight_bytes == 4 and ctx.compute_bytes < 4
+
+
+def residual_bytes(ctx: Context) -> int:
+    """Bytes per element of the LLM's residual stream: fp32 when its weights are fp32."""
+    return ctx.parts[Component.LLM].weight_bytes
+
+
+def llm_layer_bytes_per_token(ctx: Context) -> int:
+    """Saved bytes per token in one decoder layer without checkpointing (census coefficients).
+
+    frozen 8h+4q+4kv+6F+4a; full 16h+4q+4kv+8F+4a; LoRA adds per wrapped linear
+    (LORA_PER_INPUT [+ DROPOUT_BYTES]) * d_in + LORA_PER_RANK * r.
+    """
+    llm, part = ctx.profile.llm, ctx.plan.components.llm
+    widths = _llm_widths(ctx)
+    if part.train == "full" and ctx.training:
+        return _dot(k.LLM_FULL, widths)
+    total = _dot(k.LLM_FROZEN, widths)
+    if part.train == "lora" and ctx.training:
+        lora = part.lora
+        upcast = _upcast(ctx)
+        per_input = k.LORA_UPCAST_PER_INPUT if upcast else k.LORA_PER_INPUT + (k.DROPOUT_BYTES if lora.dropout else 0)
+        per_rank = k.LORA_UPCAST_PER_RANK if upcast else k.LORA_PER_RANK
+        for name, d_in, _ in llm.linear_shapes():
+            if lora.targets is None or name in lora.targets:
+                total += per_input * d_in + per_rank * lora.rank
+    return total
+
+
+def llm_weight_casts(ctx: Context) -> int:
+    """Under autocast with fp32 weights every linear saves the bf16 cast of its weight:
+    2 bytes x (layer parameters + LoRA parameters) per layer, per forward."""
+    if not _upcast(ctx):
+        return 0
+    llm = ctx.profile.llm
+    per_layer = (llm.param_groups()["attention"] + llm.param_groups()["mlp"]) // llm.num_layers
+    lora = ctx.parts[Component.LLM].trainable - len(ctx.plan.components.llm.modules_to_save) * llm.embedding_params
+    return k.UPCAST_WEIGHT_CAST_BYTES * (per_layer + max(lora, 0) // llm.num_layers)
+
+
+def llm_activation_bytes(ctx: Context) -> int:
+    """Saved for backward at the end of the forward, logits excluded.
+
+    Checkpointing (non-reentrant torch.utils.checkpoint, HF): each layer keeps only its input,
+    residual_bytes * h per token; otherwise L * tokens * per-layer census bytes (+ weight casts).
+    Plus the final RMSNorm's fp32 input (4h per token).
+    """
+    if not needs_graph(ctx, Component.LLM):
+        return 0
+    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
+    final_norm = 4 * llm.hidden_size * tokens
+    if ctx.plan.components.llm.checkpointing:
+        return llm.num_layers * residual_bytes(ctx) * llm.hidden_size * tokens + final_norm
+    per_layer = llm_layer_bytes_per_token(ctx) * tokens + llm_weight_casts(ctx)
+    return llm.num_layers * per_layer + final_norm
+
+
+def logits_saved_bytes(ctx: Context) -> int:
+    """log_softmax's fp32 output, kept for backward: 4 * tokens * V (when the LLM keeps a graph)."""
+    if not needs_graph(ctx, Component.LLM):
+        return 0
+    return k.LOGITS_SAVED * llm_tokens(ctx) * ctx.profile.llm.vocab_size
+
+
+def llm_forward_transient(ctx: Context) -> int:
+    """Live at the loss on top of saved activations: bf16 + fp32 logits (6 V per token, 10 V when
+    nothing is saved) and, with output_hidden_states, one residual-stream tensor per layer that
+    checkpointing does not already keep. Inference (no labels): bf16 logits, 2 V per token."""
+    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
+    if not ctx.training:
+        return ctx.compute_bytes * tokens * llm.vocab_size + llm_layer_working_set(ctx)
+    logits = (k.LOGITS_FORWARD_PEAK * tokens * llm.vocab_size) - logits_saved_bytes(ctx)
+    hidden = 0
+    if ctx.plan.inputs.output_hidden_states:
+        kept = llm.num_layers if (ctx.plan.components.llm.checkpointing and needs_graph(ctx, Component.LLM)) else 0
+        hidden = (llm.num_layers + 1 - kept) * residual_bytes(ctx) * llm.hidden_size * tokens
+    return logits + hidden
+
+
+def llm_layer_working_set(ctx: Context) -> int:
+    """One layer's intermediates alive at once in a forward without graph: q, k, v, attention
+    output and the MLP's gate, up and product (2 bytes each)."""
+    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
+    return ctx.compute_bytes * tokens * (llm.q_dim + 2 * llm.kv_dim + llm.q_dim + 3 * llm.intermediate_size)
+
+
+def llm_backward_transient(ctx: Context) -> int:
+    """The larger of: the loss backward (8 V per token in fp32) at the start, and, with
+    checkpointing, one recomputed layer (its census bytes) plus its gradient buffers
+    (2 x (h + F) per token in the compute dtype)."""
+    if not needs_graph(ctx, Component.LLM):
+        return 0
+    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
+    loss = k.LOGITS_BACKWARD_EXTRA * tokens * llm.vocab_size
+    grads = 2 * ctx.compute_bytes * tokens * (llm.hidden_size + llm.intermediate_size)
+    recompute = llm_layer_bytes_per_token(ctx) * tokens + llm_weight_casts(ctx) if ctx.plan.components.llm.checkpointing else 0
+    return max(loss, recompute + grads)
+
+
+# ---------------------------------------------------------------- vision tower and projector
+def vision_activation_bytes(ctx: Context) -> int:
+    """Trained ViT: per token per layer 20h + 4F (+4 bytes/head), frozen-with-graph 12h + 2F;
+    tokens = tiles x (patches + CLS). Checkpointing keeps one h-wide input per layer."""
+    if not needs_graph(ctx, Component.VISION):
+        return 0
+    v = ctx.profile.vision
+    tokens = vision_tiles(ctx) * v.tokens_per_tile
+    if ctx.plan.components.vision.checkpointing:
+        return v.num_layers * ctx.compute_bytes * v.hidden_size * tokens
+    coefficients = k.VIT_FULL if ctx.plan.components.vision.train == "full" else k.VIT_FROZEN
+    widths = {"h": v.hidden_size, "ffn": v.intermediate_size, "heads": v.num_heads}
+    return v.num_layers * _dot(coefficients, widths) * tokens
+
+
+def vision_forward_transient(ctx: Context) -> int:
+    """A frozen ViT runs without a graph: at most one layer's qkv, attention output and MLP
+    hidden alive (2 bytes each), plus the layer input and output."""
+    v = ctx.profile.vision
+    tokens = vision_tiles(ctx) * v.tokens_per_tile
+    return ctx.compute_bytes * tokens * (3 * v.hidden_size + v.intermediate_size + 3 * v.hidden_size)
+
+
+def projector_activation_bytes(ctx: Context) -> int:
+    """mlp1 per merged token: LayerNorm input and output (2 x 2 x 4C), fc1 output and GELU output
+    (2 x 2 x h): 16C + 4h bytes (the pixel-shuffled input is a copy when the graph is kept)."""
+    if not needs_graph(ctx, Component.PROJECTOR):
+        return 0
+    p = ctx.profile.projector
+    merged = image_tokens(ctx)
+    return merged * ctx.compute_bytes * (3 * p.merged_size + 2 * p.hidden_size)
+
+
+# ---------------------------------------------------------------- SAM2
+def sam2_images(ctx: Context) -> int:
+    return ctx.plan.inputs.micro_batch
+
+
+def sam2_feature_bytes(ctx: Context) -> int:
+    """Image features the mask decoder reads, kept through backward: the (R/16)^2 x 256 embedding
+    and the high-resolution features (R/4)^2 x 32 and (R/8)^2 x 64, per image, compute dtype."""
+    if ctx.profile.sam2 is None:
+        return 0
+    r = ctx.plan.inputs.sam2_resolution
+    n = ctx.profile.sam2.neck_dim
+    per_image = (r // 16) ** 2 * n + (r // 4) ** 2 * (n // 8) + (r // 8) ** 2 * (n // 4)
+    return sam2_images(ctx) * per_image * ctx.compute_bytes
+
+
+def sam2_encoder_transient(ctx: Context) -> int:
+    """Frozen Hiera under no_grad: the stage-1 block is the widest point, (R/4)^2 tokens of width
+    C: block input, normed input, qkv (3C), attention output, MLP hidden (4C) and output,
+    2 bytes each, plus the FPN's four 256-wide maps."""
+    s = ctx.profile.sam2
+    r = ctx.plan.inputs.sam2_resolution
+    stage1 = (r // 4) ** 2 * s.embed_dim * (1 + 1 + 3 + 1 + 4 + 1)
+    fpn = sum((r // (4 * 2**i)) ** 2 for i in range(4)) * s.neck_dim
+    return sam2_images(ctx) * (stage1 + fpn) * ctx.compute_bytes
+
+
+def sam2_decoder_activation_bytes(ctx: Context) -> int:
+    """Per object the decoder works on its own copy of the image embedding.
+
+    Two-way transformer (depth 2, width 256, attention downsampled to 128): about 24 saved
+    tensors of (R/16)^2 x 256; upscaling: 6 of (R/8)^2 x 64 and 8 of (R/4)^2 x 32; the four
+    output masks (R/4)^2 and their loss terms in fp32 (3 x 4 bytes).
+    """
+    if not needs_graph(ctx, Component.SAM2_DECODER) or ctx.profile.sam2 is None:
+        return 0
+    r = ctx.plan.inputs.sam2_resolution
+    e = ctx.compute_bytes
+    per_object = (
+        24 * (r // 16) ** 2 * 256 * e
+        + 6 * (r // 8) ** 2 * 64 * e
+        + 8 * (r // 4) ** 2 * 32 * e
+        + 4 * (r // 4) ** 2 * (e + 12)
+    )
+    return ctx.plan.inputs.micro_batch * ctx.plan.inputs.objects * per_object
+
+
+def seg_head_activation_bytes(ctx: Context) -> int:
+    """[SEG] hidden states through Linear-ReLU-Linear: 2 x h + 256 per object, negligible."""
+    if not needs_graph(ctx, Component.SEG_HEAD) or ctx.profile.seg_head is None:
+        return 0
+    s = ctx.profile.seg_head
+    return ctx.plan.inputs.micro_batch * ctx.plan.inputs.objects * ctx.compute_bytes * (3 * s.input_size + s.output_size)

@@ -1,0 +1,99 @@
+"""Engine buffers and the optimizer step's temporaries.
+
+DeepSpeed ZeRO-1/2 (deepspeed/runtime/zero/stage_1_and_2.py): with contiguous_gradients each rank
+allocates an ipg buffer of reduce_bucket_size elements in the compute dtype at the first backward,
+two when overlap_comm; at the step the rank's gradient partition is converted to fp32 (4 P_t/N).
+ZeRO-3 (stage3.py, partitioned_param_coordinator.py): parameters are all-gathered module by module;
+the fetched working set is the largest module plus the prefetch bucket, capped by
+stage3_max_live_parameters; gradients are reduced through a reduce_bucket_size buffer.
+DDP (plain PyTorch on several GPUs) keeps its gradient buckets beside param.grad (P_t x grad bytes;
+torch.nn.parallel.DistributedDataParallel, gradient_as_bucket_view=False).
+"""
+
+from __future__ import annotations
+
+from memplan.estimators.context import Context
+from memplan.vocabulary import Component
+
+
+def ipg_bucket_bytes(ctx: Context) -> int:
+    """reduce_bucket_size x compute bytes, x2 with overlap_comm (ZeRO-1/2 with gradient hooks)."""
+    if not (ctx.training and ctx.is_deepspeed and ctx.total_trainable):
+        return 0
+    engine = ctx.plan.engine
+    if ctx.zero_stage in (1, 2):
+        if not (ctx.zero_stage == 2 or engine.overlap) or not engine.contiguous_gradients:
+            return 0
+        buffers = 2 if engine.overlap else 1
+        return buffers * min(engine.reduce_bucket_size, _padded(ctx.total_trainable)) * ctx.compute_bytes
+    if ctx.zero_stage == 3:
+        return min(engine.reduce_bucket_size, _padded(ctx.total_trainable)) * ctx.compute_bytes
+    return 0
+
+
+def _padded(count: int) -> int:
+    return count + 2 * 1024**2  # alignment slack DeepSpeed adds to a flat buffer
+
+
+def largest_module_params(ctx: Context) -> int:
+    """Largest set of parameters one forward call gathers: the (trainable copy of the) embedding
+    or lm_head, or one decoder layer, or one ViT layer."""
+    candidates = [0]
+    if ctx.profile.llm is not None:
+        llm = ctx.profile.llm
+        candidates.append(llm.embedding_params)
+        candidates.append((llm.param_groups()["attention"] + llm.param_groups()["mlp"]) // llm.num_layers)
+    if ctx.profile.vision is not None:
+        v = ctx.profile.vision
+        candidates.append((v.param_groups()["attention"] + v.param_groups()["mlp"]) // v.num_layers)
+    return max(candidates)
+
+
+def zero3_gathered_bytes(ctx: Context) -> int:
+    """ZeRO-3 working set of all-gathered parameters: largest module + prefetch bucket, capped at
+    stage3_max_live_parameters, in the compute dtype."""
+    if not (ctx.is_deepspeed and ctx.zero_stage == 3):
+        return 0
+    engine = ctx.plan.engine
+    live = min(engine.stage3_max_live_parameters, largest_module_params(ctx) + engine.stage3_prefetch_bucket_size)
+    return live * ctx.compute_bytes
+
+
+def ddp_bucket_bytes(ctx: Context) -> int:
+    if ctx.is_deepspeed or ctx.num_gpus == 1 or not ctx.training:
+        return 0
+    return sum(p.trainable * p.trainable_bytes for p in ctx.parts.values())
+
+
+def step_transient_bytes(ctx: Context) -> int:
+    """Temporaries of one optimizer step on the GPU.
+
+    DeepSpeed ZeRO-1/2/3 without offload: the fp32 copy of this rank's gradient partition (4 P_t/N).
+    torch.optim.AdamW with foreach: one temporary per parameter group (exp_avg_sq.sqrt()), the size
+    of the state (torch/optim/adamw.py _multi_tensor_adamw). Offload: the step runs on the host.
+    """
+    if not ctx.training or not ctx.total_trainable:
+        return 0
+    if ctx.is_deepspeed:
+        if ctx.plan.engine.offload_optimizer != "none" or ctx.zero_stage == 0:
+            return 0
+        return ctx.shard(4 * ctx.total_trainable, at_stage=1)
+    if ctx.plan.optimizer.kind in ("adamw",) and ctx.plan.optimizer.foreach:
+        return sum(p.trainable * p.trainable_bytes for p in ctx.parts.values())
+    return 0
+
+
+def init_transient_bytes(ctx: Context) -> int:
+    """DeepSpeed ZeRO-1/2 flattens the trainable 16-bit parameters into one buffer at initialize:
+    for a moment the old tensors and the flat copy coexist (stage_1_and_2.py, flatten_dense_tensors)."""
+    if ctx.is_deepspeed and ctx.zero_stage in (1, 2) and ctx.training:
+        return sum(p.trainable * p.trainable_bytes for c, p in ctx.parts.items())
+    return 0
+
+
+def lm_head_grad_bytes(ctx: Context) -> int:
+    """Gradient of the trainable lm_head copy, produced at the very start of backward."""
+    llm = ctx.profile.llm
+    if llm is None or "lm_head" not in ctx.plan.components.llm.modules_to_save or not ctx.training:
+        return 0
+    return llm.embedding_params * ctx.parts[Component.LLM].trainable_bytes

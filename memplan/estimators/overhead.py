@@ -1,0 +1,48 @@
+"""What no formula derives: allocator rounding/fragmentation and the CUDA context.
+
+These few terms are fitted by `memplan calibrate` on real probe records and stored in
+profiles/calibration.yaml (schema memplan.calibration/1). Until calibrated, the defaults below
+hold (the caching allocator's 2 MiB rounding of large blocks, c10/cuda/CUDACachingAllocator.cpp
+kRoundLarge; a CUDA 12/13 context with cuBLAS kernels loaded, about 0.5 GiB on Hopper).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CALIBRATION_SCHEMA = "memplan.calibration/1"
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_: str = Field(default=CALIBRATION_SCHEMA, alias="schema")
+    allocated_constant_bytes: int = 0  # cuBLAS workspaces and small tensors the model omits
+    reserved_ratio: float = Field(default=0.05, ge=0, le=2)  # reserved ~ allocated x (1 + ratio)
+    reserved_constant_bytes: int = 2 * 1024**2
+    context_bytes: int = 512 * 1024**2  # device used - reserved, one GPU
+    nccl_bytes: int = 0  # extra device memory per rank when several GPUs communicate
+    host_base_bytes: int = 3 * 1024**3  # host RSS of one training process before offload
+    fitted_on: list[str] = []  # record files the fit used
+    card: str | None = None
+    versions: dict[str, str] = {}
+    median_error: dict[str, float] = {}
+
+
+DEFAULT = Calibration()
+
+
+def reserved_bytes(calibration: Calibration, peak_allocated: int) -> int:
+    """Reserved peak = allocated peak x (1 + ratio) + constant (fitted)."""
+    return int(peak_allocated * (1 + calibration.reserved_ratio)) + calibration.reserved_constant_bytes
+
+
+def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int) -> int:
+    """nvidia-smi view: reserved + CUDA context (+ NCCL's buffers with several GPUs)."""
+    return peak_reserved + calibration.context_bytes + (calibration.nccl_bytes if num_gpus > 1 else 0)
+
+
+def calibration_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "profiles" / "calibration.yaml"

@@ -1,0 +1,153 @@
+"""Probe records: one JSON object per line (JSONL), schema ``memplan.probe/1``. No torch here.
+
+A record (all byte counts are ``int``)::
+
+    schema, run_id, created (ISO 8601, UTC), command (argv string), model (profile name),
+    profile (Profile.model_dump(mode="json")), plan (Plan.model_dump(mode="json")),
+    status: ok | oom | error | timeout, error: str | None,
+    oom: {phase, rank, requested_bytes} | None, vram_cap_bytes: int | None,
+    environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, deepspeed,
+                  python, hostname, world_size},
+    ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
+             max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],
+             categories: {memplan.vocabulary.Category value: bytes}, ...extras}],
+    summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase}
+
+Extras beside the required fields: ``notes`` (what the built model lacks or changed), ``parameters``
+({trainable, frozen} per component) and, per rank, ``status``, ``error``, ``step_phases`` (every
+step's phase readings; ``phases`` is their max) and ``device``.
+
+Writers append one line with flush + fsync; readers skip a torn last line (a run killed while
+writing) and reject anything else malformed with an ``InputError`` naming path and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from memplan.loading import InputError
+
+SCHEMA = "memplan.probe/1"
+STATUSES = ("ok", "oom", "error", "timeout")
+PHASE_FIELDS = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
+SUMMARY_FIELDS = {
+    "peak_allocated_bytes": "max_allocated_bytes",
+    "peak_reserved_bytes": "max_reserved_bytes",
+    "peak_device_bytes": "device_used_bytes",
+    "peak_host_bytes": "host_rss_bytes",
+}
+STATUS_RANK = {"ok": 0, "timeout": 1, "error": 2, "oom": 3}  # the worst rank decides a record's status
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def summarize(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Max over ranks and phases of each reading; ``peak_phase`` is where allocated peaked."""
+    readings = [(phase, reading) for rank in ranks for phase, reading in rank.get("phases", {}).items()]
+    summary: dict[str, Any] = {
+        key: max((int(reading.get(field) or 0) for _, reading in readings), default=0)
+        for key, field in SUMMARY_FIELDS.items()
+    }
+    peak = max(readings, key=lambda item: int(item[1].get("max_allocated_bytes") or 0), default=(None, {}))
+    summary["peak_phase"] = peak[0]
+    return summary
+
+
+def combine_status(ranks: list[dict[str, Any]]) -> tuple[str, str | None, dict[str, Any] | None]:
+    """The record's (status, error, oom) from its ranks: oom beats error beats timeout beats ok."""
+    status, error, oom = "ok", None, None
+    for rank in ranks:
+        rank_status = rank.get("status", "ok")
+        if STATUS_RANK[rank_status] > STATUS_RANK[status]:
+            status = rank_status
+            error = rank.get("error")
+            oom = rank.get("oom")
+    return status, error, oom
+
+
+def make_record(
+    *,
+    profile: dict[str, Any],
+    plan: dict[str, Any],
+    ranks: list[dict[str, Any]],
+    environment: dict[str, Any],
+    command: str,
+    vram_cap_bytes: int | None = None,
+    status: str | None = None,
+    error: str | None = None,
+    oom: dict[str, Any] | None = None,
+    notes: Iterable[str] = (),
+    parameters: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """A complete record; status/error/oom default to what the ranks report."""
+    ranks = sorted(ranks, key=lambda rank: rank.get("rank", 0))
+    derived_status, derived_error, derived_oom = combine_status(ranks)
+    return {
+        "schema": SCHEMA,
+        "run_id": run_id or new_run_id(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "model": profile.get("name"),
+        "profile": profile,
+        "plan": plan,
+        "status": status or derived_status,
+        "error": error if status else derived_error,
+        "oom": oom if status else derived_oom,
+        "vram_cap_bytes": None if vram_cap_bytes is None else int(vram_cap_bytes),
+        "environment": environment,
+        "ranks": ranks,
+        "summary": summarize(ranks),
+        "notes": list(notes),
+        "parameters": parameters or {},
+    }
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> Path:
+    """Append one record as one JSON line; flush and fsync so a crash loses at most this line."""
+    if record.get("schema") != SCHEMA:
+        raise ValueError(f"record schema {record.get('schema')!r} is not {SCHEMA}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file. A torn last line is skipped with a warning; other bad lines raise."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warnings.warn(f"{path}:{number}: skipping a torn last line ({error.msg})", stacklevel=2)
+                continue
+            raise InputError(f"{path}:{number}: not a JSON record ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        schema = record.get("schema")
+        if schema != SCHEMA:
+            raise InputError(f"{path}:{number}: schema {schema!r} is not {SCHEMA}")
+        records.append(record)
+    return records

@@ -1,0 +1,1 @@
+"""Rendering: rich tables for people, JSON for programs, Markdown for notes. Units appear only here."""
