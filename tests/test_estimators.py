@@ -1,0 +1,138 @@
+"""Each estimator against a hand-worked small case, and the ZeRO sharding rules."""
+
+import pytest
+
+from memplan.estimate import estimate
+from memplan.estimators import activations as act
+from memplan.estimators import buffers, gradients, optimizer, weights
+from memplan.estimators.context import build_context
+from memplan.vocabulary import Component
+
+LLM = Component.LLM
+
+# tiny_llm by hand: attention per layer q 64*64+64, k/v 2*(64*32+32), o 64*64 = 12,416;
+# mlp 3*64*128 = 24,576; norms 2*64 per layer + 64; embeddings 1000*64 = 64,000 (tied).
+TINY_PARAMS = 2 * 12_416 + 2 * 24_576 + (2 * 2 * 64 + 64) + 64_000
+
+
+def full_plan(plan_factory, **engine):
+    return plan_factory(
+        engine={"kind": "deepspeed", "zero_stage": 0, **engine},
+        components={"llm": {"train": "full"}},
+        inputs={"micro_batch": 1, "text_tokens": 10, "tiles": 0, "objects": 0},
+    )
+
+
+def test_param_count_by_hand(tiny_llm):
+    assert tiny_llm.param_count() == TINY_PARAMS
+
+
+def test_lora_params_by_hand(tiny_llm):
+    # r * sum(d_in + d_out) over q(64,64) k(64,32) v(64,32) o(64,64) gate/up(64,128) down(128,64)
+    per_layer = 8 * (128 + 96 + 96 + 128 + 192 + 192 + 192)
+    assert tiny_llm.llm.lora_params(8, None) == 2 * per_layer
+    assert tiny_llm.llm.lora_params(8, ("q_proj",)) == 2 * 8 * 128
+
+
+def test_frozen_weights_bf16(tiny_llm, plan_factory):
+    plan = plan_factory(components={"llm": {"train": "frozen"}}, engine={"kind": "pytorch", "zero_stage": 0})
+    ctx = build_context(tiny_llm, plan)
+    assert weights.frozen_weight_bytes(ctx, LLM) == 2 * TINY_PARAMS
+    assert weights.trainable_weight_bytes(ctx, LLM) == 0
+
+
+def test_plain_pytorch_amp_keeps_fp32_trainable(tiny_llm, plan_factory):
+    plan = plan_factory(components={"llm": {"train": "full"}}, engine={"kind": "pytorch", "zero_stage": 0})
+    ctx = build_context(tiny_llm, plan)
+    assert weights.trainable_weight_bytes(ctx, LLM) == 4 * TINY_PARAMS
+    assert gradients.gradient_bytes(ctx, LLM) == 4 * TINY_PARAMS
+    assert optimizer.optimizer_state_bytes(ctx, LLM) == 8 * TINY_PARAMS
+    assert optimizer.master_weight_bytes(ctx, LLM) == 0
+
+
+def test_upcast_under_plain_pytorch_but_not_deepspeed(tiny_llm, plan_factory):
+    lora = {"llm": {"train": "lora", "lora": {"rank": 8}}}
+    plain = build_context(tiny_llm, plan_factory(components=lora, engine={"kind": "pytorch", "zero_stage": 0},
+                                                 precision={"llm_fp32_upcast": True}))
+    ds = build_context(tiny_llm, plan_factory(components=lora, engine={"kind": "deepspeed", "zero_stage": 2},
+                                              precision={"llm_fp32_upcast": True}))
+    assert weights.frozen_weight_bytes(plain, LLM) == 4 * TINY_PARAMS
+    assert weights.frozen_weight_bytes(ds, LLM) == 2 * TINY_PARAMS
+
+
+@pytest.mark.parametrize("stage, gpus, weight_div, grad_div, optim_div", [
+    (0, 4, 1, 1, 1), (1, 4, 1, 1, 4), (2, 4, 1, 4, 4), (3, 4, 4, 4, 4), (3, 1, 1, 1, 1),
+])
+def test_zero_sharding_rules(tiny_llm, plan_factory, stage, gpus, weight_div, grad_div, optim_div):
+    """ZeRO paper (arXiv 1910.02054): stage 1 shards optimizer states (+ masters), stage 2 also
+    gradients, stage 3 also parameters."""
+    plan = plan_factory(engine={"kind": "deepspeed", "zero_stage": stage}, hardware={"num_gpus": gpus},
+                        components={"llm": {"train": "full"}})
+    ctx = build_context(tiny_llm, plan)
+    ceil = lambda n, d: -(-n // d)  # noqa: E731
+    assert weights.trainable_weight_bytes(ctx, LLM) == ceil(2 * TINY_PARAMS, weight_div)
+    assert optimizer.optimizer_state_bytes(ctx, LLM) == ceil(8 * TINY_PARAMS, optim_div)
+    assert optimizer.master_weight_bytes(ctx, LLM) == ceil(4 * TINY_PARAMS, optim_div)
+    expected_grad = 6 * TINY_PARAMS if stage == 0 else ceil(2 * TINY_PARAMS, grad_div)  # BF16_Optimizer: bf16 + fp32
+    assert gradients.gradient_bytes(ctx, LLM) == expected_grad
+
+
+def test_offload_moves_states_to_host(tiny_llm, plan_factory):
+    plan = plan_factory(engine={"kind": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu",
+                                "offload_params": "cpu"}, hardware={"num_gpus": 2}, components={"llm": {"train": "full"}})
+    ctx = build_context(tiny_llm, plan)
+    assert optimizer.optimizer_state_bytes(ctx, LLM) == 0
+    assert optimizer.master_weight_bytes(ctx, LLM) == 0
+    assert weights.trainable_weight_bytes(ctx, LLM) == 0
+    assert optimizer.host_optimizer_bytes(ctx) == 12 * TINY_PARAMS
+    assert weights.host_weight_bytes(ctx) == 2 * TINY_PARAMS
+
+
+def test_llm_activation_census_formula_by_hand(tiny_llm, plan_factory):
+    """Frozen-with-graph: 8h + 4q + 4kv + 6F + 4*heads per token per layer (coefficients.py)."""
+    plan = plan_factory(components={"llm": {"train": "frozen", "checkpointing": False}, "projector": {"train": "full"}},
+                        inputs={"micro_batch": 2, "text_tokens": 10})
+    ctx = build_context(tiny_llm, plan)
+    assert act.llm_layer_bytes_per_token(ctx) == 8 * 64 + 4 * 64 + 4 * 32 + 6 * 128 + 4 * 4
+
+
+def test_llm_lora_activation_by_hand(tiny_llm, plan_factory):
+    plan = plan_factory(components={"llm": {"train": "lora", "checkpointing": False, "lora": {"rank": 8, "dropout": 0.0}}},
+                        inputs={"micro_batch": 1, "text_tokens": 10})
+    ctx = build_context(tiny_llm, plan)
+    base = 8 * 64 + 4 * 64 + 4 * 32 + 6 * 128 + 4 * 4
+    d_in_sum = 64 + 64 + 64 + 64 + 64 + 64 + 128
+    assert act.llm_layer_bytes_per_token(ctx) == base + 4 * d_in_sum + 4 * 8 * 7
+    tokens = 10
+    expected = 2 * (act.llm_layer_bytes_per_token(ctx) * tokens) + 4 * 64 * tokens
+    assert act.llm_activation_bytes(ctx) == expected
+
+
+def test_checkpointing_keeps_layer_inputs(tiny_llm, plan_factory):
+    plan = plan_factory(components={"llm": {"train": "lora", "checkpointing": True}},
+                        inputs={"micro_batch": 3, "text_tokens": 100})
+    ctx = build_context(tiny_llm, plan)
+    tokens = 300
+    assert act.llm_activation_bytes(ctx) == 2 * 2 * 64 * tokens + 4 * 64 * tokens
+    assert act.logits_saved_bytes(ctx) == 4 * tokens * 1000
+
+
+def test_ipg_buckets_follow_overlap(tiny_llm, plan_factory):
+    base = dict(components={"llm": {"train": "full"}}, hardware={"num_gpus": 2})
+    small = plan_factory(engine={"zero_stage": 2, "reduce_bucket_size": 1000, "overlap_comm": False}, **base)
+    overlap = plan_factory(engine={"zero_stage": 2, "reduce_bucket_size": 1000, "overlap_comm": True}, **base)
+    assert buffers.ipg_bucket_bytes(build_context(tiny_llm, small)) == 1000 * 2
+    assert buffers.ipg_bucket_bytes(build_context(tiny_llm, overlap)) == 2 * 1000 * 2
+
+
+def test_breakdown_sums_to_peak(tiny_llm, plan_factory):
+    result = estimate(tiny_llm, full_plan(plan_factory))
+    assert sum(t.bytes for t in result.breakdown()) + result.calibration.allocated_constant_bytes == result.peak_allocated_bytes
+    assert all(isinstance(t.bytes, int) for t in result.breakdown())
+
+
+def test_inference_has_no_training_states(tiny_llm, plan_factory):
+    plan = plan_factory(mode="inference", engine={"kind": "pytorch", "zero_stage": 0})
+    result = estimate(tiny_llm, plan)
+    categories = {t.category.value for t in result.breakdown()}
+    assert not categories & {"gradients", "optimizer_state", "master_weights", "activations"}
