@@ -10,7 +10,9 @@ first step has created them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from memplan.estimators import activations as act
 from memplan.estimators import buffers, gradients, optimizer, weights
@@ -18,21 +20,30 @@ from memplan.estimators.context import Context
 from memplan.vocabulary import Category, Component, Phase
 
 
-@dataclass(frozen=True)
-class Term:
+class Term(NamedTuple):
+    """Bytes of one memory category of one component at one moment (a tuple: built by the
+    thousand per second in `memplan search`)."""
+
     component: Component
     category: Category
     bytes: int
 
 
-@dataclass(frozen=True)
-class Moment:
-    label: str
+class Group(NamedTuple):
+    """Terms that appear together in several moments, with their sum computed once."""
+
     terms: tuple[Term, ...]
+    total: int
+
+
+class Moment(NamedTuple):
+    label: str
+    groups: tuple[Group, ...]
+    total: int
 
     @property
-    def total(self) -> int:
-        return sum(t.bytes for t in self.terms)
+    def terms(self) -> tuple[Term, ...]:
+        return tuple(t for g in self.groups for t in g.terms)
 
 
 @dataclass(frozen=True)
@@ -45,126 +56,173 @@ class PhaseMemory:
         return self.moment.total
 
 
-def _terms(*items: tuple[Component, Category, int]) -> list[Term]:
-    return [Term(c, k, b) for c, k, b in items if b]
+def _group(*items: tuple[Component, Category, int]) -> Group:
+    terms = tuple([Term._make(item) for item in items if item[2]])
+    return Group(terms, sum([t[2] for t in terms]))
 
 
-def _model_states(ctx: Context, *, with_optimizer: bool) -> list[Term]:
-    out: list[Term] = []
-    for c in ctx.parts:
-        out += _terms(
-            (c, Category.WEIGHTS, weights.frozen_weight_bytes(ctx, c)),
-            (c, Category.TRAINABLE_WEIGHTS, weights.trainable_weight_bytes(ctx, c)),
-        )
-        if with_optimizer:
-            out += _terms(
-                (c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c)),
-                (c, Category.OPTIMIZER_STATE, optimizer.optimizer_state_bytes(ctx, c)),
-            )
-    return out
+def _concat(groups: list[Group]) -> Group:
+    return Group(tuple([t for g in groups for t in g.terms]), sum([g.total for g in groups]))
 
 
-def _persistent_gradients(ctx: Context) -> list[Term]:
+def _moment(label: str, *groups: Group) -> Moment:
+    return Moment(label, groups, sum([g.total for g in groups]))
+
+
+def _memo(fn):
+    """Memoize a group per Context (each phase reuses the same states and activations)."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx: Context, *args):
+        key = (fn.__name__, *args)
+        cache = ctx.cache
+        if key not in cache:
+            cache[key] = fn(ctx, *args)
+        return cache[key]
+
+    return wrapper
+
+
+@_memo
+def _weights(ctx: Context) -> Group:
+    return _concat([_group(
+        (c, Category.WEIGHTS, weights.frozen_weight_bytes(ctx, c)),
+        (c, Category.TRAINABLE_WEIGHTS, weights.trainable_weight_bytes(ctx, c)),
+    ) for c in ctx.parts])
+
+
+@_memo
+def _optimizer_states(ctx: Context) -> Group:
+    """Masters and optimizer state: present in every phase from the first step on."""
+    return _concat([_group(
+        (c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c)),
+        (c, Category.OPTIMIZER_STATE, optimizer.optimizer_state_bytes(ctx, c)),
+    ) for c in ctx.parts])
+
+
+@_memo
+def _masters(ctx: Context) -> Group:
+    return _concat([_group((c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c))) for c in ctx.parts])
+
+
+@_memo
+def _all_gradients(ctx: Context) -> Group:
+    return _concat([_group((c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c))) for c in ctx.parts])
+
+
+@_memo
+def _persistent_gradients(ctx: Context) -> Group:
     """Gradient storage that outlives zero_grad: DeepSpeed's partition buffers (stage 2/3) and
     BF16_Optimizer's fp32 accumulators (stage 0). Plain PyTorch frees grads (set_to_none)."""
     if not ctx.is_deepspeed or ctx.zero_stage == 1:
-        return []
-    return [t for c in ctx.parts for t in _terms((c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c)))]
+        return EMPTY
+    return _all_gradients(ctx)
 
 
-def _all_gradients(ctx: Context) -> list[Term]:
-    return [t for c in ctx.parts for t in _terms((c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c)))]
+@_memo
+def _step_gradients(ctx: Context) -> Group:
+    """Gradients alive at the step: all of them (plain PyTorch, ZeRO-1), else the partitions."""
+    return _all_gradients(ctx) if not ctx.is_deepspeed or ctx.zero_stage == 1 else _persistent_gradients(ctx)
 
 
-def _engine_buffers(ctx: Context) -> list[Term]:
-    return _terms(
+@_memo
+def _engine_buffers(ctx: Context) -> Group:
+    return _group(
         (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)),
         (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
     )
 
 
-def _activations(ctx: Context, upto: Component | None = None) -> list[Term]:
-    order = [
-        (Component.VISION, act.vision_activation_bytes),
-        (Component.PROJECTOR, act.projector_activation_bytes),
-        (Component.LLM, lambda c: act.llm_activation_bytes(c) + act.logits_saved_bytes(c)),
-        (Component.SEG_HEAD, act.seg_head_activation_bytes),
-        (Component.SAM2_ENCODER, lambda c: act.sam2_feature_bytes(c) if act.needs_graph(c, Component.SAM2_DECODER) else 0),
-        (Component.SAM2_DECODER, act.sam2_decoder_activation_bytes),
-    ]
-    out: list[Term] = []
-    for component, fn in order:
-        if component in ctx.parts:
-            out += _terms((component, Category.ACTIVATIONS, fn(ctx)))
-        if component is upto:
-            break
-    return out
+ACTIVATION_ORDER = (
+    (Component.VISION, act.vision_activation_bytes),
+    (Component.PROJECTOR, act.projector_activation_bytes),
+    (Component.LLM, lambda c: act.llm_activation_bytes(c) + act.logits_saved_bytes(c)),
+    (Component.SEG_HEAD, act.seg_head_activation_bytes),
+    (Component.SAM2_ENCODER, lambda c: act.sam2_feature_bytes(c) if act.needs_graph(c, Component.SAM2_DECODER) else 0),
+    (Component.SAM2_DECODER, act.sam2_decoder_activation_bytes),
+)
 
 
-def _transient(component: Component, num_bytes: int) -> list[Term]:
-    return _terms((component, Category.TRANSIENT, num_bytes))
+@_memo
+def _activation_items(ctx: Context) -> list[tuple[Component, Category, int]]:
+    return [(c, Category.ACTIVATIONS, fn(ctx) if c in ctx.parts else 0) for c, fn in ACTIVATION_ORDER]
+
+
+@_memo
+def _activations(ctx: Context, upto: Component | None = None) -> Group:
+    """Saved activations of the components run so far (forward order), up to and including `upto`."""
+    items = _activation_items(ctx)
+    stop = next((i for i, (c, _) in enumerate(ACTIVATION_ORDER) if c is upto), len(items) - 1)
+    return _group(*items[: stop + 1])
+
+
+def _transient(component: Component, num_bytes: int) -> Group:
+    return _group((component, Category.TRANSIENT, num_bytes))
+
+
+EMPTY = Group((), 0)
 
 
 def init_phase(ctx: Context) -> PhaseMemory:
-    base = _model_states(ctx, with_optimizer=False)
-    moment = Moment("after deepspeed.initialize" if ctx.is_deepspeed else "after model build", tuple(
-        base
-        + _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx))
-        + (_persistent_gradients(ctx) if ctx.zero_stage == 0 else [])
-        + [t for c in ctx.parts for t in _terms((c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c)))]
-    ))
+    moment = _moment(
+        "after deepspeed.initialize" if ctx.is_deepspeed else "after model build",
+        _weights(ctx), _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx)),
+        _persistent_gradients(ctx) if ctx.zero_stage == 0 else EMPTY, _masters(ctx),
+    )
     return PhaseMemory(Phase.INIT, moment)
 
 
+def _states(ctx: Context) -> tuple[Group, ...]:
+    return (_weights(ctx), _optimizer_states(ctx), _engine_buffers(ctx))
+
+
 def forward_phase(ctx: Context) -> PhaseMemory:
-    states = _model_states(ctx, with_optimizer=True) + _persistent_gradients(ctx) + _engine_buffers(ctx)
+    states = (*_states(ctx), _persistent_gradients(ctx))
     moments = []
     if Component.VISION in ctx.parts:
-        moments.append(Moment("vision tower", tuple(states + _transient(Component.VISION, act.vision_forward_transient(ctx)))))
+        moments.append(_moment("vision tower", *states, _transient(Component.VISION, act.vision_forward_transient(ctx))))
     if Component.LLM in ctx.parts:
-        saved = _activations(ctx, upto=Component.PROJECTOR) + _terms(
-            (Component.LLM, Category.ACTIVATIONS, act.llm_activation_bytes(ctx) + act.logits_saved_bytes(ctx)))
-        moments.append(Moment("LLM loss (logits)", tuple(states + saved + _transient(Component.LLM, act.llm_forward_transient(ctx)))))
+        moments.append(_moment("LLM loss (logits)", *states, _activations(ctx, Component.LLM),
+                               _transient(Component.LLM, act.llm_forward_transient(ctx))))
     if Component.SAM2_ENCODER in ctx.parts:
-        saved = _activations(ctx, upto=Component.SEG_HEAD)
-        moments.append(Moment("SAM2 image encoder", tuple(states + saved + _transient(Component.SAM2_ENCODER, act.sam2_encoder_transient(ctx)))))
-    moments.append(Moment("end of forward", tuple(states + _activations(ctx))))
+        moments.append(_moment("SAM2 image encoder", *states, _activations(ctx, Component.SEG_HEAD),
+                               _transient(Component.SAM2_ENCODER, act.sam2_encoder_transient(ctx))))
+    moments.append(_moment("end of forward", *states, _activations(ctx)))
     return PhaseMemory(Phase.FORWARD, max(moments, key=lambda m: m.total))
 
 
 def backward_phase(ctx: Context) -> PhaseMemory:
-    states = _model_states(ctx, with_optimizer=True) + _engine_buffers(ctx)
+    states = _states(ctx)
     persistent = _persistent_gradients(ctx)
-    moments = [Moment("start of backward", tuple(states + persistent + _activations(ctx)))]
+    moments = [_moment("start of backward", *states, persistent, _activations(ctx))]
     if Component.LLM in ctx.parts and act.needs_graph(ctx, Component.LLM):
-        early = _activations(ctx, upto=Component.LLM) + _transient(Component.LLM, act.llm_backward_transient(ctx))
-        head_grad = _terms((Component.LLM, Category.GRADIENTS, buffers.lm_head_grad_bytes(ctx)))
-        moments.append(Moment("LLM loss backward", tuple(states + (persistent or head_grad) + early)))
-    grads = _all_gradients(ctx) if not ctx.is_deepspeed or ctx.zero_stage == 1 else persistent
-    late = _activations(ctx, upto=Component.PROJECTOR) + _terms(
-        (Component.RUNTIME, Category.TRANSIENT, buffers.ddp_bucket_bytes(ctx)))
-    moments.append(Moment("end of backward", tuple(states + grads + late)))
+        head_grad = _group((Component.LLM, Category.GRADIENTS, buffers.lm_head_grad_bytes(ctx)))
+        moments.append(_moment("LLM loss backward", *states, persistent if persistent.total else head_grad,
+                               _activations(ctx, Component.LLM),
+                               _transient(Component.LLM, act.llm_backward_transient(ctx))))
+    moments.append(_moment("end of backward", *states, _step_gradients(ctx), _activations(ctx, Component.PROJECTOR),
+                           _group((Component.RUNTIME, Category.TRANSIENT, buffers.ddp_bucket_bytes(ctx)))))
     return PhaseMemory(Phase.BACKWARD, max(moments, key=lambda m: m.total))
 
 
 def optimizer_phase(ctx: Context) -> PhaseMemory:
-    states = _model_states(ctx, with_optimizer=True) + _engine_buffers(ctx)
-    grads = _all_gradients(ctx) if not ctx.is_deepspeed or ctx.zero_stage == 1 else _persistent_gradients(ctx)
-    moment = Moment("optimizer step", tuple(
-        states + grads + _transient(Component.RUNTIME, buffers.step_transient_bytes(ctx))
-        + _terms((Component.RUNTIME, Category.TRANSIENT, buffers.ddp_bucket_bytes(ctx)))))
+    moment = _moment(
+        "optimizer step", *_states(ctx), _step_gradients(ctx),
+        _group((Component.RUNTIME, Category.TRANSIENT, buffers.step_transient_bytes(ctx) + buffers.ddp_bucket_bytes(ctx))),
+    )
     return PhaseMemory(Phase.OPTIMIZER_STEP, moment)
 
 
 def inference_forward(ctx: Context) -> PhaseMemory:
-    states = _model_states(ctx, with_optimizer=False) + _engine_buffers(ctx)
-    moments = [Moment("weights", tuple(states))]
+    states = (_weights(ctx), _engine_buffers(ctx))
+    moments = [_moment("weights", *states)]
     if Component.VISION in ctx.parts:
-        moments.append(Moment("vision tower", tuple(states + _transient(Component.VISION, act.vision_forward_transient(ctx)))))
+        moments.append(_moment("vision tower", *states, _transient(Component.VISION, act.vision_forward_transient(ctx))))
     if Component.LLM in ctx.parts:
-        moments.append(Moment("LLM logits", tuple(states + _transient(Component.LLM, act.llm_forward_transient(ctx)))))
+        moments.append(_moment("LLM logits", *states, _transient(Component.LLM, act.llm_forward_transient(ctx))))
     if Component.SAM2_ENCODER in ctx.parts:
-        moments.append(Moment("SAM2 image encoder", tuple(states + _transient(Component.SAM2_ENCODER, act.sam2_encoder_transient(ctx)))))
+        moments.append(_moment("SAM2 image encoder", *states,
+                               _transient(Component.SAM2_ENCODER, act.sam2_encoder_transient(ctx))))
     return PhaseMemory(Phase.FORWARD, max(moments, key=lambda m: m.total))
 
 

@@ -9,6 +9,7 @@ instantiated modules on the meta device.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -363,5 +364,10 @@ class Profile(Spec):
             out["seg_head"] = self.seg_head.param_count()
         return out
 
+    @cached_property
+    def component_params_cached(self) -> dict[str, int]:
+        """component_params(), computed once per (immutable) profile."""
+        return self.component_params()
+
     def param_count(self) -> int:
-        return sum(self.component_params().values())
+        return sum(self.component_params_cached.values())

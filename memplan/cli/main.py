@@ -94,6 +94,12 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     console().print(table)
 
 
+from memplan.cli import calibrate_cmd  # noqa: E402
+
+app.command("calibrate")(calibrate_cmd.calibrate)
+app.command("validate")(calibrate_cmd.validate)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

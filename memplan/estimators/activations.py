@@ -15,24 +15,10 @@ from memplan.estimators.context import Context
 from memplan.vocabulary import Component
 
 
-def trains(ctx: Context, component: Component) -> bool:
-    part = ctx.parts.get(component)
-    return ctx.training and part is not None and part.trainable > 0
-
-
 def needs_graph(ctx: Context, component: Component) -> bool:
-    """A component saves activations if it trains or gradients must flow through it upstream."""
-    if not ctx.training or component not in ctx.parts:
-        return False
-    upstream = {
-        Component.VISION: (),
-        Component.PROJECTOR: (Component.VISION,),
-        Component.LLM: (Component.VISION, Component.PROJECTOR),
-        Component.SEG_HEAD: (Component.LLM, Component.VISION, Component.PROJECTOR),
-        Component.SAM2_DECODER: (Component.SEG_HEAD, Component.LLM, Component.VISION, Component.PROJECTOR),
-        Component.SAM2_ENCODER: (),
-    }[component]
-    return trains(ctx, component) or any(trains(ctx, c) for c in upstream)
+    """A component saves activations if it trains or gradients must flow through it upstream
+    (resolved once in Context.graph, following context.UPSTREAM)."""
+    return ctx.graph.get(component, False)
 
 
 # ---------------------------------------------------------------- token counts

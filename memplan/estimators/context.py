@@ -7,6 +7,7 @@ per component (frozen, trainable), dtype widths and the ZeRO sharding divisors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from memplan.plan import Plan
 from memplan.profile import Profile
@@ -14,8 +15,7 @@ from memplan.units import DTYPE_BYTES
 from memplan.vocabulary import Component
 
 
-@dataclass(frozen=True)
-class PartCounts:
+class PartCounts(NamedTuple):
     """Parameter counts of one component under a plan."""
 
     total: int  # parameters of the architecture
@@ -27,33 +27,20 @@ class PartCounts:
 
 @dataclass(frozen=True)
 class Context:
+    """Plan facts every estimator reads, resolved once (estimates run thousands of times a second
+    inside `memplan search`)."""
+
     profile: Profile
     plan: Plan
     parts: dict[Component, PartCounts] = field(default_factory=dict)
-
-    @property
-    def num_gpus(self) -> int:
-        return self.plan.hardware.num_gpus
-
-    @property
-    def zero_stage(self) -> int:
-        return self.plan.engine.zero_stage if self.plan.engine.kind == "deepspeed" else 0
-
-    @property
-    def is_deepspeed(self) -> bool:
-        return self.plan.engine.kind == "deepspeed"
-
-    @property
-    def training(self) -> bool:
-        return self.plan.mode == "train"
-
-    @property
-    def compute_bytes(self) -> int:
-        return DTYPE_BYTES[self.plan.precision.compute]
-
-    @property
-    def total_trainable(self) -> int:
-        return sum(p.trainable for p in self.parts.values())
+    num_gpus: int = 1
+    zero_stage: int = 0  # 0 for plain PyTorch
+    is_deepspeed: bool = False
+    training: bool = True
+    compute_bytes: int = 2
+    total_trainable: int = 0
+    graph: dict[Component, bool] = field(default_factory=dict)  # keeps activations for backward
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # memo of shared term lists
 
     def shard(self, num_bytes: int, *, at_stage: int) -> int:
         """ZeRO partitioning (Rajbhandari et al. 2019, arXiv 1910.02054): a state partitioned from
@@ -105,11 +92,33 @@ def _dtype_bytes(plan: Plan, component: Component) -> tuple[int, int]:
     return frozen, trainable
 
 
+UPSTREAM = {  # gradient paths of the Sa2VA wiring: vision -> projector -> LLM -> seg head -> decoder
+    Component.VISION: (),
+    Component.PROJECTOR: (Component.VISION,),
+    Component.LLM: (Component.VISION, Component.PROJECTOR),
+    Component.SEG_HEAD: (Component.LLM, Component.VISION, Component.PROJECTOR),
+    Component.SAM2_DECODER: (Component.SEG_HEAD, Component.LLM, Component.VISION, Component.PROJECTOR),
+    Component.SAM2_ENCODER: (),
+}
+
+
+def _graph(parts: dict[Component, PartCounts], training: bool) -> dict[Component, bool]:
+    """A component saves activations if it trains or a trained component lies upstream of it."""
+    trains = {c: training and p.trainable > 0 for c, p in parts.items()}
+    return {c: trains[c] or any(trains.get(u, False) for u in UPSTREAM[c]) for c in parts}
+
+
 def build_context(profile: Profile, plan: Plan) -> Context:
     parts: dict[Component, PartCounts] = {}
-    for name, total in profile.component_params().items():
+    for name, total in profile.component_params_cached.items():
         component = Component(name)
         frozen, trainable = _trainable_count(profile, plan, component, total)
         weight_bytes, trainable_bytes = _dtype_bytes(plan, component)
         parts[component] = PartCounts(total, frozen, trainable, weight_bytes, trainable_bytes)
-    return Context(profile=profile, plan=plan, parts=parts)
+    is_deepspeed = plan.engine.kind == "deepspeed"
+    return Context(
+        profile=profile, plan=plan, parts=parts, num_gpus=plan.hardware.num_gpus,
+        zero_stage=plan.engine.zero_stage if is_deepspeed else 0, is_deepspeed=is_deepspeed,
+        training=plan.mode == "train", compute_bytes=DTYPE_BYTES[plan.precision.compute],
+        total_trainable=sum(p.trainable for p in parts.values()), graph=_graph(parts, plan.mode == "train"),
+    )

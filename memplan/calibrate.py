@@ -1,0 +1,181 @@
+"""Calibrate the terms no formula derives, and validate estimates against probe records.
+
+Fitted terms (memplan/estimators/overhead.py, Calibration):
+- reserved_ratio, reserved_constant_bytes: least squares of measured reserved on measured allocated
+  peaks (a property of the caching allocator and the workload's block sizes, not of the model);
+- context_bytes: median of measured (device used - reserved) on one GPU; nccl_bytes: the extra
+  median on several GPUs (NCCL's buffers and communicator state);
+- allocated_constant_bytes: median of (measured - analytic) peak allocated: what every run holds
+  beyond the model (cuBLAS/cuDNN workspaces, RNG state, small buffers); one number for all runs;
+- host_base_bytes: median host RSS per process of runs without offload.
+No per-configuration factor is fitted: the same five numbers apply to every plan.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from memplan.estimate import Estimate, estimate
+from memplan.estimators.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration
+from memplan.loading import InputError
+from memplan.plan import Plan
+from memplan.profile import Profile
+from memplan.vocabulary import Phase
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One probe record reduced to what the estimate predicts (max over ranks)."""
+
+    run_id: str
+    source: str
+    status: str
+    profile: Profile
+    plan: Plan
+    allocated: int
+    reserved: int
+    device: int
+    host: int
+    phases: dict[str, int]
+    vram_cap_bytes: int | None
+    card: str | None
+
+
+def _max_over_ranks(record: dict[str, Any], key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rank in record.get("ranks", []):
+        for phase, values in rank.get("phases", {}).items():
+            value = values.get(key)
+            if value is not None:
+                out[phase] = max(out.get(phase, 0), int(value))
+    return out
+
+
+def measured_from_record(record: dict[str, Any], source: str) -> Measured:
+    try:
+        profile = Profile.model_validate(record["profile"])
+        plan = Plan.model_validate(record["plan"])
+    except Exception as error:  # noqa: BLE001 - any mismatch is a foreign/old record
+        raise InputError(f"{source}: run {record.get('run_id')}: profile/plan do not validate: "
+                         f"{str(error).splitlines()[0]}") from None
+    summary = record.get("summary") or {}
+    allocated = _max_over_ranks(record, "max_allocated_bytes")
+    reserved = _max_over_ranks(record, "max_reserved_bytes")
+    device = _max_over_ranks(record, "device_used_bytes")
+    host = _max_over_ranks(record, "host_rss_bytes")
+    return Measured(
+        run_id=str(record.get("run_id")), source=source, status=record.get("status", "error"),
+        profile=profile, plan=plan,
+        allocated=int(summary.get("peak_allocated_bytes") or max(allocated.values(), default=0)),
+        reserved=int(summary.get("peak_reserved_bytes") or max(reserved.values(), default=0)),
+        device=int(summary.get("peak_device_bytes") or max(device.values(), default=0)),
+        host=max(host.values(), default=0), phases=allocated,
+        vram_cap_bytes=record.get("vram_cap_bytes"),
+        card=(record.get("environment") or {}).get("gpu_name"),
+    )
+
+
+def load_measurements(paths: Iterable[str | Path]) -> list[Measured]:
+    from memplan.probe.records import read_records  # no torch: records.py is plain JSON
+
+    out = []
+    for path in paths:
+        for record in read_records(path):
+            out.append(measured_from_record(record, str(path)))
+    if not out:
+        raise InputError("records: no probe records found in the given files")
+    return out
+
+
+def _least_squares(xs: list[int], ys: list[int]) -> tuple[float, float]:
+    """y = a x + b by ordinary least squares (a = 0 slope falls back to the median offset)."""
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return 1.0, statistics.median(y - x for x, y in zip(xs, ys)) if xs else 0.0
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    a = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sxx
+    return a, mean_y - a * mean_x
+
+
+def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
+    ok = [m for m in measurements if m.status == "ok" and m.allocated > 0]
+    if not ok:
+        raise InputError("records: no successful ('ok') runs to calibrate on")
+    slope, offset = _least_squares([m.allocated for m in ok], [m.reserved for m in ok])
+    single = [m.device - m.reserved for m in ok if m.plan.hardware.num_gpus == 1 and m.device]
+    multi = [m.device - m.reserved for m in ok if m.plan.hardware.num_gpus > 1 and m.device]
+    context = int(statistics.median(single)) if single else DEFAULT.context_bytes
+    nccl = max(0, int(statistics.median(multi)) - context) if multi else DEFAULT.nccl_bytes
+    analytic = [estimate(m.profile, m.plan, Calibration(allocated_constant_bytes=0)).peak_allocated_bytes for m in ok]
+    constant = int(statistics.median(m.allocated - a for m, a in zip(ok, analytic)))
+    hosts = [m.host for m in ok if m.host and m.plan.engine.offload_optimizer == "none"
+             and m.plan.engine.offload_params == "none"]
+    versions = {}
+    return Calibration(
+        allocated_constant_bytes=max(constant, 0),
+        reserved_ratio=max(0.0, round(slope - 1, 4)), reserved_constant_bytes=max(0, int(offset)),
+        context_bytes=context, nccl_bytes=nccl,
+        host_base_bytes=int(statistics.median(hosts)) if hosts else DEFAULT.host_base_bytes,
+        fitted_on=sorted(set(sources)), card=ok[0].card, versions=versions,
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    measured: Measured
+    estimate: Estimate
+
+    def error(self, kind: str) -> float | None:
+        """Relative error (estimate - measured) / measured of allocated, reserved or device."""
+        measured = {"allocated": self.measured.allocated, "reserved": self.measured.reserved,
+                    "device": self.measured.device}[kind]
+        predicted = {"allocated": self.estimate.peak_allocated_bytes, "reserved": self.estimate.peak_reserved_bytes,
+                     "device": self.estimate.device_bytes}[kind]
+        return (predicted - measured) / measured if measured else None
+
+    def phase_errors(self) -> dict[str, float]:
+        out = {}
+        for phase in self.estimate.phases:
+            measured = self.measured.phases.get(phase.phase.value)
+            if measured:
+                predicted = phase.total + self.estimate.calibration.allocated_constant_bytes
+                out[phase.phase.value] = (predicted - measured) / measured
+        return out
+
+    def verdict_under_cap(self) -> tuple[str, str] | None:
+        """(predicted, measured) verdicts when the run had a VRAM cap: OOM if allocation exceeds it."""
+        cap = self.measured.vram_cap_bytes
+        if not cap:
+            return None
+        predicted = "oom" if self.estimate.peak_allocated_bytes > cap else "fits"
+        measured = "oom" if self.measured.status == "oom" else "fits" if self.measured.status == "ok" else None
+        return (predicted, measured) if measured else None
+
+
+def compare(measurements: list[Measured], calibration: Calibration) -> list[Comparison]:
+    return [Comparison(m, estimate(m.profile, m.plan, calibration)) for m in measurements]
+
+
+def summary(comparisons: list[Comparison]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": len(comparisons)}
+    ok = [c for c in comparisons if c.measured.status == "ok"]
+    for kind in ("allocated", "reserved", "device"):
+        errors = [abs(e) for c in ok if (e := c.error(kind)) is not None]
+        out[kind] = {"median_abs_error": statistics.median(errors) if errors else None,
+                     "max_abs_error": max(errors) if errors else None, "count": len(errors)}
+    verdicts = [v for c in comparisons if (v := c.verdict_under_cap())]
+    out["verdicts"] = {"count": len(verdicts), "correct": sum(p == m for p, m in verdicts),
+                       "fits_that_ran_oom": sum(p == "fits" and m == "oom" for p, m in verdicts)}
+    return out
+
+
+def calibration_document(calibration: Calibration) -> dict[str, Any]:
+    document = calibration.model_dump(mode="json", by_alias=True)
+    document["schema"] = CALIBRATION_SCHEMA
+    return document
+
+
+PHASES = [p.value for p in Phase]

@@ -1,0 +1,159 @@
+"""``memplan probe``: run a plan for real on this machine's GPU(s) and record the measured memory.
+
+Register with ``app.command("probe")(probe_command)`` in memplan/cli/main.py (it is already wrapped
+in ``user_errors``). The plan comes from the
+shared flags (memplan.cli.options.build_plan); the probe adds --steps, --vram-cap, --out, --timeout
+and --device. One GPU runs in this process; --gpus N > 1 relaunches under torchrun
+(memplan.probe.launch). Exit codes: 0 when a record was written with status ok or oom (an OOM is a
+result), 1 for status error/timeout, 2 for bad input (one line, no traceback).
+torch is imported only when the probe runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from memplan.cli.options import OffloadChoice, build_plan, check_lora_rank, console, resolve_profile, user_errors
+from memplan.loading import InputError
+from memplan.plan import Plan
+from memplan.probe.records import STATUSES
+from memplan.profile import Profile
+
+DEFAULT_OUT = Path("reports/probes/probes.jsonl")
+PHASE_ORDER = ("init", "forward", "backward", "optimizer_step")
+
+
+class DeviceChoice(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+def check_probe_inputs(profile: Profile, plan: Plan, *, steps: int, vram_cap_gib: float | None,
+                       timeout_s: float | None) -> None:
+    """Reject impossible probe options before anything heavy loads (InputError, one line)."""
+    from memplan.probe.shapes import ProbeBuildError, input_shapes
+
+    if steps < 1:
+        raise InputError(f"--steps={steps}: must be at least 1")
+    if vram_cap_gib is not None and vram_cap_gib <= 0:
+        raise InputError(f"--vram-cap={vram_cap_gib}: must be a positive number of GiB")
+    if timeout_s is not None and timeout_s <= 0:
+        raise InputError(f"--timeout={timeout_s}: must be a positive number of seconds")
+    try:
+        input_shapes(profile, plan)
+    except ProbeBuildError as error:
+        raise InputError(str(error)) from None
+
+
+def check_gpus(plan: Plan, device: str) -> None:
+    """hardware.num_gpus must not exceed the visible GPUs (the probe runs one rank per GPU here)."""
+    if device != "cuda":
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if plan.hardware.num_gpus > visible:
+        raise InputError(f"hardware.num_gpus={plan.hardware.num_gpus}: only {visible} CUDA device(s) visible here "
+                         "(pass --gpus N, or --device cpu)")
+
+
+def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
+                  out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
+                  command: str | None = None) -> dict[str, Any]:
+    """Run the probe (in process for one GPU, under torchrun for several) and append its record."""
+    command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
+    gpus = plan.hardware.num_gpus
+    if gpus > 1:
+        from memplan.probe.launch import launch_probe
+
+        return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
+                            device=device, timeout_s=timeout_s, command=command)
+    from memplan.probe.records import append_record
+    from memplan.probe.run import run_probe
+
+    record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
+                       command=command)
+    append_record(out, record)
+    return record
+
+
+def phase_table(record: dict[str, Any]):
+    """A rich table: per phase, GiB allocated / reserved / device / host, max over ranks."""
+    from rich.table import Table
+
+    from memplan.units import format_gib
+
+    table = Table(title=f"memplan probe: {record['model']} ({record['status']})")
+    for column in ("phase", "allocated GiB", "reserved GiB", "device GiB", "host GiB"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    fields = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
+    for phase in PHASE_ORDER:
+        readings = [rank["phases"][phase] for rank in record["ranks"] if phase in rank.get("phases", {})]
+        if readings:
+            table.add_row(phase, *(format_gib(max(r[field] for r in readings)) for field in fields))
+    return table
+
+
+def render_result(record: dict[str, Any], out: Path) -> None:
+    """The phase table, the outcome line and where the record went."""
+    out_console = console()
+    out_console.print(phase_table(record))
+    summary = record["summary"]
+    from memplan.units import format_gib
+
+    line = f"peak allocated {format_gib(summary['peak_allocated_bytes'])} GiB in {summary['peak_phase']}"
+    if record["status"] == "oom" and record.get("oom"):
+        oom = record["oom"]
+        requested = oom.get("requested_bytes")
+        asked = f", tried to allocate {format_gib(requested)} GiB" if requested else ""
+        line = f"OOM in {oom['phase']} on rank {oom['rank']}{asked}"
+    elif record["status"] in ("error", "timeout"):
+        line = f"{record['status']}: {record.get('error')}"
+    out_console.print(line, markup=False)
+    out_console.print(f"record appended to {out} (run {record['run_id']})", markup=False)
+
+
+@user_errors
+def probe_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path; default sa2va-4b."),
+    plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs to run on (N > 1: torchrun)."),
+    res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
+    zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
+    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
+    text_len: Optional[int] = typer.Option(None, "--text-len", help="LLM sequence length in tokens."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
+    objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through SAM2."),
+    ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
+    steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
+    vram_cap: Optional[float] = typer.Option(None, "--vram-cap", help="Emulate a card of this many GiB."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="JSONL file the record is appended to."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is stopped."),
+    device: DeviceChoice = typer.Option(DeviceChoice.cuda, "--device", help="cuda, or cpu (storage tracker)."),
+) -> None:
+    """Train a plan for a few steps on random weights and record the memory measured per phase."""
+    the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
+                          tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
+                          ckpt=ckpt, mode=mode)
+    profile = resolve_profile(model, the_plan)
+    check_lora_rank(profile, the_plan)
+    check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)
+    check_gpus(the_plan, device.value)
+    record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
+                           device=device.value)
+    render_result(record, out)
+    assert record["status"] in STATUSES
+    if record["status"] in ("error", "timeout"):
+        raise typer.Exit(code=1)
+
