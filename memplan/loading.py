@@ -75,7 +75,7 @@ def read_document(path: Path) -> dict[str, Any]:
 
 def _profile_files() -> dict[str, Path]:
     files = {p.stem: p for p in sorted(COMPONENTS_DIR.glob("*.yaml"))}
-    files.update({p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"))})
+    files.update({p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml")) if p.stem != "calibration"})
     return files
 
 

@@ -51,7 +51,7 @@ def test_profiles_lists_counts():
     result = invoke("profiles", "--format", "json")
     assert result.exit_code == 0
     rows = {row["name"]: row for row in json.loads(result.output)}
-    assert rows["sa2va-1b"]["total_params"] == 1_027_773_025
+    assert rows["sa2va-1b"]["total_params"] == 1_027_756_594
 
 
 def test_flags_override_plan():

@@ -95,9 +95,11 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
 
 
 from memplan.cli import calibrate_cmd  # noqa: E402
+from memplan.cli.profile_cmd import profile_app  # noqa: E402
 
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
+app.add_typer(profile_app, name="profile", help="Import a Hugging Face config.json or compose a profile.")
 
 
 def main() -> None:  # pragma: no cover

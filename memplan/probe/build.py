@@ -17,7 +17,6 @@ Known differences from the released checkpoints, all small in memory:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,15 +25,14 @@ from torch import nn
 
 from memplan.plan import Plan
 from memplan.profile import LLMSpec, Profile, ProjectorSpec, Sam2Spec, SegHeadSpec, VisionSpec
+from memplan.probe.shapes import ProbeBuildError, Shapes, input_shapes
 from memplan.vocabulary import Component
+
+__all__ = ["ProbeBuildError", "Shapes", "input_shapes", "Sa2VAProbeModel", "build_model", "make_batch"]
 
 ATTENTION_IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 IGNORE_INDEX = -100  # transformers' ForCausalLMLoss ignore_index
-
-
-class ProbeBuildError(ValueError):
-    """A profile/plan combination the probe cannot build (one line, names the numbers)."""
 
 
 def attn_implementation(plan: Plan) -> str:
@@ -240,45 +238,6 @@ class SegHead(nn.Module):
 
 
 # --------------------------------------------------------------------------- the probe model
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """Per-sample input shapes derived from the profile and plan.inputs."""
-
-    micro_batch: int
-    images: int  # tiles + frames per sample, one vision pass each
-    image_size: int
-    tokens_per_image: int  # LLM tokens per tile after the projector's merge
-    text_tokens: int
-    objects: int
-    sam2_images: int  # SAM2 passes per sample: one per video frame, else one
-    sam2_resolution: int
-    notes: tuple[str, ...] = field(default=())
-
-
-def input_shapes(profile: Profile, plan: Plan) -> Shapes:
-    """Shapes of one micro-batch; raises ProbeBuildError when the image tokens overflow the sequence."""
-    inputs = plan.inputs
-    images = inputs.tiles + inputs.frames if profile.vision else 0
-    merge = profile.projector.merge_factor if profile.projector else 1
-    per_image = profile.vision.patches_per_tile // merge if profile.vision else 0
-    objects = inputs.objects if profile.sam2 or profile.seg_head else 0
-    if profile.llm and images * per_image + objects + 1 > inputs.text_tokens:
-        raise ProbeBuildError(
-            f"inputs: images({images}) * tokens_per_image({per_image}) + objects({objects}) + 1 "
-            f"> text_tokens({inputs.text_tokens})"
-        )
-    return Shapes(
-        micro_batch=inputs.micro_batch,
-        images=images,
-        image_size=profile.vision.image_size if profile.vision else 0,
-        tokens_per_image=per_image,
-        text_tokens=inputs.text_tokens,
-        objects=objects,
-        sam2_images=max(inputs.frames, 1) if profile.sam2 else 0,
-        sam2_resolution=inputs.sam2_resolution,
-    )
 
 
 class Sa2VAProbeModel(nn.Module):

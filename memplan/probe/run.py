@@ -41,12 +41,12 @@ from memplan.probe.apply import apply_plan, parameter_counts
 from memplan.probe.build import DTYPES, Sa2VAProbeModel, build_model, make_batch
 from memplan.probe.tracker import StorageTracker
 from memplan.profile import Profile
-from memplan.units import GIB, gib_to_bytes
+from memplan.units import gib_to_bytes
 from memplan.vocabulary import Category, Phase
 
 STEP_PHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
-UNIT_BYTES = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9}
-ALLOCATE_PATTERN = re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|B)")
+UNIT_BYTES = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+ALLOCATE_PATTERN = re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|bytes|B)")
 
 
 class ProbeTimeout(Exception):
@@ -380,8 +380,12 @@ def deepspeed_engine(model: Sa2VAProbeModel, plan: Plan, device: torch.device) -
 
 @contextlib.contextmanager
 def build_context(plan: Plan, device: torch.device) -> Iterator[None]:
-    """Where parameters are created: deepspeed.zero.Init for ZeRO-3 with zero3_init, else the CPU."""
-    if plan.engine.kind == "deepspeed" and plan.engine.zero_stage == 3 and plan.engine.zero3_init:
+    """Where parameters are created: deepspeed.zero.Init for ZeRO-3 training with zero3_init, else the CPU.
+
+    Inference plans always build on the CPU and run as a plain module on the device.
+    """
+    zero3 = plan.engine.kind == "deepspeed" and plan.engine.zero_stage == 3
+    if zero3 and plan.engine.zero3_init and plan.mode == "train":
         import deepspeed
 
         from memplan.deepspeed_config import deepspeed_config
@@ -473,8 +477,8 @@ def _alarm(timeout_s: float | None) -> Iterator[None]:
 class _PhaseRunner:
     """Runs a phase between a reset and a read of the meter, files the reading, wraps failures."""
 
-    def __init__(self, meter: Meter, result: RankResult) -> None:
-        self.meter, self.result = meter, result
+    def __init__(self, meter: Meter, result: RankResult, on_update: Callable[[RankResult], None] | None = None) -> None:
+        self.meter, self.result, self.on_update = meter, result, on_update
 
     def __call__(self, phase: Phase, function: Callable[[], Any], step: int | None = None) -> tuple[Any, float]:
         self.meter.reset()
@@ -482,7 +486,7 @@ class _PhaseRunner:
         try:
             value = function()
             self.meter.synchronize()
-        except BaseException as error:  # noqa: BLE001 - every failure is a result
+        except Exception as error:  # noqa: BLE001 - every failure is a result
             self._file(phase, step)
             raise PhaseFailure(phase.value, error) from error
         elapsed = time.perf_counter() - started
@@ -492,6 +496,8 @@ class _PhaseRunner:
     def _file(self, phase: Phase, step: int | None) -> None:
         try:
             self.result.record_phase(phase.value, self.meter.read(), step)
+            if self.on_update is not None:
+                self.on_update(self.result)
         except Exception:  # noqa: BLE001 - a failed read after an OOM must not hide the OOM
             pass
 
@@ -540,39 +546,96 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
-                 device: str = "cuda", timeout_s: float | None = None) -> RankResult:
-    """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result."""
-    rank, local_rank, world_size = world()
-    torch_device = resolve_device(device, local_rank)
-    cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
-    tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    if cap and torch_device.type == "cuda":
+def _cap_device(torch_device: torch.device, cap: int | None) -> None:
+    """Emulate a smaller card: torch.cuda.set_per_process_memory_fraction(cap / total); None lifts it."""
+    if torch_device.type == "cuda":
         total = torch.cuda.get_device_properties(torch_device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0), torch_device)
-    result = RankResult(rank=rank, device=str(torch_device))
-    run = _PhaseRunner(Meter(torch_device, tracker), result)
-    compute = DTYPES[plan.precision.compute]
-    with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
-        try:
-            def init() -> tuple[Engine, dict[str, torch.Tensor]]:
-                engine = make_engine(profile, plan, torch_device, world_size)
-                return engine, make_batch(engine.model, profile, torch_device, compute)
+        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0) if cap else 1.0, torch_device)
 
-            (engine, batch), _ = run(Phase.INIT, init)
-            result.notes = list(engine.model.notes)
-            result.parameters = {"trainable": parameter_counts(engine.model, trainable=True),
-                                 "frozen": parameter_counts(engine.model, trainable=False)}
-            result.record_categories(category_bytes(engine.model, engine.optimizer, torch_device))
-            if plan.mode == "train":
-                _train_steps(engine, batch, plan, steps, run, result, torch_device)
-            else:
-                _inference_steps(engine, batch, steps, run, result)
-        except PhaseFailure as failure:
-            _file_failure(result, failure, rank)
-        except ProbeTimeout as error:  # raised between phases
-            result.status, result.error = "timeout", str(error)
+
+def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, result: RankResult,
+                torch_device: torch.device) -> None:
+    """init, then the training (or inference) steps; failures propagate as PhaseFailure."""
+    compute = DTYPES[plan.precision.compute]
+
+    def init() -> tuple[Engine, dict[str, torch.Tensor]]:
+        engine = make_engine(profile, plan, torch_device, world()[2])
+        return engine, make_batch(engine.model, profile, torch_device, compute)
+
+    (engine, batch), _ = run(Phase.INIT, init)
+    result.notes = list(engine.model.notes)
+    result.parameters = {"trainable": parameter_counts(engine.model, trainable=True),
+                         "frozen": parameter_counts(engine.model, trainable=False)}
+    result.record_categories(category_bytes(engine.model, engine.optimizer, torch_device))
+    if plan.mode == "train":
+        _train_steps(engine, batch, plan, steps, run, result, torch_device)
+    else:
+        _inference_steps(engine, batch, steps, run, result)
+
+
+def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
+                 device: str = "cuda", timeout_s: float | None = None,
+                 on_update: Callable[[RankResult], None] | None = None) -> RankResult:
+    """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result.
+
+    ``on_update(result)`` is called after every phase (the launcher saves partial results with it).
+    """
+    rank, local_rank, _ = world()
+    result = RankResult(rank=rank, device=device)
+    cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
+    try:
+        torch_device = resolve_device(device, local_rank)
+    except RuntimeError as error:
+        result.status, result.error = "error", f"setup: {_one_line(error)}"
+        return result
+    result.device = str(torch_device)
+    tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
+    run = _PhaseRunner(Meter(torch_device, tracker), result, on_update)
+    _cap_device(torch_device, cap)
+    try:
+        with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
+            _run_phases(profile, plan, steps, run, result, torch_device)
+    except PhaseFailure as failure:
+        _file_failure(result, failure, rank)
+    except ProbeTimeout as error:  # raised between phases
+        result.status, result.error = "timeout", str(error)
+    finally:
+        _cap_device(torch_device, None)
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+    if on_update is not None:
+        on_update(result)
     return result
+
+
+def assemble_record(profile: Profile, plan: Plan, ranks: list[dict[str, Any]], *, env: dict[str, Any],
+                    vram_cap_gib: float | None = None, command: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A ``memplan.probe/1`` record from per-rank result dicts (RankResult.as_dict())."""
+    first = min(ranks, key=lambda rank: rank.get("rank", 0)) if ranks else {}
+    return records.make_record(
+        profile=profile.model_dump(mode="json"),
+        plan=plan.model_dump(mode="json"),
+        ranks=ranks,
+        environment=env,
+        command=command if command is not None else " ".join(sys.argv),
+        vram_cap_bytes=gib_to_bytes(vram_cap_gib) if vram_cap_gib else None,
+        notes=first.get("notes", ()),
+        parameters=first.get("parameters"),
+        **overrides,
+    )
+
+
+def gather_ranks(result: RankResult, device: torch.device) -> list[dict[str, Any]]:
+    """Every rank's result dict on every rank (torch.distributed.all_gather_object); alone: just this one."""
+    _, _, world_size = world()
+    if world_size == 1:
+        return [result.as_dict()]
+    import torch.distributed as dist
+
+    ensure_distributed(device)
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, result.as_dict())
+    return gathered
 
 
 def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
@@ -580,29 +643,14 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
     """Measure ``plan`` on ``profile`` for real and return a ``memplan.probe/1`` record.
 
     Under torchrun every rank measures itself and the per-rank results are all-gathered, so every
-    rank returns the same record (rank 0 is the one that should write it).
+    rank returns the same record (rank 0 is the one that should write it). A failed rank in a
+    multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
     result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s)
-    rank, local_rank, world_size = world()
-    torch_device = torch.device("cuda", local_rank) if device == "cuda" and torch.cuda.is_available() else torch.device("cpu")
-    ranks = [result.as_dict()]
-    if world_size > 1:
-        import torch.distributed as dist
-
-        ensure_distributed(torch_device)
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, result.as_dict())
-        ranks = gathered
-    return records.make_record(
-        profile=profile.model_dump(mode="json"),
-        plan=plan.model_dump(mode="json"),
-        ranks=ranks,
-        environment=environment(torch_device, world_size),
-        command=command if command is not None else " ".join(sys.argv),
-        vram_cap_bytes=gib_to_bytes(vram_cap_gib) if vram_cap_gib else None,
-        notes=result.notes,
-        parameters=result.parameters,
-    )
+    torch_device = torch.device(result.device)
+    ranks = gather_ranks(result, torch_device)
+    return assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
+                           vram_cap_gib=vram_cap_gib, command=command)
 
 
-__all__ = ["run_probe", "measure_rank", "requested_bytes", "category_bytes", "Meter", "GIB"]
+__all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "requested_bytes", "category_bytes", "Meter"]

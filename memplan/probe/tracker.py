@@ -26,7 +26,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from memplan.units import GIB
+
+
+def format_size(num_bytes: int) -> str:
+    """Bytes in the allocator's style ('20.00 MiB'), as c10/cuda/CUDACachingAllocator.cpp's format_size."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.2f} {unit}"
+    return f"{num_bytes} bytes"
 
 
 def _storages(value: Any) -> list[torch.UntypedStorage]:
@@ -87,7 +94,7 @@ class StorageTracker(TorchDispatchMode):
     def _check_limit(self, added: int) -> None:
         if self.limit_bytes is not None and added and self._current > self.limit_bytes:
             raise torch.OutOfMemoryError(
-                f"StorageTracker: Tried to allocate {added / GIB:.2f} GiB. "
+                f"StorageTracker: Tried to allocate {format_size(added)}. "
                 f"{self._current - added} bytes in use of a {self.limit_bytes} byte limit (emulated card)"
             )
 

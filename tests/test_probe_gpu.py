@@ -1,0 +1,66 @@
+"""The probe's GPU tier: real 1-GPU probes of the tiny profile (plain PyTorch, DeepSpeed ZeRO-2) and an
+emulated small card that must end in an 'oom' record. Skipped where no CUDA device is visible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memplan.loading import load_profile
+from memplan.plan import Plan
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TINY = Path(__file__).parent / "fixtures" / "profiles" / "tiny-sa2va.yaml"
+INPUTS = {"micro_batch": 2, "text_tokens": 256, "tiles": 2, "frames": 0, "sam2_resolution": 256, "objects": 3}
+LLM_LORA = {"llm": {"train": "lora", "checkpointing": True, "lora": {"rank": 8, "alpha": 16},
+                    "modules_to_save": ["embed_tokens", "lm_head"]}}
+
+
+def plan(engine: dict, **sections) -> Plan:
+    return Plan.model_validate({"engine": engine, "inputs": INPUTS, "components": LLM_LORA, **sections})
+
+
+def check_ok(record: dict) -> dict:
+    assert record["status"] == "ok", record["error"]
+    (rank,) = record["ranks"]
+    assert set(rank["phases"]) == {"init", "forward", "backward", "optimizer_step"}
+    assert len(rank["step_times_s"]) == 3
+    phases = rank["phases"]
+    assert phases["forward"]["max_allocated_bytes"] > phases["init"]["max_allocated_bytes"] > 0
+    assert all(r["max_reserved_bytes"] >= r["max_allocated_bytes"] for r in phases.values())
+    assert all(r["device_used_bytes"] >= r["max_reserved_bytes"] for r in phases.values())
+    assert record["environment"]["gpu_name"] and record["environment"]["gpu_total_bytes"] > 0
+    return rank
+
+
+def test_pytorch_probe_on_one_gpu():
+    from memplan.probe.run import run_probe
+
+    record = run_probe(load_profile(str(TINY)), plan({"kind": "pytorch", "zero_stage": 0}), steps=3, device="cuda")
+    rank = check_ok(record)
+    categories = rank["categories"]  # fp32 trainable parameters; AdamW: two moments + a step tensor each
+    assert 0 <= categories["optimizer_state"] - 2 * categories["trainable_weights"] < 4096
+
+
+def test_deepspeed_zero2_probe_on_one_gpu():
+    pytest.importorskip("deepspeed")
+    from memplan.probe.run import run_probe
+
+    record = run_probe(load_profile(str(TINY)), plan({"kind": "deepspeed", "zero_stage": 2}), steps=3, device="cuda")
+    rank = check_ok(record)
+    assert rank["categories"]["optimizer_state"] > 0 and rank["categories"]["master_weights"] > 0
+
+
+def test_vram_cap_gives_oom():
+    from memplan.probe.run import run_probe
+
+    big = dict(INPUTS, text_tokens=4096, micro_batch=4)
+    record = run_probe(load_profile(str(TINY)), Plan.model_validate(
+        {"engine": {"kind": "pytorch", "zero_stage": 0}, "inputs": big, "components": LLM_LORA}),
+        steps=1, device="cuda", vram_cap_gib=0.05)
+    assert record["status"] == "oom", record["error"]
+    assert record["oom"]["phase"] in ("init", "forward", "backward", "optimizer_step")
+    assert record["oom"]["requested_bytes"] and record["oom"]["requested_bytes"] > 0
