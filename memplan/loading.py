@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import reprlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from memplan.plan import Plan
 from memplan.profile import Profile
@@ -25,57 +27,136 @@ PLANS_DIR = PACKAGE_ROOT.parent / "plans"
 
 SLOT_BY_KIND = {"llm": "llm", "vision": "vision", "projector": "projector", "sam2": "sam2", "seg_head": "seg_head"}
 COMPONENT_SLOTS = tuple(SLOT_BY_KIND.values())
+NOT_PROFILES = ("calibration", "gpus")  # data files beside the profiles (schema memplan.calibration/1, memplan.gpus/1)
+
+
+# libyaml's safe loader when PyYAML has it: the same documents, 100x faster on pathological input
+# (5,000 nested '[' take 1.7 s in the pure-Python loader) and a nesting limit instead of a RecursionError.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class InputError(ValueError):
     """Bad user input: a one-line message naming the field, the value and what is allowed."""
 
 
-def describe_validation_error(error: ValidationError, where: str) -> str:
-    """Turn pydantic's multi-line report into one line: 'where: field=value: why'."""
+_REPR = reprlib.Repr()
+_REPR.maxstring = 40
+_REPR.maxother = 40
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def shown(value: Any) -> str:
+    """A short, bounded repr of a user value (never walks a huge or deeply nested structure)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def printable(text: Any) -> str:
+    """A key or path as written when it is plain one-line text, else its bounded repr (a key holding
+    a newline or a line separator must not break the one-line message)."""
+    text = str(text)
+    return text if text.isprintable() and len(text) <= 200 else shown(text)
+
+
+def _dotted(parts: Any) -> str:
+    return ".".join(printable(part) for part in parts)
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (for listing its allowed keys)."""
+    import typing
+
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def describe_validation_error(error: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+    """Turn pydantic's multi-line report into one line: 'where: field=value: why'.
+
+    With ``model`` (the class validated), an unknown key's message lists the keys its section allows."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    loc = tuple(first["loc"])
+    field = _dotted(loc) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{field}' (not a field of this section)"
-    if first["type"] == "missing":
-        return f"{where}: missing required field '{field}'"
-    value = first.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    prefix = f"{where}: {field}={shown}: " if first["loc"] else f"{where}: "
     extra = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        holder = _model_at(model, loc[:-1])
+        section = _dotted(loc[:-1]) or "the top level"
+        keys = [info.alias or name for name, info in holder.model_fields.items()] if holder else []
+        allowed = f"; {section} allows: {', '.join(keys)}" if holder else " (not a field of this section)"
+        return f"{where}: unknown key '{field}'={shown(first.get('input'))}{allowed}{extra}"
+    if first["type"] == "missing":
+        return f"{where}: missing required field '{field}'{extra}"
+    if first["type"] == "value_error":  # a section's own validator: its message names fields and values
+        section = _dotted(loc)
+        if section and not message.startswith(str(loc[0])):
+            message = f"{section}.{message}"
+        return f"{where}: {message}{extra}"
+    value = first.get("input")
+    value_text = "{...}" if isinstance(value, dict) else shown(value)
+    prefix = f"{where}: {field}={value_text}: " if loc else f"{where}: "
     return f"{prefix}{message}{extra}"
+
+
+def check_finite(document: Any, where: str) -> None:
+    """Reject NaN and infinities anywhere in a document: no memory size or count is infinite.
+    Iterative, and each container is visited once (YAML aliases may share or nest one)."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    seen: set[int] = set()
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise InputError(f"{where}: {at or '(top level)'}={node!r}: must be a finite number")
+        if isinstance(node, (dict, list, tuple)):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((value, f"{at}.{printable(key)}" if at else printable(key)) for key, value in items)
 
 
 def read_document(path: Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a YAML or JSON file")
+    name = printable(path)
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte
+        raise InputError(f"{name}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
+    if not exists:
+        raise InputError(f"{name}: file not found")
+    if is_dir:
+        raise InputError(f"{name}: is a directory, expected a YAML or JSON file")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+        raise InputError(f"{name}: cannot read ({error.strerror})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=YAML_LOADER)
     except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as error:
         line = getattr(getattr(error, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
         reason = str(getattr(error, "problem", None) or error).splitlines()[0]
-        raise InputError(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'}{at}: {reason}") from None
+        raise InputError(f"{name}: malformed {'JSON' if path.suffix == '.json' else 'YAML'}{at}: {reason}") from None
+    if data is None:
+        raise InputError(f"{name}: empty document, expected a mapping of keys (key: value)")
     if not isinstance(data, dict):
-        raise InputError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+            type(data), type(data).__name__)
+        raise InputError(f"{name}: top level is {kind} ({shown(data)}), expected a mapping of keys (key: value)")
     return data
 
 
 def _profile_files() -> dict[str, Path]:
     files = {p.stem: p for p in sorted(COMPONENTS_DIR.glob("*.yaml"))}
-    files.update({p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml")) if p.stem != "calibration"})
+    files.update({p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml")) if p.stem not in NOT_PROFILES})
     return files
 
 
@@ -83,16 +164,23 @@ def profile_names() -> list[str]:
     return sorted(_profile_files())
 
 
-def _resolve(name_or_path: str, kind: str = "profile") -> Path:
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte: read_document names the problem
+        return False
+
+
+def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> Path:
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml", ".json") or candidate.exists():
+    if candidate.suffix in (".yaml", ".yml", ".json") or _exists(candidate):
         return candidate
     files = _profile_files()
     if name_or_path in files:
         return files[name_or_path]
     close = difflib.get_close_matches(name_or_path, list(files), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else f"; see `memplan profiles` ({len(files)} known)"
-    raise InputError(f"model={name_or_path!r}: unknown {kind}{hint}")
+    raise InputError(f"{field}={shown(name_or_path)}: unknown {kind}{hint}")
 
 
 def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[str, Any]:
@@ -100,18 +188,24 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
     if isinstance(value, str):
         value = {"from": value}
     if not isinstance(value, dict):
-        raise InputError(f"{where}: {slot}={value!r}: expected a component name or a mapping")
+        raise InputError(f"{where}: {slot}={shown(value)}: expected a component name or a mapping")
     value = dict(value)
     base = value.pop("from", None)
+    if base is not None and not isinstance(base, str):
+        raise InputError(f"{where}: {slot}.from={shown(base)}: expected a component name or path (a string)")
     if base is not None:
         if depth > 4:
             raise InputError(f"{where}: {slot}.from={base!r}: references nest deeper than 4")
-        base_doc = read_document(_resolve(str(base), "component"))
+        base_doc = read_document(_resolve(base, "component", f"{where}: {slot}"))
+        base_kind = base_doc.get("kind")
+        if base_kind is not None and base_kind != slot:
+            raise InputError(f"{where}: {slot}={shown(base)} is a {shown(base_kind)} component; "
+                             f"a {slot} slot needs kind={slot!r}")
         base_fields = _component_fields(base_doc, slot, str(base), depth + 1)
         value = {**base_fields, **value}
     value.setdefault("kind", slot)
     if value["kind"] != slot:
-        raise InputError(f"{where}: {slot}.kind={value['kind']!r}: a {slot} slot needs kind={slot!r}")
+        raise InputError(f"{where}: {slot}.kind={shown(value['kind'])}: a {slot} slot needs kind={slot!r}")
     return value
 
 
@@ -119,7 +213,7 @@ def _component_fields(document: dict[str, Any], slot: str, where: str, depth: in
     """Fields of a component profile file, without its name/source/description."""
     kind = document.get("kind")
     if kind is None:  # a whole-model profile used as a component source: take its slot
-        if slot not in document:
+        if document.get(slot) is None:
             raise InputError(f"{where}: has no {slot} component")
         return _component_mapping(document[slot], slot, where, depth)
     fields = {k: v for k, v in document.items() if k not in ("name", "source", "description")}
@@ -128,11 +222,15 @@ def _component_fields(document: dict[str, Any], slot: str, where: str, depth: in
 
 def profile_from_document(document: dict[str, Any], where: str) -> Profile:
     """Build a Profile from a model document or a single-component document."""
+    if not isinstance(document, dict):
+        raise InputError(f"{where}: top level is {type(document).__name__} ({shown(document)}), "
+                         "expected a mapping of keys (key: value)")
     document = dict(document)
+    check_finite(document, where)
     kind = document.get("kind")
     if kind is not None:
-        if kind not in SLOT_BY_KIND:
-            raise InputError(f"{where}: kind={kind!r}: expected one of {', '.join(SLOT_BY_KIND)}")
+        if not isinstance(kind, str) or kind not in SLOT_BY_KIND:
+            raise InputError(f"{where}: kind={shown(kind)}: expected one of {', '.join(SLOT_BY_KIND)}")
         slot = SLOT_BY_KIND[kind]
         head = {k: document.pop(k) for k in ("name", "source", "description") if k in document}
         document = {**head, slot: document}
@@ -141,41 +239,105 @@ def profile_from_document(document: dict[str, Any], where: str) -> Profile:
             document[slot] = _component_mapping(document[slot], slot, where, 0)
     document.setdefault("name", Path(where).stem)
     try:
-        return Profile.model_validate(document)
+        profile = Profile.model_validate(document)
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, where)) from None
+        raise InputError(describe_validation_error(error, where, Profile)) from None
+    check_sam2_shape(profile, where)
+    return profile
+
+
+def check_sam2_shape(profile: Profile, where: str) -> None:
+    """Hiera's per-stage block counts and window sizes must be small positive integers: the parameter
+    count loops over the blocks (a count of 10**19 would never finish) and a negative one is meaningless."""
+    sam2 = profile.sam2
+    if sam2 is None:
+        return
+    for field, values, low in (("stages", sam2.stages, 1), ("window_spec", sam2.window_spec, 1),
+                               ("window_pos_embed_bkg", sam2.window_pos_embed_bkg, 1),
+                               ("global_attention_blocks", sam2.global_attention_blocks, 0)):
+        if any(not low <= value <= 1024 for value in values):
+            raise InputError(f"{where}: sam2.{field}={shown(list(values))}: each must be an integer in {low}..1024")
+    for field in ("neck_dim", "image_size"):
+        value = getattr(sam2, field)
+        if not 0 < value <= 1 << 20:
+            raise InputError(f"{where}: sam2.{field}={shown(value)}: must be a positive integer (at most 2**20)")
 
 
 @lru_cache(maxsize=256)
 def load_profile(name_or_path: str) -> Profile:
     """A profile by shipped name (``sa2va-4b``, ``qwen2.5-0.5b``) or by file path."""
     path = _resolve(name_or_path)
-    return profile_from_document(read_document(path), str(path))
+    return profile_from_document(read_document(path), printable(path))
+
+
+DEEPSPEED_ONLY = (
+    "reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "contiguous_gradients",
+    "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_max_live_parameters",
+    "stage3_max_reuse_distance", "zero3_init",
+)
+
+
+def check_engine_options(document: dict[str, Any], where: str) -> None:
+    """DeepSpeed-only engine knobs set (to other than their defaults) on a plain PyTorch plan are refused:
+    the run would silently ignore them. (zero_stage and offload_* are checked by the Engine model.)"""
+    from memplan.plan import Engine
+
+    engine = document.get("engine")
+    if not isinstance(engine, dict) or engine.get("kind") != "pytorch":
+        return
+    for key in DEEPSPEED_ONLY:
+        if key in engine and engine[key] != Engine.model_fields[key].default:
+            raise InputError(
+                f"{where}: engine.{key}={shown(engine[key])}: a DeepSpeed option, but engine.kind=pytorch "
+                "(remove it, or use engine.kind=deepspeed)"
+            )
 
 
 def plan_from_document(document: dict[str, Any], where: str) -> Plan:
+    """A validated Plan; NaN/inf, DeepSpeed knobs on a PyTorch plan and every field error are InputErrors."""
+    if not isinstance(document, dict):
+        raise InputError(f"{where}: top level is {type(document).__name__} ({shown(document)}), "
+                         "expected a mapping of keys (key: value)")
+    check_finite(document, where)
+    check_engine_options(document, where)
     try:
         return Plan.model_validate(document)
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, where)) from None
+        raise InputError(describe_validation_error(error, where, Plan)) from None
+
+
+def plan_names() -> list[str]:
+    return sorted(p.stem for p in PLANS_DIR.glob("*.yaml"))
+
+
+def plan_path(path: str | Path) -> Path:
+    """A plan file by path, or a shipped plan by name (plans/NAME.yaml); unknown names list the closest."""
+    path = Path(path)
+    if _exists(path):
+        return path
+    shipped = PLANS_DIR / f"{path}.yaml"
+    if path.suffix not in (".yaml", ".yml", ".json") and _exists(shipped):
+        return shipped
+    if path.suffix not in (".yaml", ".yml", ".json") and len(path.parts) == 1:
+        names = plan_names()
+        close = difflib.get_close_matches(str(path), names, n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"shipped plans: {', '.join(names)}"
+        raise InputError(f"plan={shown(str(path))}: no such file or shipped plan; {hint}")
+    return path  # read_document says what is wrong with it
 
 
 def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
-    if not path.exists() and (PLANS_DIR / f"{path}.yaml").exists():
-        path = PLANS_DIR / f"{path}.yaml"
+    path = plan_path(path)
     document = read_document(path)
     document.setdefault("name", path.stem)
-    return plan_from_document(document, str(path))
+    return plan_from_document(document, printable(path))
 
 
 def plan_document(path: str | Path | None) -> dict[str, Any]:
     """The raw mapping of a plan file (for layering CLI flags on top before validation)."""
     if path is None:
         return {}
-    path = Path(path)
-    if not path.exists() and (PLANS_DIR / f"{path}.yaml").exists():
-        path = PLANS_DIR / f"{path}.yaml"
+    path = plan_path(path)
     document = read_document(path)
     document.setdefault("name", path.stem)
     return document
@@ -189,15 +351,18 @@ def load_calibration(path: str | Path | None = None):
 
     explicit = path is not None
     path = Path(path) if explicit else calibration_path()
-    if not path.exists():
-        if explicit:
-            raise InputError(f"{path}: calibration file not found")
+    if not _exists(path) and not explicit:
         return DEFAULT
     document = read_document(path)
-    schema = document.get("schema")
+    if "schema" not in document:
+        raise InputError(f"{printable(path)}: schema missing: expected schema: {CALIBRATION_SCHEMA} "
+                         "(write it with `memplan calibrate`)")
+    schema = document["schema"]
     if schema != CALIBRATION_SCHEMA:
-        raise InputError(f"{path}: schema={schema!r}: expected {CALIBRATION_SCHEMA!r} (re-run `memplan calibrate`)")
+        raise InputError(f"{printable(path)}: schema={shown(schema)}: expected {CALIBRATION_SCHEMA!r} "
+                         "(a file of another version or tool; re-run `memplan calibrate`)")
+    check_finite(document, printable(path))
     try:
         return Calibration.model_validate(document)
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, str(path))) from None
+        raise InputError(describe_validation_error(error, printable(path), Calibration)) from None

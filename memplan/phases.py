@@ -30,9 +30,10 @@ class Term(NamedTuple):
 
 
 class Group(NamedTuple):
-    """Terms that appear together in several moments, with their sum computed once."""
+    """Terms that appear together in several moments, with their sum computed once. The terms
+    are kept as plain (component, category, bytes) tuples; Moment.terms makes them Terms."""
 
-    terms: tuple[Term, ...]
+    terms: tuple[tuple[Component, Category, int], ...]
     total: int
 
 
@@ -43,7 +44,7 @@ class Moment(NamedTuple):
 
     @property
     def terms(self) -> tuple[Term, ...]:
-        return tuple(t for g in self.groups for t in g.terms)
+        return tuple(Term._make(t) for g in self.groups for t in g.terms)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class PhaseMemory:
 
 
 def _group(*items: tuple[Component, Category, int]) -> Group:
-    terms = tuple([Term._make(item) for item in items if item[2]])
+    terms = tuple([item for item in items if item[2]])
     return Group(terms, sum([t[2] for t in terms]))
 
 
@@ -72,13 +73,16 @@ def _moment(label: str, *groups: Group) -> Moment:
 def _memo(fn):
     """Memoize a group per Context (each phase reuses the same states and activations)."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     def wrapper(ctx: Context, *args):
-        key = (fn.__name__, *args)
-        cache = ctx.cache
-        if key not in cache:
-            cache[key] = fn(ctx, *args)
-        return cache[key]
+        key = (name, *args) if args else name
+        try:
+            return ctx.cache[key]
+        except KeyError:
+            value = ctx.cache[key] = fn(ctx, *args)
+            return value
 
     return wrapper
 

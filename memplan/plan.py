@@ -55,13 +55,19 @@ class Engine(Section):
             if self.zero_stage != 0:
                 raise ValueError(f"engine.zero_stage={self.zero_stage} needs engine.kind=deepspeed, not pytorch")
             if self.offload_optimizer != "none" or self.offload_params != "none":
-                raise ValueError("engine.offload_* needs engine.kind=deepspeed, not pytorch")
+                which = "offload_optimizer" if self.offload_optimizer != "none" else "offload_params"
+                raise ValueError(
+                    f"engine.{which}={getattr(self, which)} needs engine.kind=deepspeed, not pytorch (allowed: none)"
+                )
         if self.offload_params != "none" and self.zero_stage != 3:
             raise ValueError(
                 f"engine.offload_params={self.offload_params} needs zero_stage=3, not {self.zero_stage}"
+                " (parameter offload is a ZeRO-3 feature)"
             )
         if self.offload_optimizer != "none" and self.zero_stage == 0:
-            raise ValueError("engine.offload_optimizer needs zero_stage >= 1, not 0")
+            raise ValueError(
+                f"engine.offload_optimizer={self.offload_optimizer} needs engine.zero_stage >= 1, not 0"
+            )
         return self
 
     @property
@@ -98,7 +104,7 @@ class ComponentPlan(Section):
         if self.train == "lora" and self.lora is None:
             object.__setattr__(self, "lora", LoRA())
         if self.modules_to_save and self.train == "frozen":
-            raise ValueError("modules_to_save needs train=lora or full, not frozen")
+            raise ValueError(f"modules_to_save={list(self.modules_to_save)} needs train=lora or full, not frozen")
         return self
 
 
@@ -122,9 +128,14 @@ class Components(Section):
         for component in MODEL_COMPONENTS:
             part = self.get(component)
             if part.train == "lora" and component not in (Component.LLM, Component.VISION):
-                raise ValueError(f"components.{component.value}.train=lora is supported for llm and vision only")
+                raise ValueError(
+                    f"components.{component.value}.train=lora: LoRA is supported for llm and vision only "
+                    "(allowed here: frozen, full)"
+                )
             if part.modules_to_save and component is not Component.LLM:
-                raise ValueError(f"components.{component.value}.modules_to_save applies to llm only")
+                raise ValueError(
+                    f"components.{component.value}.modules_to_save={list(part.modules_to_save)}: applies to llm only"
+                )
         return self
 
 
@@ -162,9 +173,13 @@ class Plan(Section):
     @model_validator(mode="after")
     def _optimizer_matches_engine(self) -> "Plan":
         if self.optimizer.kind == "cpu_adam" and self.engine.offload_optimizer == "none":
-            raise ValueError("optimizer.kind=cpu_adam needs engine.offload_optimizer=cpu or nvme")
+            raise ValueError(
+                f"optimizer.kind=cpu_adam needs engine.offload_optimizer=cpu or nvme, not {self.engine.offload_optimizer}"
+            )
         if self.optimizer.kind in ("fused_adam", "cpu_adam") and self.engine.kind != "deepspeed":
-            raise ValueError(f"optimizer.kind={self.optimizer.kind} needs engine.kind=deepspeed")
+            raise ValueError(
+                f"optimizer.kind={self.optimizer.kind} needs engine.kind=deepspeed, not {self.engine.kind}"
+            )
         return self
 
     def trains(self, component: Component) -> bool:

@@ -28,6 +28,9 @@ RUNS: list[dict] = [
     {"name": "tiny-pytorch", "model": TINY, "flags": [*TINY_FLAGS, "--engine", "pytorch", "--zero", "0"], "timeout": 240},
     {"name": "tiny-zero2", "model": TINY, "flags": [*TINY_FLAGS, "--zero", "2"], "timeout": 300},
     {"name": "tiny-zero3", "model": TINY, "flags": [*TINY_FLAGS, "--zero", "3"], "timeout": 300},
+    {"name": "tiny-zero3-2gpu", "model": TINY, "flags": [*TINY_FLAGS, "--zero", "3"], "gpus": 2, "timeout": 300},
+    {"name": "tiny-zero3-offload", "model": TINY, "flags": [*TINY_FLAGS, "--zero", "3", "--offload", "all"],
+     "timeout": 400},
     {"name": "tiny-cap-oom", "model": TINY, "flags": [*TINY_FLAGS, "--engine", "pytorch", "--zero", "0",
                                                      "--vram-cap", "0.05"], "timeout": 240},
     {"name": "tiny-ddp-2gpu", "model": TINY, "flags": [*TINY_FLAGS, "--engine", "pytorch", "--zero", "0"], "gpus": 2,
@@ -35,6 +38,10 @@ RUNS: list[dict] = [
     {"name": "tiny-zero2-2gpu", "model": TINY, "flags": [*TINY_FLAGS, "--zero", "2"], "gpus": 2, "timeout": 300},
     {"name": "1b-zero2-4k", "model": "sa2va-1b", "flags": ["--zero", "2", "--text-len", "4096"], "timeout": 420},
     {"name": "1b-zero2-4k-2gpu", "model": "sa2va-1b", "flags": ["--zero", "2", "--text-len", "4096"], "gpus": 2,
+     "timeout": 480},
+    {"name": "4b-official", "model": "sa2va-4b", "flags": [], "gpus": 1, "timeout": 480},
+    {"name": "qwen3vl-4b-zero2", "model": "sa2va-qwen3-vl-4b", "flags": ["--zero", "2"], "timeout": 480},
+    {"name": "qwen25vl-3b-zero3-2gpu", "model": "sa2va-qwen2.5-vl-3b", "flags": ["--zero", "3"], "gpus": 2,
      "timeout": 480},
 ]
 

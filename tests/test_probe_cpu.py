@@ -348,3 +348,28 @@ def test_launcher_timeout_kills_the_group(tmp_path, monkeypatch):
     record = launch.launch_probe(tiny(), plan, gpus=2, out=tmp_path / "p.jsonl", device="cpu", timeout_s=2,
                                  command="pytest")
     assert record["status"] == "timeout"
+
+
+@pytest.mark.parametrize("name", ["sa2va-qwen2.5-vl-3b", "sa2va-qwen3-vl-4b"])
+def test_qwen_vision_towers_train(name):
+    """The Qwen-VL towers (transformers' own classes, merger = projector) at tiny widths: one step."""
+    from memplan.loading import profile_names
+    from memplan.probe.run import measure_rank
+
+    if name not in profile_names():
+        pytest.skip(f"{name} is not a shipped profile")
+    full = load_profile(name)
+    vision = full.vision.model_copy(update={
+        "num_layers": 2, "hidden_size": 64, "num_heads": 4, "intermediate_size": 96,
+        "image_size": 4 * full.vision.patch_size,
+        "full_attention_layers": (1,) if full.vision.full_attention_layers else (),
+        "num_position_embeddings": 64 if full.vision.num_position_embeddings else 0})
+    projector = full.projector.model_copy(update={
+        "input_size": 64, "hidden_size": 256, "output_size": 64,
+        "deepstack_mergers": min(full.projector.deepstack_mergers, 1)})
+    profile = tiny().model_copy(update={"vision": vision, "projector": projector})
+    result = measure_rank(profile, cpu_plan(), steps=1, device="cpu")
+    assert result.status == "ok", result.error_trace
+    assert not [note for note in result.notes if "did not build" in note]
+    assert result.parameters["trainable"]["projector"] == projector.param_count()
+    assert result.parameters["frozen"]["vision"] == vision.param_count()

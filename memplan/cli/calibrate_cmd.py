@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,6 +12,63 @@ import yaml
 from rich.table import Table
 
 from memplan.cli.options import OutputFormat, console, user_errors
+from memplan.loading import InputError, shown
+
+
+def load_measurements(paths: List[Path]):
+    """Probe records -> Measured, each record's profile and plan validated with a one-line error
+    naming file, run and field. Torn last lines are reported as one `warning:` line each, after the
+    records load (and not at all when loading fails: the error is the one line)."""
+    from pydantic import ValidationError
+
+    from memplan import calibrate as cal
+    from memplan.loading import describe_validation_error, plan_from_document, check_finite
+    from memplan.probe.records import STATUSES, read_records
+    from memplan.profile import Profile
+
+    out = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path in paths:
+            for record in read_records(path):
+                where = f"{path}: run {shown(record.get('run_id'))}"
+                for key in ("profile", "plan"):
+                    if not isinstance(record.get(key), dict):
+                        raise InputError(f"{where}: {key}={shown(record.get(key))}: expected the {key} mapping "
+                                         "`memplan probe` writes")
+                check_finite(record, where)
+                plan_from_document(record["plan"], f"{where}: plan")
+                try:
+                    Profile.model_validate(record["profile"])
+                except ValidationError as error:
+                    raise InputError(describe_validation_error(error, f"{where}: profile", Profile)) from None
+                if record.get("status") not in STATUSES:
+                    raise InputError(f"{where}: status={shown(record.get('status'))}: expected one of {', '.join(STATUSES)}")
+                cap = record.get("vram_cap_bytes")
+                if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+                    raise InputError(f"{where}: vram_cap_bytes={shown(cap)}: expected null or bytes (an integer >= 0)")
+                try:
+                    out.append(cal.measured_from_record(record, str(path)))
+                except (TypeError, ValueError, AttributeError, KeyError) as error:
+                    if isinstance(error, InputError):
+                        raise
+                    reason = str(error).splitlines()[0][:80] if str(error) else ""
+                    raise InputError(f"{where}: malformed readings (summary/ranks: {type(error).__name__} {reason}); "
+                                     "expected byte counts as integers") from None
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if not out:
+        torn = f"; {len(notes)} torn last line(s) skipped" if notes else ""
+        raise InputError(f"records={shown([str(p) for p in paths])}: no probe records found "
+                         f"(expected JSON lines of schema memplan.probe/1){torn}")
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    return out
+
+
+def _writable_target(target: Path) -> Path:
+    if target.is_dir():
+        raise InputError(f"--out={target}: is a directory, expected a file path for the calibration YAML")
+    return target
 
 
 @user_errors
@@ -22,18 +80,21 @@ def calibrate(
     from memplan import calibrate as cal
     from memplan.estimators.overhead import calibration_path
 
-    measurements = cal.load_measurements(records)
+    target = _writable_target(out or calibration_path())
+    measurements = load_measurements(records)
     calibration = cal.fit(measurements, [str(p) for p in records])
     result = cal.summary(cal.compare(measurements, calibration))
     calibration = calibration.model_copy(update={"median_error": {
         k: round(v["median_abs_error"], 4) for k, v in result.items()
         if isinstance(v, dict) and v.get("median_abs_error") is not None}})
-    target = out or calibration_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    tmp.write_text("# written by `memplan calibrate`; schema memplan.calibration/1\n"
-                   + yaml.safe_dump(cal.calibration_document(calibration), sort_keys=False))
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("# written by `memplan calibrate`; schema memplan.calibration/1\n"
+                       + yaml.safe_dump(cal.calibration_document(calibration), sort_keys=False))
+        tmp.replace(target)
+    except OSError as error:
+        raise InputError(f"--out={target}: cannot write ({error.strerror})") from None
     typer.echo(f"calibrated on {len(measurements)} records -> {target}")
     for key, value in cal.calibration_document(calibration).items():
         if key not in ("fitted_on", "schema"):
@@ -50,7 +111,8 @@ def validate(
     from memplan import calibrate as cal
     from memplan.loading import load_calibration
 
-    comparisons = cal.compare(cal.load_measurements(records), load_calibration(calibration))
+    calibration_terms = load_calibration(calibration)
+    comparisons = cal.compare(load_measurements(records), calibration_terms)
     result = cal.summary(comparisons)
     rows = [{
         "run_id": c.measured.run_id, "model": c.measured.profile.name, "plan": c.measured.plan.name,

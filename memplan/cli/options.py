@@ -8,8 +8,9 @@ from enum import Enum
 from typing import Any, Callable
 
 import typer
+import typer.core
 
-from memplan.loading import InputError, load_profile, plan_document, plan_from_document
+from memplan.loading import DEEPSPEED_ONLY, InputError, load_profile, plan_document, plan_from_document, printable
 from memplan.plan import Plan
 from memplan.profile import Profile
 
@@ -54,7 +55,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except InputError as error:
-            fail(str(error).replace("\n", " "))
+            fail(" ".join(str(error).splitlines()))  # one line, whatever a key or path held
         except BrokenPipeError:
             sys.exit(0)
 
@@ -96,6 +97,12 @@ def plan_with_defaults(document: dict[str, Any]) -> dict[str, Any]:
 def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
     """A Plan from an optional plan file and CLI flags (None = not given). Flags win."""
     document = plan_with_defaults(plan_document(plan_file or DEFAULT_PLAN))
+    engine_flag = flags.get("engine")
+    engine_flag = engine_flag.value if isinstance(engine_flag, Enum) else engine_flag
+    if engine_flag == "pytorch" and isinstance(document.get("engine"), dict):
+        # --engine pytorch replaces the plan's engine: its DeepSpeed knobs no longer apply
+        document["engine"] = {k: v for k, v in document["engine"].items() if k not in DEEPSPEED_ONLY}
+        document["engine"].update(zero_stage=0, offload_optimizer="none", offload_params="none")
     overrides: dict[str, Any] = {}
     mapping = {
         "gpus": "hardware.num_gpus", "vram": "hardware.vram_gib", "host_ram": "hardware.host_ram_gib",
@@ -125,7 +132,7 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
             raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
         _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
     merged = _deep_merge(document, overrides)
-    return plan_from_document(merged, plan_file or DEFAULT_PLAN)
+    return plan_from_document(merged, printable(plan_file or DEFAULT_PLAN))
 
 
 def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
@@ -135,12 +142,36 @@ def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
 
 def check_lora_rank(profile: Profile, plan: Plan) -> None:
     """LoRA rank above a wrapped layer's narrowest width is rejected (the update could not be low-rank)."""
-    llm_plan = plan.components.llm
-    if profile.llm is None or llm_plan.train != "lora" or llm_plan.lora is None:
-        return
-    narrowest = min(min(d_in, d_out) for _, d_in, d_out in profile.llm.linear_shapes())
-    if llm_plan.lora.rank > narrowest:
-        raise InputError(
-            f"components.llm.lora.rank={llm_plan.lora.rank}: above the narrowest wrapped layer width "
-            f"({narrowest}) of {profile.name}"
-        )
+    for slot, spec in (("llm", profile.llm), ("vision", profile.vision)):
+        part = getattr(plan.components, slot)
+        if spec is None or part.train != "lora" or part.lora is None:
+            continue
+        if slot == "llm":
+            narrowest = min(min(d_in, d_out) for _, d_in, d_out in spec.linear_shapes())
+        else:  # the vision tower's qkv, proj, fc1, fc2
+            narrowest = min(spec.hidden_size, spec.intermediate_size)
+        if part.lora.rank > narrowest:
+            raise InputError(
+                f"components.{slot}.lora.rank={part.lora.rank}: above the narrowest wrapped layer width "
+                f"({narrowest}) of {profile.name}; allowed: 1..{narrowest}"
+            )
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """A TyperGroup whose usage errors (bad flag values, missing arguments, unknown commands) print
+    `error: ...` on one line with exit code 2, like every other bad input (use: typer.Typer(cls=OneLineErrors))."""
+
+    def invoke(self, ctx):
+        # typer >= 0.19 vendors click as typer._click: take the classes from typer.BadParameter's module
+        module = sys.modules[typer.BadParameter.__module__]
+        usage_error = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+        no_args = getattr(module, "NoArgsIsHelpError", ())
+        try:
+            return super().invoke(ctx)
+        except usage_error as error:
+            if no_args and isinstance(error, no_args):
+                raise
+            command = f"{error.ctx.command_path}: " if error.ctx is not None else ""
+            message = " ".join(error.format_message().replace("Value error, ", "").split())
+            typer.echo(f"error: {command}{message}", err=True)
+            raise typer.Exit(code=2) from None

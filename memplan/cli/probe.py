@@ -75,10 +75,11 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
         return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
                             device=device, timeout_s=timeout_s, command=command)
     from memplan.probe.records import append_record
-    from memplan.probe.run import run_probe
+    from memplan.probe.run import release_distributed, run_probe
 
     record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
                        command=command)
+    release_distributed()
     append_record(out, record)
     return record
 

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import console, user_errors
-from memplan.loading import PROFILES_DIR, InputError
+from memplan.loading import PROFILES_DIR, InputError, read_document, shown
 
 profile_app = typer.Typer(
     help="Create model profiles: import a Hugging Face config.json, or compose components.",
@@ -27,9 +27,36 @@ _FORCE_HELP = "Overwrite an existing file."
 def _out_path(out: Optional[Path], name: str, force: bool) -> Path:
     """The target file; refused early (before any model is built) if it exists without --force."""
     path = out if out is not None else PROFILES_DIR / f"{name}.yaml"
+    if path.is_dir():
+        raise InputError(f"--out={path}: is a directory, expected a file path for the profile YAML")
     if path.exists() and not force:
         raise InputError(f"{path}: exists; pass --force to overwrite")
     return path
+
+
+# Shape fields of Hugging Face configs (top level, or nested text/LLM/vision/backbone configs) that
+# must be positive integers before transformers builds anything from them.
+_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "intermediate_size", "vocab_size", "head_dim", "depth", "num_heads", "out_hidden_size",
+                 "patch_size", "image_size", "spatial_merge_size", "temporal_patch_size")
+_NESTED = ("text_config", "llm_config", "vision_config", "backbone_config")
+
+
+def check_config_shapes(config: dict, where: str, prefix: str = "", depth: int = 0) -> None:
+    """Positive integer widths, layers and vocabulary (an int or a square [n, n] pair for sizes)."""
+    for key in _SHAPE_FIELDS:
+        if key not in config or config[key] is None:
+            continue
+        value = config[key]
+        items = value if isinstance(value, list) and key in ("patch_size", "image_size") else [value]
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31 for v in items):
+            raise InputError(f"{where}: {prefix}{key}={shown(value)}: expected a positive integer")
+    if depth < 3:
+        for key in _NESTED:
+            if isinstance(config.get(key), dict):
+                check_config_shapes(config[key], where, f"{prefix}{key}.", depth + 1)
+            elif key in config and config[key] is not None:
+                raise InputError(f"{where}: {prefix}{key}={shown(config[key])}: expected a mapping")
 
 
 def _render(profile, measured=None) -> None:
@@ -67,7 +94,16 @@ def import_command(
 
     name = name or hf_import.default_name(config)
     path = _out_path(out, name, force)
-    result = hf_import.inspect_config(config, name)
+    document = read_document(config)
+    check_config_shapes(document, str(config))
+    try:
+        result = hf_import.inspect_config(config, name)
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as error:
+        reason = " ".join(str(error).split())[:160]
+        raise InputError(f"{config}: transformers cannot build a model from this config "
+                         f"({type(error).__name__}: {reason})") from None
     _render(result.profile, result.measured)
     hf_import.write_profile(result.profile, path, overwrite=True)
     typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class})")

@@ -115,13 +115,15 @@ def unfreeze_full(model: Sa2VAProbeModel, plan: Plan) -> None:
 def cast_trainable(model: Sa2VAProbeModel, plan: Plan) -> None:
     """Trainable parameters' dtype: fp32 master copies for plain PyTorch mixed precision, else compute.
 
-    Under DeepSpeed the engine casts the module to the compute dtype itself and keeps fp32 masters
-    inside its optimizer, so nothing is changed here (peft's fp32 adapters are left to the engine).
+    Under DeepSpeed the trainable parameters (peft makes its adapters fp32) are cast to the compute
+    dtype: the bf16/fp16 engine keeps the fp32 masters inside its optimizer, casts the module itself
+    at stages 0-2, and ZeRO-3 requires one dtype across a parameter group's partitions.
     """
-    if plan.engine.kind == "deepspeed":
-        return
     compute = DTYPES[plan.precision.compute]
-    target = torch.float32 if plan.precision.master_weights else compute
+    if plan.engine.kind == "deepspeed":
+        target = compute
+    else:
+        target = torch.float32 if plan.precision.master_weights else compute
     for param in model.parameters():
         if param.requires_grad and param.is_floating_point() and param.dtype != target:
             param.data = param.data.to(target)

@@ -251,7 +251,6 @@ class Sa2VAProbeModel(nn.Module):
     def __init__(self, profile: Profile, plan: Plan, shapes: Shapes, parts: dict[str, nn.Module | None],
                  notes: list[str]) -> None:
         super().__init__()
-        self.profile_name = profile.name
         self.shapes = shapes
         self.notes = notes
         self.vision = parts.get("vision")
@@ -360,11 +359,11 @@ class Sa2VAProbeModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One Sa2VA training forward on ``batch`` (see make_batch); returns the summed loss."""
-        image_tokens = self.image_tokens(batch) if self.vision is not None else None
+        image_tokens = self.image_tokens(batch) if self.vision is not None and self.shapes.images else None
         loss = None
         prompts = None
         if self.llm is not None:
-            loss, seg_hidden = self.language(batch, image_tokens if self.shapes.images else None)
+            loss, seg_hidden = self.language(batch, image_tokens)
             if self.seg_head is not None and self.shapes.objects:
                 prompts = self.seg_head(seg_hidden)
         elif image_tokens is not None:

@@ -118,36 +118,99 @@ def append_record(path: str | Path, record: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n"
+    prefix = ""
+    tail = _unterminated_tail(path)
+    if tail is not None:
+        offset, complete = tail
+        if complete:  # a whole record without its newline: keep it, start a new line
+            prefix = "\n"
+        else:  # a writer killed mid-line: drop the fragment, or this line would glue onto it
+            warnings.warn(f"{path}: dropping a torn last line (byte {offset} on) before appending", stacklevel=2)
+            os.truncate(path, offset)
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
+        handle.write(prefix + line)
         handle.flush()
         os.fsync(handle.fileno())
     return path
 
 
+def _unterminated_tail(path: Path) -> tuple[int, bool] | None:
+    """(offset, parses as a JSON object) of a last line without its newline; None if the file ends in one."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return None
+        tail, start = b"", size
+        while start > 0 and b"\n" not in tail:
+            step = min(start, 1 << 16)
+            start -= step
+            handle.seek(start)
+            tail = handle.read(step) + tail
+    cut = tail.rfind(b"\n") + 1
+    try:
+        complete = isinstance(json.loads(tail[cut:].decode("utf-8")), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        complete = False
+    return start + cut, complete
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a JSONL file. A torn last line is skipped with a warning; other bad lines raise."""
+    """Every record of a JSONL file. A torn last line (no final newline: a writer killed mid-line) is
+    skipped with a warning; any other bad line raises an InputError naming path:line."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
+    if not exists:
         raise InputError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if is_dir:
+        raise InputError(f"{path}: is a directory, expected a JSONL file of probe records")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    lines = data.split(b"\n")
+    torn_allowed = not data.endswith(b"\n")  # only an unterminated last line can be torn
     while lines and not lines[-1].strip():
         lines.pop()
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
+        last = number == len(lines) and torn_allowed
         try:
+            line = raw.decode("utf-8")
             record = json.loads(line)
+        except UnicodeDecodeError as error:
+            if last:
+                warnings.warn(f"{path}:{number}: skipping a torn last line (not UTF-8)", stacklevel=2)
+                continue
+            raise InputError(f"{path}:{number}: not UTF-8 text (byte {error.start}: {raw[error.start]:#04x}); "
+                             "expected one JSON record per line") from None
         except json.JSONDecodeError as error:
-            if number == len(lines):
+            if last:
                 warnings.warn(f"{path}:{number}: skipping a torn last line ({error.msg})", stacklevel=2)
                 continue
-            raise InputError(f"{path}:{number}: not a JSON record ({error.msg} at column {error.colno})") from None
+            raise InputError(f"{path}:{number}: not a JSON record ({error.msg} at column {error.colno}); "
+                             "expected one JSON object per line") from None
+        except (ValueError, RecursionError) as error:  # e.g. an integer beyond Python's digit limit
+            raise InputError(f"{path}:{number}: not a JSON record ({str(error).splitlines()[0][:80]})") from None
         if not isinstance(record, dict):
             raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        schema = record.get("schema")
+        if "schema" not in record:
+            raise InputError(f"{path}:{number}: schema None is not {SCHEMA} (the record has no schema key; "
+                             "not a memplan probe record)")
+        schema = record["schema"]
         if schema != SCHEMA:
-            raise InputError(f"{path}:{number}: schema {schema!r} is not {SCHEMA}")
+            shown = repr(schema) if len(repr(schema)) <= 60 else repr(schema)[:57] + "..."
+            raise InputError(f"{path}:{number}: schema {shown} is not {SCHEMA} (a record of another memplan "
+                             "version or tool; re-run `memplan probe`)")
         records.append(record)
     return records

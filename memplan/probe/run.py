@@ -424,6 +424,7 @@ class RankResult:
     categories: dict[str, int] = field(default_factory=dict)
     status: str = "ok"
     error: str | None = None
+    error_trace: str | None = None  # the end of the traceback, for status 'error'
     oom: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -442,7 +443,8 @@ class RankResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "rank": self.rank, "device": self.device, "status": self.status, "error": self.error, "oom": self.oom,
+            "rank": self.rank, "device": self.device, "status": self.status, "error": self.error,
+            "error_trace": self.error_trace, "oom": self.oom,
             "phases": self.phases, "step_phases": self.step_phases, "step_times_s": self.step_times_s,
             "categories": self.categories, "notes": self.notes, "parameters": self.parameters,
         }
@@ -534,7 +536,10 @@ def _file_failure(result: RankResult, failure: PhaseFailure, rank: int) -> None:
         result.status, result.error = "oom", f"{failure.phase}: {_one_line(error)}"
         result.oom = {"phase": failure.phase, "rank": rank, "requested_bytes": requested_bytes(str(error))}
     else:
+        import traceback
+
         result.status, result.error = "error", f"{failure.phase}: {_one_line(error)}"
+        result.error_trace = "".join(traceback.format_exception(error))[-3000:]
 
 
 def resolve_device(device: str, local_rank: int) -> torch.device:
@@ -625,6 +630,14 @@ def assemble_record(profile: Profile, plan: Plan, ranks: list[dict[str, Any]], *
     )
 
 
+def release_distributed() -> None:
+    """Destroy the process group this process started (a clean exit for single-process runs)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def gather_ranks(result: RankResult, device: torch.device) -> list[dict[str, Any]]:
     """Every rank's result dict on every rank (torch.distributed.all_gather_object); alone: just this one."""
     _, _, world_size = world()
@@ -653,4 +666,4 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
                            vram_cap_gib=vram_cap_gib, command=command)
 
 
-__all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "requested_bytes", "category_bytes", "Meter"]
+__all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "release_distributed", "requested_bytes", "category_bytes", "Meter"]

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Plan, probe and compare: the accuracy benchmark (issues 3 and 4).
+
+On a GPU machine, runs every configuration of a run set through `memplan probe` (one subprocess per
+run, packed onto the machine's GPUs so that single-GPU runs go in parallel), appends every record to
+one JSONL file, then prints estimate-vs-measured for each record (memplan validate).
+
+    python3 benchmarks/accuracy.py --set smoke --out $OUT/probes.jsonl        # on the GPU machine
+    python3 benchmarks/accuracy.py --list                                      # show the run sets
+
+Runs are data (RUN_SETS below): name, model, probe flags, number of GPUs. The same records then feed
+`memplan calibrate` (on the calibration split) and `memplan validate` (held-out split): see
+docs/accuracy.md for the split and the command that reproduces the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "tests/fixtures/profiles/tiny-sa2va.yaml"
+
+
+@dataclass
+class Run:
+    name: str
+    model: str
+    flags: list[str]
+    gpus: int = 1
+    timeout: int = 420
+    extra: dict = field(default_factory=dict)
+
+
+def _r(name: str, model: str, *flags: str, gpus: int = 1, timeout: int = 420) -> Run:
+    return Run(name, model, list(flags), gpus, timeout)
+
+
+PT = ("--engine", "pytorch")
+Z = lambda stage: ("--zero", str(stage))  # noqa: E731
+
+RUN_SETS: dict[str, list[Run]] = {
+    # A first pass over the plan space on Sa2VA-1B, 1/2/4 GPUs, every engine.
+    "first": [
+        _r("1b-pt-4k", "sa2va-1b", *PT, "--text-len", "4096"),
+        _r("1b-pt-2k-nockpt", "sa2va-1b", *PT, "--text-len", "2048", "--no-ckpt"),
+        _r("1b-z0-4k", "sa2va-1b", *Z(0), "--text-len", "4096"),
+        _r("1b-z2-4k", "sa2va-1b", *Z(2), "--text-len", "4096"),
+        _r("1b-z2-8k", "sa2va-1b", *Z(2), "--text-len", "8192"),
+        _r("1b-z2-2k-r64-res512", "sa2va-1b", *Z(2), "--text-len", "2048", "--lora-rank", "64", "--res", "512"),
+        _r("1b-z1-4k-tiles4", "sa2va-1b", *Z(1), "--text-len", "4096", "--tiles", "4"),
+        _r("1b-z3-4k", "sa2va-1b", *Z(3), "--text-len", "4096"),
+        _r("1b-z2-4k-2gpu", "sa2va-1b", *Z(2), "--text-len", "4096", gpus=2),
+        _r("1b-z3-4k-2gpu", "sa2va-1b", *Z(3), "--text-len", "4096", gpus=2),
+        _r("1b-z2-off-2gpu", "sa2va-1b", *Z(2), "--offload", "optimizer", "--text-len", "4096", gpus=2, timeout=540),
+        _r("1b-z3-offall-2gpu", "sa2va-1b", *Z(3), "--offload", "all", "--text-len", "4096", gpus=2, timeout=540),
+        _r("1b-pt-ddp-2gpu", "sa2va-1b", *PT, "--text-len", "4096", gpus=2),
+        _r("1b-z2-4k-4gpu", "sa2va-1b", *Z(2), "--text-len", "4096", gpus=4),
+    ],
+    # More shapes on one GPU each: text, tiles, resolution, objects, rank, checkpointing, engines.
+    "second": [
+        _r("1b-pt-2k-t4-nockpt", "sa2va-1b", *PT, "--text-len", "2048", "--tiles", "4", "--no-ckpt"),
+        _r("1b-z2-2k-t4-r64-res512", "sa2va-1b", *Z(2), "--text-len", "2048", "--tiles", "4", "--lora-rank", "64", "--res", "512"),
+        _r("1b-z2-1k-t1-res768-o1", "sa2va-1b", *Z(2), "--text-len", "1024", "--tiles", "1", "--res", "768", "--objects", "1"),
+        _r("1b-z3-8k-r256", "sa2va-1b", *Z(3), "--text-len", "8192", "--lora-rank", "256"),
+        _r("1b-z1-4k-mb2", "sa2va-1b", *Z(1), "--text-len", "4096", "--micro-batch", "2"),
+        _r("1b-pt-4k-t13-r16", "sa2va-1b", *PT, "--text-len", "4096", "--lora-rank", "16"),
+        _r("1b-z2-4k-nockpt-t8", "sa2va-1b", *Z(2), "--text-len", "4096", "--tiles", "8", "--no-ckpt"),
+        _r("1b-z0-2k-t4-o3", "sa2va-1b", *Z(0), "--text-len", "2048", "--tiles", "4", "--objects", "3"),
+    ],
+    "smoke": [
+        _r("tiny-pt", TINY, *PT, "--text-len", "256", "--tiles", "2", "--res", "256", "--objects", "2", "--lora-rank", "8"),
+        _r("tiny-z2", TINY, *Z(2), "--text-len", "256", "--tiles", "2", "--res", "256", "--objects", "2", "--lora-rank", "8"),
+    ],
+}
+
+
+def probe_command(run: Run, out: Path, vram_cap: float | None) -> list[str]:
+    cmd = [sys.executable, "-m", "memplan.cli.main", "probe", "--model", run.model, "--gpus", str(run.gpus),
+           "--out", str(out), "--timeout", str(run.timeout - 30), *run.flags]
+    if vram_cap:
+        cmd += ["--vram-cap", str(vram_cap)]
+    return cmd
+
+
+def schedule(runs: list[Run], out: Path, total_gpus: int, vram_cap: float | None, log_dir: Path) -> list[dict]:
+    """Launch runs as GPUs free up (largest first); each subprocess sees only its GPUs."""
+    pending = sorted(runs, key=lambda r: -r.gpus)
+    free = list(range(total_gpus))
+    active: list[tuple[subprocess.Popen, Run, list[int], float]] = []
+    results = []
+    while pending or active:
+        for run in list(pending):
+            if run.gpus <= len(free):
+                gpus, free = free[: run.gpus], free[run.gpus:]
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "PYTHONUNBUFFERED": "1",
+                       "MASTER_PORT": str(29500 + gpus[0])}
+                log = open(log_dir / f"{run.name}.log", "w")
+                proc = subprocess.Popen(probe_command(run, out, vram_cap), cwd=REPO, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                active.append((proc, run, gpus, time.time()))
+                pending.remove(run)
+        time.sleep(1)
+        for item in list(active):
+            proc, run, gpus, start = item
+            elapsed = time.time() - start
+            if proc.poll() is None and elapsed > run.timeout:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            if proc.poll() is not None:
+                active.remove(item)
+                free = sorted(free + gpus)
+                results.append({"name": run.name, "rc": proc.returncode, "seconds": round(elapsed, 1)})
+                print(f"[{time.strftime('%H:%M:%S')}] {run.name}: rc={proc.returncode} {elapsed:.0f}s", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", default="smoke", choices=sorted(RUN_SETS))
+    parser.add_argument("--only", nargs="*", help="run names to keep")
+    parser.add_argument("--out", type=Path, default=REPO / "reports/probes/probes.jsonl")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs on this machine (default: all visible)")
+    parser.add_argument("--vram-cap", type=float, default=None)
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    runs = [r for r in RUN_SETS[args.set] if not args.only or r.name in args.only]
+    if args.list:
+        for r in runs:
+            print(f"{r.name:28s} {r.gpus} GPU  {r.model:12s} {' '.join(r.flags)}")
+        return
+    total = args.gpus
+    if total is None:
+        import torch
+
+        total = torch.cuda.device_count()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = args.out.parent / "logs"
+    log_dir.mkdir(exist_ok=True)
+    results = schedule(runs, args.out.resolve(), total, args.vram_cap, log_dir)
+    (args.out.parent / "batch.json").write_text(json.dumps(results, indent=1))
+    subprocess.run([sys.executable, "-m", "memplan.cli.main", "validate", str(args.out)], cwd=REPO)
+
+
+if __name__ == "__main__":
+    main()

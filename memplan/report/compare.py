@@ -1,0 +1,284 @@
+"""Side-by-side reports of several plans (``memplan compare``, ``memplan search``): rich table,
+Markdown, self-contained HTML, JSON and CSV. Bytes stay ``int`` until rendered here.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from memplan.advice import Advice, advise, phase_device_bytes
+from memplan.estimate import Estimate, estimate
+from memplan.estimators.overhead import Calibration
+from memplan.fidelity import GivesUp, fidelity, gives_up
+from memplan.gpus import gpu_for
+from memplan.plan import Plan
+from memplan.profile import Profile
+from memplan.steptime import StepTime, step_time
+from memplan.units import format_gib
+from memplan.vocabulary import Verdict
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One plan in a report: its estimate, step time, what it gives up, and advice when OOM."""
+
+    profile: Profile
+    plan: Plan
+    estimate: Estimate
+    step: StepTime
+    slowdown: float  # time per sample / the first row's
+    fidelity: float  # against the reference recipe
+    gives_up: GivesUp
+    advice: Advice | None
+    knobs: dict[str, Any] | None = None  # search candidates: the knob values
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.verdict is Verdict.FITS and self.estimate.host_fits
+
+    @property
+    def verdict(self) -> str:
+        if self.estimate.verdict is Verdict.OOM:
+            return "OOM"
+        return "FITS" if self.estimate.host_fits else "HOST OOM"
+
+    def step_text(self) -> str:
+        mode = "" if self.plan.mode == "train" else " (forward only)"
+        per_sample = f" ({self.step.per_sample:.2f}/sample)" if self.step.micro_batch > 1 else ""
+        return f"{self.step.seconds:.2f} s{per_sample}{mode}"
+
+    def top_advice(self) -> str:
+        if self.advice is None or self.fits:
+            return ""
+        best = self.advice.top()
+        if best is None:
+            return "no single change or pair fits: try `memplan search`"
+        return (f"{best.label}: {format_gib(best.estimate.device_bytes)} GiB, "
+                f"{best.slowdown:.2f}x time, gives up {best.gives_up}")
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.estimate
+        lost = self.gives_up
+        return {
+            "plan": self.name, "description": self.plan.description, "model": self.profile.name,
+            "mode": self.plan.mode, "num_gpus": e.num_gpus, "gpu": self.step.gpu,
+            "verdict": e.verdict.value, "host_fits": e.host_fits,
+            "device_bytes": e.device_bytes, "peak_allocated_bytes": e.peak_allocated_bytes,
+            "peak_reserved_bytes": e.peak_reserved_bytes, "vram_bytes": e.vram_bytes,
+            "headroom_bytes": e.headroom_bytes, "peak_phase": e.peak_phase.value,
+            "peak_moment": e.peak.moment.label, "host_bytes": e.host_bytes, "host_ram_bytes": e.host_ram_bytes,
+            "phases_device_bytes": phase_device_bytes(e),
+            "step_seconds": round(self.step.seconds, 4), "seconds_per_sample": round(self.step.per_sample, 4),
+            "slowdown": round(self.slowdown, 4), "step_breakdown_seconds": {k: round(v, 4) for k, v in self.step.breakdown.items()},
+            "fidelity": self.fidelity, "sam2_resolution": self.plan.inputs.sam2_resolution,
+            "trainable_params": lost.trainable[1], "reference_trainable_params": lost.trainable[0],
+            "gives_up": lost.lines(),
+            "breakdown": [{"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
+                          for t in e.breakdown()],
+            "advice": self.advice.to_dict() if self.advice and not self.fits else None,
+            **({"knobs": self.knobs} if self.knobs else {}),
+        }
+
+
+@dataclass
+class Report:
+    """A titled list of rows with notes (the search's statistics, what was assumed)."""
+
+    title: str
+    rows: list[PlanRow]
+    reference: str  # name of the reference recipe
+    notes: list[str] = field(default_factory=list)
+    kind: str = "compare"  # compare | search: names the files written
+
+
+def build_row(profile: Profile, plan: Plan, reference: Plan, calibration: Calibration | None,
+              first_seconds: float | None = None, result: Estimate | None = None,
+              step: StepTime | None = None, knobs: dict[str, Any] | None = None, with_advice: bool = True) -> PlanRow:
+    result = result or estimate(profile, plan, calibration)
+    step = step or step_time(profile, plan, gpu_for(plan.hardware.gpu, plan.hardware.vram_gib))
+    slowdown = step.per_sample / first_seconds if first_seconds else 1.0
+    fits = result.verdict is Verdict.FITS and result.host_fits
+    advice = advise(profile, plan, calibration, result) if with_advice and not fits else None
+    return PlanRow(profile, plan, result, step, slowdown, fidelity(plan, reference), gives_up(profile, plan, reference),
+                   advice, knobs)
+
+
+def build_rows(entries: list[tuple[Profile, Plan]], reference: Plan, calibration: Calibration | None) -> list[PlanRow]:
+    """Rows for plans side by side; slowdown is against the first plan."""
+    rows: list[PlanRow] = []
+    for profile, plan in entries:
+        first = rows[0].step.per_sample if rows else None
+        rows.append(build_row(profile, plan, reference, calibration, first))
+    return rows
+
+
+# ---------------------------------------------------------------- cells shared by every format
+def _peak(row: PlanRow) -> str:
+    return f"{format_gib(row.estimate.device_bytes)} ({row.estimate.peak_phase.value})"
+
+
+def _host(row: PlanRow) -> str:
+    e = row.estimate
+    return f"{format_gib(e.host_bytes, 1)}/{format_gib(e.host_ram_bytes, 0)}"
+
+
+def _model(row: PlanRow) -> str:
+    return f"{row.profile.name} ({row.plan.mode})" if row.plan.mode != "train" else row.profile.name
+
+
+COLUMNS = ("plan", "model", "GPUs", "peak/GPU GiB (phase)", "headroom GiB", "verdict", "host RAM GiB",
+           "step", "slowdown", "gives up", "top advice")
+SEARCH_LAST = "fidelity"  # a search shows only plans that fit: fidelity instead of advice
+
+
+def _columns(report: "Report") -> tuple[str, ...]:
+    last = SEARCH_LAST if report.kind == "search" else COLUMNS[-1]
+    return (*COLUMNS[:-2], f"gives up (vs {report.reference})", last)
+
+
+def _cells(row: PlanRow, kind: str = "compare") -> list[str]:
+    e = row.estimate
+    last = f"{row.fidelity:.3f}" if kind == "search" else row.top_advice()
+    return [row.name, _model(row), f"{e.num_gpus} x {format_gib(e.vram_bytes, 0)} {row.step.gpu}", _peak(row),
+            format_gib(e.headroom_bytes), row.verdict, _host(row), row.step_text(), f"{row.slowdown:.2f}x",
+            row.gives_up.text(), last]
+
+
+# ---------------------------------------------------------------- rich
+def report_table(report: Report) -> Group:
+    table = Table(title=report.title, show_lines=True)
+    for column in _columns(report):
+        numeric = column in ("headroom GiB", "slowdown", "step", SEARCH_LAST)
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold",
+                         max_width=34 if column.startswith("gives up") or column == "top advice" else None)
+    for row in report.rows:
+        cells = _cells(row, report.kind)
+        style = "green" if row.fits else "red"
+        cells[5] = f"[bold {style}]{cells[5]}[/]"
+        table.add_row(*cells)
+    lines = [Text(note) for note in report.notes]
+    return Group(table, *lines)
+
+
+# ---------------------------------------------------------------- Markdown
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def advice_lines(row: PlanRow) -> list[str]:
+    """Diagnosis and both rankings of the advice, as plain text lines."""
+    if row.advice is None:
+        return []
+    lines = list(row.advice.diagnosis)
+    if row.advice.changes:
+        lines.append(f"changes that fit ({len(row.advice.changes)} of {row.advice.tried} tried), by slowdown:")
+        lines += [f"  {i}. {c.line()}" for i, c in enumerate(row.advice.by_slowdown(), 1)]
+        lines.append("the same, by what they give up:")
+        lines += [f"  {i}. {c.line()}" for i, c in enumerate(row.advice.by_sacrifice(), 1)]
+    return lines
+
+
+def _advice_markdown(row: PlanRow) -> list[str]:
+    advice = row.advice
+    out = [f"- {line}" for line in advice.diagnosis]
+    if advice.changes:
+        for heading, ranked in (("by estimated slowdown", advice.by_slowdown()),
+                                ("by what they give up", advice.by_sacrifice())):
+            out += ["", f"Changes that fit ({len(advice.changes)} of {advice.tried} tried), {heading}:", ""]
+            out += [f"{i}. {_md_escape(c.line())}" for i, c in enumerate(ranked, 1)]
+    return out
+
+
+def report_markdown(report: Report, charts: dict[str, str] | None = None) -> str:
+    out = [f"# {report.title}", ""]
+    out += [f"- {note}" for note in report.notes]
+    columns = _columns(report)
+    out += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in report.rows:
+        cells = [_md_escape(c) for c in _cells(row, report.kind)]
+        cells[5] = f"**{cells[5]}**"
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    for row in report.rows:
+        if row.plan.description:
+            out.append(f"- **{row.name}**: {_md_escape(row.plan.description)}")
+    for title, file_name in (charts or {}).items():
+        out += ["", f"![{title}]({file_name})"]
+    for row in report.rows:
+        if row.advice is not None:
+            out += ["", f"## {row.name}: why it does not fit and what would", ""]
+            out += _advice_markdown(row)
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- HTML (self-contained)
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
+th{background:#f3f3f3}td.fits{color:#1a7f37;font-weight:bold}td.oom{color:#c62828;font-weight:bold}
+img{max-width:100%;margin:1em 0}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap}"""
+
+
+def report_html(report: Report, charts: dict[str, bytes] | None = None) -> str:
+    """One self-contained HTML file: the table, notes, advice and the charts as base64 PNGs."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in _columns(report))
+    body = []
+    for row in report.rows:
+        cells = _cells(row, report.kind)
+        tds = [f"<td>{esc(c)}</td>" for c in cells]
+        tds[5] = f"<td class=\"{'fits' if row.fits else 'oom'}\">{esc(cells[5])}</td>"
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(report.title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{esc(report.title)}</h1>",
+             "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>",
+             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>",
+             "<ul>" + "".join(f"<li><b>{esc(r.name)}</b>: {esc(r.plan.description)}</li>"
+                              for r in report.rows if r.plan.description) + "</ul>"]
+    for title, png in (charts or {}).items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<h2>{esc(title)}</h2><img alt=\"{esc(title)}\" src=\"data:image/png;base64,{data}\">")
+    for row in report.rows:
+        lines = advice_lines(row)
+        if lines:
+            parts.append(f"<h2>{esc(row.name)}: why it does not fit and what would</h2><pre>{esc(chr(10).join(lines))}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- JSON, CSV
+def report_json(report: Report, extra: dict[str, Any] | None = None) -> str:
+    document = {"title": report.title, "reference": report.reference, "notes": report.notes,
+                "plans": [row.to_dict() for row in report.rows], **(extra or {})}
+    return json.dumps(document, indent=2)
+
+
+CSV_FIELDS = ("plan", "model", "mode", "num_gpus", "gpu", "verdict", "host_fits", "device_bytes",
+              "peak_allocated_bytes", "vram_bytes", "headroom_bytes", "peak_phase", "host_bytes", "host_ram_bytes",
+              "step_seconds", "seconds_per_sample", "slowdown", "fidelity", "sam2_resolution", "trainable_params",
+              "gives_up", "top_advice")
+
+
+def report_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        record = row.to_dict()
+        record["gives_up"] = "; ".join(record["gives_up"])
+        record["top_advice"] = row.top_advice()
+        writer.writerow({k: record.get(k) for k in CSV_FIELDS})
+    return buffer.getvalue()

@@ -1,0 +1,403 @@
+"""Every bad-input case of the CLI, shared by tests/test_bad_input.py and scripts/bad_input_table.py.
+
+Each case writes its files into an empty working directory, runs one command through typer's
+CliRunner on ``memplan.cli.main.app`` there (relative paths, so messages are the same everywhere) and
+expects exit code 2 and exactly one output line, ``error: ...``, containing every ``needle`` (the
+field, the value and what is allowed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+DIR = object()  # a file entry that is a directory
+Content = Union[str, bytes, object, Callable[[], str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    what: str  # the input, in words (the table's first column)
+    args: tuple[str, ...]
+    needles: tuple[str, ...]
+    files: dict[str, Content] = field(default_factory=dict)
+    usage: bool = False  # a flag/argument parse error: handled by options.OneLineErrors on the app's group
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.args[:2]) if self.args[:1] == ("profile",) else self.args[0]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    output: str  # stdout and stderr, interleaved
+    exception: BaseException | None
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.output.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- fixtures as text
+
+TINY_PROFILE = (Path(__file__).parent / "fixtures" / "profiles" / "tiny-sa2va.yaml").read_text()
+
+CPU_PLAN = {"engine": {"kind": "pytorch", "zero_stage": 0}, "precision": {"compute": "fp32"},
+            "components": {"llm": {"train": "lora", "lora": {"rank": 8}}},
+            "inputs": {"text_tokens": 64, "tiles": 1, "sam2_resolution": 64, "objects": 2}}
+
+
+def record(**changes) -> dict:
+    """A valid probe record (schema memplan.probe/1) of the tiny profile, fixed run id and time."""
+    from memplan.loading import profile_from_document
+    from memplan.plan import Plan
+    from memplan.probe.records import make_record
+    import yaml
+
+    profile = profile_from_document(yaml.safe_load(TINY_PROFILE), "tiny-sa2va.yaml")
+    reading = {"max_allocated_bytes": 50 << 20, "max_reserved_bytes": 64 << 20,
+               "device_used_bytes": 600 << 20, "host_rss_bytes": 2 << 30}
+    rank = {"rank": 0, "status": "ok", "phases": {p: dict(reading) for p in ("init", "forward", "backward", "optimizer_step")}}
+    out = make_record(profile=profile.model_dump(mode="json"), plan=Plan.model_validate(CPU_PLAN).model_dump(mode="json"),
+                      ranks=[rank], environment={"gpu_name": "test"}, command="test", run_id="run-1")
+    out["created"] = "2025-01-01T00:00:00+00:00"
+    out.update(changes)
+    return out
+
+
+def jsonl(*records: dict | str, torn: str | None = None) -> Callable[[], str]:
+    def text() -> str:
+        lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+        return "".join(line + "\n" for line in lines) + (torn or "")
+    return text
+
+
+def with_plan(**plan_changes) -> Callable[[], dict]:
+    return lambda: {**record()["plan"], **plan_changes}
+
+
+def record_with(**changes) -> Callable[[], str]:
+    """One valid line, then a record whose fields are replaced (callables evaluated lazily)."""
+    def text() -> str:
+        values = {k: v() if callable(v) else v for k, v in changes.items()}
+        return json.dumps(record()) + "\n" + json.dumps(record(run_id="run-2", **values)) + "\n"
+    return text
+
+
+PROJECTOR_GAP = """name: gap
+source: test
+vision: internvit-300m
+projector: {input_size: 1024, hidden_size: 896, output_size: 1024}
+llm: qwen2.5-0.5b
+"""
+
+# --------------------------------------------------------------------------- the cases
+
+E = "estimate"
+CASES: list[Case] = [
+    # ---- plan files: syntax, encoding, shape of the document
+    Case("plan-malformed-yaml", "plan YAML with an unclosed bracket", (E, "--plan", "p.yaml"),
+         ("p.yaml", "malformed YAML", "line 2"), {"p.yaml": "hardware: {num_gpus: [\n"}),
+    Case("plan-malformed-json", "plan JSON cut short", (E, "--plan", "p.json"),
+         ("p.json", "malformed JSON", "line 1"), {"p.json": '{"hardware": '}),
+    Case("plan-missing", "plan file that does not exist", (E, "--plan", "nothere.yaml"),
+         ("nothere.yaml", "file not found")),
+    Case("plan-unknown-name", "shipped plan name misspelt", (E, "--plan", "sa2va-oficial"),
+         ("plan='sa2va-oficial'", "closest: sa2va-official")),
+    Case("plan-directory", "plan path is a directory", (E, "--plan", "plans.yaml"),
+         ("plans.yaml", "is a directory"), {"plans.yaml": DIR}),
+    Case("plan-not-utf8", "plan with non-UTF-8 bytes", (E, "--plan", "p.yaml"),
+         ("p.yaml", "not UTF-8", "0xff"), {"p.yaml": b"name: caf\xff\n"}),
+    Case("plan-empty", "empty plan file", (E, "--plan", "p.yaml"), ("p.yaml", "empty document", "mapping"),
+         {"p.yaml": ""}),
+    Case("plan-top-list", "plan whose top level is a list", (E, "--plan", "p.yaml"),
+         ("p.yaml", "top level is a list", "mapping"), {"p.yaml": "- hardware\n- engine\n"}),
+    # ---- unknown keys and wrong types
+    Case("plan-unknown-key", "unknown top-level key", (E, "--plan", "p.yaml"),
+         ("unknown key 'gpus'=4", "allows: name,", "hardware"), {"p.yaml": "gpus: 4\n"}),
+    Case("plan-unknown-nested-key", "unknown key in engine", (E, "--plan", "p.yaml"),
+         ("unknown key 'engine.zero'=3", "engine allows: kind, zero_stage"), {"p.yaml": "engine: {zero: 3}\n"}),
+    Case("plan-unknown-deep-key", "unknown key in components.llm.lora", (E, "--plan", "p.yaml"),
+         ("unknown key 'components.llm.lora.rnk'=8", "allows: rank, alpha"),
+         {"p.yaml": "components: {llm: {train: lora, lora: {rnk: 8}}}\n"}),
+    Case("plan-wrong-type-int", "num_gpus as a word", (E, "--plan", "p.yaml"),
+         ("hardware.num_gpus='two'", "valid integer"), {"p.yaml": "hardware: {num_gpus: two}\n"}),
+    Case("plan-wrong-type-section", "a section given as a number", (E, "--plan", "p.yaml"),
+         ("hardware=4", "dictionary"), {"p.yaml": "hardware: 4\n"}),
+    Case("plan-wrong-literal", "unknown engine kind", (E, "--plan", "p.yaml"),
+         ("engine.kind='megatron'", "'pytorch' or 'deepspeed'"), {"p.yaml": "engine: {kind: megatron}\n"}),
+    Case("plan-fractional-int", "fractional micro-batch", (E, "--plan", "p.yaml"),
+         ("inputs.micro_batch=1.5", "integer"), {"p.yaml": "inputs: {micro_batch: 1.5}\n"}),
+    Case("plan-nan", "NaN VRAM", (E, "--plan", "p.yaml"), ("hardware.vram_gib=nan", "finite"),
+         {"p.yaml": "hardware: {vram_gib: .nan}\n"}),
+    Case("flag-inf", "--host-ram inf", (E, "--host-ram", "inf"), ("hardware.host_ram_gib=inf", "finite")),
+    # ---- impossible combinations
+    Case("zero-on-pytorch-plan", "ZeRO stage on a plain PyTorch plan", (E, "--plan", "p.yaml"),
+         ("engine.zero_stage=2", "needs engine.kind=deepspeed, not pytorch"),
+         {"p.yaml": "engine: {kind: pytorch, zero_stage: 2}\n"}),
+    Case("zero-on-pytorch-flags", "--engine pytorch --zero 3", (E, "--engine", "pytorch", "--zero", "3"),
+         ("engine.zero_stage=3", "needs engine.kind=deepspeed")),
+    Case("ds-knob-on-pytorch", "a ZeRO-3 knob on a plain PyTorch plan", (E, "--plan", "p.yaml"),
+         ("engine.stage3_max_live_parameters=1000", "DeepSpeed option", "engine.kind=pytorch"),
+         {"p.yaml": "engine: {kind: pytorch, zero_stage: 0, stage3_max_live_parameters: 1000}\n"}),
+    Case("offload-on-pytorch", "optimizer offload on plain PyTorch", (E, "--plan", "p.yaml"),
+         ("engine.offload_optimizer=cpu", "needs engine.kind=deepspeed"),
+         {"p.yaml": "engine: {kind: pytorch, zero_stage: 0, offload_optimizer: cpu}\n"}),
+    Case("param-offload-stage2-plan", "parameter offload at ZeRO-2 (plan)", (E, "--plan", "p.yaml"),
+         ("engine.offload_params=cpu", "needs zero_stage=3, not 2"),
+         {"p.yaml": "engine: {zero_stage: 2, offload_params: cpu}\n"}),
+    Case("param-offload-stage2-flags", "--zero 2 --offload all", (E, "--zero", "2", "--offload", "all"),
+         ("engine.offload_params=cpu", "needs zero_stage=3, not 2")),
+    Case("optimizer-offload-stage0", "--zero 0 --offload optimizer", (E, "--zero", "0", "--offload", "optimizer"),
+         ("engine.offload_optimizer=cpu", "zero_stage >= 1, not 0")),
+    Case("cpu-adam-no-offload", "cpu_adam without optimizer offload", (E, "--plan", "p.yaml"),
+         ("optimizer.kind=cpu_adam", "offload_optimizer=cpu or nvme, not none"),
+         {"p.yaml": "optimizer: {kind: cpu_adam}\n"}),
+    Case("lora-rank-above-width", "LoRA rank above Qwen2.5-0.5B's k_proj width (128)",
+         (E, "-m", "sa2va-1b", "--lora-rank", "129"), ("components.llm.lora.rank=129", "(128)", "allowed: 1..128")),
+    Case("lora-rank-above-cap", "LoRA rank above the field's cap", (E, "--lora-rank", "100000"),
+         ("components.llm.lora.rank=100000", "less than or equal to 4096")),
+    Case("vision-lora-rank-above-width", "vision LoRA rank above InternViT-300M's width (1024)",
+         (E, "--plan", "p.yaml"), ("components.vision.lora.rank=2000", "allowed: 1..1024"),
+         {"p.yaml": "components: {vision: {train: lora, lora: {rank: 2000}}}\n"}),
+    Case("lora-on-sam2-decoder", "LoRA on the SAM2 decoder", (E, "--plan", "p.yaml"),
+         ("components.sam2_decoder.train=lora", "allowed here: frozen, full"),
+         {"p.yaml": "components: {sam2_decoder: {train: lora}}\n"}),
+    Case("modules-to-save-frozen", "modules_to_save on a frozen LLM", (E, "--plan", "p.yaml"),
+         ("components.llm.modules_to_save=['lm_head']", "train=lora or full, not frozen"),
+         {"p.yaml": "components: {llm: {train: frozen, modules_to_save: [lm_head]}}\n"}),
+    Case("lora-rank-flag-full-llm", "--lora-rank on a fully trained LLM", (E, "--plan", "p.yaml", "--lora-rank", "8"),
+         ("--lora-rank=8", "needs components.llm.train=lora, not full"),
+         {"p.yaml": "components: {llm: {train: full}}\n"}),
+    # ---- hardware and input ranges
+    Case("gpus-zero", "--gpus 0", (E, "--gpus", "0"), ("hardware.num_gpus=0", "greater than 0")),
+    Case("gpus-negative", "--gpus -2", (E, "--gpus", "-2"), ("hardware.num_gpus=-2", "greater than 0")),
+    Case("gpus-too-many", "--gpus 5000", (E, "--gpus", "5000"), ("hardware.num_gpus=5000", "less than or equal to 1024")),
+    Case("vram-zero", "--vram 0", (E, "--vram", "0"), ("hardware.vram_gib=0", "greater than 0")),
+    Case("vram-negative", "--vram -24", (E, "--vram", "-24"), ("hardware.vram_gib=-24", "greater than 0")),
+    Case("tiles-high", "--tiles 100", (E, "--tiles", "100"), ("inputs.tiles=100", "less than or equal to 64")),
+    Case("tiles-negative", "--tiles -1", (E, "--tiles", "-1"), ("inputs.tiles=-1", "greater than or equal to 0")),
+    Case("res-not-multiple", "--res 1000 (not a multiple of 64)", (E, "--res", "1000"),
+         ("inputs.sam2_resolution=1000", "multiple of 64")),
+    Case("res-high", "--res 8192", (E, "--res", "8192"), ("inputs.sam2_resolution=8192", "less than or equal to 4096")),
+    Case("res-low", "--res 0", (E, "--res", "0"), ("inputs.sam2_resolution=0", "greater than or equal to 64")),
+    Case("text-len-zero", "--text-len 0", (E, "--text-len", "0"), ("inputs.text_tokens=0", "greater than 0")),
+    Case("objects-high", "--objects 65", (E, "--objects", "65"), ("inputs.objects=65", "less than or equal to 64")),
+    Case("micro-batch-zero", "--micro-batch 0", (E, "--micro-batch", "0"), ("inputs.micro_batch=0", "greater than 0")),
+    # ---- models (profiles)
+    Case("model-unknown", "unknown model name", (E, "-m", "sa2va-4c"), ("model='sa2va-4c'", "closest: sa2va-4b")),
+    Case("model-unknown-in-plan", "a plan naming an unknown model", (E, "--plan", "p.yaml"),
+         ("model='sa2va-9b'", "closest: sa2va-8b"), {"p.yaml": "model: sa2va-9b\n"}),
+    Case("profile-missing", "profile file that does not exist", (E, "-m", "mine.yaml"), ("mine.yaml", "file not found")),
+    Case("profile-directory", "profile path is a directory", (E, "-m", "mine.yaml"), ("mine.yaml", "is a directory"),
+         {"mine.yaml": DIR}),
+    Case("profile-malformed", "profile YAML with a bad indent", (E, "-m", "mine.yaml"), ("mine.yaml", "malformed YAML"),
+         {"mine.yaml": "name: x\n  source: y\n"}),
+    Case("profile-not-utf8", "profile with Latin-1 bytes", (E, "-m", "mine.yaml"), ("mine.yaml", "not UTF-8", "0xe9"),
+         {"mine.yaml": b"name: caf\xe9\n"}),
+    Case("profile-empty", "empty profile file", (E, "-m", "mine.yaml"), ("mine.yaml", "empty document"),
+         {"mine.yaml": "\n"}),
+    Case("profile-no-source", "profile without source", (E, "-m", "mine.yaml"),
+         ("mine.yaml", "missing required field 'source'"), {"mine.yaml": "name: x\nllm: qwen2.5-0.5b\n"}),
+    Case("profile-unknown-key", "unknown key in a component", (E, "-m", "mine.yaml"),
+         ("unknown key 'llm.hiden_size'=10", "llm allows: kind, architecture"),
+         {"mine.yaml": "name: x\nsource: y\nllm: {from: qwen2.5-0.5b, hiden_size: 10}\n"}),
+    Case("profile-unknown-top-key", "unknown top-level key in a profile", (E, "-m", "mine.yaml"),
+         ("unknown key 'decoder'", "allows: name, description, source, llm"),
+         {"mine.yaml": "name: x\nsource: y\nllm: qwen2.5-0.5b\ndecoder: {}\n"}),
+    Case("profile-wrong-type", "num_layers as a word", (E, "-m", "mine.yaml"),
+         ("llm.num_layers='many'", "valid integer"),
+         {"mine.yaml": "name: x\nsource: y\nllm: {from: qwen2.5-0.5b, num_layers: many}\n"}),
+    Case("profile-negative", "negative hidden size", (E, "-m", "mine.yaml"),
+         ("llm.hidden_size=-896", "greater than 0"),
+         {"mine.yaml": "name: x\nsource: y\nllm: {from: qwen2.5-0.5b, hidden_size: -896}\n"}),
+    Case("profile-unknown-component", "component name misspelt", (E, "-m", "mine.yaml"),
+         ("llm='qwen2.5-0.6b'", "unknown component", "closest: qwen2.5-0.5b"),
+         {"mine.yaml": "name: x\nsource: y\nllm: qwen2.5-0.6b\n"}),
+    Case("profile-unknown-kind", "unknown component kind", (E, "-m", "mine.yaml"),
+         ("kind='decoder'", "expected one of llm, vision"), {"mine.yaml": "name: x\nsource: y\nkind: decoder\n"}),
+    Case("profile-slot-kind", "an LLM component in the vision slot", (E, "-m", "mine.yaml"),
+         ("mine.yaml", "vision='qwen2.5-0.5b'", "'llm' component", "needs kind='vision'"), {"mine.yaml": "name: x\nsource: y\nvision: qwen2.5-0.5b\n"}),
+    Case("profile-heads", "kv heads that do not divide the heads", (E, "-m", "mine.yaml"),
+         ("num_heads(14) % num_kv_heads(3)",),
+         {"mine.yaml": "name: x\nsource: y\nllm: {from: qwen2.5-0.5b, num_kv_heads: 3}\n"}),
+    Case("profile-projector-gap", "projector output width != LLM width", (E, "-m", "mine.yaml"),
+         ("projector.output_size(1024) != llm.hidden_size(896)",), {"mine.yaml": PROJECTOR_GAP}),
+    Case("profile-no-projector", "vision and LLM without a projector", (E, "-m", "mine.yaml"),
+         ("projector: missing",), {"mine.yaml": "name: x\nsource: y\nvision: internvit-300m\nllm: qwen2.5-0.5b\n"}),
+    Case("profile-seg-head-gap", "seg head input != LLM width", (E, "-m", "mine.yaml"),
+         ("seg_head.input_size(1024) != llm.hidden_size(896)",),
+         {"mine.yaml": "name: x\nsource: y\nllm: qwen2.5-0.5b\nseg_head: {input_size: 1024}\n"}),
+    Case("profile-sam2-stages", "a SAM2 stage of 10**19 blocks", (E, "-m", "mine.yaml"),
+         ("sam2.stages=[2, 6, 10000000000000000000, 2]", "1..1024"),
+         {"mine.yaml": "name: x\nsource: y\nsam2: {from: sam2-hiera-large, stages: [2, 6, 10000000000000000000, 2]}\n"}),
+    Case("profile-not-a-mapping-slot", "a component given as a number", (E, "-m", "mine.yaml"),
+         ("llm=5", "expected a component name or a mapping"), {"mine.yaml": "name: x\nsource: y\nllm: 5\n"}),
+    Case("profile-key-with-newline", "a key holding a line break", (E, "-m", "mine.yaml"),
+         ("unknown key", "'a\\nb'"), {"mine.yaml": 'name: x\nsource: y\nllm: {from: qwen2.5-0.5b, "a\\nb": 1}\n'}),
+    # ---- calibration files
+    Case("calibration-foreign-schema", "calibration of another schema", (E, "--calibration", "cal.yaml"),
+         ("schema='memplan.calibration/0'", "expected 'memplan.calibration/1'"),
+         {"cal.yaml": "schema: memplan.calibration/0\nreserved_ratio: 0.1\n"}),
+    Case("calibration-no-schema", "calibration without a schema", (E, "--calibration", "cal.yaml"),
+         ("schema missing", "memplan.calibration/1"), {"cal.yaml": "reserved_ratio: 0.1\n"}),
+    Case("calibration-unknown-key", "calibration with an unknown key", (E, "--calibration", "cal.yaml"),
+         ("unknown key 'ratio'=0.1", "allows: schema, allocated_constant_bytes"),
+         {"cal.yaml": "schema: memplan.calibration/1\nratio: 0.1\n"}),
+    Case("calibration-wrong-type", "calibration ratio as a word", (E, "--calibration", "cal.yaml"),
+         ("reserved_ratio='high'", "valid number"), {"cal.yaml": "schema: memplan.calibration/1\nreserved_ratio: high\n"}),
+    Case("calibration-missing", "calibration file that does not exist", (E, "--calibration", "cal.yaml"),
+         ("cal.yaml", "file not found")),
+    # ---- probe records: validate and calibrate
+    Case("validate-missing", "record file that does not exist", ("validate", "r.jsonl"), ("r.jsonl", "file not found")),
+    Case("validate-directory", "record path is a directory", ("validate", "r.jsonl"), ("r.jsonl", "is a directory"),
+         {"r.jsonl": DIR}),
+    Case("validate-empty", "empty record file", ("validate", "r.jsonl"),
+         ("records=['r.jsonl']", "no probe records", "memplan.probe/1"), {"r.jsonl": ""}),
+    Case("validate-bad-middle-line", "a bad line between records", ("validate", "r.jsonl"),
+         ("r.jsonl:2", "not a JSON record"), {"r.jsonl": jsonl(record(), "{oops", record())}),
+    Case("validate-not-utf8-line", "a non-UTF-8 line between records", ("validate", "r.jsonl"),
+         ("r.jsonl:1", "not UTF-8", "0xff"), {"r.jsonl": b"\xff\xfe\n" + json.dumps({"a": 1}).encode() + b"\n"}),
+    Case("validate-not-object", "a JSON list instead of a record", ("validate", "r.jsonl"),
+         ("r.jsonl:1", "expected a JSON object, got list"), {"r.jsonl": "[1, 2]\n"}),
+    Case("validate-foreign-schema", "a record of another schema", ("validate", "r.jsonl"),
+         ("r.jsonl:1", "schema 'memplan.probe/0' is not memplan.probe/1"),
+         {"r.jsonl": jsonl(record(schema="memplan.probe/0"))}),
+    Case("validate-missing-schema", "a record without a schema", ("validate", "r.jsonl"),
+         ("r.jsonl:1", "schema None is not memplan.probe/1"), {"r.jsonl": jsonl({"run_id": "x", "plan": {}})}),
+    Case("validate-record-bad-plan", "a record whose plan does not validate", ("validate", "r.jsonl"),
+         ("run 'run-2': plan", "hardware.num_gpus=0", "greater than 0"),
+         {"r.jsonl": record_with(plan=with_plan(hardware={"num_gpus": 0}))}),
+    Case("validate-record-no-profile", "a record without its profile", ("validate", "r.jsonl"),
+         ("run 'run-2'", "profile=None", "expected the profile mapping"), {"r.jsonl": record_with(profile=None)}),
+    Case("validate-record-bad-status", "a record with an unknown status", ("validate", "r.jsonl"),
+         ("status='crashed'", "expected one of ok, oom, error, timeout"), {"r.jsonl": record_with(status="crashed")}),
+    Case("validate-record-bad-readings", "a record whose summary is text", ("validate", "r.jsonl"),
+         ("run 'run-2'", "summary/ranks", "integers"), {"r.jsonl": record_with(summary={"peak_allocated_bytes": "lots"})}),
+    Case("validate-calibration-foreign", "validate with a foreign calibration", ("validate", "r.jsonl", "--calibration", "c.json"),
+         ("schema='other/1'", "expected 'memplan.calibration/1'"),
+         {"r.jsonl": jsonl(record()), "c.json": '{"schema": "other/1"}'}),
+    Case("calibrate-foreign-schema", "calibrate on a record of another schema", ("calibrate", "r.jsonl", "--out", "c.yaml"),
+         ("r.jsonl:2", "schema 'memplan.probe/2' is not memplan.probe/1"),
+         {"r.jsonl": jsonl(record(), record(schema="memplan.probe/2"))}),
+    Case("calibrate-no-ok-runs", "calibrate on OOM runs only", ("calibrate", "r.jsonl", "--out", "c.yaml"),
+         ("no successful ('ok') runs",), {"r.jsonl": jsonl(record(status="oom"))}),
+    Case("calibrate-out-directory", "calibrate --out a directory", ("calibrate", "r.jsonl", "--out", "outdir"),
+         ("--out=outdir", "is a directory"), {"r.jsonl": jsonl(record()), "outdir": DIR}),
+    Case("calibrate-torn-only", "a record file holding only a torn line", ("calibrate", "r.jsonl", "--out", "c.yaml"),
+         ("no probe records", "1 torn last line(s) skipped"), {"r.jsonl": '{"schema": "memplan.pro'}),
+    # ---- profile import / compose
+    Case("import-missing", "config.json that does not exist", ("profile", "import", "config.json", "--out", "o.yaml"),
+         ("config.json", "file not found")),
+    Case("import-malformed", "config.json cut short", ("profile", "import", "config.json", "--out", "o.yaml"),
+         ("config.json", "malformed JSON"), {"config.json": '{"model_type": "qwen2", '}),
+    Case("import-not-mapping", "config.json holding a list", ("profile", "import", "config.json", "--out", "o.yaml"),
+         ("config.json", "top level is a list"), {"config.json": "[1, 2]"}),
+    Case("import-unknown-type", "config of an unsupported model_type", ("profile", "import", "config.json", "--out", "o.yaml"),
+         ("model_type='bert'", "not importable", "known: qwen2"), {"config.json": '{"model_type": "bert"}'}),
+    Case("import-wrong-type", "hidden_size as text", ("profile", "import", "config.json", "--out", "o.yaml"),
+         ("hidden_size='wide'", "positive integer"), {"config.json": '{"model_type": "qwen2", "hidden_size": "wide"}'}),
+    Case("import-negative", "negative layer count in the text config", ("profile", "import", "config.json", "--out", "o.yaml"),
+         ("text_config.num_hidden_layers=-2", "positive integer"),
+         {"config.json": '{"model_type": "internvl", "text_config": {"num_hidden_layers": -2}}'}),
+    Case("import-out-directory", "import --out a directory", ("profile", "import", "config.json", "--out", "outdir"),
+         ("--out=outdir", "is a directory"), {"config.json": '{"model_type": "qwen2"}', "outdir": DIR}),
+    Case("compose-unknown", "compose with an unknown LLM", ("profile", "compose", "--llm", "qwen9"),
+         ("llm='qwen9'", "unknown component")),
+    Case("compose-projector-gap", "compose with a projector whose output != LLM width",
+         ("profile", "compose", "--vision", "internvit-300m", "--llm", "qwen2.5-0.5b", "--projector", "proj.yaml", "--out", "o.yaml"),
+         ("projector.output_size(1024) != llm.hidden_size(896)",),
+         {"proj.yaml": "kind: projector\ninput_size: 1024\nhidden_size: 896\noutput_size: 1024\n"}),
+    Case("compose-wrong-slot", "compose with an LLM as the vision tower", ("profile", "compose", "--vision", "qwen2.5-0.5b"),
+         ("compose --vision", "vision='qwen2.5-0.5b'", "'llm' component", "needs kind='vision'")),
+    Case("compose-malformed", "compose with a malformed component file", ("profile", "compose", "--llm", "l.yaml"),
+         ("l.yaml", "malformed YAML"), {"l.yaml": "kind: llm\nnum_layers: [2\n"}),
+    Case("compose-nothing", "compose with no parts", ("profile", "compose"), ("give at least one of --vision, --llm, --sam2",)),
+    Case("compose-out-directory", "compose --out a directory", ("profile", "compose", "--llm", "qwen2.5-0.5b", "--out", "outdir"),
+         ("--out=outdir", "is a directory"), {"outdir": DIR}),
+    # ---- probe (fails before anything is built)
+    Case("probe-bad-plan", "probe with a malformed plan", ("probe", "--plan", "p.yaml"), ("p.yaml", "malformed YAML"),
+         {"p.yaml": "engine: [\n"}),
+    Case("probe-steps-zero", "probe --steps 0", ("probe", "--steps", "0"), ("--steps=0", "at least 1")),
+    Case("probe-gpus-zero", "probe --gpus 0", ("probe", "--gpus", "0"), ("hardware.num_gpus=0", "greater than 0")),
+    Case("probe-vram-cap", "probe --vram-cap -1", ("probe", "--vram-cap", "-1"), ("--vram-cap=-1", "positive")),
+    Case("probe-timeout", "probe --timeout 0", ("probe", "--timeout", "0"), ("--timeout=0", "positive")),
+    # ---- flag and argument parsing (typer/click usage errors)
+    Case("flag-type", "--gpus two", (E, "--gpus", "two"), ("'--gpus'", "valid integer"), usage=True),
+    Case("flag-choice", "--offload some", (E, "--offload", "some"), ("'--offload'", "'some' is not one of"), usage=True),
+    Case("profiles-format", "profiles --format xml", ("profiles", "--format", "xml"),
+         ("'--format'", "'xml' is not one of 'table', 'json', 'md'"), usage=True),
+    Case("validate-no-args", "validate without record files", ("validate",), ("Missing argument",), usage=True),
+    Case("unknown-option", "an option that does not exist", (E, "--gpu-count", "2"), ("No such option: --gpu-count",),
+         usage=True),
+]
+
+
+def materialize(files: dict[str, Content], root: Path) -> None:
+    for name, content in files.items():
+        path = root / name
+        if content is DIR:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        if callable(content):
+            content = content()
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_case(case: Case, root: Path) -> Outcome:
+    """Write the case's files under ``root`` and run its command there (CliRunner, no subprocess)."""
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+    from memplan.loading import load_profile
+
+    load_profile.cache_clear()  # relative names are reused across cases
+    root.mkdir(parents=True, exist_ok=True)
+    materialize(case.files, root)
+    with working_directory(root):
+        result = CliRunner().invoke(app, list(case.args), prog_name="memplan")
+    return Outcome(result.exit_code, result.output, result.exception)
+
+
+def app_has_one_line_usage_errors() -> bool:
+    """Whether the app's top-level group turns usage errors into one `error:` line (options.OneLineErrors)."""
+    import typer.main
+
+    from memplan.cli.main import app
+    from memplan.cli.options import OneLineErrors
+
+    return isinstance(typer.main.get_command(app), OneLineErrors)
+
+
+def problems(case: Case, outcome: Outcome) -> list[str]:
+    """What is wrong with an outcome (empty: the case behaves)."""
+    out = []
+    if outcome.exit_code != 2:
+        out.append(f"exit code {outcome.exit_code}, expected 2 ({outcome.exception!r})")
+    if "Traceback" in outcome.output:
+        out.append("a traceback was printed")
+    if len(outcome.lines) != 1 or not outcome.lines[0].startswith("error: "):
+        out.append(f"expected one line starting 'error: ', got {len(outcome.lines)}: {outcome.output[:300]!r}")
+    for needle in case.needles:
+        if needle not in outcome.output:
+            out.append(f"message lacks {needle!r}")
+    return out
