@@ -31,7 +31,13 @@ def _saved_bytes(run) -> int:
 
 
 def llm_layer_bytes(mode: str, h: int, heads: int, head_dim: int, kv: int, ffn: int, rank: int,
-                    dropout: float, tokens: int, layers: int, upcast: bool = False) -> int:
+                    dropout: float, tokens: int, layers: int, upcast: bool = False,
+                    adapters_fp32: bool = False) -> int:
+    """Saved bytes of a Qwen2 decoder (layers x tokens) under one training mode.
+
+    mode frozen/full/lora; adapters_fp32: peft's default autocast_adapter_dtype keeps LoRA weights in
+    fp32 beside a bf16 base (plain PyTorch); False: everything bf16, as DeepSpeed's bf16 engine casts
+    the whole module. upcast: fp32 base weights under torch.autocast (the recipe's kbit preparation)."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -43,6 +49,8 @@ def llm_layer_bytes(mode: str, h: int, heads: int, head_dim: int, kv: int, ffn: 
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout,
                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                  "gate_proj", "up_proj", "down_proj"]))
+        if not adapters_fp32:
+            model = model.to(torch.bfloat16)
     elif mode == "frozen":
         model.requires_grad_(False)
     if upcast:
@@ -75,15 +83,15 @@ LLM_SHAPES = [  # (h, heads, head_dim, kv, ffn, rank)
 ]
 
 
-def llm_census(mode: str, dropout: float = 0.0, upcast: bool = False) -> dict[str, float]:
+def llm_census(mode: str, dropout: float = 0.0, upcast: bool = False, adapters_fp32: bool = False) -> dict[str, float]:
     """Per-token-per-layer coefficients on [h, q, kv, ffn, heads, rank] and per-token model constants."""
     rows = []
     for h, heads, head_dim, kv, ffn, rank in LLM_SHAPES:
         q, kvd = heads * head_dim, kv * head_dim
         per = {}
         for layers in (1, 2):
-            t1 = llm_layer_bytes(mode, h, heads, head_dim, kv, ffn, rank, dropout, 32, layers, upcast)
-            t2 = llm_layer_bytes(mode, h, heads, head_dim, kv, ffn, rank, dropout, 64, layers, upcast)
+            t1 = llm_layer_bytes(mode, h, heads, head_dim, kv, ffn, rank, dropout, 32, layers, upcast, adapters_fp32)
+            t2 = llm_layer_bytes(mode, h, heads, head_dim, kv, ffn, rank, dropout, 64, layers, upcast, adapters_fp32)
             per[layers] = (t2 - t1) / 32  # per token
         per_layer = per[2] - per[1]
         rows.append(([h, q, kvd, ffn, heads, rank if mode == "lora" else 0], per_layer))
@@ -94,9 +102,13 @@ def llm_census(mode: str, dropout: float = 0.0, upcast: bool = False) -> dict[st
 if __name__ == "__main__":
     torch.manual_seed(0)
     results = {}
-    for mode, dropout, upcast in [("frozen", 0.0, False), ("full", 0.0, False), ("lora", 0.0, False),
-                                  ("lora", 0.05, False), ("frozen", 0.0, True), ("lora", 0.05, True)]:
-        key = f"llm/{mode}/dropout={dropout}/upcast={upcast}"
-        results[key] = llm_census(mode, dropout, upcast)
+    for mode, dropout, upcast, fp32 in [
+        ("frozen", 0.0, False, False), ("full", 0.0, False, False),
+        ("lora", 0.0, False, False), ("lora", 0.05, False, False),
+        ("lora", 0.0, False, True), ("lora", 0.05, False, True),
+        ("frozen", 0.0, True, False), ("lora", 0.05, True, True),
+    ]:
+        key = f"llm/{mode}/dropout={dropout}/upcast={upcast}/adapters_fp32={fp32}"
+        results[key] = llm_census(mode, dropout, upcast, fp32)
         print(key, results[key], flush=True)
     json.dump(results, sys.stdout if len(sys.argv) < 2 else open(sys.argv[1], "w"), indent=1)

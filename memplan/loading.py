@@ -307,7 +307,8 @@ def plan_from_document(document: dict[str, Any], where: str) -> Plan:
 
 
 def plan_names() -> list[str]:
-    return sorted(p.stem for p in PLANS_DIR.glob("*.yaml"))
+    """Shipped plans by name: plans/NAME.yaml and plans/DIR/NAME.yaml (as DIR/NAME)."""
+    return sorted(p.relative_to(PLANS_DIR).with_suffix("").as_posix() for p in PLANS_DIR.rglob("*.yaml"))
 
 
 def plan_path(path: str | Path) -> Path:
@@ -318,7 +319,7 @@ def plan_path(path: str | Path) -> Path:
     shipped = PLANS_DIR / f"{path}.yaml"
     if path.suffix not in (".yaml", ".yml", ".json") and _exists(shipped):
         return shipped
-    if path.suffix not in (".yaml", ".yml", ".json") and len(path.parts) == 1:
+    if path.suffix not in (".yaml", ".yml", ".json"):
         names = plan_names()
         close = difflib.get_close_matches(str(path), names, n=3, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else f"shipped plans: {', '.join(names)}"

@@ -116,25 +116,40 @@ def _all_gradients(ctx: Context) -> Group:
 
 @_memo
 def _persistent_gradients(ctx: Context) -> Group:
-    """Gradient storage that outlives zero_grad: DeepSpeed's partition buffers (stage 2/3) and
-    BF16_Optimizer's fp32 accumulators (stage 0). Plain PyTorch frees grads (set_to_none)."""
-    if not ctx.is_deepspeed or ctx.zero_stage == 1:
-        return EMPTY
-    return _all_gradients(ctx)
+    """Gradient storage alive outside backward and step. None: plain PyTorch frees param.grad
+    (zero_grad set_to_none), and the H100 probes show DeepSpeed ZeRO-0/1/2/3 forward peaks without
+    their gradient partitions or BF16_Optimizer accumulators (released after each step)."""
+    return EMPTY
 
 
 @_memo
 def _step_gradients(ctx: Context) -> Group:
-    """Gradients alive at the step: all of them (plain PyTorch, ZeRO-1), else the partitions."""
-    return _all_gradients(ctx) if not ctx.is_deepspeed or ctx.zero_stage == 1 else _persistent_gradients(ctx)
+    """Gradients alive at the end of backward and through the step: all of them (plain PyTorch,
+    ZeRO-0's fp32 accumulators, ZeRO-1), or this rank's partition (ZeRO-2/3)."""
+    return _all_gradients(ctx)
 
 
 @_memo
-def _engine_buffers(ctx: Context) -> Group:
-    return _group(
-        (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)),
-        (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
-    )
+def _gathered(ctx: Context) -> Group:
+    """ZeRO-3's all-gathered parameters: live while modules run (forward, backward)."""
+    return _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)))
+
+
+@_memo
+def _buckets(ctx: Context) -> Group:
+    """ZeRO-1/2 gradient buckets: allocated in backward and released at its end (the H100 probes
+    show forward and step peaks without them, reports/probes/). ZeRO-3 allocates its flat reduce
+    bucket at initialize and keeps it: counted in every phase (_persistent_buckets)."""
+    if ctx.zero_stage == 3:
+        return EMPTY
+    return _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)))
+
+
+@_memo
+def _persistent_buckets(ctx: Context) -> Group:
+    if ctx.zero_stage != 3:
+        return EMPTY
+    return _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)))
 
 
 ACTIVATION_ORDER = (
@@ -168,16 +183,22 @@ EMPTY = Group((), 0)
 
 
 def init_phase(ctx: Context) -> PhaseMemory:
+    """After the model build and engine initialize. ZeRO-0's BF16_Optimizer creates its fp32 masters,
+    fp32 gradient accumulators and the optimizer state there (initialize_optimizer_states); ZeRO-1/2/3
+    create masters at initialize and optimizer state at the first step."""
+    zero0 = ctx.is_deepspeed and ctx.zero_stage == 0 and ctx.training
     moment = _moment(
         "after deepspeed.initialize" if ctx.is_deepspeed else "after model build",
         _weights(ctx), _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx)),
-        _persistent_gradients(ctx) if ctx.zero_stage == 0 else EMPTY, _masters(ctx),
+        _all_gradients(ctx) if zero0 else EMPTY, _optimizer_states(ctx) if zero0 else _masters(ctx),
+        _persistent_buckets(ctx),
     )
     return PhaseMemory(Phase.INIT, moment)
 
 
 def _states(ctx: Context) -> tuple[Group, ...]:
-    return (_weights(ctx), _optimizer_states(ctx), _engine_buffers(ctx))
+    """What every forward and backward moment holds: weights, optimizer state, gathered parameters."""
+    return (_weights(ctx), _optimizer_states(ctx), _gathered(ctx), _persistent_buckets(ctx))
 
 
 def forward_phase(ctx: Context) -> PhaseMemory:
@@ -196,7 +217,7 @@ def forward_phase(ctx: Context) -> PhaseMemory:
 
 
 def backward_phase(ctx: Context) -> PhaseMemory:
-    states = _states(ctx)
+    states = (*_states(ctx), _buckets(ctx))
     persistent = _persistent_gradients(ctx)
     moments = [_moment("start of backward", *states, persistent, _activations(ctx))]
     if Component.LLM in ctx.parts and act.needs_graph(ctx, Component.LLM):
@@ -211,14 +232,14 @@ def backward_phase(ctx: Context) -> PhaseMemory:
 
 def optimizer_phase(ctx: Context) -> PhaseMemory:
     moment = _moment(
-        "optimizer step", *_states(ctx), _step_gradients(ctx),
+        "optimizer step", _weights(ctx), _optimizer_states(ctx), _step_gradients(ctx), _persistent_buckets(ctx),
         _group((Component.RUNTIME, Category.TRANSIENT, buffers.step_transient_bytes(ctx) + buffers.ddp_bucket_bytes(ctx))),
     )
     return PhaseMemory(Phase.OPTIMIZER_STEP, moment)
 
 
 def inference_forward(ctx: Context) -> PhaseMemory:
-    states = (_weights(ctx), _engine_buffers(ctx))
+    states = (_weights(ctx), _gathered(ctx))
     moments = [_moment("weights", *states)]
     if Component.VISION in ctx.parts:
         moments.append(_moment("vision tower", *states, _transient(Component.VISION, act.vision_forward_transient(ctx))))

@@ -27,6 +27,7 @@ class Case:
     needles: tuple[str, ...]
     files: dict[str, Content] = field(default_factory=dict)
     usage: bool = False  # a flag/argument parse error: handled by options.OneLineErrors on the app's group
+    known_bug: str = ""  # not yet handled (in a file this work could not edit): xfail(strict=True) with this reason
 
     @property
     def command(self) -> str:
@@ -328,6 +329,29 @@ CASES: list[Case] = [
     Case("probe-gpus-zero", "probe --gpus 0", ("probe", "--gpus", "0"), ("hardware.num_gpus=0", "greater than 0")),
     Case("probe-vram-cap", "probe --vram-cap -1", ("probe", "--vram-cap", "-1"), ("--vram-cap=-1", "positive")),
     Case("probe-timeout", "probe --timeout 0", ("probe", "--timeout", "0"), ("--timeout=0", "positive")),
+    # ---- compare and search (memplan/cli/compare_cmd.py)
+    Case("compare-malformed-plan", "compare a malformed plan", ("compare", "p.yaml", "--out", "reports"),
+         ("p.yaml", "malformed YAML"), {"p.yaml": "engine: [\n"}),
+    Case("compare-unknown-plan", "compare an unknown plan name", ("compare", "plan-z", "--out", "reports"),
+         ("plan='plan-z'", "known plans")),
+    Case("compare-unknown-gpu", "compare on an unknown GPU", ("compare", "--gpu", "rtx-9090", "--out", "reports"),
+         ("gpu='rtx-9090'", "closest: rtx-4090")),
+    Case("compare-foreign-calibration", "compare with a foreign calibration", ("compare", "--calibration", "c.yaml", "--out", "reports"),
+         ("schema='x/1'", "expected 'memplan.calibration/1'"), {"c.yaml": "schema: x/1\n"}),
+    Case("compare-out-is-a-file", "compare --out an existing file", ("compare", "--out", "taken"),
+         ("--out", "taken"), {"taken": "x"},
+         known_bug="compare_cmd: Path.mkdir on an existing file raises FileExistsError (exit 1, traceback)"),
+    Case("search-bad-plan", "search from a PyTorch plan with a ZeRO stage", ("search", "--gpus", "2", "--vram", "24", "--plan", "p.yaml"),
+         ("engine.zero_stage=2", "needs engine.kind=deepspeed"), {"p.yaml": "engine: {kind: pytorch, zero_stage: 2}\n"}),
+    Case("search-unknown-model", "search an unknown model", ("search", "--gpus", "2", "--vram", "24", "-m", "sa2va-4c"),
+         ("model='sa2va-4c'", "closest: sa2va-4b")),
+    Case("search-no-vram", "search without --vram or --gpu", ("search", "--gpus", "2"), ("--vram", "--gpu")),
+    Case("search-vram-negative", "search --vram -3", ("search", "--gpus", "2", "--vram", "-3"), ("--vram=-3", "> 0")),
+    Case("search-vram-inf", "search --vram inf", ("search", "--gpus", "2", "--vram", "inf"), ("--vram", "inf"),
+         known_bug="compare_cmd.search: --vram inf reaches gib_to_bytes (OverflowError, exit 1); the plan is not revalidated"),
+    Case("search-host-ram-nan", "search --host-ram nan", ("search", "--gpus", "2", "--vram", "24", "--host-ram", "nan"),
+         ("--host-ram", "nan"),
+         known_bug="compare_cmd.search: --host-ram nan reaches int() (ValueError, exit 1); the plan is not revalidated"),
     # ---- flag and argument parsing (typer/click usage errors)
     Case("flag-type", "--gpus two", (E, "--gpus", "two"), ("'--gpus'", "valid integer"), usage=True),
     Case("flag-choice", "--offload some", (E, "--offload", "some"), ("'--offload'", "'some' is not one of"), usage=True),
@@ -335,6 +359,8 @@ CASES: list[Case] = [
          ("'--format'", "'xml' is not one of 'table', 'json', 'md'"), usage=True),
     Case("validate-no-args", "validate without record files", ("validate",), ("Missing argument",), usage=True),
     Case("unknown-option", "an option that does not exist", (E, "--gpu-count", "2"), ("No such option: --gpu-count",),
+         usage=True),
+    Case("search-gpus-zero", "search --gpus 0", ("search", "--gpus", "0", "--vram", "24"), ("'--gpus'", "greater than or equal to 1"),
          usage=True),
 ]
 

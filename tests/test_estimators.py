@@ -73,7 +73,7 @@ def test_zero_sharding_rules(tiny_llm, plan_factory, stage, gpus, weight_div, gr
     assert weights.trainable_weight_bytes(ctx, LLM) == ceil(2 * TINY_PARAMS, weight_div)
     assert optimizer.optimizer_state_bytes(ctx, LLM) == ceil(8 * TINY_PARAMS, optim_div)
     assert optimizer.master_weight_bytes(ctx, LLM) == ceil(4 * TINY_PARAMS, optim_div)
-    expected_grad = 6 * TINY_PARAMS if stage == 0 else ceil(2 * TINY_PARAMS, grad_div)  # BF16_Optimizer: bf16 + fp32
+    expected_grad = 4 * TINY_PARAMS if stage == 0 else ceil(2 * TINY_PARAMS, grad_div)  # BF16_Optimizer: fp32 accumulators
     assert gradients.gradient_bytes(ctx, LLM) == expected_grad
 
 
@@ -97,15 +97,18 @@ def test_llm_activation_census_formula_by_hand(tiny_llm, plan_factory):
 
 
 def test_llm_lora_activation_by_hand(tiny_llm, plan_factory):
-    plan = plan_factory(components={"llm": {"train": "lora", "checkpointing": False, "lora": {"rank": 8, "dropout": 0.0}}},
-                        inputs={"micro_batch": 1, "text_tokens": 10})
-    ctx = build_context(tiny_llm, plan)
+    """DeepSpeed bf16 (adapters bf16), dropout 0: frozen + 4h + 2F + 14r (coefficients.LORA_BF16);
+    plain PyTorch keeps fp32 adapters: frozen + 20h + 4q + 4F + 28r (LORA_FP32)."""
+    lora = {"llm": {"train": "lora", "checkpointing": False, "lora": {"rank": 8, "dropout": 0.0}}}
+    inputs = {"micro_batch": 1, "text_tokens": 10}
     base = 8 * 64 + 4 * 64 + 4 * 32 + 6 * 128 + 4 * 4
-    d_in_sum = 64 + 64 + 64 + 64 + 64 + 64 + 128
-    assert act.llm_layer_bytes_per_token(ctx) == base + 4 * d_in_sum + 4 * 8 * 7
+    ds = build_context(tiny_llm, plan_factory(components=lora, inputs=inputs, engine={"kind": "deepspeed", "zero_stage": 2}))
+    assert act.llm_layer_bytes_per_token(ds) == base + 4 * 64 + 2 * 128 + 14 * 8
+    plain = build_context(tiny_llm, plan_factory(components=lora, inputs=inputs, engine={"kind": "pytorch", "zero_stage": 0}))
+    assert act.llm_layer_bytes_per_token(plain) == base + 20 * 64 + 4 * 64 + 4 * 128 + 28 * 8
     tokens = 10
-    expected = 2 * (act.llm_layer_bytes_per_token(ctx) * tokens) + 4 * 64 * tokens
-    assert act.llm_activation_bytes(ctx) == expected
+    expected = 2 * (act.llm_layer_bytes_per_token(ds) * tokens) + 4 * 64 * tokens
+    assert act.llm_activation_bytes(ds) == expected
 
 
 def test_checkpointing_keeps_layer_inputs(tiny_llm, plan_factory):

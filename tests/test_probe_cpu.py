@@ -373,3 +373,18 @@ def test_qwen_vision_towers_train(name):
     assert not [note for note in result.notes if "did not build" in note]
     assert result.parameters["trainable"]["projector"] == projector.param_count()
     assert result.parameters["frozen"]["vision"] == vision.param_count()
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_checkpointing_is_on_with_and_without_the_upcast(upcast):
+    """peft's prepare_model_for_kbit_training leaves checkpointing off on an unquantized model; the
+    probe must turn it on itself, as Sa2VA does (regression: the first H100 records ran without it)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from memplan.probe.apply import apply_plan
+    from memplan.probe.build import build_model
+
+    plan = cpu_plan(precision={"compute": "fp32", "llm_fp32_upcast": upcast})
+    model = apply_plan(build_model(tiny(), plan), plan)
+    layers = [m for m in model.llm.modules() if isinstance(m, GradientCheckpointingLayer) and "decoder" in type(m).__name__.lower()]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)

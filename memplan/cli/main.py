@@ -7,9 +7,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from memplan.cli.options import console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Peak-VRAM planner and feasibility checker for fine-tuning multimodal models (Sa2VA and kin).",
     no_args_is_help=True,
     add_completion=False,

@@ -61,25 +61,38 @@ def residual_bytes(ctx: Context) -> int:
     return ctx.parts[Component.LLM].weight_bytes
 
 
+def _lora_table(ctx: Context) -> dict[str, int]:
+    """Which census table applies: upcast (autocast, fp32 base), fp32 adapters (plain PyTorch
+    master weights) or bf16 adapters (DeepSpeed casts the module); dropout adds its own table."""
+    dropout = bool(ctx.plan.components.llm.lora.dropout)
+    if _upcast(ctx):
+        return k.LORA_UPCAST_DROPOUT if dropout else k.LORA_UPCAST
+    fp32_adapters = ctx.parts[Component.LLM].trainable_bytes == 4 and ctx.compute_bytes < 4
+    table = dict(k.LORA_FP32 if fp32_adapters else k.LORA_BF16)
+    if dropout:
+        for name, c in (k.LORA_FP32_DROPOUT if fp32_adapters else k.LORA_BF16_DROPOUT).items():
+            table[name] = table.get(name, 0) + c
+    return table
+
+
 def llm_layer_bytes_per_token(ctx: Context) -> int:
     """Saved bytes per token in one decoder layer without checkpointing (census coefficients).
 
-    frozen 8h+4q+4kv+6F+4a; full 16h+4q+4kv+8F+4a; LoRA adds per wrapped linear
-    (LORA_PER_INPUT [+ DROPOUT_BYTES]) * d_in + LORA_PER_RANK * r.
+    frozen 8h+4q+4kv+6F+4a; full 16h+4q+4kv+8F+4a; LoRA adds its table (coefficients.py), scaled by
+    the share of the 7 linears it wraps when targets are a subset.
     """
-    llm, part = ctx.profile.llm, ctx.plan.components.llm
+    part = ctx.plan.components.llm
     widths = _llm_widths(ctx)
     if part.train == "full" and ctx.training:
         return _dot(k.LLM_FULL, widths)
     total = _dot(k.LLM_FROZEN, widths)
     if part.train == "lora" and ctx.training:
-        lora = part.lora
-        upcast = _upcast(ctx)
-        per_input = k.LORA_UPCAST_PER_INPUT if upcast else k.LORA_PER_INPUT + (k.DROPOUT_BYTES if lora.dropout else 0)
-        per_rank = k.LORA_UPCAST_PER_RANK if upcast else k.LORA_PER_RANK
-        for name, d_in, _ in llm.linear_shapes():
-            if lora.targets is None or name in lora.targets:
-                total += per_input * d_in + per_rank * lora.rank
+        widths = {**widths, "rank": part.lora.rank}
+        extra = _dot(_lora_table(ctx), widths)
+        targets = part.lora.targets
+        if targets is not None:
+            extra = extra * len(set(targets)) // k.LORA_LINEARS
+        total += extra
     return total
 
 

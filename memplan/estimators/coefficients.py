@@ -21,19 +21,26 @@ LLM_FROZEN = {"h": 8, "q": 4, "kv": 4, "ffn": 6, "heads": 4}
 # Full training adds the linear inputs kept for weight gradients (norm outputs 2 x 2h, o_proj 2q... ):
 # fitted 16h + 4q + 4kv + 8F + 4 heads.
 LLM_FULL = {"h": 16, "q": 4, "kv": 4, "ffn": 8, "heads": 4}
-# peft LoRA per wrapped linear (no dropout): 4 bytes per input element (the input kept for lora_A's
-# weight gradient and the base layer's cast) and 4 bytes per rank element (lora_A output for lora_B).
-LORA_PER_INPUT = 4
-LORA_PER_RANK = 4
-DROPOUT_BYTES = 3  # CUDA fused dropout: 2-byte output + 1-byte mask per element (CPU: 4)
-DROPOUT_BYTES_CPU = 4
-
-# Under torch.autocast with fp32 LLM weights (the recipe's upcast, plain PyTorch): per LoRA linear
-# 6 bytes per input element with dropout on the CPU (fp32 input cast to bf16 for the base matmul
-# and for lora_A) and 2 per rank element; every linear also saves the bf16 cast of its fp32 weight:
-# 2 bytes per layer parameter per micro-batch (autocast re-casts frozen weights on each call).
-LORA_UPCAST_PER_INPUT = 6 - (DROPOUT_BYTES_CPU - DROPOUT_BYTES)
-LORA_UPCAST_PER_RANK = 2
+# peft LoRA on every linear of the layer (q,k,v,o,gate,up,down), added to LLM_FROZEN. Which tensors
+# are saved depends on the adapters' dtype: DeepSpeed's bf16 engine casts the whole module, adapters
+# included, to bf16; plain PyTorch keeps trainable parameters fp32 (peft's autocast_adapter_dtype),
+# so peft casts each adapter input to fp32 (a 4-byte copy per input element).
+# Census (dropout 0): bf16 adapters 4h + 2F + 14r; fp32 adapters 20h + 4q + 4F + 28r.
+LORA_BF16 = {"h": 4, "ffn": 2, "rank": 14}
+LORA_FP32 = {"h": 20, "q": 4, "ffn": 4, "rank": 28}
+# Dropout 0.05 on the CPU census added 16h + 4q + 2F (bf16) and 20h + 4q + 4F (fp32): per wrapped
+# linear a noise tensor and the dropped output replace the shared input. CUDA's fused dropout keeps a
+# 1-byte mask instead of the noise (2 or 4 bytes), which gives the values below.
+LORA_BF16_DROPOUT = {"h": 11, "q": 3, "ffn": 1}
+LORA_FP32_DROPOUT = {"h": 5, "q": 1, "ffn": 1}
+# Under torch.autocast with fp32 base weights (the recipe's upcast on plain PyTorch) and fp32
+# adapters, with dropout: census 30h + 6q + 6F + 14r over LLM_FROZEN on the CPU; with CUDA's 1-byte
+# mask for the fp32 dropout noise: 15h + 3q + 3F + 14r. Without dropout one mask byte less per input.
+LORA_UPCAST_DROPOUT = {"h": 15, "q": 3, "ffn": 3, "rank": 14}
+LORA_UPCAST = {"h": 10, "q": 2, "ffn": 2, "rank": 14}
+LORA_LINEARS = 7  # q, k, v, o, gate, up, down: a target subset scales the tables by its share
+# Every linear also saves the bf16 cast of its fp32 weight under autocast: 2 bytes per layer
+# parameter per micro-batch (autocast re-casts frozen weights on each call).
 UPCAST_WEIGHT_CAST_BYTES = 2
 
 # transformers InternVLVisionLayer (LayerNorm, SDPA, GELU MLP, layer scale), bf16, per token:

@@ -4,7 +4,8 @@ Plain PyTorch: one gradient per trainable parameter in the parameter's dtype (pa
 DeepSpeed ZeRO-1/2 (deepspeed/runtime/zero/stage_1_and_2.py): gradients in the compute dtype;
 stage 1 keeps them whole until the reduce at the step, stage 2 reduces each bucket as it fills and
 keeps only this rank's partition (P_t/N). ZeRO-3 keeps a partition too. ZeRO-0 with bf16 uses
-BF16_Optimizer (deepspeed/runtime/bf16_optimizer.py), which accumulates into an fp32 copy (4 P_t).
+BF16_Optimizer (deepspeed/runtime/bf16_optimizer.py), which accumulates into fp32 buffers (4 P_t) and
+frees each 16-bit param.grad once added.
 With optimizer offload, the partitioned gradients are copied to pinned host memory instead.
 """
 
@@ -23,7 +24,7 @@ def gradient_bytes(ctx: Context, component: Component) -> int:
         return part.trainable * part.trainable_bytes
     grad_bytes = ctx.compute_bytes
     if ctx.zero_stage == 0:
-        return part.trainable * (grad_bytes + (4 if grad_bytes < 4 else 0))
+        return part.trainable * (4 if grad_bytes < 4 else grad_bytes)  # fp32 accumulators
     if ctx.zero_stage >= 2 and ctx.plan.engine.offload_optimizer != "none":
         return 0
     return ctx.shard(part.trainable * grad_bytes, at_stage=2)

@@ -79,7 +79,9 @@ def apply_llm(model: Sa2VAProbeModel, plan: Plan, part: ComponentPlan) -> None:
     if plan.precision.llm_fp32_upcast:
         prepare_model_for_kbit_training(llm, use_gradient_checkpointing=part.checkpointing,
                                         gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
-    elif part.checkpointing:
+    # peft 0.21's prepare_model_for_kbit_training enables checkpointing only on quantized models; Sa2VA
+    # turns it on itself (use_activation_checkpointing), so do it explicitly in every case.
+    if part.checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
     if not plan.trains(Component.LLM):
         return
