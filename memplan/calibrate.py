@@ -3,8 +3,9 @@
 Fitted terms (memplan/estimators/overhead.py, Calibration):
 - reserved_ratio, reserved_constant_bytes: least squares of measured reserved on measured allocated
   peaks (a property of the caching allocator and the workload's block sizes, not of the model);
-- context_bytes: median of measured (device used - reserved) on one GPU; nccl_bytes: the extra
-  median on several GPUs (NCCL's buffers and communicator state);
+- context_bytes: median of measured (device used - reserved) of runs without a NCCL communicator
+  (plain PyTorch on one GPU); nccl_bytes: the extra median of runs with one (several GPUs, or
+  DeepSpeed, which creates its process group even on one GPU);
 - allocated_constant_bytes: median of (measured - analytic) peak allocated: what every run holds
   beyond the model (cuBLAS/cuDNN workspaces, RNG state, small buffers); one number for all runs;
 - host_base_bytes: median host RSS per process of runs without offload.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from memplan.estimate import Estimate, estimate
-from memplan.estimators.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration
+from memplan.estimators.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, uses_nccl
 from memplan.loading import InputError
 from memplan.plan import Plan
 from memplan.profile import Profile
@@ -42,6 +43,7 @@ class Measured:
     phases: dict[str, int]
     vram_cap_bytes: int | None
     card: str | None
+    versions: dict[str, str]
 
 
 def _max_over_ranks(record: dict[str, Any], key: str) -> dict[str, int]:
@@ -75,6 +77,8 @@ def measured_from_record(record: dict[str, Any], source: str) -> Measured:
         host=max(host.values(), default=0), phases=allocated,
         vram_cap_bytes=record.get("vram_cap_bytes"),
         card=(record.get("environment") or {}).get("gpu_name"),
+        versions={k: str(v) for k, v in (record.get("environment") or {}).items()
+                  if k in ("driver", "cuda", "torch", "transformers", "peft", "deepspeed") and v},
     )
 
 
@@ -105,15 +109,16 @@ def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     if not ok:
         raise InputError("records: no successful ('ok') runs to calibrate on")
     slope, offset = _least_squares([m.allocated for m in ok], [m.reserved for m in ok])
-    single = [m.device - m.reserved for m in ok if m.plan.hardware.num_gpus == 1 and m.device]
-    multi = [m.device - m.reserved for m in ok if m.plan.hardware.num_gpus > 1 and m.device]
+    nccl = [uses_nccl(m.plan.hardware.num_gpus, m.plan.engine.kind == "deepspeed") for m in ok]
+    single = [m.device - m.reserved for m, n in zip(ok, nccl) if not n and m.device]
+    multi = [m.device - m.reserved for m, n in zip(ok, nccl) if n and m.device]
     context = int(statistics.median(single)) if single else DEFAULT.context_bytes
     nccl = max(0, int(statistics.median(multi)) - context) if multi else DEFAULT.nccl_bytes
     analytic = [estimate(m.profile, m.plan, Calibration(allocated_constant_bytes=0)).peak_allocated_bytes for m in ok]
     constant = int(statistics.median(m.allocated - a for m, a in zip(ok, analytic)))
     hosts = [m.host for m in ok if m.host and m.plan.engine.offload_optimizer == "none"
              and m.plan.engine.offload_params == "none"]
-    versions = {}
+    versions = dict(ok[0].versions)
     return Calibration(
         allocated_constant_bytes=max(constant, 0),
         reserved_ratio=max(0.0, round(slope - 1, 4)), reserved_constant_bytes=max(0, int(offset)),

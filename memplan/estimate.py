@@ -114,7 +114,8 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         peak=peak,
         peak_allocated_bytes=allocated,
         peak_reserved_bytes=reserved,
-        device_bytes=overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus),
+        device_bytes=overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus,
+                                           plan.engine.kind == "deepspeed"),
         host_bytes=host_bytes(ctx, calibration),
         calibration=calibration,
     )

@@ -62,10 +62,6 @@ def _group(*items: tuple[Component, Category, int]) -> Group:
     return Group(terms, sum([t[2] for t in terms]))
 
 
-def _concat(groups: list[Group]) -> Group:
-    return Group(tuple([t for g in groups for t in g.terms]), sum([g.total for g in groups]))
-
-
 def _moment(label: str, *groups: Group) -> Moment:
     return Moment(label, groups, sum([g.total for g in groups]))
 
@@ -89,29 +85,27 @@ def _memo(fn):
 
 @_memo
 def _weights(ctx: Context) -> Group:
-    return _concat([_group(
+    return _group(*[item for c in ctx.parts for item in (
         (c, Category.WEIGHTS, weights.frozen_weight_bytes(ctx, c)),
-        (c, Category.TRAINABLE_WEIGHTS, weights.trainable_weight_bytes(ctx, c)),
-    ) for c in ctx.parts])
+        (c, Category.TRAINABLE_WEIGHTS, weights.trainable_weight_bytes(ctx, c)))])
 
 
 @_memo
 def _optimizer_states(ctx: Context) -> Group:
     """Masters and optimizer state: present in every phase from the first step on."""
-    return _concat([_group(
+    return _group(*[item for c in ctx.parts for item in (
         (c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c)),
-        (c, Category.OPTIMIZER_STATE, optimizer.optimizer_state_bytes(ctx, c)),
-    ) for c in ctx.parts])
+        (c, Category.OPTIMIZER_STATE, optimizer.optimizer_state_bytes(ctx, c)))])
 
 
 @_memo
 def _masters(ctx: Context) -> Group:
-    return _concat([_group((c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c))) for c in ctx.parts])
+    return _group(*[(c, Category.MASTER_WEIGHTS, optimizer.master_weight_bytes(ctx, c)) for c in ctx.parts])
 
 
 @_memo
 def _all_gradients(ctx: Context) -> Group:
-    return _concat([_group((c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c))) for c in ctx.parts])
+    return _group(*[(c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c)) for c in ctx.parts])
 
 
 @_memo

@@ -73,6 +73,8 @@ def _write_outputs(report, output_format: ReportFormat, out: Path, extra_json: d
     from memplan.report import charts
     from memplan.report import compare as render
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out={out}: exists and is not a directory (reports are written into a directory)")
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     notes: list[str] = []
@@ -219,10 +221,10 @@ def search(
 
     if vram is None and gpu is None:
         fail("search: give --vram GIB or --gpu NAME (whose VRAM is then used)")
-    if vram is not None and vram <= 0:
-        fail(f"--vram={vram}: must be > 0 GiB")
-    if host_ram is not None and host_ram <= 0:
-        fail(f"--host-ram={host_ram}: must be > 0 GiB")
+    if vram is not None and not (0 < vram < 4096):
+        fail(f"--vram={vram}: must be a finite number of GiB in (0, 4096)")
+    if host_ram is not None and not (0 < host_ram < 2**40):
+        fail(f"--host-ram={host_ram}: must be a finite positive number of GiB")
     spec = get_gpu(gpu) if gpu else None
     vram_gib = vram if vram is not None else spec.vram_gib
     base = build_plan(_plan_path(plan) if plan else None)

@@ -39,9 +39,17 @@ def reserved_bytes(calibration: Calibration, peak_allocated: int) -> int:
     return int(peak_allocated * (1 + calibration.reserved_ratio)) + calibration.reserved_constant_bytes
 
 
-def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int) -> int:
-    """nvidia-smi view: reserved + CUDA context (+ NCCL's buffers with several GPUs)."""
-    return peak_reserved + calibration.context_bytes + (calibration.nccl_bytes if num_gpus > 1 else 0)
+def uses_nccl(num_gpus: int, is_deepspeed: bool) -> bool:
+    """A NCCL communicator exists with several GPUs, and under DeepSpeed even on one (deepspeed.initialize
+    sets up its process group): H100 probes read device - reserved = 0.75 GiB for plain PyTorch on one
+    GPU and 1.6-1.8 GiB for DeepSpeed or several GPUs (reports/probes/)."""
+    return num_gpus > 1 or is_deepspeed
+
+
+def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is_deepspeed: bool = False) -> int:
+    """nvidia-smi view: reserved + CUDA context (+ NCCL's communicator buffers, see uses_nccl)."""
+    nccl = calibration.nccl_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
+    return peak_reserved + calibration.context_bytes + nccl
 
 
 def calibration_path() -> Path:
