@@ -113,13 +113,15 @@ class LLMSpec(Spec):
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
+    @cached_property
+    def _widths_sum(self) -> dict[str, int]:
+        return {name: d_in + d_out for name, d_in, d_out in self.linear_shapes()}
+
     def lora_params(self, rank: int, targets: tuple[str, ...] | None) -> int:
         """LoRA adds A (r x d_in) and B (d_out x r) per wrapped linear: r*(d_in+d_out) (Hu et al. 2021)."""
-        return self.num_layers * sum(
-            rank * (d_in + d_out)
-            for name, d_in, d_out in self.linear_shapes()
-            if targets is None or name in targets
-        )
+        widths = self._widths_sum
+        total = sum(widths.values()) if targets is None else sum(w for n, w in widths.items() if n in targets)
+        return self.num_layers * rank * total
 
 
 class VisionSpec(Spec):

@@ -25,7 +25,7 @@ class PartCounts(NamedTuple):
     trainable_bytes: int  # bytes per trainable parameter as the model holds it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Context:
     """Plan facts every estimator reads, resolved once (estimates run thousands of times a second
     inside `memplan search`)."""
@@ -40,7 +40,6 @@ class Context:
     compute_bytes: int = 2
     total_trainable: int = 0
     graph: dict[Component, bool] = field(default_factory=dict)  # keeps activations for backward
-    cache: dict = field(default_factory=dict, compare=False, repr=False)  # memo of shared term lists
 
     def shard(self, num_bytes: int, *, at_stage: int) -> int:
         """ZeRO partitioning (Rajbhandari et al. 2019, arXiv 1910.02054): a state partitioned from
@@ -108,10 +107,13 @@ def _graph(parts: dict[Component, PartCounts], training: bool) -> dict[Component
     return {c: trains[c] or any(trains.get(u, False) for u in UPSTREAM[c]) for c in parts}
 
 
+_COMPONENTS = {c.value: c for c in Component}  # Enum(value) lookups are slow in a hot loop
+
+
 def build_context(profile: Profile, plan: Plan) -> Context:
     parts: dict[Component, PartCounts] = {}
     for name, total in profile.component_params_cached.items():
-        component = Component(name)
+        component = _COMPONENTS[name]
         frozen, trainable = _trainable_count(profile, plan, component, total)
         weight_bytes, trainable_bytes = _dtype_bytes(plan, component)
         parts[component] = PartCounts(total, frozen, trainable, weight_bytes, trainable_bytes)
