@@ -58,11 +58,17 @@ class PhaseMemory:
 
 def _group(*items: tuple[Component, Category, int]) -> Group:
     terms = tuple([item for item in items if item[2]])
-    return Group(terms, sum([t[2] for t in terms]))
+    total = 0
+    for term in terms:
+        total += term[2]
+    return tuple.__new__(Group, (terms, total))
 
 
 def _moment(label: str, *groups: Group) -> Moment:
-    return Moment(label, groups, sum([g.total for g in groups]))
+    total = 0
+    for group in groups:
+        total += group[1]
+    return tuple.__new__(Moment, (label, groups, total))
 
 
 ACTIVATION_ORDER = (
@@ -117,7 +123,9 @@ class Shared:
 
 
 def _transient(component: Component, num_bytes: int) -> Group:
-    return _group((component, Category.TRANSIENT, num_bytes))
+    if not num_bytes:
+        return EMPTY
+    return tuple.__new__(Group, (((component, Category.TRANSIENT, num_bytes),), num_bytes))
 
 
 def init_phase(ctx: Context, s: Shared) -> PhaseMemory:
