@@ -302,3 +302,43 @@ def test_cli_compose(tmp_path):
     assert f"{profile.param_count():,}" in result.stdout
     bad = runner.invoke(profile_app, ["compose", "--vision", "internvit-300m", "--projector", "sa2va-1b", "--llm", "qwen2.5-1.5b", "--out", str(tmp_path / "b.yaml")])
     assert bad.exit_code == 2 and "projector.output_size(896) != llm.hidden_size(1536)" in bad.stderr
+
+
+def test_imported_profile_estimates_and_probes_like_a_shipped_one(tmp_path):
+    """A config.json imported to a profile file works wherever a name does: `memplan estimate`
+    reads it, and the probe builds a model of exactly the profile's counts and trains it."""
+    pytest.importorskip("torch")
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+    from memplan.hf_import import import_config, write_profile
+    from memplan.loading import load_profile
+    from memplan.plan import Plan
+    from memplan.probe.apply import parameter_counts
+    from memplan.probe.build import build_model
+    from memplan.probe.run import run_probe
+
+    config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+              "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "num_hidden_layers": 2, "vocab_size": 512, "tie_word_embeddings": True}
+    source = tmp_path / "config.json"
+    source.write_text(_json.dumps(config))
+    out = tmp_path / "tiny-qwen.yaml"
+    write_profile(import_config(source, name="tiny-qwen"), out)
+
+    result = CliRunner().invoke(app, ["estimate", "--model", str(out), "--tiles", "0", "--objects", "0",
+                                      "--text-len", "64", "--lora-rank", "8", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert _json.loads(result.output)["peak_allocated_bytes"] > 0
+
+    profile = load_profile(str(out))
+    plan = Plan.model_validate({
+        "engine": {"kind": "pytorch", "zero_stage": 0}, "precision": {"compute": "fp32"},
+        "components": {"llm": {"train": "lora", "lora": {"rank": 4, "alpha": 8}}},
+        "inputs": {"micro_batch": 1, "text_tokens": 32, "tiles": 0, "objects": 0}})
+    model = build_model(profile, plan)
+    assert parameter_counts(model, trainable=True) == profile.component_params()  # nothing frozen yet
+    record = run_probe(profile, plan, steps=2, device="cpu", command="pytest")
+    assert record["status"] == "ok", record.get("error")
