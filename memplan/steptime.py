@@ -340,11 +340,14 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 
 
 def measured_step_seconds(record: dict[str, Any]) -> float | None:
-    """Median step time over ranks, dropping each rank's first step (warm-up) when it has more."""
-    times: list[float] = []
+    """Median over ranks of each rank's last step (the steady state). Earlier steps are warm-up:
+    the first builds kernels and optimizer state, and under ZeRO-3 the second took 30-35 s on H100s
+    while DeepSpeed recorded its parameter-fetch trace (steps 2.1 s and less after)."""
+    times = []
     for rank in record.get("ranks") or []:
         steps = [float(t) for t in rank.get("step_times_s") or [] if t is not None]
-        times.extend(steps[1:] if len(steps) > 1 else steps)
+        if steps:
+            times.append(steps[-1])
     return statistics.median(times) if times else None
 
 

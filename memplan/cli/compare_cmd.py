@@ -68,6 +68,16 @@ def _with_gpu(plan, gpu_name: str | None, vram: float | None = None):
     return plan.model_copy(update={"hardware": hardware})
 
 
+ZERO3_STEP_NOTE = ("ZeRO-3 step times are a lower bound: on H100s sa2va-1b measured about 2 s per steady ZeRO-3 "
+                   "step against 0.3-0.5 s for ZeRO-2, about 4x where memplan.steptime predicts 1.2x "
+                   "(per-module parameter gathering; docs/benchmarks.md)")
+
+
+def _zero3_note(plans) -> list[str]:
+    """The measured caveat, when a shown plan runs ZeRO-3."""
+    return [ZERO3_STEP_NOTE] if any(p.engine.kind == "deepspeed" and p.engine.zero_stage == 3 for p in plans) else []
+
+
 def _write_outputs(report, output_format: ReportFormat, out: Path, extra_json: dict | None = None) -> list[str]:
     """Write the report (and charts) under ``out``; print it in ``output_format``; return notes."""
     from memplan.report import charts
@@ -185,6 +195,7 @@ def compare(
     if same:
         notes.append(f"{', '.join(same)}: peak within 0.1 GiB of {first.name}'s: what they change is not at the peak "
                      f"moment ({first.estimate.peak_phase.value}: {first.estimate.peak.moment.label})")
+    notes += _zero3_note([r.plan for r in rows])
     report = Report(title, rows, DEFAULT_PLAN, notes, kind="compare")
     chosen = None
     if emit_deepspeed is not None:  # refuse a bad choice before writing anything
@@ -269,6 +280,7 @@ def search(
         notes.append(f"front has {len(result.front)} plans; showing the {top} most faithful (--top)")
     title = (f"memplan search: Pareto front of {len(result.front)} plans for {profile.name} on {gpus} x {vram_gib:g} GiB "
              f"(most faithful first; slowdown against the fastest)")
+    notes += _zero3_note([c.plan for c in front])
     report = Report(title, rows, result.base_plan.name, notes, kind="search")
     extra = {"evaluated": stats.evaluated, "estimated": stats.estimated, "proven_oom": stats.proven_oom,
              "proven_fit": stats.proven_fit, "dominated": stats.dominated, "seconds": round(stats.seconds, 3)}
