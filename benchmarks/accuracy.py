@@ -74,11 +74,52 @@ RUN_SETS: dict[str, list[Run]] = {
         _r("1b-z2-4k-nockpt-t8", "sa2va-1b", *Z(2), "--text-len", "4096", "--tiles", "8", "--no-ckpt"),
         _r("1b-z0-2k-t4-o3", "sa2va-1b", *Z(0), "--text-len", "2048", "--tiles", "4", "--objects", "3"),
     ],
+    # The rest of issue 4's plan space, for the next device session: checkpointing on, LoRA ranks,
+    # full fine-tuning of a small LLM, shapes, the fp32-upcast recipe on plain PyTorch, 2B/4B/8B.
+    "sweep": [
+        _r("1b-z2-4k-ckpt", "sa2va-1b", *Z(2), "--text-len", "4096", "--ckpt"),
+        _r("1b-pt-4k-ckpt", "sa2va-1b", *PT, "--text-len", "4096", "--ckpt"),
+        _r("1b-z3-4k-ckpt-2gpu", "sa2va-1b", *Z(3), "--text-len", "4096", "--ckpt", gpus=2),
+        _r("1b-z2-8k-ckpt-r16", "sa2va-1b", *Z(2), "--text-len", "8192", "--ckpt", "--lora-rank", "16"),
+        _r("1b-z2-512-t1-o1", "sa2va-1b", *Z(2), "--text-len", "512", "--tiles", "1", "--objects", "1", "--res", "512"),
+        _r("1b-z2-4k-o3-res768", "sa2va-1b", *Z(2), "--text-len", "4096", "--objects", "3", "--res", "768"),
+        _r("0.5b-full-pt", "qwen2.5-0.5b", *PT, "--text-len", "2048", "--plan", "plans/full-llm.yaml"),
+        _r("0.5b-full-z2-2gpu", "qwen2.5-0.5b", *Z(2), "--text-len", "2048", "--plan", "plans/full-llm.yaml", gpus=2),
+        _r("2b-z2-4k-ckpt", "sa2va-internvl3-2b", *Z(2), "--text-len", "4096", "--ckpt"),
+        _r("2b-z2-4k-ckpt-2gpu", "sa2va-internvl3-2b", *Z(2), "--text-len", "4096", "--ckpt", gpus=2),
+        _r("4b-z2-4k-ckpt-4gpu", "sa2va-4b", *Z(2), "--text-len", "4096", "--ckpt", gpus=4),
+        _r("4b-z3-off-4gpu", "sa2va-4b", *Z(3), "--offload", "optimizer", "--text-len", "4096", "--ckpt", gpus=4, timeout=540),
+        _r("8b-z3-4gpu", "sa2va-8b", *Z(3), "--text-len", "4096", "--ckpt", gpus=4, timeout=560),
+    ],
     "smoke": [
         _r("tiny-pt", TINY, *PT, "--text-len", "256", "--tiles", "2", "--res", "256", "--objects", "2", "--lora-rank", "8"),
         _r("tiny-z2", TINY, *Z(2), "--text-len", "256", "--tiles", "2", "--res", "256", "--objects", "2", "--lora-rank", "8"),
     ],
 }
+
+
+def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, limit: int = 16) -> list[Run]:
+    """Single-GPU sa2va-1b/2b plans whose estimated device peak lies within +-band of the cap: the
+    verdict test of issue 4 (run with --vram-cap CAP; each must fit iff estimated to)."""
+    from memplan.cli.options import build_plan
+    from memplan.estimate import estimate
+    from memplan.loading import load_calibration, load_profile
+
+    calibration = load_calibration(None)
+    runs = []
+    for model in ("sa2va-1b", "sa2va-internvl3-2b"):
+        profile = load_profile(model)
+        for text in (2048, 3072, 4096, 6144):
+            for ckpt in (True, False):
+                for zero in (1, 2):
+                    flags = dict(gpus=1, zero=zero, text_len=text, ckpt=ckpt, tiles=4 if text < 4096 else 13)
+                    result = estimate(profile, build_plan(None, **flags), calibration)
+                    ratio = result.device_bytes / (cap_gib * 2**30)
+                    if abs(ratio - 1) <= band:
+                        args = ["--zero", str(zero), "--text-len", str(text), "--tiles", str(flags["tiles"]),
+                                "--ckpt" if ckpt else "--no-ckpt"]
+                        runs.append(Run(f"cap-{model}-z{zero}-{text}-{'ck' if ckpt else 'nock'}", model, args))
+    return runs[:limit]
 
 
 def probe_command(run: Run, out: Path, vram_cap: float | None) -> list[str]:
@@ -123,14 +164,16 @@ def schedule(runs: list[Run], out: Path, total_gpus: int, vram_cap: float | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="smoke", choices=sorted(RUN_SETS))
+    parser.add_argument("--set", default="smoke", choices=sorted([*RUN_SETS, "verdicts"]),
+                        help="a run set; 'verdicts' picks plans estimated within 15%% of --vram-cap (default 24)")
     parser.add_argument("--only", nargs="*", help="run names to keep")
     parser.add_argument("--out", type=Path, default=REPO / "reports/probes/probes.jsonl")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs on this machine (default: all visible)")
     parser.add_argument("--vram-cap", type=float, default=None)
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
-    runs = [r for r in RUN_SETS[args.set] if not args.only or r.name in args.only]
+    pool = verdict_runs(args.vram_cap or 24.0) if args.set == "verdicts" else RUN_SETS[args.set]
+    runs = [r for r in pool if not args.only or r.name in args.only]
     if args.list:
         for r in runs:
             print(f"{r.name:28s} {r.gpus} GPU  {r.model:12s} {' '.join(r.flags)}")
