@@ -8,7 +8,6 @@ Run: python benchmarks/census.py   (about a minute on 2 CPU cores)
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 
