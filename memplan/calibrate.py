@@ -24,7 +24,6 @@ from memplan.estimators.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration
 from memplan.loading import InputError
 from memplan.plan import Plan
 from memplan.profile import Profile
-from memplan.vocabulary import Phase
 
 
 @dataclass(frozen=True)
@@ -182,5 +181,3 @@ def calibration_document(calibration: Calibration) -> dict[str, Any]:
     document["schema"] = CALIBRATION_SCHEMA
     return document
 
-
-PHASES = [p.value for p in Phase]

@@ -14,7 +14,7 @@ from memplan.estimators.overhead import Calibration
 from memplan.phases import PhaseMemory, Term, all_phases
 from memplan.plan import Plan
 from memplan.profile import Profile
-from memplan.units import GIB, gib_to_bytes
+from memplan.units import gib_to_bytes
 from memplan.vocabulary import Category, Component, Phase, Verdict
 
 
@@ -120,5 +120,3 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         calibration=calibration,
     )
 
-
-__all__ = ["Estimate", "estimate", "GIB"]

@@ -109,6 +109,12 @@ class LLMSpec(Spec):
     def param_count(self) -> int:
         return sum(self.param_groups().values())
 
+    @cached_property
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer's attention and MLP (what one layer gathers or casts)."""
+        groups = self.param_groups()
+        return (groups["attention"] + groups["mlp"]) // self.num_layers
+
     @property
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -175,6 +181,12 @@ class VisionSpec(Spec):
 
     def param_count(self) -> int:
         return sum(self.param_groups().values())
+
+    @cached_property
+    def layer_params(self) -> int:
+        """Parameters of one ViT layer's attention and MLP."""
+        groups = self.param_groups()
+        return (groups["attention"] + groups["mlp"]) // self.num_layers
 
     @property
     def patches_per_tile(self) -> int:

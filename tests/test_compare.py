@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from memplan.advice import advise, diagnose
-from memplan.cli.compare_cmd import SEED_PLANS, compare, search
+from memplan.cli.compare_cmd import SEED_PLANS
 from memplan.cli.options import build_plan
 from memplan.estimate import estimate
 from memplan.loading import load_profile
@@ -21,9 +21,9 @@ SEED = ROOT / "plans" / "seed"
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer(add_completion=False)
-    app.command("compare")(compare)
-    app.command("search")(search)
+    """The real `memplan` CLI, where compare and search are registered."""
+    from memplan.cli.main import app
+
     return app
 
 

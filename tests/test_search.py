@@ -8,7 +8,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from memplan.cli.compare_cmd import compare, search
 from memplan.cli.options import build_plan
 from memplan.estimate import estimate
 from memplan.gpus import get_gpu
@@ -22,9 +21,9 @@ BASELINE = str(ROOT / "plans" / "seed" / "baseline.yaml")
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer(add_completion=False)
-    app.command("compare")(compare)
-    app.command("search")(search)
+    """The real `memplan` CLI, where compare and search are registered."""
+    from memplan.cli.main import app
+
     return app
 
 

@@ -102,7 +102,7 @@ def llm_weight_casts(ctx: Context) -> int:
     if not _upcast(ctx):
         return 0
     llm = ctx.profile.llm
-    per_layer = (llm.param_groups()["attention"] + llm.param_groups()["mlp"]) // llm.num_layers
+    per_layer = llm.layer_params
     lora = ctx.parts[Component.LLM].trainable - len(ctx.plan.components.llm.modules_to_save) * llm.embedding_params
     return k.UPCAST_WEIGHT_CAST_BYTES * (per_layer + max(lora, 0) // llm.num_layers)
 

@@ -40,10 +40,9 @@ def largest_module_params(ctx: Context) -> int:
     if ctx.profile.llm is not None:
         llm = ctx.profile.llm
         candidates.append(llm.embedding_params)
-        candidates.append((llm.param_groups()["attention"] + llm.param_groups()["mlp"]) // llm.num_layers)
+        candidates.append(llm.layer_params)
     if ctx.profile.vision is not None:
-        v = ctx.profile.vision
-        candidates.append((v.param_groups()["attention"] + v.param_groups()["mlp"]) // v.num_layers)
+        candidates.append(ctx.profile.vision.layer_params)
     return max(candidates)
 
 
