@@ -16,6 +16,7 @@ docs/accuracy.md for the split and the command that reproduces the tables.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -31,15 +32,26 @@ TINY = "tests/fixtures/profiles/tiny-sa2va.yaml"
 @dataclass
 class Run:
     name: str
-    model: str
+    model: str | None  # None: the plan file's model
     flags: list[str]
     gpus: int = 1
     timeout: int = 420
-    extra: dict = field(default_factory=dict)
+    cap: float | None = None  # --vram-cap for this run (the batch's --vram-cap otherwise)
+    env: dict = field(default_factory=dict)  # e.g. a MEMPLAN_PROBE_FAULT for the fault demos
 
 
-def _r(name: str, model: str, *flags: str, gpus: int = 1, timeout: int = 420) -> Run:
-    return Run(name, model, list(flags), gpus, timeout)
+def _r(name: str, model: str | None, *flags: str, gpus: int = 1, timeout: int = 420, cap: float | None = None,
+       env: dict | None = None) -> Run:
+    return Run(name, model, list(flags), gpus, timeout, cap, env or {})
+
+
+EMITTED = "reports/emitted"
+
+
+def emitted(name: str, gpus: int, cap: float, timeout: int = 420) -> Run:
+    """Train with a DeepSpeed config `memplan search --emit-deepspeed` wrote (issue 5), under --vram-cap."""
+    return _r(f"emitted-{name}", None, "--plan", f"{EMITTED}/{name}.plan.yaml", "--deepspeed-config",
+              f"{EMITTED}/{name}.json", gpus=gpus, timeout=timeout, cap=cap)
 
 
 PT = ("--engine", "pytorch")
@@ -91,6 +103,16 @@ RUN_SETS: dict[str, list[Run]] = {
         _r("4b-z3-off-4gpu", "sa2va-4b", *Z(3), "--offload", "optimizer", "--text-len", "4096", "--ckpt", gpus=4, timeout=540),
         _r("8b-z3-4gpu", "sa2va-8b", *Z(3), "--text-len", "4096", "--ckpt", gpus=4, timeout=560),
     ],
+    # Issue 5: the config search emits for Sa2VA-8B on 4 x 24 GiB, trained under a 24 GiB cap; issue 6:
+    # a rank that dies mid-backward in a 2-GPU ZeRO-2 run.
+    "emitted": [
+        emitted("sa2va-8b-4x24", gpus=4, cap=24, timeout=560),
+        emitted("sa2va-1b-1x24", gpus=1, cap=24),
+    ],
+    "faults": [
+        _r("fault-rank1-dies-in-backward", "sa2va-1b", *Z(2), "--text-len", "2048", gpus=2, timeout=300,
+           env={"MEMPLAN_PROBE_FAULT": "1:17@backward"}),
+    ],
     "smoke": [
         _r("tiny-pt", TINY, *PT, "--text-len", "256", "--tiles", "2", "--res", "256", "--objects", "2", "--lora-rank", "8"),
         _r("tiny-z2", TINY, *Z(2), "--text-len", "256", "--tiles", "2", "--res", "256", "--objects", "2", "--lora-rank", "8"),
@@ -98,52 +120,75 @@ RUN_SETS: dict[str, list[Run]] = {
 }
 
 
-def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, limit: int = 16) -> list[Run]:
-    """Single-GPU sa2va-1b/2b plans whose estimated device peak lies within +-band of the cap: the
-    verdict test of issue 4 (run with --vram-cap CAP; each must fit iff estimated to)."""
+def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 14) -> list[Run]:
+    """Single-GPU Sa2VA-1B/2B plans whose estimated device peak (on a card of ``cap_gib``) lies within
+    +-band of the cap, spread evenly over the band: the verdict test of issue 4. Each is probed with
+    --vram-cap CAP and must fit iff it is estimated to."""
     from memplan.cli.options import build_plan
     from memplan.estimate import estimate
     from memplan.loading import load_calibration, load_profile
 
     calibration = load_calibration(None)
-    runs = []
+    candidates: list[tuple[float, Run]] = []
     for model in ("sa2va-1b", "sa2va-internvl3-2b"):
         profile = load_profile(model)
-        for text in (2048, 3072, 4096, 6144):
-            for ckpt in (True, False):
-                for zero in (1, 2):
-                    flags = dict(gpus=1, zero=zero, text_len=text, ckpt=ckpt, tiles=4 if text < 4096 else 13)
-                    result = estimate(profile, build_plan(None, **flags), calibration)
-                    ratio = result.device_bytes / (cap_gib * 2**30)
-                    if abs(ratio - 1) <= band:
-                        args = ["--zero", str(zero), "--text-len", str(text), "--tiles", str(flags["tiles"]),
-                                "--ckpt" if ckpt else "--no-ckpt"]
-                        runs.append(Run(f"cap-{model}-z{zero}-{text}-{'ck' if ckpt else 'nock'}", model, args))
-    return runs[:limit]
+        for engine, text, ckpt, tiles, res in itertools.product(("z2", "pt"), (2048, 3072, 4096, 5120, 6144, 8192),
+                                                                (True, False), (4, 13), (1024, 768)):
+            flags = dict(gpus=1, vram=cap_gib, text_len=text, ckpt=ckpt, tiles=tiles, res=res,
+                         **({"zero": 2} if engine == "z2" else {"engine": "pytorch"}))
+            result = estimate(profile, build_plan(None, **flags), calibration)
+            ratio = result.device_bytes / (cap_gib * 2**30)
+            if abs(ratio - 1) <= band:
+                args = [*(Z(2) if engine == "z2" else PT), "--text-len", str(text), "--tiles", str(tiles),
+                        "--res", str(res), "--ckpt" if ckpt else "--no-ckpt"]
+                name = f"cap-{model.removeprefix('sa2va-')}-{engine}-{text}-t{tiles}-r{res}-{'ck' if ckpt else 'nock'}"
+                candidates.append((ratio, Run(name, model, args, cap=cap_gib)))
+    chosen: list[Run] = []
+    for i in range(count):  # nearest unchosen candidate to evenly spaced targets across the band
+        target = 1 - band + 2 * band * (i + 0.5) / count
+        best = min((c for c in candidates if c[1] not in chosen), key=lambda c: abs(c[0] - target), default=None)
+        if best is not None:
+            chosen.append(best[1])
+    return chosen
 
 
-def probe_command(run: Run, out: Path, vram_cap: float | None) -> list[str]:
-    cmd = [sys.executable, "-m", "memplan.cli.main", "probe", "--model", run.model, "--gpus", str(run.gpus),
-           "--out", str(out), "--timeout", str(run.timeout - 30), *run.flags]
-    if vram_cap:
-        cmd += ["--vram-cap", str(vram_cap)]
+def probe_command(run: Run, out: Path, vram_cap: float | None, timeout: float | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "memplan.cli.main", "probe", *(["--model", run.model] if run.model else []),
+           "--gpus", str(run.gpus), "--out", str(out), "--timeout", str(int((timeout or run.timeout) - 30)), *run.flags]
+    cap = run.cap or vram_cap
+    if cap:
+        cmd += ["--vram-cap", str(cap)]
     return cmd
 
 
-def schedule(runs: list[Run], out: Path, total_gpus: int, vram_cap: float | None, log_dir: Path) -> list[dict]:
-    """Launch runs as GPUs free up (largest first); each subprocess sees only its GPUs."""
+MIN_RUN_S = 100  # do not start a run with less time than this left in --budget
+
+
+def schedule(runs: list[Run], out: Path, total_gpus: int, vram_cap: float | None, log_dir: Path,
+             budget_s: float | None = None) -> list[dict]:
+    """Launch runs as GPUs free up (largest first, in the given order otherwise); each subprocess sees
+    only its GPUs. With a budget, each run's probe timeout is cut to what is left (it then records a
+    timeout itself) and runs that could not get MIN_RUN_S are skipped and listed."""
     pending = sorted(runs, key=lambda r: -r.gpus)
     free = list(range(total_gpus))
     active: list[tuple[subprocess.Popen, Run, list[int], float]] = []
     results = []
+    deadline = time.time() + budget_s if budget_s else None
     while pending or active:
+        left = deadline - time.time() if deadline else None
+        if left is not None and left < MIN_RUN_S:
+            for run in pending:
+                results.append({"name": run.name, "rc": None, "seconds": 0, "skipped": "budget"})
+                print(f"[{time.strftime('%H:%M:%S')}] {run.name}: skipped (budget)", flush=True)
+            pending = []
         for run in list(pending):
             if run.gpus <= len(free):
                 gpus, free = free[: run.gpus], free[run.gpus:]
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "PYTHONUNBUFFERED": "1",
-                       "MASTER_PORT": str(29500 + gpus[0])}
+                       "MASTER_PORT": str(29500 + gpus[0]), **run.env}
+                timeout = min(run.timeout, left) if left is not None else run.timeout
                 log = open(log_dir / f"{run.name}.log", "w")
-                proc = subprocess.Popen(probe_command(run, out, vram_cap), cwd=REPO, env=env, stdout=log,
+                proc = subprocess.Popen(probe_command(run, out, vram_cap, timeout), cwd=REPO, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
                 active.append((proc, run, gpus, time.time()))
                 pending.remove(run)
@@ -151,7 +196,7 @@ def schedule(runs: list[Run], out: Path, total_gpus: int, vram_cap: float | None
         for item in list(active):
             proc, run, gpus, start = item
             elapsed = time.time() - start
-            if proc.poll() is None and elapsed > run.timeout:
+            if proc.poll() is None and (elapsed > run.timeout or (deadline and time.time() > deadline + 20)):
                 os.killpg(proc.pid, 9)
                 proc.wait()
             if proc.poll() is not None:
@@ -164,19 +209,23 @@ def schedule(runs: list[Run], out: Path, total_gpus: int, vram_cap: float | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="smoke", choices=sorted([*RUN_SETS, "verdicts"]),
-                        help="a run set; 'verdicts' picks plans estimated within 15%% of --vram-cap (default 24)")
+    parser.add_argument("--set", default=["smoke"], nargs="+", choices=sorted([*RUN_SETS, "verdicts"]),
+                        help="run sets, in order; 'verdicts' picks plans estimated within 15%% of --vram-cap (default 24)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole batch (runs are cut to fit)")
     parser.add_argument("--only", nargs="*", help="run names to keep")
+    parser.add_argument("--skip", nargs="*", default=[], help="run names to leave out")
     parser.add_argument("--out", type=Path, default=REPO / "reports/probes/probes.jsonl")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs on this machine (default: all visible)")
     parser.add_argument("--vram-cap", type=float, default=None)
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
-    pool = verdict_runs(args.vram_cap or 24.0) if args.set == "verdicts" else RUN_SETS[args.set]
-    runs = [r for r in pool if not args.only or r.name in args.only]
+    pool = [run for name in args.set for run in (verdict_runs(args.vram_cap or 24.0) if name == "verdicts"
+                                                   else RUN_SETS[name])]
+    runs = [r for r in pool if (not args.only or r.name in args.only) and r.name not in args.skip]
     if args.list:
         for r in runs:
-            print(f"{r.name:28s} {r.gpus} GPU  {r.model:12s} {' '.join(r.flags)}")
+            cap = f" cap {r.cap:g}" if r.cap else ""
+            print(f"{r.name:28s} {r.gpus} GPU  {r.model or '(plan)':12s} {' '.join(r.flags)}{cap}")
         return
     total = args.gpus
     if total is None:
@@ -186,7 +235,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_dir = args.out.parent / "logs"
     log_dir.mkdir(exist_ok=True)
-    results = schedule(runs, args.out.resolve(), total, args.vram_cap, log_dir)
+    results = schedule(runs, args.out.resolve(), total, None if args.set == ["verdicts"] else args.vram_cap, log_dir,
+                       args.budget)
     (args.out.parent / "batch.json").write_text(json.dumps(results, indent=1))
     subprocess.run([sys.executable, "-m", "memplan.cli.main", "validate", str(args.out)], cwd=REPO)
 

@@ -139,21 +139,48 @@ def _choose(rows, choose: str | None, default_index: int | None):
     fail(f"--choose={choose!r}: no such plan; choose from: {', '.join(r.name for r in rows)} (or 1..{len(rows)})")
 
 
+def check_emittable(plan, name: str) -> None:
+    """A DeepSpeed training config exists only for mode=train on engine.kind=deepspeed (else exit 2)."""
+    if plan.mode != "train":
+        fail(f"--emit-deepspeed: plan {name!r} is mode={plan.mode}; a DeepSpeed training config needs mode=train")
+    if plan.engine.kind != "deepspeed":
+        fail(f"--emit-deepspeed: plan {name!r} uses engine.kind={plan.engine.kind}, not deepspeed")
+
+
 def _emittable(row):
-    if row.plan.mode != "train":
-        fail(f"--emit-deepspeed: plan {row.name!r} is mode={row.plan.mode}; a DeepSpeed training config needs mode=train")
-    if row.plan.engine.kind != "deepspeed":
-        fail(f"--emit-deepspeed: plan {row.name!r} uses engine.kind={row.plan.engine.kind}, not deepspeed")
+    check_emittable(row.plan, row.name)
     return row
 
 
-def _emit(row, target: Path, script: str) -> None:
+def plan_path_for(config: Path) -> Path:
+    """Where --emit-deepspeed puts the plan beside its config: ds.json -> ds.plan.yaml."""
+    return config.with_name(config.stem + ".plan.yaml")
+
+
+def _emit(row, target: Path, script: str, vram_gib: float | None = None, model: str | None = None) -> None:
+    emit_config(row.plan, model or row.profile.name, row.name, target, script, vram_gib)
+
+
+def emit_config(plan, model: str, name: str, target: Path, script: str, vram_gib: float | None = None) -> None:
+    """Write the DeepSpeed config and, beside it, the plan it was made for; print the launch line and
+    the probe line that checks the pair on a real (or capped) card."""
+    import yaml
+
     from memplan.deepspeed_config import deepspeed_config, launch_command
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(deepspeed_config(row.plan), indent=2) + "\n", encoding="utf-8")
-    typer.echo(f"wrote {target} (DeepSpeed config of {row.name})", err=True)
-    typer.echo(launch_command(row.plan, script, args=f"--deepspeed {target}"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(deepspeed_config(plan), indent=2) + "\n", encoding="utf-8")
+        plan_file = plan_path_for(target)
+        plan_data = plan.model_copy(update={"model": model}).model_dump(mode="json")
+        plan_file.write_text(f"# memplan plan {name}: the plan {target.name} was emitted for\n"
+                             + yaml.safe_dump(plan_data, sort_keys=False), encoding="utf-8")
+    except OSError as error:
+        fail(f"--emit-deepspeed={target}: cannot write ({error.strerror or error})")
+    typer.echo(f"wrote {target} (DeepSpeed config of {name}) and {plan_file}", err=True)
+    typer.echo(launch_command(plan, script, args=f"--deepspeed {target}"))
+    cap = f" --vram-cap {vram_gib:g}" if vram_gib else ""
+    typer.echo(f"check it: memplan probe --plan {plan_file} --deepspeed-config {target}{cap}", err=True)
 
 
 @user_errors
@@ -203,7 +230,7 @@ def compare(
         chosen = _emittable(_choose(rows, choose, default))
     _write_outputs(report, output_format, out)
     if chosen is not None:
-        _emit(chosen, emit_deepspeed, script)
+        _emit(chosen, emit_deepspeed, script, chosen.plan.hardware.vram_gib, model)
 
 
 @user_errors
@@ -287,7 +314,7 @@ def search(
     chosen = _emittable(_choose(rows, choose, 0)) if emit_deepspeed is not None else None
     _write_outputs(report, output_format, out, extra)
     if chosen is not None:
-        _emit(chosen, emit_deepspeed, script)
+        _emit(chosen, emit_deepspeed, script, vram_gib, model)
 
 
 def main() -> None:  # pragma: no cover - the lead registers these in memplan/cli/main.py

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from typing import Optional
+from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from memplan.vocabulary import Verdict
 from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
 
 app = typer.Typer(
@@ -43,6 +45,9 @@ def estimate(
     mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
+    emit_deepspeed: Optional[Path] = typer.Option(
+        None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
+    script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
     from memplan.estimate import estimate as run_estimate
@@ -54,6 +59,10 @@ def estimate(
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
+    if emit_deepspeed is not None:
+        from memplan.cli.compare_cmd import check_emittable
+
+        check_emittable(the_plan, the_plan.name)
     result = run_estimate(profile, the_plan, load_calibration(calibration))
     if output_format is OutputFormat.json:
         typer.echo(render.estimate_json(result))
@@ -61,6 +70,13 @@ def estimate(
         typer.echo(render.estimate_markdown(result), nl=False)
     else:
         console().print(render.estimate_table(result))
+    if emit_deepspeed is not None:
+        from memplan.cli.compare_cmd import emit_config
+
+        if result.verdict is not Verdict.FITS:
+            typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
+                       err=True)
+        emit_config(the_plan, model or the_plan.model or profile.name, the_plan.name, emit_deepspeed, script, the_plan.hardware.vram_gib)
 
 
 @app.command("profiles")

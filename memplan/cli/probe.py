@@ -51,6 +51,52 @@ def check_probe_inputs(profile: Profile, plan: Plan, *, steps: int, vram_cap_gib
         raise InputError(str(error)) from None
 
 
+def load_deepspeed_config(path: Path, plan: Plan) -> dict[str, Any]:
+    """A DeepSpeed JSON config for --deepspeed-config, checked against the plan it is meant to run.
+
+    The probe measures the plan, so the keys that change memory must agree with it: ZeRO stage,
+    optimizer/parameter offload, micro-batch, gradient accumulation 1, bf16/fp16, bucket sizes.
+    """
+    from memplan.deepspeed_config import deepspeed_config
+    from memplan.loading import read_document
+
+    data = read_document(path)
+    if not isinstance(data, dict):
+        raise InputError(f"--deepspeed-config={path}: must be a JSON object (a DeepSpeed config), not {type(data).__name__}")
+    if plan.engine.kind != "deepspeed" or plan.mode != "train":
+        raise InputError(f"--deepspeed-config={path}: the plan must train with engine.kind=deepspeed "
+                         f"(it has engine.kind={plan.engine.kind}, mode={plan.mode})")
+    expected = deepspeed_config(plan)
+    for dotted in CONFIG_KEYS_THAT_MUST_AGREE:
+        want, got = _dig(expected, dotted), _dig(data, dotted)
+        if _off(got) != _off(want):
+            shown = "missing" if got is None else f"{got!r}"
+            raise InputError(f"--deepspeed-config={path}: {dotted} is {shown} but the plan gives {want!r} "
+                             "(pass the plan the config was emitted for with --plan)")
+    return data
+
+
+CONFIG_KEYS_THAT_MUST_AGREE = (
+    "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16.enabled", "fp16.enabled",
+    "zero_optimization.stage", "zero_optimization.offload_optimizer.device", "zero_optimization.offload_param.device",
+    "zero_optimization.reduce_bucket_size", "zero_optimization.allgather_bucket_size", "zero_optimization.overlap_comm",
+    "zero_optimization.stage3_prefetch_bucket_size", "zero_optimization.stage3_max_live_parameters",
+)
+
+
+def _off(value: Any) -> Any:
+    """Missing, false and offload device "none" all mean off."""
+    return None if value is None or value is False or value == "none" else value
+
+
+def _dig(data: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
 def check_gpus(plan: Plan, device: str) -> None:
     """hardware.num_gpus must not exceed the visible GPUs (the probe runs one rank per GPU here)."""
     if device != "cuda":
@@ -65,7 +111,7 @@ def check_gpus(plan: Plan, device: str) -> None:
 
 def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                   out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
-                  command: str | None = None) -> dict[str, Any]:
+                  command: str | None = None, ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the probe (in process for one GPU, under torchrun for several) and append its record."""
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
     gpus = plan.hardware.num_gpus
@@ -73,12 +119,14 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
         from memplan.probe.launch import launch_probe
 
         return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
-                            device=device, timeout_s=timeout_s, command=command)
+                            device=device, timeout_s=timeout_s, command=command, ds_config=ds_config)
     from memplan.probe.records import append_record
     from memplan.probe.run import release_distributed, run_probe
 
     record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                       command=command)
+                       command=command, ds_config=ds_config)
+    if ds_config is not None:
+        record["deepspeed_config"] = ds_config
     release_distributed()
     append_record(out, record)
     return record
@@ -142,6 +190,9 @@ def probe_command(
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="JSONL file the record is appended to."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is stopped."),
     device: DeviceChoice = typer.Option(DeviceChoice.cuda, "--device", help="cuda, or cpu (storage tracker)."),
+    deepspeed_config: Optional[Path] = typer.Option(
+        None, "--deepspeed-config", help="Train with this DeepSpeed JSON config (e.g. one memplan emitted) instead of "
+        "the one memplan builds from the plan; it must agree with the plan."),
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
     the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
@@ -151,8 +202,9 @@ def probe_command(
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)
     check_gpus(the_plan, device.value)
+    ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
-                           device=device.value)
+                           device=device.value, ds_config=ds_config)
     render_result(record, out)
     assert record["status"] in STATUSES
     if record["status"] in ("error", "timeout"):

@@ -34,7 +34,8 @@ from memplan.profile import Profile
 FAILED_RANK_EXIT = 3
 KILL_GRACE_S = 15
 START_GRACE_S = 60  # the parent's hard limit is timeout_s + this (imports, rendezvous, CUDA start-up)
-FAULT_ENV = "MEMPLAN_PROBE_FAULT"  # test hook: "RANK:EXITCODE" exits that rank at once, "RANK:hang" hangs it
+FAULT_ENV = "MEMPLAN_PROBE_FAULT"  # test hook: "RANK:EXITCODE" exits that rank at once, "RANK:hang" hangs it;
+# "RANK:EXITCODE@PHASE" (or "RANK:hang@PHASE") does so mid-run, in the second step's PHASE (memplan.probe.run)
 ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*exitcode\s*:\s*(-?\d+)", re.S)
 
 
@@ -124,14 +125,17 @@ def compose_record(work: Path, profile: Profile, plan: Plan, *, gpus: int, vram_
 
 def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, steps: int = 3,
                  vram_cap_gib: float | None = None, device: str = "cuda", timeout_s: float | None = None,
-                 command: str | None = None) -> dict[str, Any]:
-    """Run the probe on ``gpus`` processes under torchrun; append and return exactly one record."""
+                 command: str | None = None, ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the probe on ``gpus`` processes under torchrun; append and return exactly one record.
+
+    ``ds_config`` (a user's DeepSpeed config) replaces deepspeed_config(plan) and is kept in the record.
+    """
     command = command if command is not None else " ".join(sys.argv)
     with tempfile.TemporaryDirectory(prefix="memplan-probe-") as tmp:
         work = Path(tmp)
         spec = {"profile": profile.model_dump(mode="json"), "plan": plan.model_dump(mode="json"), "steps": steps,
                 "vram_cap_gib": vram_cap_gib, "device": device, "timeout_s": timeout_s, "command": command,
-                "work": str(work)}
+                "work": str(work), "ds_config": ds_config}
         _write_json(work / "spec.json", spec)
         log_path = work / "torchrun.log"
         with open(log_path, "wb") as log:
@@ -149,6 +153,8 @@ def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, st
                                 returncode=returncode, timed_out=timed_out, log_text=log_text)
         if record["status"] == "error":
             record["log_tail"] = log_text[-4000:]
+    if ds_config is not None:
+        record["deepspeed_config"] = ds_config
     records.append_record(out, record)
     return record
 
@@ -159,7 +165,7 @@ def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, st
 def _inject_fault(rank: int) -> None:
     """Test hook: MEMPLAN_PROBE_FAULT=RANK:CODE exits that rank with CODE before measuring; RANK:hang hangs it."""
     fault = os.environ.get(FAULT_ENV)
-    if fault:
+    if fault and "@" not in fault:
         target, code = fault.split(":")
         if int(target) == rank:
             if code == "hang":
@@ -189,7 +195,8 @@ def worker(spec_path: Path) -> int:
         _write_json(work / f"rank-{rank}.json", {"result": result.as_dict(), "environment": env_holder["environment"]})
 
     result = probe_run.measure_rank(profile, plan, steps=spec["steps"], vram_cap_gib=spec["vram_cap_gib"],
-                                    device=spec["device"], timeout_s=spec["timeout_s"], on_update=save)
+                                    device=spec["device"], timeout_s=spec["timeout_s"], on_update=save,
+                                    ds_config=spec.get("ds_config"))
     if result.status != "ok" and world_size > 1:
         sys.stdout.flush()
         os._exit(FAILED_RANK_EXIT)  # peers may be blocked in a collective: let torchrun end them

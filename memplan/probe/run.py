@@ -364,8 +364,9 @@ def pytorch_engine(model: Sa2VAProbeModel, plan: Plan, device: torch.device, wor
     return Engine(model, module, optimizer, backward, step, _autocast(plan, device))
 
 
-def deepspeed_engine(model: Sa2VAProbeModel, plan: Plan, device: torch.device) -> Engine:
-    """deepspeed.initialize with deepspeed_config(plan); engine.backward / engine.step."""
+def deepspeed_engine(model: Sa2VAProbeModel, plan: Plan, device: torch.device,
+                     config: dict[str, Any] | None = None) -> Engine:
+    """deepspeed.initialize with ``config`` (a user's file, e.g. one memplan emitted) or deepspeed_config(plan)."""
     import deepspeed
 
     from memplan.deepspeed_config import deepspeed_config
@@ -373,13 +374,13 @@ def deepspeed_engine(model: Sa2VAProbeModel, plan: Plan, device: torch.device) -
     params = [p for p in model.parameters() if p.requires_grad]
     client_optimizer = make_optimizer(plan, params) if plan.optimizer.kind == "adam8bit" else None
     engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, model_parameters=params, config=deepspeed_config(plan), optimizer=client_optimizer
+        model=model, model_parameters=params, config=config or deepspeed_config(plan), optimizer=client_optimizer
     )
     return Engine(model, engine, optimizer, engine.backward, engine.step)
 
 
 @contextlib.contextmanager
-def build_context(plan: Plan, device: torch.device) -> Iterator[None]:
+def build_context(plan: Plan, device: torch.device, config: dict[str, Any] | None = None) -> Iterator[None]:
     """Where parameters are created: deepspeed.zero.Init for ZeRO-3 training with zero3_init, else the CPU.
 
     Inference plans always build on the CPU and run as a plain module on the device.
@@ -390,22 +391,24 @@ def build_context(plan: Plan, device: torch.device) -> Iterator[None]:
 
         from memplan.deepspeed_config import deepspeed_config
 
-        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(plan), dtype=DTYPES[plan.precision.compute]):
+        with deepspeed.zero.Init(config_dict_or_path=config or deepspeed_config(plan),
+                                 dtype=DTYPES[plan.precision.compute]):
             yield
     else:
         with torch.device("cpu"):
             yield
 
 
-def make_engine(profile: Profile, plan: Plan, device: torch.device, world_size: int) -> Engine:
+def make_engine(profile: Profile, plan: Plan, device: torch.device, world_size: int,
+                ds_config: dict[str, Any] | None = None) -> Engine:
     """Build the model (CPU, or partitioned under zero.Init), apply the plan, start the engine."""
     if plan.engine.kind == "deepspeed":
         ensure_distributed(device)
-    with build_context(plan, device):
+    with build_context(plan, device, ds_config):
         model = build_model(profile, plan)
     model = apply_plan(model, plan)
     if plan.engine.kind == "deepspeed" and plan.mode == "train":
-        return deepspeed_engine(model, plan, device)
+        return deepspeed_engine(model, plan, device, ds_config)
     return pytorch_engine(model, plan, device, world_size)
 
 
@@ -476,14 +479,34 @@ def _alarm(timeout_s: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _injected_fault(phase: Phase, step: int | None) -> None:
+    """Test hook MEMPLAN_PROBE_FAULT=RANK:CODE@PHASE: this rank exits with CODE (or hangs, CODE=hang) on
+    entering PHASE of the second step (init: at once), while its peers carry on into a collective."""
+    fault = os.environ.get("MEMPLAN_PROBE_FAULT", "")
+    if "@" not in fault:
+        return
+    who, where = fault.split("@", 1)
+    target, code = who.split(":")
+    if int(target) != world()[0] or where != phase.value or (step is not None and step != 1):
+        return
+    print(f"memplan probe: injected fault on rank {target} in {where} (MEMPLAN_PROBE_FAULT={fault})", flush=True)
+    if code == "hang":
+        time.sleep(10**6)
+    os._exit(int(code))
+
+
 class _PhaseRunner:
     """Runs a phase between a reset and a read of the meter, files the reading, wraps failures."""
 
-    def __init__(self, meter: Meter, result: RankResult, on_update: Callable[[RankResult], None] | None = None) -> None:
-        self.meter, self.result, self.on_update = meter, result, on_update
+    def __init__(self, meter: Meter, result: RankResult, on_update: Callable[[RankResult], None] | None = None,
+                 cap: DeviceCap | None = None) -> None:
+        self.meter, self.result, self.on_update, self.cap = meter, result, on_update, cap
 
     def __call__(self, phase: Phase, function: Callable[[], Any], step: int | None = None) -> tuple[Any, float]:
         self.meter.reset()
+        if self.cap is not None:
+            self.cap.apply()
+        _injected_fault(phase, step)
         started = time.perf_counter()
         try:
             value = function()
@@ -551,20 +574,46 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _cap_device(torch_device: torch.device, cap: int | None) -> None:
-    """Emulate a smaller card: torch.cuda.set_per_process_memory_fraction(cap / total); None lifts it."""
-    if torch_device.type == "cuda":
-        total = torch.cuda.get_device_properties(torch_device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0) if cap else 1.0, torch_device)
+@dataclass
+class DeviceCap:
+    """Emulate a card of ``cap`` bytes on a larger one (--vram-cap).
+
+    A card's memory holds the caching allocator's pool plus what lies outside it (the CUDA context,
+    NCCL's buffers, cuBLAS workspaces, other processes' contexts). So the allocator is limited to
+    ``cap - outside`` with ``outside = (total - free) - memory_reserved`` read from the device
+    (torch.cuda.mem_get_info), through torch.cuda.set_per_process_memory_fraction. ``apply()`` runs
+    before every phase, since NCCL allocates its buffers lazily (at init, at the first collective).
+    The largest ``outside`` seen is kept for the record.
+    """
+
+    device: torch.device
+    cap: int | None
+    outside: int = 0
+
+    def apply(self) -> None:
+        if self.device.type != "cuda" or not self.cap:
+            return
+        free, total = torch.cuda.mem_get_info(self.device)
+        outside = max(int(total - free) - int(torch.cuda.memory_reserved(self.device)), 0)
+        self.outside = max(self.outside, outside)
+        torch.cuda.set_per_process_memory_fraction(min(max(self.cap - outside, 0) / total, 1.0), self.device)
+
+    def lift(self) -> None:
+        if self.device.type == "cuda" and self.cap:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
+    def note(self) -> str:
+        return (f"vram cap {self.cap} bytes: allocator limited to the cap less {self.outside} bytes outside it "
+                f"(CUDA context, NCCL, workspaces; largest seen)")
 
 
 def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, result: RankResult,
-                torch_device: torch.device) -> None:
+                torch_device: torch.device, ds_config: dict[str, Any] | None = None) -> None:
     """init, then the training (or inference) steps; failures propagate as PhaseFailure."""
     compute = DTYPES[plan.precision.compute]
 
     def init() -> tuple[Engine, dict[str, torch.Tensor]]:
-        engine = make_engine(profile, plan, torch_device, world()[2])
+        engine = make_engine(profile, plan, torch_device, world()[2], ds_config)
         return engine, make_batch(engine.model, profile, torch_device, compute)
 
     (engine, batch), _ = run(Phase.INIT, init)
@@ -580,10 +629,12 @@ def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, res
 
 def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                  device: str = "cuda", timeout_s: float | None = None,
-                 on_update: Callable[[RankResult], None] | None = None) -> RankResult:
+                 on_update: Callable[[RankResult], None] | None = None,
+                 ds_config: dict[str, Any] | None = None) -> RankResult:
     """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result.
 
-    ``on_update(result)`` is called after every phase (the launcher saves partial results with it).
+    ``on_update(result)`` is called after every phase (the launcher saves partial results with it);
+    ``ds_config`` replaces deepspeed_config(plan) (``memplan probe --deepspeed-config FILE``).
     """
     rank, local_rank, _ = world()
     result = RankResult(rank=rank, device=device)
@@ -595,17 +646,19 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
         return result
     result.device = str(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    run = _PhaseRunner(Meter(torch_device, tracker), result, on_update)
-    _cap_device(torch_device, cap)
+    device_cap = DeviceCap(torch_device, cap)
+    run = _PhaseRunner(Meter(torch_device, tracker), result, on_update, device_cap)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
-            _run_phases(profile, plan, steps, run, result, torch_device)
+            _run_phases(profile, plan, steps, run, result, torch_device, ds_config)
     except PhaseFailure as failure:
         _file_failure(result, failure, rank)
     except ProbeTimeout as error:  # raised between phases
         result.status, result.error = "timeout", str(error)
     finally:
-        _cap_device(torch_device, None)
+        device_cap.lift()
+        if torch_device.type == "cuda" and cap:
+            result.notes.append(device_cap.note())
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
     if on_update is not None:
@@ -652,14 +705,16 @@ def gather_ranks(result: RankResult, device: torch.device) -> list[dict[str, Any
 
 
 def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
-              device: str = "cuda", timeout_s: float | None = None, command: str | None = None) -> dict[str, Any]:
+              device: str = "cuda", timeout_s: float | None = None, command: str | None = None,
+              ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure ``plan`` on ``profile`` for real and return a ``memplan.probe/1`` record.
 
     Under torchrun every rank measures itself and the per-rank results are all-gathered, so every
     rank returns the same record (rank 0 is the one that should write it). A failed rank in a
     multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
-    result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s)
+    result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
+                          ds_config=ds_config)
     torch_device = torch.device(result.device)
     ranks = gather_ranks(result, torch_device)
     return assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
