@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Split probe records into a calibration set (2/3) and a held-out set (1/3), deterministically.
 
-Records are sorted by run_id; every third one is held out. Usage:
+Records are sorted by run_id; every third one is held out. Left out of both: runs of the test-fixture
+profiles (tiny-*, made while building the probe) and runs that ended in error or timeout (nothing to
+score). Usage:
     python benchmarks/split_records.py reports/probes/h100-*.jsonl --out reports/probes/split
 writes split/calibration.jsonl and split/heldout.jsonl (then: memplan calibrate split/calibration.jsonl;
 memplan validate split/heldout.jsonl).
@@ -21,7 +23,9 @@ def main() -> None:
     parser.add_argument("records", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("reports/probes/split"))
     args = parser.parse_args()
-    records = sorted((r for path in args.records for r in read_records(path)), key=lambda r: r["run_id"])
+    records = sorted((r for path in args.records for r in read_records(path)
+                      if r["status"] in ("ok", "oom") and not str(r["model"]).startswith("tiny-")),
+                     key=lambda r: r["run_id"])
     args.out.mkdir(parents=True, exist_ok=True)
     calibration = [r for i, r in enumerate(records) if i % 3 != 2]
     heldout = [r for i, r in enumerate(records) if i % 3 == 2]

@@ -103,10 +103,36 @@ def _least_squares(xs: list[int], ys: list[int]) -> tuple[float, float]:
     return a, mean_y - a * mean_x
 
 
+def pressure_ratio(capped: list[tuple[Measured, int, int]]) -> float | None:
+    """The fragmentation the allocator cannot give back under a full card, from runs under --vram-cap.
+
+    Each (record, estimated peak allocated A, context + NCCL O) bounds the ratio f of
+    ``A (1 + f) + O <= cap``: a run that fit gives f <= cap' := (cap - O) / A - 1, one that ran out of
+    memory gives f > cap'. The fit is the midpoint of the tightest bounds; when they cross, the f
+    with the fewest wrong verdicts, the largest such (never an optimistic "fits")."""
+    bounds = [((m.vram_cap_bytes - outside) / allocated - 1, m.status == "oom") for m, allocated, outside in capped
+              if allocated > 0 and m.status in ("ok", "oom")]
+    if not bounds or not any(oom for _, oom in bounds):
+        return None
+    low = max((b for b, oom in bounds if oom), default=0.0)
+    high = min((b for b, oom in bounds if not oom), default=low + 0.1)
+    if low < high:
+        return round(max(0.0, (low + high) / 2), 4)
+    candidates = sorted({max(0.0, b) for b, _ in bounds} | {max(0.0, b) + 1e-4 for b, _ in bounds})
+
+    def wrong(f: float) -> int:
+        return sum(1 for b, oom in bounds if (oom and f <= b) or (not oom and f > b))
+
+    return round(max(candidates, key=lambda f: (-wrong(f), f)), 4)
+
+
 def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
-    ok = [m for m in measurements if m.status == "ok" and m.allocated > 0]
+    """Fit the calibration terms. Runs under a VRAM cap (whose allocator was squeezed) fit only the
+    pressure ratio; the reserved and context terms come from uncapped runs."""
+    capped = [m for m in measurements if m.vram_cap_bytes and m.status in ("ok", "oom")]
+    ok = [m for m in measurements if m.status == "ok" and m.allocated > 0 and not m.vram_cap_bytes]
     if not ok:
-        raise InputError("records: no successful ('ok') runs to calibrate on")
+        raise InputError("records: no successful ('ok') runs without a VRAM cap to calibrate on")
     slope, offset = _least_squares([m.allocated for m in ok], [m.reserved for m in ok])
     nccl = [uses_nccl(m.plan.hardware.num_gpus, m.plan.engine.kind == "deepspeed") for m in ok]
     single = [m.device - m.reserved for m, n in zip(ok, nccl) if not n and m.device]
@@ -118,13 +144,19 @@ def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     hosts = [m.host for m in ok if m.host and m.plan.engine.offload_optimizer == "none"
              and m.plan.engine.offload_params == "none"]
     versions = dict(ok[0].versions)
-    return Calibration(
+    fitted = Calibration(
         allocated_constant_bytes=max(constant, 0),
         reserved_ratio=max(0.0, round(slope - 1, 4)), reserved_constant_bytes=max(0, int(offset)),
         context_bytes=context, nccl_bytes=nccl,
         host_base_bytes=int(statistics.median(hosts)) if hosts else DEFAULT.host_base_bytes,
         fitted_on=sorted(set(sources)), card=ok[0].card, versions=versions,
     )
+    squeezed = []
+    for m in capped:
+        ds = m.plan.engine.kind == "deepspeed"
+        outside = context + (nccl if uses_nccl(m.plan.hardware.num_gpus, ds) else 0)
+        squeezed.append((m, estimate(m.profile, m.plan, fitted).peak_allocated_bytes, outside))
+    return fitted.model_copy(update={"pressure_ratio": pressure_ratio(squeezed)})
 
 
 @dataclass(frozen=True)
@@ -150,11 +182,12 @@ class Comparison:
         return out
 
     def verdict_under_cap(self) -> tuple[str, str] | None:
-        """(predicted, measured) verdicts when the run had a VRAM cap: OOM if allocation exceeds it."""
+        """(predicted, measured) verdicts when the run had a VRAM cap: OOM if the device view exceeds it
+        (the probe's cap limits the allocator to the cap less what lies outside it, as a real card does)."""
         cap = self.measured.vram_cap_bytes
         if not cap:
             return None
-        predicted = "oom" if self.estimate.peak_allocated_bytes > cap else "fits"
+        predicted = "oom" if self.estimate.needed_bytes > cap else "fits"
         measured = "oom" if self.measured.status == "oom" else "fits" if self.measured.status == "ok" else None
         return (predicted, measured) if measured else None
 
@@ -167,7 +200,10 @@ def summary(comparisons: list[Comparison]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": len(comparisons)}
     ok = [c for c in comparisons if c.measured.status == "ok"]
     for kind in ("allocated", "reserved", "device"):
-        errors = [abs(e) for c in ok if (e := c.error(kind)) is not None]
+        # under a VRAM cap the allocator is squeezed: its reserved and device readings are not the
+        # roomy-card views the estimate gives (those runs count for allocated and for verdicts)
+        errors = [abs(e) for c in ok if (kind == "allocated" or not c.measured.vram_cap_bytes)
+                  and (e := c.error(kind)) is not None]
         out[kind] = {"median_abs_error": statistics.median(errors) if errors else None,
                      "max_abs_error": max(errors) if errors else None, "count": len(errors)}
     verdicts = [v for c in comparisons if (v := c.verdict_under_cap())]

@@ -32,15 +32,17 @@ class Estimate:
     device_bytes: int
     host_bytes: int
     calibration: Calibration = field(repr=False)
+    needed_bytes: int = 0  # what the card must hold (overhead.needed_bytes); <= device_bytes
 
     @property
     def headroom_bytes(self) -> int:
-        return self.vram_bytes - self.device_bytes
+        return self.vram_bytes - self.needed_bytes
 
     @property
     def verdict(self) -> Verdict:
-        """FITS when the whole device view (what an OOM is decided against) fits the VRAM."""
-        return Verdict.FITS if self.device_bytes <= self.vram_bytes else Verdict.OOM
+        """FITS when what the run needs on the device (allocated plus the fragmentation the allocator
+        cannot give back, context, NCCL) fits the VRAM."""
+        return Verdict.FITS if self.needed_bytes <= self.vram_bytes else Verdict.OOM
 
     @property
     def host_fits(self) -> bool:
@@ -71,6 +73,7 @@ class Estimate:
             "peak_allocated_bytes": self.peak_allocated_bytes,
             "peak_reserved_bytes": self.peak_reserved_bytes,
             "device_bytes": self.device_bytes,
+            "needed_bytes": self.needed_bytes,
             "host_bytes": self.host_bytes,
             "host_ram_bytes": self.host_ram_bytes,
             "vram_bytes": self.vram_bytes,
@@ -104,6 +107,8 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     peak = max(phases, key=lambda p: p.total)
     allocated = peak.total + calibration.allocated_constant_bytes
     reserved = overhead.reserved_bytes(calibration, allocated)
+    deepspeed = plan.engine.kind == "deepspeed"
+    device = overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus, deepspeed)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,
@@ -114,9 +119,9 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         peak=peak,
         peak_allocated_bytes=allocated,
         peak_reserved_bytes=reserved,
-        device_bytes=overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus,
-                                           plan.engine.kind == "deepspeed"),
+        device_bytes=device,
         host_bytes=host_bytes(ctx, calibration),
         calibration=calibration,
+        needed_bytes=overhead.needed_bytes(calibration, allocated, device, plan.hardware.num_gpus, deepspeed),
     )
 
