@@ -126,7 +126,10 @@ VERDICT_AXES = {  # (texts, tiles, objects, resolutions) of each verdict set
     "verdicts": ((2048, 3072, 4096, 5120, 6144, 8192), (4, 13), (5,), (1024, 768)),
     # the second set, chosen after the pressure ratio was fitted: none of its plans was measured before
     "verdicts2": ((2560, 3584, 4608, 5632, 7168), (6, 10), (3,), (1024, 768)),
+    # the third, chosen after pressure_block (the stranded share of the logits block) was fitted
+    "verdicts3": ((3328, 4352, 5376, 6656, 7680), (5, 9), (2,), (1024, 512)),
 }
+VERDICT_COUNTS = {"verdicts3": 8}
 
 
 def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # noqa: C901
@@ -237,7 +240,8 @@ def main() -> None:
     parser.add_argument("--vram-cap", type=float, default=None)
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
-    pool = [run for name in args.set for run in (verdict_runs(args.vram_cap or 24.0, axes=name)
+    pool = [run for name in args.set for run in (verdict_runs(args.vram_cap or 24.0, axes=name,
+                                                              count=VERDICT_COUNTS.get(name, 16))
                                                    if name in VERDICT_AXES else RUN_SETS[name])]
     runs = [r for r in pool if (not args.only or r.name in args.only) and r.name not in args.skip]
     if args.list:

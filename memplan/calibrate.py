@@ -103,27 +103,37 @@ def _least_squares(xs: list[int], ys: list[int]) -> tuple[float, float]:
     return a, mean_y - a * mean_x
 
 
-def pressure_ratio(capped: list[tuple[Measured, int, int]]) -> float | None:
-    """The fragmentation the allocator cannot give back under a full card, from runs under --vram-cap.
+PRESSURE_RATIOS = [i / 400 for i in range(0, 121)]  # 0 .. 0.30
+PRESSURE_BLOCKS = [i / 100 for i in range(0, 201)]  # 0 .. 2.00
 
-    Each (record, estimated peak allocated A, context + NCCL O) bounds the ratio f of
-    ``A (1 + f) + O <= cap``: a run that fit gives f <= cap' := (cap - O) / A - 1, one that ran out of
-    memory gives f > cap'. The fit is the midpoint of the tightest bounds; when they cross, the f
-    with the fewest wrong verdicts, the largest such (never an optimistic "fits")."""
-    bounds = [((m.vram_cap_bytes - outside) / allocated - 1, m.status == "oom") for m, allocated, outside in capped
-              if allocated > 0 and m.status in ("ok", "oom")]
-    if not bounds or not any(oom for _, oom in bounds):
+
+def fit_pressure(capped: list[tuple[Measured, int, int, int]]) -> tuple[float, float] | None:
+    """(pressure_ratio a, pressure_block b) from runs under --vram-cap.
+
+    Each (record, estimated peak allocated A, largest block L, context + NCCL O) has a slack
+    s = cap - O - A; the run needs a A + b L of it: it fits iff a A + b L <= s. Over a grid of (a, b):
+    fewest optimistic verdicts ("fits" that ran out of memory), then fewest wrong verdicts, then the
+    widest margin (the smallest distance, in bytes, of any run from its side of the line): a
+    maximum-margin separation of the runs that fit from those that ran out."""
+    runs = [(allocated, block, m.vram_cap_bytes - outside - allocated, m.status == "oom")
+            for m, allocated, block, outside in capped if m.status in ("ok", "oom") and allocated > 0]
+    if not runs or not any(oom for *_, oom in runs):
         return None
-    low = max((b for b, oom in bounds if oom), default=0.0)
-    high = min((b for b, oom in bounds if not oom), default=low + 0.1)
-    if low < high:
-        return round(max(0.0, (low + high) / 2), 4)
-    candidates = sorted({max(0.0, b) for b, _ in bounds} | {max(0.0, b) + 1e-4 for b, _ in bounds})
-
-    def wrong(f: float) -> int:
-        return sum(1 for b, oom in bounds if (oom and f <= b) or (not oom and f > b))
-
-    return round(max(candidates, key=lambda f: (-wrong(f), f)), 4)
+    best: tuple | None = None
+    for a in PRESSURE_RATIOS:
+        for b in PRESSURE_BLOCKS:
+            optimistic = wrong = 0
+            margin = float("inf")
+            for allocated, block, slack, oom in runs:
+                distance = (a * allocated + b * block - slack) * (1 if oom else -1)  # > 0: on its side
+                if (distance <= 0) if oom else (distance < 0):
+                    wrong += 1
+                    optimistic += oom
+                margin = min(margin, distance)
+            key = (optimistic, wrong, -margin)
+            if best is None or key < best[0]:
+                best = (key, a, b)
+    return best[1], best[2]
 
 
 def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
@@ -155,8 +165,12 @@ def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     for m in capped:
         ds = m.plan.engine.kind == "deepspeed"
         outside = context + (nccl if uses_nccl(m.plan.hardware.num_gpus, ds) else 0)
-        squeezed.append((m, estimate(m.profile, m.plan, fitted).peak_allocated_bytes, outside))
-    return fitted.model_copy(update={"pressure_ratio": pressure_ratio(squeezed)})
+        result = estimate(m.profile, m.plan, fitted)
+        squeezed.append((m, result.peak_allocated_bytes, result.largest_block_bytes, outside))
+    pressure = fit_pressure(squeezed)
+    if pressure is None:
+        return fitted
+    return fitted.model_copy(update={"pressure_ratio": pressure[0], "pressure_block": pressure[1]})
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from memplan.estimators import gradients, optimizer, overhead, weights
+from memplan.estimators import activations, gradients, optimizer, overhead, weights
 from memplan.estimators.context import Context, build_context
 from memplan.estimators.overhead import Calibration
 from memplan.phases import PhaseMemory, Term, all_phases
@@ -32,7 +32,8 @@ class Estimate:
     device_bytes: int
     host_bytes: int
     calibration: Calibration = field(repr=False)
-    needed_bytes: int = 0  # what the card must hold (overhead.needed_bytes); <= device_bytes
+    needed_bytes: int = 0  # what the card must hold not to run out (overhead.needed_bytes)
+    largest_block_bytes: int = 0  # the largest single tensor (activations.largest_block_bytes)
 
     @property
     def headroom_bytes(self) -> int:
@@ -109,6 +110,7 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     reserved = overhead.reserved_bytes(calibration, allocated)
     deepspeed = plan.engine.kind == "deepspeed"
     device = overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus, deepspeed)
+    block = activations.largest_block_bytes(ctx)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,
@@ -122,6 +124,7 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         device_bytes=device,
         host_bytes=host_bytes(ctx, calibration),
         calibration=calibration,
-        needed_bytes=overhead.needed_bytes(calibration, allocated, device, plan.hardware.num_gpus, deepspeed),
+        needed_bytes=overhead.needed_bytes(calibration, allocated, block, device, plan.hardware.num_gpus, deepspeed),
+        largest_block_bytes=block,
     )
 

@@ -131,6 +131,14 @@ def logits_saved_bytes(ctx: Context) -> int:
     return k.LOGITS_SAVED * llm_tokens(ctx) * ctx.profile.llm.vocab_size
 
 
+def largest_block_bytes(ctx: Context) -> int:
+    """The largest single tensor of a step: the logits in fp32 for the loss, 4 * tokens * V (bf16,
+    2 * tokens * V, in inference). Under a full card a freed block this size is split for smaller
+    requests and part of it is stranded (memplan.estimators.overhead.needed_bytes)."""
+    per_value = 4 if ctx.training else ctx.compute_bytes
+    return per_value * llm_tokens(ctx) * ctx.profile.llm.vocab_size
+
+
 def llm_forward_transient(ctx: Context) -> int:
     """Live at the loss on top of saved activations: bf16 + fp32 logits (6 V per token, 10 V when
     nothing is saved) and, with output_hidden_states, one residual-stream tensor per layer that

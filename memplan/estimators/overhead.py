@@ -26,10 +26,10 @@ class Calibration(BaseModel):
     nccl_bytes: int = 0  # extra device memory per rank when several GPUs communicate
     host_base_bytes: int = 3 * 1024**3  # host RSS of one training process before offload
     # Under a full card the caching allocator frees its cached blocks and retries before it reports an
-    # OOM, so what a run needs is less than what it reserves on a roomy card: allocated x (1 + ratio)
-    # (the fragmentation left inside segments that hold live blocks) + context + NCCL. Fitted on
-    # probes under --vram-cap; None: the verdict uses the roomy-card device view.
-    pressure_ratio: float | None = Field(default=None, ge=0, le=2)
+    # OOM, so what a run needs is less than what it reserves on a roomy card (see needed_bytes). Both
+    # fitted on probes under --vram-cap; pressure_ratio None: the verdict uses the roomy-card device view.
+    pressure_ratio: float | None = Field(default=None, ge=0, le=2)  # stranded share of allocated memory
+    pressure_block: float = Field(default=0.0, ge=0, le=4)  # stranded share of the largest block
     fitted_on: list[str] = []  # record files the fit used
     card: str | None = None
     versions: dict[str, str] = {}
@@ -57,17 +57,22 @@ def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is
     return peak_reserved + calibration.context_bytes + nccl
 
 
-def needed_bytes(calibration: Calibration, peak_allocated: int, device: int, num_gpus: int,
+def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: int, device: int, num_gpus: int,
                  is_deepspeed: bool = False) -> int:
-    """Device memory a run needs not to run out: min(device view, allocated x (1 + pressure_ratio)
-    + context + NCCL). PyTorch's caching allocator, when cudaMalloc fails or the memory fraction is
-    reached, releases its cached unused segments and retries (c10/cuda/CUDACachingAllocator.cpp,
-    release_cached_blocks), so only the fragmentation inside live segments counts against the card."""
+    """Device memory a run needs not to run out:
+    allocated x (1 + pressure_ratio) + pressure_block x largest block + context (+ NCCL).
+
+    When cudaMalloc fails or the memory fraction is reached, PyTorch's caching allocator releases its
+    cached unused segments and retries (c10/cuda/CUDACachingAllocator.cpp, release_cached_blocks), so
+    only segments holding a live block count against the card. What stays stranded in them: a small
+    share of everything allocated, and part of the largest block (the fp32 logits), whose freed
+    segment the allocator splits to serve smaller requests. Without a fitted pressure_ratio: the
+    device view (reserved + context + NCCL)."""
     if calibration.pressure_ratio is None:
         return device
     nccl = calibration.nccl_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
-    squeezed = int(peak_allocated * (1 + calibration.pressure_ratio)) + calibration.context_bytes + nccl
-    return min(device, squeezed)
+    return (int(peak_allocated * (1 + calibration.pressure_ratio)) + int(calibration.pressure_block * largest_block)
+            + calibration.context_bytes + nccl)
 
 
 def calibration_path() -> Path:
