@@ -58,12 +58,13 @@ class Change:
         return self.estimate.verdict is Verdict.FITS and self.estimate.host_fits
 
     def line(self) -> str:
-        return (f"{self.label}: peak {format_gib(self.estimate.device_bytes)} GiB "
+        return (f"{self.label}: needs {format_gib(self.estimate.needed_bytes)} GiB "
                 f"(headroom {format_gib(self.estimate.headroom_bytes)}), {self.slowdown:.2f}x time per sample, "
                 f"gives up {self.gives_up}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"change": self.label, "device_bytes": self.estimate.device_bytes,
+                "needed_bytes": self.estimate.needed_bytes,
                 "headroom_bytes": self.estimate.headroom_bytes, "host_bytes": self.estimate.host_bytes,
                 "slowdown": round(self.slowdown, 4), "fidelity_loss": round(self.fidelity_loss, 4),
                 "tokens_lost": self.tokens_lost, "gives_up": self.gives_up, "needs_hardware": self.needs_hardware}
@@ -98,13 +99,16 @@ class Advice:
 
 
 # ---------------------------------------------------------------- diagnosis
-def phase_device_bytes(result: Estimate) -> dict[str, int]:
-    """The device (nvidia-smi) view of every phase's allocated peak, as the verdict sees the peak."""
+def phase_needed_bytes(result: Estimate) -> dict[str, int]:
+    """What the card must hold at every phase's allocated peak, as the verdict sees the peak
+    (overhead.needed_bytes; the device view where no pressure ratio is fitted)."""
     cal: Calibration = result.calibration
     out = {}
     for phase in result.phases:
         allocated = phase.total + cal.allocated_constant_bytes
-        out[phase.phase.value] = overhead.device_bytes(cal, overhead.reserved_bytes(cal, allocated), result.num_gpus)
+        device = overhead.device_bytes(cal, overhead.reserved_bytes(cal, allocated), result.num_gpus, result.deepspeed)
+        out[phase.phase.value] = overhead.needed_bytes(cal, allocated, result.largest_block_bytes, device,
+                                                       result.num_gpus, result.deepspeed)
     return out
 
 
@@ -116,14 +120,15 @@ def diagnose(result: Estimate) -> list[str]:
     if result.verdict is Verdict.OOM:
         lines.append(
             f"OOM by {format_gib(-result.headroom_bytes)} GiB at {result.peak_phase.value} ({result.peak.moment.label}): "
-            f"device {format_gib(result.device_bytes)} GiB of {format_gib(result.vram_bytes)} GiB")
+            f"needs {format_gib(result.needed_bytes)} GiB of {format_gib(result.vram_bytes)} GiB "
+            f"(device view on a roomy card {format_gib(result.device_bytes)} GiB)")
         if top:
             lead = top[0]
             lines.append(f"largest term: {lead.component.value} {lead.category.value} {format_gib(lead.bytes)} GiB "
                          f"({lead.bytes / max(result.peak.total, 1):.0%} of the peak); next: "
                          + (", ".join(f"{t.component.value} {t.category.value} {format_gib(t.bytes)} GiB" for t in top[1:])
                             or "none"))
-        over = [(name, bytes_ - result.vram_bytes) for name, bytes_ in phase_device_bytes(result).items()
+        over = [(name, bytes_ - result.vram_bytes) for name, bytes_ in phase_needed_bytes(result).items()
                 if bytes_ > result.vram_bytes]
         if over:
             lines.append("phases over the VRAM: " + ", ".join(f"{n} +{format_gib(b)} GiB" for n, b in over))

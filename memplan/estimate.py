@@ -34,6 +34,7 @@ class Estimate:
     calibration: Calibration = field(repr=False)
     needed_bytes: int = 0  # what the card must hold not to run out (overhead.needed_bytes)
     largest_block_bytes: int = 0  # the largest single tensor (activations.largest_block_bytes)
+    deepspeed: bool = False  # engine.kind == deepspeed (a NCCL communicator even on one GPU)
 
     @property
     def headroom_bytes(self) -> int:
@@ -126,5 +127,6 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         calibration=calibration,
         needed_bytes=overhead.needed_bytes(calibration, allocated, block, device, plan.hardware.num_gpus, deepspeed),
         largest_block_bytes=block,
+        deepspeed=deepspeed,
     )
 

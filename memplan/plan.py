@@ -24,7 +24,7 @@ Training = Literal["frozen", "full", "lora"]
 class Hardware(Section):
     num_gpus: int = Field(default=1, gt=0, le=1024)
     vram_gib: float = Field(default=24.0, gt=0, le=4096)
-    host_ram_gib: float = Field(default=256.0, gt=0)
+    host_ram_gib: float = Field(default=256.0, gt=0, le=2**20)  # up to 1 PiB
     gpu: str | None = None  # a name from memplan.gpus (step-time model); None: generic card
 
 

@@ -4,7 +4,8 @@ The space (``SearchSpace``; 25,920 candidates for a LoRA Sa2VA profile): ZeRO st
 none / optimizer / all (8 valid pairs: optimizer offload needs ZeRO >= 1, parameter offload ZeRO-3),
 LLM checkpointing on/off, micro-batch 1/2/4, SAM2 resolution 512/768/1024, LoRA rank 16-256, SAM2
 mask decoder trained or frozen, reduce and allgather bucket sizes 5e8/2e8/5e7 elements, overlap_comm
-on/off. A candidate is feasible when its device view fits the VRAM and its host RAM fits the node.
+on/off. A candidate is feasible when what it needs on the card (Estimate.needed_bytes) fits the VRAM
+and its host RAM fits the node.
 
 The front is over (estimated time per sample, lower is better; fidelity to the base plan, higher is
 better; memplan/fidelity.py). Time per sample is the step time (memplan/steptime.py) divided by the
@@ -355,7 +356,7 @@ def search(
         result = estimate(profile, builder.plan(knobs_of(group, point)), calibration)
         stats.estimated += 1
         estimates[(group, point)] = result
-        ok = result.verdict is Verdict.FITS and result.host_bytes <= host_bytes and result.device_bytes <= vram_bytes
+        ok = result.verdict is Verdict.FITS and result.host_bytes <= host_bytes and result.needed_bytes <= vram_bytes
         lattices[group].add(point, ok)
         return ok
 
@@ -391,7 +392,7 @@ def search(
     smallest = None
     if not front:  # the bottom of every group's lattice is its smallest peak
         bottoms = [candidate(g, tuple(0 for _ in memory_axes)) for g in range(len(groups))]
-        smallest = min(bottoms, key=lambda c: (c.estimate.device_bytes, c.estimate.host_bytes))
+        smallest = min(bottoms, key=lambda c: (c.estimate.needed_bytes, c.estimate.host_bytes))
     feasible = [candidate(g, p) for g, p in feasible_keys] if exhaustive else []
     stats.seconds = time.perf_counter() - started
     return SearchResult(front, stats, base, gpu, smallest, feasible)

@@ -34,7 +34,8 @@ def test_json_for_every_profile(name):
     for key in JSON_KEYS - {"verdict", "peak_phase", "breakdown"}:
         assert isinstance(data[key], int)
     assert all(isinstance(row["bytes"], int) and row["bytes"] > 0 for row in data["breakdown"])
-    assert data["headroom_bytes"] == data["vram_bytes"] - data["device_bytes"]
+    assert data["headroom_bytes"] == data["vram_bytes"] - data["needed_bytes"]
+    assert data["needed_bytes"] <= data["device_bytes"] or data["breakdown"]
     assert (data["verdict"] == "fits") == (data["headroom_bytes"] >= 0)
 
 

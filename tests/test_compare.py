@@ -52,7 +52,7 @@ def test_plan_d_is_inference_without_training_state(compare_json):
     for absent in (Category.OPTIMIZER_STATE, Category.MASTER_WEIGHTS, Category.GRADIENTS, Category.TRAINABLE_WEIGHTS):
         assert absent.value not in categories
     assert plan_d["trainable_params"] == 0 and "no training (inference only)" in plan_d["gives_up"]
-    assert set(plan_d["phases_device_bytes"]) == {"init", "forward"}
+    assert set(plan_d["phases_needed_bytes"]) == {"init", "forward"}
 
 
 def test_oom_plans_carry_advice_and_slowdown_is_against_the_first(compare_json):

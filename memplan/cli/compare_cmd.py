@@ -216,9 +216,10 @@ def compare(
              f"on the same model",
              "step time: memplan.steptime (FLOPs at 35% of the card's dense bf16 rate + communication, offload, "
              "optimizer); for ranking plans, not a wall-clock promise",
-             "peak: device view (what nvidia-smi shows, what an OOM is decided against), GiB per GPU"]
+             "peak: what the card must hold, GiB per GPU (allocated + what the allocator cannot give back under "
+             "pressure + CUDA context + NCCL: what an OOM is decided against; docs/methodology.md)"]
     same = [r.name for r in rows[1:] if r.plan.mode == first.plan.mode
-            and abs(r.estimate.device_bytes - first.estimate.device_bytes) < 0.1 * 1024**3]
+            and abs(r.estimate.needed_bytes - first.estimate.needed_bytes) < 0.1 * 1024**3]
     if same:
         notes.append(f"{', '.join(same)}: peak within 0.1 GiB of {first.name}'s: what they change is not at the peak "
                      f"moment ({first.estimate.peak_phase.value}: {first.estimate.peak.moment.label})")
@@ -290,12 +291,12 @@ def search(
         host = (f"; host RAM {format_gib(e.host_bytes)} of {format_gib(e.host_ram_bytes)} GiB"
                 if not e.host_fits else "")
         typer.echo(
-            f"no plan fits on {gpus} x {vram_gib:g} GiB: the smallest achievable peak is {format_gib(e.device_bytes)} GiB "
+            f"no plan fits on {gpus} x {vram_gib:g} GiB: the smallest achievable peak is {format_gib(e.needed_bytes)} GiB "
             f"per GPU ({smallest.name}) at {e.peak_phase.value} ({e.peak.moment.label}), "
             f"dominated by {lead.component.value} {lead.category.value} {format_gib(lead.bytes)} GiB{host}")
         typer.echo(notes[0])
         if output_format is ReportFormat.json:
-            typer.echo(json.dumps({"fits": False, "evaluated": stats.evaluated, "smallest_device_bytes": e.device_bytes,
+            typer.echo(json.dumps({"fits": False, "evaluated": stats.evaluated, "smallest_device_bytes": e.device_bytes, "smallest_needed_bytes": e.needed_bytes,
                                    "smallest_plan": smallest.name, "dominant": {"component": lead.component.value,
                                    "category": lead.category.value, "bytes": lead.bytes}}, indent=2))
         return

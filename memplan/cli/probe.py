@@ -69,6 +69,11 @@ def load_deepspeed_config(path: Path, plan: Plan) -> dict[str, Any]:
     expected = deepspeed_config(plan)
     for dotted in CONFIG_KEYS_THAT_MUST_AGREE:
         want, got = _dig(expected, dotted), _dig(data, dotted)
+        if got is None and want is not None and dotted in DEEPSPEED_DEFAULTS:
+            got = DEEPSPEED_DEFAULTS[dotted]
+            if _off(got) != _off(want):
+                raise InputError(f"--deepspeed-config={path}: {dotted} is missing (DeepSpeed then takes {got!r}) "
+                                 f"but the plan gives {want!r}")
         if _off(got) != _off(want):
             shown = "missing" if got is None else f"{got!r}"
             raise InputError(f"--deepspeed-config={path}: {dotted} is {shown} but the plan gives {want!r} "
@@ -77,11 +82,18 @@ def load_deepspeed_config(path: Path, plan: Plan) -> dict[str, Any]:
 
 
 CONFIG_KEYS_THAT_MUST_AGREE = (
-    "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16.enabled", "fp16.enabled",
     "zero_optimization.stage", "zero_optimization.offload_optimizer.device", "zero_optimization.offload_param.device",
-    "zero_optimization.reduce_bucket_size", "zero_optimization.allgather_bucket_size", "zero_optimization.overlap_comm",
+    "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16.enabled", "fp16.enabled",
+    "zero_optimization.reduce_bucket_size", "zero_optimization.allgather_bucket_size",
     "zero_optimization.stage3_prefetch_bucket_size", "zero_optimization.stage3_max_live_parameters",
 )
+# What DeepSpeed 0.19 takes for a key the file leaves out (deepspeed/runtime/zero/config.py, runtime/config.py)
+DEEPSPEED_DEFAULTS = {
+    "gradient_accumulation_steps": 1, "zero_optimization.stage": 0,
+    "zero_optimization.reduce_bucket_size": 500_000_000, "zero_optimization.allgather_bucket_size": 500_000_000,
+    "zero_optimization.stage3_prefetch_bucket_size": 50_000_000,
+    "zero_optimization.stage3_max_live_parameters": 1_000_000_000,
+}
 
 
 def _off(value: Any) -> Any:

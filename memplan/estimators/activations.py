@@ -134,7 +134,10 @@ def logits_saved_bytes(ctx: Context) -> int:
 def largest_block_bytes(ctx: Context) -> int:
     """The largest single tensor of a step: the logits in fp32 for the loss, 4 * tokens * V (bf16,
     2 * tokens * V, in inference). Under a full card a freed block this size is split for smaller
-    requests and part of it is stranded (memplan.estimators.overhead.needed_bytes)."""
+    requests and part of it is stranded (memplan.estimators.overhead.needed_bytes). Profiles without
+    an LLM (a vision tower or SAM2 alone): 0, their largest blocks being far smaller."""
+    if ctx.profile.llm is None:
+        return 0
     per_value = 4 if ctx.training else ctx.compute_bytes
     return per_value * llm_tokens(ctx) * ctx.profile.llm.vocab_size
 

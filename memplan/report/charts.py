@@ -11,7 +11,7 @@ import io
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from memplan.advice import phase_device_bytes
+from memplan.advice import phase_needed_bytes
 from memplan.units import GIB
 from memplan.vocabulary import Category, Phase
 
@@ -63,7 +63,7 @@ def memory_by_category(rows: list["PlanRow"]) -> bytes:
         cells: dict[Category, int] = defaultdict(int)
         for term in row.estimate.breakdown():
             cells[term.category] += term.bytes
-        cells[Category.OVERHEAD] += max(row.estimate.device_bytes - sum(cells.values()), 0)
+        cells[Category.OVERHEAD] += max(row.estimate.needed_bytes - sum(cells.values()), 0)
         per_row.append(cells)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 3), 4.8))
     labels = _labels(rows)
@@ -79,7 +79,7 @@ def memory_by_category(rows: list["PlanRow"]) -> bytes:
         axes.hlines(vram, i - 0.4, i + 0.4, colors="black", linestyles="dashed")
         axes.text(i, bottoms[i] + 0.2, row.verdict, ha="center", va="bottom", fontsize=8,
                   color="#1a7f37" if row.fits else "#c62828")
-    axes.set_ylabel("GiB per GPU (device view, peak moment)")
+    axes.set_ylabel("GiB per GPU (needed on the card, peak moment)")
     axes.set_title("Memory by category at each plan's peak (dashed: VRAM)")
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes.tick_params(axis="x", labelrotation=20, labelsize=8)
@@ -95,7 +95,7 @@ def phase_timeline(rows: list["PlanRow"]) -> bytes:
     markers = "osD^vP*X"
     styles = ("-", "--", "-.", ":")
     for index, (label, row) in enumerate(zip(_labels(rows), rows)):
-        by_phase = phase_device_bytes(row.estimate)
+        by_phase = phase_needed_bytes(row.estimate)
         offset = (index - (len(rows) - 1) / 2) * 0.03  # plans with equal phases stay visible
         xs = [i for i, p in enumerate(names) if p in by_phase]
         ys = [by_phase[names[i]] / GIB for i in xs]
@@ -106,7 +106,7 @@ def phase_timeline(rows: list["PlanRow"]) -> bytes:
         axes.axhline(vram, color="black", linestyle="dashed", linewidth=1)
         axes.text(len(names) - 1, vram, f" VRAM {vram:g} GiB", va="bottom", ha="right", fontsize=8)
     axes.set_xticks(range(len(names)), names)
-    axes.set_ylabel("GiB per GPU (device view)")
+    axes.set_ylabel("GiB per GPU (needed on the card)")
     axes.set_title("Phase timeline of one training step")
     axes.legend(fontsize=7)
     return _png(figure)

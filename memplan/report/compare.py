@@ -16,7 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memplan.advice import Advice, advise, phase_device_bytes
+from memplan.advice import Advice, advise, phase_needed_bytes
 from memplan.estimate import Estimate, estimate
 from memplan.estimators.overhead import Calibration
 from memplan.fidelity import GivesUp, fidelity, gives_up
@@ -67,7 +67,7 @@ class PlanRow:
         best = self.advice.top()
         if best is None:
             return "no single change or pair fits: try `memplan search`"
-        return (f"{best.label}: {format_gib(best.estimate.device_bytes)} GiB, "
+        return (f"{best.label}: {format_gib(best.estimate.needed_bytes)} GiB, "
                 f"{best.slowdown:.2f}x time, gives up {best.gives_up}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,11 +77,11 @@ class PlanRow:
             "plan": self.name, "description": self.plan.description, "model": self.profile.name,
             "mode": self.plan.mode, "num_gpus": e.num_gpus, "gpu": self.step.gpu,
             "verdict": e.verdict.value, "host_fits": e.host_fits,
-            "device_bytes": e.device_bytes, "peak_allocated_bytes": e.peak_allocated_bytes,
+            "device_bytes": e.device_bytes, "needed_bytes": e.needed_bytes, "peak_allocated_bytes": e.peak_allocated_bytes,
             "peak_reserved_bytes": e.peak_reserved_bytes, "vram_bytes": e.vram_bytes,
             "headroom_bytes": e.headroom_bytes, "peak_phase": e.peak_phase.value,
             "peak_moment": e.peak.moment.label, "host_bytes": e.host_bytes, "host_ram_bytes": e.host_ram_bytes,
-            "phases_device_bytes": phase_device_bytes(e),
+            "phases_needed_bytes": phase_needed_bytes(e),
             "step_seconds": round(self.step.seconds, 4), "seconds_per_sample": round(self.step.per_sample, 4),
             "slowdown": round(self.slowdown, 4), "step_breakdown_seconds": {k: round(v, 4) for k, v in self.step.breakdown.items()},
             "fidelity": self.fidelity, "sam2_resolution": self.plan.inputs.sam2_resolution,
@@ -128,7 +128,7 @@ def build_rows(entries: list[tuple[Profile, Plan]], reference: Plan, calibration
 
 # ---------------------------------------------------------------- cells shared by every format
 def _peak(row: PlanRow) -> str:
-    return f"{format_gib(row.estimate.device_bytes)} ({row.estimate.peak_phase.value})"
+    return f"{format_gib(row.estimate.needed_bytes)} ({row.estimate.peak_phase.value})"
 
 
 def _host(row: PlanRow) -> str:

@@ -46,8 +46,10 @@ def summary_lines(estimate: Estimate) -> list[str]:
     return [
         f"peak phase: {estimate.peak_phase.value} ({estimate.peak.moment.label}); dominated by {dominant}",
         f"per GPU: allocated {format_gib(estimate.peak_allocated_bytes)} GiB, reserved "
-        f"{format_gib(estimate.peak_reserved_bytes)} GiB, device (nvidia-smi) {format_gib(estimate.device_bytes)} GiB "
-        f"of {format_gib(estimate.vram_bytes)} GiB, headroom {format_gib(estimate.headroom_bytes)} GiB",
+        f"{format_gib(estimate.peak_reserved_bytes)} GiB, device (nvidia-smi, roomy card) "
+        f"{format_gib(estimate.device_bytes)} GiB; needs {format_gib(estimate.needed_bytes)} GiB of "
+        f"{format_gib(estimate.vram_bytes)} GiB (cached blocks given back under pressure), "
+        f"headroom {format_gib(estimate.headroom_bytes)} GiB",
         f"phases (allocated GiB): {phases}",
         f"host RAM (node): {host}{'' if estimate.host_fits else '  (exceeds host RAM)'}",
     ]

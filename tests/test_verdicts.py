@@ -1,0 +1,96 @@
+"""What a run needs under a full card, its fit on capped probes, and the verdicts on the H100 records.
+
+The records under reports/probes/ are real runs (docs/accuracy.md); these tests pin what the shipped
+calibration does with them, so a model change that breaks a verdict fails here.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from memplan.calibrate import compare, fit_pressure, load_measurements, summary
+from memplan.cli.options import build_plan
+from memplan.estimate import estimate
+from memplan.estimators import overhead
+from memplan.estimators.overhead import Calibration
+from memplan.loading import load_calibration, load_profile
+from memplan.vocabulary import Verdict
+
+ROOT = Path(__file__).resolve().parent.parent
+SPLIT = ROOT / "reports" / "probes" / "split"
+GIB = 2**30
+
+
+def test_needed_bytes_formula():
+    cal = Calibration(pressure_ratio=0.05, pressure_block=0.5, context_bytes=GIB, nccl_bytes=GIB)
+    assert overhead.needed_bytes(cal, 20 * GIB, 4 * GIB, 99 * GIB, 1, False) == int(21 * GIB) + 2 * GIB + GIB
+    assert overhead.needed_bytes(cal, 20 * GIB, 4 * GIB, 99 * GIB, 1, True) == int(21 * GIB) + 2 * GIB + 2 * GIB
+    unfitted = Calibration()
+    assert overhead.needed_bytes(unfitted, 20 * GIB, 4 * GIB, 25 * GIB, 1, False) == 25 * GIB
+
+
+def test_verdict_and_headroom_follow_needed_bytes():
+    cal = load_calibration(None)
+    plan = build_plan(None, gpus=1, vram=24, text_len=4096, tiles=4, ckpt=True)
+    result = estimate(load_profile("sa2va-1b"), plan, cal)
+    assert result.needed_bytes < result.device_bytes  # the allocator gives cached blocks back under pressure
+    assert result.headroom_bytes == result.vram_bytes - result.needed_bytes
+    assert (result.verdict is Verdict.FITS) == (result.needed_bytes <= result.vram_bytes)
+    assert result.largest_block_bytes == 4 * 4096 * load_profile("sa2va-1b").llm.vocab_size
+
+
+class _Run:
+    def __init__(self, cap, status):
+        self.vram_cap_bytes, self.status = cap, status
+
+
+def test_fit_pressure_separates_fits_from_ooms():
+    # slack s = cap - outside - A; a run fits iff a A + b L <= s. True line: a = 0.05, b = 0.5.
+    runs = []
+    for allocated, block in ((18, 1), (18, 4), (20, 2), (21, 1), (19, 3), (17, 4)):
+        need = 0.05 * allocated + 0.5 * block
+        runs.append((_Run(int((allocated + need - 0.2) * GIB), "oom"), allocated * GIB, block * GIB, 0))
+        runs.append((_Run(int((allocated + need + 0.2) * GIB), "ok"), allocated * GIB, block * GIB, 0))
+    a, b = fit_pressure(runs)
+    for run, allocated, block, _ in runs:
+        predicted_oom = a * allocated + b * block > run.vram_cap_bytes - allocated
+        assert predicted_oom == (run.status == "oom")
+
+
+def test_fit_pressure_needs_an_oom():
+    assert fit_pressure([(_Run(24 * GIB, "ok"), 20 * GIB, GIB, 0)]) is None
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_calibration(None)
+
+
+def test_shipped_calibration_is_fitted_on_the_calibration_split(shipped):
+    assert shipped.fitted_on == ["reports/probes/split/calibration.jsonl"]
+    assert shipped.pressure_ratio is not None and shipped.pressure_block > 0
+
+
+def test_calibration_split_verdicts_all_correct(shipped):
+    result = summary(compare(load_measurements([SPLIT / "calibration.jsonl"]), shipped))
+    verdicts = result["verdicts"]
+    assert verdicts["count"] >= 20 and verdicts["correct"] == verdicts["count"]
+
+
+def test_heldout_accuracy_as_documented(shipped):
+    """docs/accuracy.md: held-out allocated median <= 3% and max <= 8%; verdicts 13 of 14, one optimistic."""
+    result = summary(compare(load_measurements([SPLIT / "heldout.jsonl"]), shipped))
+    assert result["allocated"]["median_abs_error"] <= 0.03
+    assert result["allocated"]["max_abs_error"] <= 0.08
+    assert result["verdicts"]["count"] == 14
+    assert result["verdicts"]["correct"] == 13 and result["verdicts"]["fits_that_ran_oom"] == 1
+
+
+def test_capped_runs_do_not_score_reserved_or_device(shipped):
+    measurements = [m for m in load_measurements([SPLIT / "heldout.jsonl"])]
+    capped_ok = [m for m in measurements if m.vram_cap_bytes and m.status == "ok"]
+    assert capped_ok
+    result = summary(compare(measurements, shipped))
+    uncapped_ok = [m for m in measurements if not m.vram_cap_bytes and m.status == "ok"]
+    assert result["device"]["count"] == len(uncapped_ok)
+    assert result["allocated"]["count"] == len(uncapped_ok) + len(capped_ok)
