@@ -151,3 +151,16 @@ def test_mid_run_fault_hook(monkeypatch):
     monkeypatch.setenv("MEMPLAN_PROBE_FAULT", "0:17@backward")  # another rank
     probe_run._injected_fault(Phase.BACKWARD, 1)
     assert exits == [17]
+
+
+def test_missing_deepspeed_is_a_recorded_error(monkeypatch):
+    """A DeepSpeed plan where DeepSpeed cannot be imported ends as an 'error' result naming it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
+    profile = load_profile(str(ROOT / "tests" / "fixtures" / "profiles" / "tiny-sa2va.yaml"))
+    plan = build_plan(None, gpus=1, zero=2, lora_rank=8, text_len=256, tiles=2, res=256, objects=2)
+    result = probe_run.measure_rank(profile, plan, steps=1, device="cpu")
+    probe_run.release_distributed()
+    assert result.status == "error"
+    assert "deepspeed" in result.error and result.error.startswith("init: ")

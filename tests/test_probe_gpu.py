@@ -64,3 +64,26 @@ def test_vram_cap_gives_oom():
     assert record["status"] == "oom", record["error"]
     assert record["oom"]["phase"] in ("init", "forward", "backward", "optimizer_step")
     assert record["oom"]["requested_bytes"] and record["oom"]["requested_bytes"] > 0
+
+
+def test_emitted_config_trains_under_its_cap(tmp_path):
+    """The pair `memplan estimate --emit-deepspeed` writes trains with that very config, capped."""
+    pytest.importorskip("deepspeed")
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    target = tmp_path / "ds.json"
+    out = tmp_path / "r.jsonl"
+    emitted = CliRunner().invoke(app, ["estimate", "--model", str(TINY), "--gpus", "1", "--zero", "2", "--vram", "4",
+                                       "--lora-rank", "8", "--text-len", "256", "--tiles", "2", "--res", "256",
+                                       "--objects", "2", "--emit-deepspeed", str(target)])
+    assert emitted.exit_code == 0, emitted.output
+    probed = CliRunner().invoke(app, ["probe", "--plan", str(tmp_path / "ds.plan.yaml"), "--model", str(TINY),
+                                      "--deepspeed-config", str(target), "--vram-cap", "4", "--out", str(out)])
+    assert probed.exit_code == 0, probed.output
+    import json
+
+    record = json.loads(out.read_text().splitlines()[-1])
+    check_ok(record)
+    assert record["deepspeed_config"] == json.loads(target.read_text())
