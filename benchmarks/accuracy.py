@@ -38,6 +38,7 @@ class Run:
     timeout: int = 420
     cap: float | None = None  # --vram-cap for this run (the batch's --vram-cap otherwise)
     env: dict = field(default_factory=dict)  # e.g. a MEMPLAN_PROBE_FAULT for the fault demos
+    plan_flags: dict = field(default_factory=dict)  # build_plan keywords of a verdict run (its estimate)
 
 
 def _r(name: str, model: str | None, *flags: str, gpus: int = 1, timeout: int = 420, cap: float | None = None,
@@ -163,7 +164,7 @@ def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # 
                         "--res", str(res), "--objects", str(objects), "--ckpt" if ckpt else "--no-ckpt"]
                 name = (f"cap-{model.removeprefix('sa2va-')}-{engine}-{text}-t{tiles}-r{res}-o{objects}-"
                         f"{'ck' if ckpt else 'nock'}")
-                candidates.append((ratio, Run(name, model, args, cap=cap_gib)))
+                candidates.append((ratio, Run(name, model, args, cap=cap_gib, plan_flags=flags)))
     chosen: list[Run] = []
     for i in range(count):  # nearest unchosen candidate to evenly spaced targets across the band
         target = 1 - band + 2 * band * (i + 0.5) / count

@@ -27,11 +27,7 @@ def main() -> None:
     calibration = load_calibration(None)
     runs = []
     for run in verdict_runs(cap, axes=axes, count=VERDICT_COUNTS.get(axes, 16)):
-        flags = dict(zip(run.flags[::2], run.flags[1::2]))
-        engine = {"zero": 2} if "--zero" in flags else {"engine": "pytorch"}
-        plan = build_plan(None, gpus=1, vram=cap, text_len=int(flags["--text-len"]), tiles=int(flags["--tiles"]),
-                          res=int(flags["--res"]), objects=int(flags["--objects"]), ckpt="--ckpt" in run.flags, **engine)
-        result = estimate(load_profile(run.model), plan, calibration)
+        result = estimate(load_profile(run.model), build_plan(None, **run.plan_flags), calibration)
         runs.append({"name": run.name, "model": run.model, "flags": run.flags, "device_bytes": result.device_bytes,
                      "needed_bytes": result.needed_bytes, "verdict": result.verdict.value})
     print(json.dumps({"set": axes, "cap_gib": cap, "pressure_ratio": calibration.pressure_ratio,
