@@ -106,9 +106,8 @@ def phase_needed_bytes(result: Estimate) -> dict[str, int]:
     out = {}
     for phase in result.phases:
         allocated = phase.total + cal.allocated_constant_bytes
-        device = overhead.device_bytes(cal, overhead.reserved_bytes(cal, allocated), result.num_gpus, result.deepspeed)
-        out[phase.phase.value] = overhead.needed_bytes(cal, allocated, result.largest_block_bytes, device,
-                                                       result.num_gpus, result.deepspeed)
+        out[phase.phase.value] = overhead.card_views(cal, allocated, result.largest_block_bytes, result.num_gpus,
+                                                     result.deepspeed)[2]
     return out
 
 

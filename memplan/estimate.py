@@ -108,10 +108,9 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     phases = tuple(all_phases(ctx))
     peak = max(phases, key=lambda p: p.total)
     allocated = peak.total + calibration.allocated_constant_bytes
-    reserved = overhead.reserved_bytes(calibration, allocated)
     deepspeed = plan.engine.kind == "deepspeed"
-    device = overhead.device_bytes(calibration, reserved, plan.hardware.num_gpus, deepspeed)
     block = activations.largest_block_bytes(ctx)
+    reserved, device, needed = overhead.card_views(calibration, allocated, block, plan.hardware.num_gpus, deepspeed)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,
@@ -125,7 +124,7 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         device_bytes=device,
         host_bytes=host_bytes(ctx, calibration),
         calibration=calibration,
-        needed_bytes=overhead.needed_bytes(calibration, allocated, block, device, plan.hardware.num_gpus, deepspeed),
+        needed_bytes=needed,
         largest_block_bytes=block,
         deepspeed=deepspeed,
     )

@@ -75,5 +75,13 @@ def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: i
             + calibration.context_bytes + nccl)
 
 
+def card_views(calibration: Calibration, peak_allocated: int, largest_block: int, num_gpus: int,
+               is_deepspeed: bool = False) -> tuple[int, int, int]:
+    """(reserved, device, needed) for an allocated peak: the three views above, in one place."""
+    reserved = reserved_bytes(calibration, peak_allocated)
+    device = device_bytes(calibration, reserved, num_gpus, is_deepspeed)
+    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device, num_gpus, is_deepspeed)
+
+
 def calibration_path() -> Path:
     return Path(__file__).resolve().parents[2] / "profiles" / "calibration.yaml"
