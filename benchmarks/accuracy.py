@@ -139,8 +139,8 @@ def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # 
     +-band of the cap, spread evenly over the band: the verdict test of issue 4. Each is probed with
     --vram-cap CAP and must fit iff it is estimated to."""
     from memplan.cli.options import build_plan
-    from memplan.estimate import estimate
-    from memplan.loading import load_calibration, load_profile
+    from memplan.estimate.peak import estimate
+    from memplan.spec.loading import load_calibration, load_profile
     from memplan.probe.shapes import ProbeBuildError, input_shapes
 
     calibration = load_calibration(None)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import statistics
 import sys
 
-from memplan.calibrate import load_measurements
-from memplan.estimate import estimate
-from memplan.loading import load_calibration
+from memplan.probe.calibrate import load_measurements
+from memplan.estimate.peak import estimate
+from memplan.spec.loading import load_calibration
 
 GIB = 2**30
 

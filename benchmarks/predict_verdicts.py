@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import VERDICT_COUNTS, verdict_runs  # noqa: E402
 
 from memplan.cli.options import build_plan  # noqa: E402
-from memplan.estimate import estimate  # noqa: E402
-from memplan.loading import load_calibration, load_profile  # noqa: E402
+from memplan.estimate.peak import estimate  # noqa: E402
+from memplan.spec.loading import load_calibration, load_profile  # noqa: E402
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = (  # (label, base plan, model, GPUs, VRAM GiB, host RAM GiB)
-    ("seed: sa2va-8b, 4 x 24 GiB", ROOT / "plans" / "seed" / "baseline.yaml", None, 4, 24.0, 128.0),
+    ("seed: sa2va-8b, 4 x 24 GiB", ROOT / "memplan" / "plans" / "seed" / "baseline.yaml", None, 4, 24.0, 128.0),
     ("sa2va-4b, 4 x 24 GiB", None, "sa2va-4b", 4, 24.0, 128.0),
     ("sa2va-4b, 8 x 80 GiB (most fit)", None, "sa2va-4b", 8, 80.0, 512.0),
     ("sa2va-26b, 1 x 8 GiB (none fits)", None, "sa2va-26b", 1, 8.0, 64.0),
@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from memplan.cli.options import build_plan, resolve_profile
-    from memplan.estimate import estimate
-    from memplan.search import search
+    from memplan.estimate.peak import estimate
+    from memplan.planning.search import search
 
     base0 = build_plan(None)
     profile0 = resolve_profile("sa2va-4b")

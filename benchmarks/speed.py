@@ -29,8 +29,8 @@ def wall(cmd: list[str], repeats: int) -> float:
 
 def plans_per_second(seconds: float = 2.0) -> tuple[float, int]:
     from memplan.cli.options import build_plan
-    from memplan.estimate import estimate
-    from memplan.loading import load_profile
+    from memplan.estimate.peak import estimate
+    from memplan.spec.loading import load_profile
 
     profile = load_profile("sa2va-4b")
     plans = [build_plan(None, gpus=g, zero=z, res=r) for g in (1, 2, 4, 8) for z in (0, 1, 2, 3) for r in (512, 768, 1024)]

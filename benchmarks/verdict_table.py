@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from memplan.calibrate import compare, load_measurements
-from memplan.loading import load_calibration
-from memplan.units import format_gib
+from memplan.probe.calibrate import compare, load_measurements
+from memplan.spec.loading import load_calibration
+from memplan.spec.units import format_gib
 
 
 def describe(plan) -> str:

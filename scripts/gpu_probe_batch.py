@@ -64,8 +64,8 @@ def command_for(run: dict, out: Path) -> list[str]:
 
 def fallback_record(run: dict, status: str, error: str) -> dict:
     """A minimal memplan.probe/1 record for a run that wrote none (killed or crashed)."""
-    from memplan.loading import load_profile
-    from memplan.plan import Plan
+    from memplan.spec.loading import load_profile
+    from memplan.spec.plan import Plan
     from memplan.probe import records
 
     profile = load_profile(run["model"])

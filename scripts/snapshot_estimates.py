@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def snapshot() -> dict:
-    from memplan.estimate import estimate
-    from memplan.loading import load_calibration, load_plan, load_profile, plan_names, profile_names
-    from memplan.plan import Plan
+    from memplan.estimate.peak import estimate
+    from memplan.spec.loading import load_calibration, load_plan, load_profile, plan_names, profile_names
+    from memplan.spec.plan import Plan
     from memplan.probe.records import read_records
-    from memplan.profile import Profile
+    from memplan.spec.profile import Profile
 
     calibration = load_calibration()
     out: dict[str, dict] = {}

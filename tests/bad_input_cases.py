@@ -56,8 +56,8 @@ CPU_PLAN = {"engine": {"kind": "pytorch", "zero_stage": 0}, "precision": {"compu
 
 def record(**changes) -> dict:
     """A valid probe record (schema memplan.probe/1) of the tiny profile, fixed run id and time."""
-    from memplan.loading import profile_from_document
-    from memplan.plan import Plan
+    from memplan.spec.loading import profile_from_document
+    from memplan.spec.plan import Plan
     from memplan.probe.records import make_record
     import yaml
 
@@ -408,7 +408,7 @@ def run_case(case: Case, root: Path) -> Outcome:
     from typer.testing import CliRunner
 
     from memplan.cli.main import app
-    from memplan.loading import load_profile
+    from memplan.spec.loading import load_profile
 
     load_profile.cache_clear()  # relative names are reused across cases
     root.mkdir(parents=True, exist_ok=True)

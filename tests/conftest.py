@@ -1,7 +1,7 @@
 import pytest
 
-from memplan.plan import Plan
-from memplan.profile import LLMSpec, Profile
+from memplan.spec.plan import Plan
+from memplan.spec.profile import LLMSpec, Profile
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Fuzz targets for the plan and profile loaders, shared by tests/test_fuzz.py (hypothesis, short)
 and scripts/fuzz_loaders.py (seeded random, >= 10,000 inputs).
 
-Contract: memplan.loading.read_document / plan_from_document / profile_from_document / load_plan /
-load_profile / load_calibration raise nothing but memplan.loading.InputError, whatever the bytes or the
+Contract: memplan.spec.loading.read_document / plan_from_document / profile_from_document / load_plan /
+load_profile / load_calibration raise nothing but memplan.spec.loading.InputError, whatever the bytes or the
 structure. ``run`` returns None when the contract holds, else a one-line description of the failure.
 """
 
@@ -17,17 +17,17 @@ from typing import Any, Callable
 
 import yaml
 
-from memplan import loading
-from memplan.loading import InputError
+from memplan.spec import loading
+from memplan.spec.loading import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_FILES = [
-    ROOT / "plans" / "sa2va-official.yaml",
-    ROOT / "profiles" / "sa2va-1b.yaml",
-    ROOT / "profiles" / "sa2va-qwen3-vl-4b.yaml",
-    ROOT / "profiles" / "components" / "qwen2.5-0.5b.yaml",
-    ROOT / "profiles" / "components" / "internvit-300m.yaml",
-    ROOT / "profiles" / "components" / "sam2-hiera-large.yaml",
+    ROOT / "memplan" / "plans" / "sa2va-official.yaml",
+    ROOT / "memplan" / "profiles" / "sa2va-1b.yaml",
+    ROOT / "memplan" / "profiles" / "sa2va-qwen3-vl-4b.yaml",
+    ROOT / "memplan" / "profiles" / "components" / "qwen2.5-0.5b.yaml",
+    ROOT / "memplan" / "profiles" / "components" / "internvit-300m.yaml",
+    ROOT / "memplan" / "profiles" / "components" / "sam2-hiera-large.yaml",
     ROOT / "tests" / "fixtures" / "profiles" / "tiny-sa2va.yaml",
 ]
 PLAN_SEED, PROFILE_SEEDS = SEED_FILES[0], SEED_FILES[1:]
@@ -223,7 +223,7 @@ def check_estimate(document: Any, seed_name: str, seconds: int = 5) -> str | Non
     sa2va-1b beside it) without an exception and within ``seconds`` (Unix: SIGALRM)."""
     import signal
 
-    from memplan.estimate import estimate
+    from memplan.estimate.peak import estimate
 
     try:
         if seed_name == PLAN_SEED.stem:

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memplan.cli.main import app
-from memplan.loading import profile_names
+from memplan.spec.loading import profile_names
 
 runner = CliRunner()
 JSON_KEYS = {"verdict", "peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "host_bytes",

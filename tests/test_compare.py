@@ -9,15 +9,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from memplan.advice import advise, diagnose
+from memplan.planning.advice import advise, diagnose
 from memplan.cli.compare_cmd import SEED_PLANS
 from memplan.cli.options import build_plan
-from memplan.estimate import estimate
-from memplan.loading import load_profile
-from memplan.vocabulary import Category, Verdict
+from memplan.estimate.peak import estimate
+from memplan.spec.loading import load_profile
+from memplan.spec.vocabulary import Category, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = ROOT / "plans" / "seed"
+SEED = ROOT / "memplan" / "plans" / "seed"
 
 
 def _app() -> typer.Typer:

@@ -13,17 +13,17 @@ from typer.testing import CliRunner
 
 from memplan.cli.compare_cmd import compare, search
 from memplan.cli.options import build_plan
-from memplan.deepspeed_config import deepspeed_config, launch_command
+from memplan.integrations.deepspeed import deepspeed_config, launch_command
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "deepspeed"
 REGEN = os.environ.get("MEMPLAN_REGEN_GOLDEN") == "1"
 TRAINING_PLANS = {
-    "sa2va-official": ROOT / "plans" / "sa2va-official.yaml",
-    "baseline": ROOT / "plans" / "seed" / "baseline.yaml",
-    "plan-a": ROOT / "plans" / "seed" / "plan-a.yaml",
-    "plan-b": ROOT / "plans" / "seed" / "plan-b.yaml",
-    "plan-c": ROOT / "plans" / "seed" / "plan-c.yaml",
+    "sa2va-official": ROOT / "memplan" / "plans" / "sa2va-official.yaml",
+    "baseline": ROOT / "memplan" / "plans" / "seed" / "baseline.yaml",
+    "plan-a": ROOT / "memplan" / "plans" / "seed" / "plan-a.yaml",
+    "plan-b": ROOT / "memplan" / "plans" / "seed" / "plan-b.yaml",
+    "plan-c": ROOT / "memplan" / "plans" / "seed" / "plan-c.yaml",
 }
 
 

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from memplan.cli.main import app
 from memplan.cli.options import build_plan
 from memplan.cli.probe import load_deepspeed_config
-from memplan.deepspeed_config import deepspeed_config
-from memplan.estimate import estimate
-from memplan.loading import InputError, load_calibration, load_plan, load_profile
+from memplan.integrations.deepspeed import deepspeed_config
+from memplan.estimate.peak import estimate
+from memplan.spec.loading import InputError, load_calibration, load_plan, load_profile
 from memplan.probe import run as probe_run
-from memplan.vocabulary import Phase
+from memplan.spec.vocabulary import Phase
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -2,11 +2,11 @@
 
 import pytest
 
-from memplan.estimate import estimate
-from memplan.estimators import activations as act
-from memplan.estimators import buffers, gradients, optimizer, weights
-from memplan.estimators.context import build_context
-from memplan.vocabulary import Component
+from memplan.estimate.peak import estimate
+from memplan.estimate import activations as act
+from memplan.estimate import buffers, gradients, optimizer, weights
+from memplan.estimate.context import build_context
+from memplan.spec.vocabulary import Component
 
 LLM = Component.LLM
 
@@ -170,7 +170,7 @@ def test_zero3_reduce_bucket_is_kept_from_initialize(tiny_llm, plan_factory):
 
 
 def test_device_view_adds_nccl_under_deepspeed_even_on_one_gpu(tiny_llm, plan_factory):
-    from memplan.estimators.overhead import Calibration
+    from memplan.estimate.overhead import Calibration
 
     calibration = Calibration(context_bytes=100, nccl_bytes=1000, reserved_ratio=0, reserved_constant_bytes=0)
     plain = estimate(tiny_llm, plan_factory(engine={"kind": "pytorch", "zero_stage": 0}), calibration)

@@ -1,5 +1,5 @@
 """Fuzz the plan and profile loaders (a short hypothesis version of scripts/fuzz_loaders.py): whatever
-the bytes or the structure, nothing but memplan.loading.InputError (with a one-line message) escapes
+the bytes or the structure, nothing but memplan.spec.loading.InputError (with a one-line message) escapes
 read_document, plan_from_document, profile_from_document, load_plan, load_profile or load_calibration."""
 
 from __future__ import annotations

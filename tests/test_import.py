@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memplan.cli.profile_cmd import profile_app
-from memplan.hf_import import (
+from memplan.integrations.huggingface import (
     SpecMismatchError,
     build_model,
     component_counts,
@@ -29,7 +29,7 @@ from memplan.hf_import import (
     profile_yaml,
     write_profile,
 )
-from memplan.loading import InputError, load_profile, profile_from_document
+from memplan.spec.loading import InputError, load_profile, profile_from_document
 
 pytest.importorskip("transformers")
 
@@ -186,7 +186,7 @@ def test_internvit_mean_pooling_off_is_inexpressible():
 
 
 def test_import_needs_no_torch_at_module_import():
-    code = "import sys, memplan.hf_import, memplan.cli.profile_cmd; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, memplan.integrations.huggingface, memplan.cli.profile_cmd; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -313,9 +313,9 @@ def test_imported_profile_estimates_and_probes_like_a_shipped_one(tmp_path):
     from typer.testing import CliRunner
 
     from memplan.cli.main import app
-    from memplan.hf_import import import_config, write_profile
-    from memplan.loading import load_profile
-    from memplan.plan import Plan
+    from memplan.integrations.huggingface import import_config, write_profile
+    from memplan.spec.loading import load_profile
+    from memplan.spec.plan import Plan
     from memplan.probe.apply import parameter_counts
     from memplan.probe.build import build_model
     from memplan.probe.run import run_probe

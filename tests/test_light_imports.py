@@ -6,7 +6,7 @@ import sys
 
 def test_estimate_path_imports_no_heavy_modules():
     code = (
-        "import sys, memplan.cli.main, memplan.estimate, memplan.phases, memplan.loading\n"
+        "import sys, memplan.cli.main, memplan.estimate, memplan.estimate.phases, memplan.spec.loading\n"
         "from typer.testing import CliRunner\n"
         "r = CliRunner().invoke(memplan.cli.main.app, ['estimate', '--format', 'json'])\n"
         "assert r.exit_code == 0, r.output\n"

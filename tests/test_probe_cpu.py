@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from memplan.deepspeed_config import deepspeed_config, launch_command
-from memplan.loading import InputError, load_profile
-from memplan.plan import Plan
+from memplan.integrations.deepspeed import deepspeed_config, launch_command
+from memplan.spec.loading import InputError, load_profile
+from memplan.spec.plan import Plan
 from memplan.probe import records
-from memplan.profile import Profile
+from memplan.spec.profile import Profile
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -292,7 +292,7 @@ def test_deepspeed_parses_the_config(stage):
 
 
 def test_records_and_cli_import_no_torch():
-    code = ("import sys, memplan.cli.probe, memplan.probe, memplan.probe.records, memplan.deepspeed_config\n"
+    code = ("import sys, memplan.cli.probe, memplan.probe, memplan.probe.records, memplan.integrations.deepspeed\n"
             "print(' '.join(m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -353,7 +353,7 @@ def test_launcher_timeout_kills_the_group(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["sa2va-qwen2.5-vl-3b", "sa2va-qwen3-vl-4b"])
 def test_qwen_vision_towers_train(name):
     """The Qwen-VL towers (transformers' own classes, merger = projector) at tiny widths: one step."""
-    from memplan.loading import profile_names
+    from memplan.spec.loading import profile_names
     from memplan.probe.run import measure_rank
 
     if name not in profile_names():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from memplan.loading import load_profile
-from memplan.plan import Plan
+from memplan.spec.loading import load_profile
+from memplan.spec.plan import Plan
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

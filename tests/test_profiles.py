@@ -14,8 +14,8 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 import pytest
 import yaml
 
-from memplan.loading import COMPONENTS_DIR, PROFILES_DIR, load_profile, profile_names
-from memplan.profile import Profile
+from memplan.spec.loading import COMPONENTS_DIR, PROFILES_DIR, load_profile, profile_names
+from memplan.spec.profile import Profile
 
 UNITS = {"K": 10**3, "M": 10**6, "B": 10**9}
 

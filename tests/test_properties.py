@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from memplan.estimate import estimate
-from memplan.estimators import gradients, optimizer, weights
-from memplan.estimators.context import build_context
-from memplan.estimators.overhead import Calibration
-from memplan.loading import load_profile
-from memplan.phases import ACTIVATION_ORDER
-from memplan.plan import Plan
+from memplan.estimate.peak import estimate
+from memplan.estimate import gradients, optimizer, weights
+from memplan.estimate.context import build_context
+from memplan.estimate.overhead import Calibration
+from memplan.spec.loading import load_profile
+from memplan.estimate.phases import ACTIVATION_ORDER
+from memplan.spec.plan import Plan
 
 PROFILES = ("sa2va-1b", "sa2va-4b", "qwen2.5-0.5b", "sam2-hiera-large", "internvl2.5-1b")
 EXAMPLES = int(os.environ.get("MEMPLAN_PROPERTY_EXAMPLES", "100"))  # e.g. 2000 for a long local run

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from bad_input_cases import record
 from memplan.cli.main import app
-from memplan.loading import InputError, load_calibration
+from memplan.spec.loading import InputError, load_calibration
 from memplan.probe import records
 
 runner = CliRunner()

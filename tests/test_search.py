@@ -9,15 +9,15 @@ import typer
 from typer.testing import CliRunner
 
 from memplan.cli.options import build_plan
-from memplan.estimate import estimate
-from memplan.gpus import get_gpu
-from memplan.loading import load_profile
-from memplan.search import Knobs, SearchSpace, _Builder, pareto_front, search as run_search
-from memplan.units import gib_to_bytes
-from memplan.vocabulary import Verdict
+from memplan.estimate.peak import estimate
+from memplan.spec.gpus import get_gpu
+from memplan.spec.loading import load_profile
+from memplan.planning.search import Knobs, SearchSpace, _Builder, pareto_front, search as run_search
+from memplan.spec.units import gib_to_bytes
+from memplan.spec.vocabulary import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
-BASELINE = str(ROOT / "plans" / "seed" / "baseline.yaml")
+BASELINE = str(ROOT / "memplan" / "plans" / "seed" / "baseline.yaml")
 
 
 def _app() -> typer.Typer:

@@ -3,11 +3,11 @@
 import pytest
 
 from memplan.cli.options import build_plan
-from memplan.gpus import catalogue, get_gpu, gpu_for
-from memplan.loading import load_profile
-from memplan.plan import Plan
-from memplan.steptime import UTILIZATION, rank_check, spearman, step_time, workload
-from memplan.vocabulary import Component
+from memplan.spec.gpus import catalogue, get_gpu, gpu_for
+from memplan.spec.loading import load_profile
+from memplan.spec.plan import Plan
+from memplan.planning.steptime import UTILIZATION, rank_check, spearman, step_time, workload
+from memplan.spec.vocabulary import Component
 
 REQUIRED = {"rtx-3090", "rtx-4090", "a100-40gb", "a100-80gb", "l40s", "h100-sxm", "h200"}
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from memplan.calibrate import compare, fit_pressure, load_measurements, summary
+from memplan.probe.calibrate import compare, fit_pressure, load_measurements, summary
 from memplan.cli.options import build_plan
-from memplan.estimate import estimate
-from memplan.estimators import overhead
-from memplan.estimators.overhead import Calibration
-from memplan.loading import load_calibration, load_profile
-from memplan.vocabulary import Verdict
+from memplan.estimate.peak import estimate
+from memplan.estimate import overhead
+from memplan.estimate.overhead import Calibration
+from memplan.spec.loading import load_calibration, load_profile
+from memplan.spec.vocabulary import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = ROOT / "reports" / "probes" / "split"

@@ -12,7 +12,7 @@ import yaml
 from rich.table import Table
 
 from memplan.cli.options import OutputFormat, console, user_errors
-from memplan.loading import InputError, shown
+from memplan.spec.loading import InputError, shown
 
 
 def load_measurements(paths: List[Path]):
@@ -21,10 +21,10 @@ def load_measurements(paths: List[Path]):
     records load (and not at all when loading fails: the error is the one line)."""
     from pydantic import ValidationError
 
-    from memplan import calibrate as cal
-    from memplan.loading import describe_validation_error, plan_from_document, check_finite
+    from memplan.probe import calibrate as cal
+    from memplan.spec.loading import describe_validation_error, plan_from_document, check_finite
     from memplan.probe.records import STATUSES, read_records
-    from memplan.profile import Profile
+    from memplan.spec.profile import Profile
 
     out = []
     with warnings.catch_warnings(record=True) as caught:
@@ -77,10 +77,10 @@ def calibrate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default profiles/calibration.yaml)."),
 ) -> None:
     """Fit allocator, context and NCCL terms on real probe records; estimates use them by default."""
-    from memplan import calibrate as cal
-    from memplan.estimators.overhead import calibration_path
+    from memplan.probe import calibrate as cal
+    from memplan.spec.loading import CALIBRATION_PATH
 
-    target = _writable_target(out or calibration_path())
+    target = _writable_target(out or CALIBRATION_PATH)
     measurements = load_measurements(records)
     calibration = cal.fit(measurements, [str(p) for p in records])
     result = cal.summary(cal.compare(measurements, calibration))
@@ -108,8 +108,8 @@ def validate(
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
 ) -> None:
     """Estimate vs measured per record (allocated, reserved, device), then median and max error."""
-    from memplan import calibrate as cal
-    from memplan.loading import load_calibration
+    from memplan.probe import calibrate as cal
+    from memplan.spec.loading import load_calibration
 
     calibration_terms = load_calibration(calibration)
     comparisons = cal.compare(load_measurements(records), calibration_terms)

@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import DEFAULT_PLAN, build_plan, check_lora_rank, console, fail, resolve_profile, user_errors
-from memplan.loading import PLANS_DIR, InputError
+from memplan.spec.loading import PLANS_DIR, InputError
 
 SEED_DIR = PLANS_DIR / "seed"
 SEED_PLANS = ("baseline", "plan-a", "plan-b", "plan-c", "plan-d")
@@ -59,7 +59,7 @@ def _plan_path(argument: str) -> str:
 
 def _with_gpu(plan, gpu_name: str | None, vram: float | None = None):
     """The plan on another catalogued card: its name, and its VRAM unless given."""
-    from memplan.gpus import get_gpu
+    from memplan.spec.gpus import get_gpu
 
     if gpu_name is None:
         return plan
@@ -69,7 +69,7 @@ def _with_gpu(plan, gpu_name: str | None, vram: float | None = None):
 
 
 ZERO3_STEP_NOTE = ("ZeRO-3 step times are a lower bound: on H100s sa2va-1b measured about 2 s per steady ZeRO-3 "
-                   "step against 0.3-0.5 s for ZeRO-2, about 4x where memplan.steptime predicts 1.2x "
+                   "step against 0.3-0.5 s for ZeRO-2, about 4x where memplan.planning.steptime predicts 1.2x "
                    "(per-module parameter gathering; docs/benchmarks.md)")
 
 
@@ -166,7 +166,7 @@ def emit_config(plan, model: str, name: str, target: Path, script: str, vram_gib
     the probe line that checks the pair on a real (or capped) card."""
     import yaml
 
-    from memplan.deepspeed_config import deepspeed_config, launch_command
+    from memplan.integrations.deepspeed import deepspeed_config, launch_command
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def compare(
     script: str = SCRIPT,
 ) -> None:
     """Compare plans side by side: peak per GPU, verdict, host RAM, step time, what each gives up, advice."""
-    from memplan.loading import load_calibration
+    from memplan.spec.loading import load_calibration
     from memplan.report.compare import Report, build_rows
 
     arguments = plans or [str(SEED_DIR / f"{name}.yaml") for name in SEED_PLANS]
@@ -214,7 +214,7 @@ def compare(
     notes = [f"gives up: against the official recipe ({DEFAULT_PLAN}: SAM2 {reference.inputs.sam2_resolution}, "
              f"LoRA r{reference.components.llm.lora.rank if reference.components.llm.lora else '-'}, mask decoder trained) "
              f"on the same model",
-             "step time: memplan.steptime (FLOPs at 35% of the card's dense bf16 rate + communication, offload, "
+             "step time: memplan.planning.steptime (FLOPs at 35% of the card's dense bf16 rate + communication, offload, "
              "optimizer); for ranking plans, not a wall-clock promise",
              "peak: what the card must hold, GiB per GPU (allocated + what the allocator cannot give back under "
              "pressure + CUDA context + NCCL: what an OOM is decided against; docs/methodology.md)"]
@@ -252,11 +252,11 @@ def search(
 ) -> None:
     """Search ZeRO stage, offload, checkpointing, micro-batch, SAM2 resolution, LoRA rank, decoder freezing,
     buckets and overlap for the plans that fit; print the Pareto front of time per sample vs fidelity."""
-    from memplan.gpus import get_gpu
-    from memplan.loading import load_calibration
+    from memplan.spec.gpus import get_gpu
+    from memplan.spec.loading import load_calibration
     from memplan.report.compare import Report, build_row
-    from memplan.search import search as run_search
-    from memplan.units import format_gib
+    from memplan.planning.search import search as run_search
+    from memplan.spec.units import format_gib
 
     if vram is None and gpu is None:
         fail("search: give --vram GIB or --gpu NAME (whose VRAM is then used)")
@@ -282,7 +282,7 @@ def search(
         f"hardware: {gpus} x {vram_gib:g} GiB {result.gpu.name}{assumed}, host RAM {hardware.host_ram_gib:g} GiB; "
         f"model {profile.name}; base plan {result.base_plan.name}",
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
-        "against the base plan (memplan/fidelity.py); time per sample = step time / micro-batch",
+        "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
     ]
     if not result.front:
         smallest = result.smallest

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from memplan.vocabulary import Verdict
+from memplan.spec.vocabulary import Verdict
 from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
 
 app = typer.Typer(
@@ -50,8 +50,8 @@ def estimate(
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
-    from memplan.estimate import estimate as run_estimate
-    from memplan.loading import load_calibration
+    from memplan.estimate.peak import estimate as run_estimate
+    from memplan.spec.loading import load_calibration
     from memplan.report import render
 
     the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
@@ -85,7 +85,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     """List shipped profiles with their parameter counts per component."""
     import json
 
-    from memplan.loading import load_profile, profile_names
+    from memplan.spec.loading import load_profile, profile_names
 
     rows = []
     for name in profile_names():

@@ -10,9 +10,9 @@ from typing import Any, Callable
 import typer
 import typer.core
 
-from memplan.loading import DEEPSPEED_ONLY, InputError, load_profile, plan_document, plan_from_document, printable
-from memplan.plan import Plan
-from memplan.profile import Profile
+from memplan.spec.loading import DEEPSPEED_ONLY, InputError, load_profile, plan_document, plan_from_document, printable
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
 
 DEFAULT_MODEL = "sa2va-4b"
 DEFAULT_PLAN = "sa2va-official"  # plans/sa2va-official.yaml: the official recipe

@@ -20,10 +20,10 @@ from typing import Any, Optional
 import typer
 
 from memplan.cli.options import OffloadChoice, build_plan, check_lora_rank, console, resolve_profile, user_errors
-from memplan.loading import InputError
-from memplan.plan import Plan
+from memplan.spec.loading import InputError
+from memplan.spec.plan import Plan
 from memplan.probe.records import STATUSES
-from memplan.profile import Profile
+from memplan.spec.profile import Profile
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
 PHASE_ORDER = ("init", "forward", "backward", "optimizer_step")
@@ -57,8 +57,8 @@ def load_deepspeed_config(path: Path, plan: Plan) -> dict[str, Any]:
     The probe measures the plan, so the keys that change memory must agree with it: ZeRO stage,
     optimizer/parameter offload, micro-batch, gradient accumulation 1, bf16/fp16, bucket sizes.
     """
-    from memplan.deepspeed_config import deepspeed_config
-    from memplan.loading import read_document
+    from memplan.integrations.deepspeed import deepspeed_config
+    from memplan.spec.loading import read_document
 
     data = read_document(path)
     if not isinstance(data, dict):
@@ -148,7 +148,7 @@ def phase_table(record: dict[str, Any]):
     """A rich table: per phase, GiB allocated / reserved / device / host, max over ranks."""
     from rich.table import Table
 
-    from memplan.units import format_gib
+    from memplan.spec.units import format_gib
 
     table = Table(title=f"memplan probe: {record['model']} ({record['status']})")
     for column in ("phase", "allocated GiB", "reserved GiB", "device GiB", "host GiB"):
@@ -166,7 +166,7 @@ def render_result(record: dict[str, Any], out: Path) -> None:
     out_console = console()
     out_console.print(phase_table(record))
     summary = record["summary"]
-    from memplan.units import format_gib
+    from memplan.spec.units import format_gib
 
     line = f"peak allocated {format_gib(summary['peak_allocated_bytes'])} GiB in {summary['peak_phase']}"
     if record["status"] == "oom" and record.get("oom"):

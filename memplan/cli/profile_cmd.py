@@ -1,6 +1,6 @@
 """`memplan profile ...`: import a Hugging Face config.json, or compose components, into a profile YAML.
 
-Thin: parse, call memplan.hf_import, render the counts (rich), write the file. Bad input prints
+Thin: parse, call memplan.integrations.huggingface, render the counts (rich), write the file. Bad input prints
 `error: <message>` on stderr and exits with code 2. torch/transformers load only inside `import`.
 """
 
@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import console, user_errors
-from memplan.loading import PROFILES_DIR, InputError, read_document, shown
+from memplan.spec.loading import PROFILES_DIR, InputError, read_document, shown
 
 profile_app = typer.Typer(
     help="Create model profiles: import a Hugging Face config.json, or compose components.",
@@ -63,7 +63,7 @@ def _render(profile, measured=None) -> None:
     """Parameters per component and module kind (formula; instantiated beside it after an import)."""
     from rich.table import Table
 
-    from memplan.hf_import import counts_table_rows
+    from memplan.integrations.huggingface import counts_table_rows
 
     table = Table(title=f"{profile.name}: parameters per component and module kind")
     table.add_column("component")
@@ -90,7 +90,7 @@ def import_command(
 ) -> None:
     """Import CONFIG: map it to memplan's specs, check the counts against the transformers model
     instantiated on the meta device, and write the profile."""
-    from memplan import hf_import
+    from memplan.integrations import huggingface as hf_import
 
     name = name or hf_import.default_name(config)
     path = _out_path(out, name, force)
@@ -122,7 +122,7 @@ def compose_command(
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """Compose a Sa2VA-style profile from components; widths that disagree are named with both values."""
-    from memplan import hf_import
+    from memplan.integrations import huggingface as hf_import
 
     profile = hf_import.compose(vision=vision, projector=projector, llm=llm, sam2=sam2, seg_head=seg_head, name=name)
     path = _out_path(out, profile.name, force)

@@ -17,9 +17,9 @@ from collections import Counter
 import torch
 from torch import nn
 
-from memplan.plan import ComponentPlan, LoRA, Plan
+from memplan.spec.plan import ComponentPlan, LoRA, Plan
 from memplan.probe.build import DTYPES, ProbeBuildError, Sa2VAProbeModel
-from memplan.vocabulary import Component
+from memplan.spec.vocabulary import Component
 
 LLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINT_KWARGS = {"use_reentrant": False}

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memplan.plan import Plan
-from memplan.profile import LLMSpec, Profile, ProjectorSpec, Sam2Spec, SegHeadSpec, VisionSpec
+from memplan.spec.plan import Plan
+from memplan.spec.profile import LLMSpec, Profile, ProjectorSpec, Sam2Spec, SegHeadSpec, VisionSpec
 from memplan.probe.shapes import ProbeBuildError, Shapes, input_shapes
-from memplan.vocabulary import Component
+from memplan.spec.vocabulary import Component
 
 __all__ = ["ProbeBuildError", "Shapes", "input_shapes", "Sa2VAProbeModel", "build_model", "make_batch"]
 

@@ -26,10 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from memplan.deepspeed_config import NCCL_ENV
-from memplan.plan import Plan
+from memplan.integrations.deepspeed import NCCL_ENV
+from memplan.spec.plan import Plan
 from memplan.probe import records
-from memplan.profile import Profile
+from memplan.spec.profile import Profile
 
 FAILED_RANK_EXIT = 3
 KILL_GRACE_S = 15
@@ -102,7 +102,7 @@ def _environment_fallback(world_size: int) -> dict[str, Any]:
 def compose_record(work: Path, profile: Profile, plan: Plan, *, gpus: int, vram_cap_gib: float | None,
                    command: str, returncode: int | None, timed_out: bool, log_text: str) -> dict[str, Any]:
     """rank 0's record.json if the run completed, else a record from whatever the ranks saved."""
-    from memplan.units import gib_to_bytes
+    from memplan.spec.units import gib_to_bytes
 
     finished = _read_json(work / "record.json")
     if finished is not None and not timed_out:

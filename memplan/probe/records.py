@@ -10,7 +10,7 @@ A record (all byte counts are ``int``)::
                   python, hostname, world_size},
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
              max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],
-             categories: {memplan.vocabulary.Category value: bytes}, ...extras}],
+             categories: {memplan.spec.vocabulary.Category value: bytes}, ...extras}],
     summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase}
 
 Extras beside the required fields: ``notes`` (what the built model lacks or changed), ``parameters``
@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from memplan.loading import InputError
+from memplan.spec.loading import InputError
 
 SCHEMA = "memplan.probe/1"
 STATUSES = ("ok", "oom", "error", "timeout")

@@ -35,14 +35,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from memplan.plan import Plan
+from memplan.spec.plan import Plan
 from memplan.probe import records
 from memplan.probe.apply import apply_plan, parameter_counts
 from memplan.probe.build import DTYPES, Sa2VAProbeModel, build_model, make_batch
 from memplan.probe.tracker import StorageTracker
-from memplan.profile import Profile
-from memplan.units import gib_to_bytes
-from memplan.vocabulary import Category, Phase
+from memplan.spec.profile import Profile
+from memplan.spec.units import gib_to_bytes
+from memplan.spec.vocabulary import Category, Phase
 
 STEP_PHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
 UNIT_BYTES = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9}
@@ -316,7 +316,7 @@ def _autocast(plan: Plan, device: torch.device) -> Callable[[], contextlib.Abstr
 
 def make_optimizer(plan: Plan, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """torch AdamW (foreach per plan) or SGD, or bitsandbytes AdamW8bit; Sa2VA's lr/weight decay."""
-    from memplan.deepspeed_config import BETAS, EPSILON, LEARNING_RATE, WEIGHT_DECAY
+    from memplan.integrations.deepspeed import BETAS, EPSILON, LEARNING_RATE, WEIGHT_DECAY
 
     kind = plan.optimizer.kind
     if kind == "sgd":
@@ -369,7 +369,7 @@ def deepspeed_engine(model: Sa2VAProbeModel, plan: Plan, device: torch.device,
     """deepspeed.initialize with ``config`` (a user's file, e.g. one memplan emitted) or deepspeed_config(plan)."""
     import deepspeed
 
-    from memplan.deepspeed_config import deepspeed_config
+    from memplan.integrations.deepspeed import deepspeed_config
 
     params = [p for p in model.parameters() if p.requires_grad]
     client_optimizer = make_optimizer(plan, params) if plan.optimizer.kind == "adam8bit" else None
@@ -389,7 +389,7 @@ def build_context(plan: Plan, device: torch.device, config: dict[str, Any] | Non
     if zero3 and plan.engine.zero3_init and plan.mode == "train":
         import deepspeed
 
-        from memplan.deepspeed_config import deepspeed_config
+        from memplan.integrations.deepspeed import deepspeed_config
 
         with deepspeed.zero.Init(config_dict_or_path=config or deepspeed_config(plan),
                                  dtype=DTYPES[plan.precision.compute]):

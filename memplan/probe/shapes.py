@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memplan.plan import Plan
-from memplan.profile import Profile
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
 
 
 class ProbeBuildError(ValueError):

@@ -11,9 +11,9 @@ import io
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from memplan.advice import phase_needed_bytes
-from memplan.units import GIB
-from memplan.vocabulary import Category, Phase
+from memplan.planning.advice import phase_needed_bytes
+from memplan.spec.units import GIB
+from memplan.spec.vocabulary import Category, Phase
 
 if TYPE_CHECKING:
     from memplan.report.compare import PlanRow

@@ -16,16 +16,16 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memplan.advice import Advice, advise, phase_needed_bytes
-from memplan.estimate import Estimate, estimate
-from memplan.estimators.overhead import Calibration
-from memplan.fidelity import GivesUp, fidelity, gives_up
-from memplan.gpus import gpu_for
-from memplan.plan import Plan
-from memplan.profile import Profile
-from memplan.steptime import StepTime, step_time
-from memplan.units import format_gib
-from memplan.vocabulary import Verdict
+from memplan.planning.advice import Advice, advise, phase_needed_bytes
+from memplan.estimate.peak import Estimate, estimate
+from memplan.estimate.overhead import Calibration
+from memplan.planning.fidelity import GivesUp, fidelity, gives_up
+from memplan.spec.gpus import gpu_for
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
+from memplan.planning.steptime import StepTime, step_time
+from memplan.spec.units import format_gib
+from memplan.spec.vocabulary import Verdict
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memplan.estimate import Estimate
-from memplan.units import format_gib
-from memplan.vocabulary import Category, Component, Verdict
+from memplan.estimate.peak import Estimate
+from memplan.spec.units import format_gib
+from memplan.spec.vocabulary import Category, Component, Verdict
 
 
 SHORT = {

@@ -1,6 +1,6 @@
 """Plan a model memplan does not ship: import a Hugging Face ``config.json``, or compose components.
 
-``import_config`` maps a config's fields onto the specs of memplan.profile, builds the matching
+``import_config`` maps a config's fields onto the specs of memplan.spec.profile, builds the matching
 transformers model on the meta device (shapes only: no weights, no download) and checks that the
 spec formulas (``Profile.component_params()`` and each spec's ``param_groups()``) equal the
 instantiated model's parameter counts exactly, per component and per module kind. Where a spec
@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Union
 import yaml
 from pydantic import ValidationError
 
-from memplan.loading import InputError, describe_validation_error, profile_from_document, read_document
-from memplan.profile import LLMSpec, Profile, ProjectorSpec, Sam2Spec, SegHeadSpec, Spec, VisionSpec
+from memplan.spec.loading import InputError, describe_validation_error, profile_from_document, read_document
+from memplan.spec.profile import LLMSpec, Profile, ProjectorSpec, Sam2Spec, SegHeadSpec, Spec, VisionSpec
 
 ConfigSource = Union[str, Path, Mapping[str, Any]]
 SLOT_ORDER = ("vision", "projector", "llm", "sam2", "seg_head")  # the order of profiles/sa2va-*.yaml
@@ -451,7 +451,7 @@ def _compare(profile: Profile, measured: Counts, where: str, model_class: str) -
         raise SpecMismatchError(
             f"{where}: memplan's spec formulas do not reproduce the instantiated {model_class}: "
             + "; ".join(differences)
-            + " (the specs cannot express this architecture exactly; write the profile by hand or extend memplan/profile.py)"
+            + " (the specs cannot express this architecture exactly; write the profile by hand or extend memplan/spec/profile.py)"
         )
 
 

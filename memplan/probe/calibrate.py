@@ -1,6 +1,6 @@
 """Calibrate the terms no formula derives, and validate estimates against probe records.
 
-Fitted terms (memplan/estimators/overhead.py, Calibration):
+Fitted terms (memplan/estimate/overhead.py, Calibration):
 - reserved_ratio, reserved_constant_bytes: least squares of measured reserved on measured allocated
   peaks (a property of the caching allocator and the workload's block sizes, not of the model);
 - context_bytes: median of measured (device used - reserved) of runs without a NCCL communicator
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from memplan.estimate import Estimate, estimate
-from memplan.estimators.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, uses_nccl
-from memplan.loading import InputError
-from memplan.plan import Plan
-from memplan.profile import Profile
+from memplan.estimate.peak import Estimate, estimate
+from memplan.estimate.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, uses_nccl
+from memplan.spec.loading import InputError
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
 
 
 @dataclass(frozen=True)

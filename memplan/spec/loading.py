@@ -17,13 +17,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from memplan.plan import Plan
-from memplan.profile import Profile
+from memplan.spec.calibration import CALIBRATION_SCHEMA, DEFAULT, Calibration
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-PROFILES_DIR = PACKAGE_ROOT.parent / "profiles"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # memplan/: profiles and plans ship inside the package
+PROFILES_DIR = PACKAGE_ROOT / "profiles"
 COMPONENTS_DIR = PROFILES_DIR / "components"
-PLANS_DIR = PACKAGE_ROOT.parent / "plans"
+PLANS_DIR = PACKAGE_ROOT / "plans"
+CALIBRATION_PATH = PROFILES_DIR / "calibration.yaml"
 
 SLOT_BY_KIND = {"llm": "llm", "vision": "vision", "projector": "projector", "sam2": "sam2", "seg_head": "seg_head"}
 COMPONENT_SLOTS = tuple(SLOT_BY_KIND.values())
@@ -280,7 +282,7 @@ DEEPSPEED_ONLY = (
 def check_engine_options(document: dict[str, Any], where: str) -> None:
     """DeepSpeed-only engine knobs set (to other than their defaults) on a plain PyTorch plan are refused:
     the run would silently ignore them. (zero_stage and offload_* are checked by the Engine model.)"""
-    from memplan.plan import Engine
+    from memplan.spec.plan import Engine
 
     engine = document.get("engine")
     if not isinstance(engine, dict) or engine.get("kind") != "pytorch":
@@ -316,6 +318,8 @@ def plan_path(path: str | Path) -> Path:
     path = Path(path)
     if _exists(path):
         return path
+    if path.parts[:1] == ("plans",) and _exists(PLANS_DIR.joinpath(*path.parts[1:])):
+        return PLANS_DIR.joinpath(*path.parts[1:])  # plans/seed/plan-a.yaml as the docs write it
     shipped = PLANS_DIR / f"{path}.yaml"
     if path.suffix not in (".yaml", ".yml", ".json") and _exists(shipped):
         return shipped
@@ -348,10 +352,9 @@ def load_calibration(path: str | Path | None = None):
     """The calibration file (default profiles/calibration.yaml, else built-in defaults).
 
     A file of another schema is refused rather than read into wrong numbers."""
-    from memplan.estimators.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, calibration_path
 
     explicit = path is not None
-    path = Path(path) if explicit else calibration_path()
+    path = Path(path) if explicit else CALIBRATION_PATH
     if not _exists(path) and not explicit:
         return DEFAULT
     document = read_document(path)

@@ -8,35 +8,7 @@ kRoundLarge; a CUDA 12/13 context with cuBLAS kernels loaded, about 0.5 GiB on H
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field
-
-CALIBRATION_SCHEMA = "memplan.calibration/1"
-
-
-class Calibration(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schema_: str = Field(default=CALIBRATION_SCHEMA, alias="schema")
-    allocated_constant_bytes: int = 0  # cuBLAS workspaces and small tensors the model omits
-    reserved_ratio: float = Field(default=0.05, ge=0, le=2)  # reserved ~ allocated x (1 + ratio)
-    reserved_constant_bytes: int = 2 * 1024**2
-    context_bytes: int = 512 * 1024**2  # device used - reserved, one GPU
-    nccl_bytes: int = 0  # extra device memory per rank when several GPUs communicate
-    host_base_bytes: int = 3 * 1024**3  # host RSS of one training process before offload
-    # Under a full card the caching allocator frees its cached blocks and retries before it reports an
-    # OOM, so what a run needs is less than what it reserves on a roomy card (see needed_bytes). Both
-    # fitted on probes under --vram-cap; pressure_ratio None: the verdict uses the roomy-card device view.
-    pressure_ratio: float | None = Field(default=None, ge=0, le=2)  # stranded share of allocated memory
-    pressure_block: float = Field(default=0.0, ge=0, le=4)  # stranded share of the largest block
-    fitted_on: list[str] = []  # record files the fit used
-    card: str | None = None
-    versions: dict[str, str] = {}
-    median_error: dict[str, float] = {}
-
-
-DEFAULT = Calibration()
+from memplan.spec.calibration import CALIBRATION_SCHEMA, DEFAULT, Calibration  # noqa: F401 (re-exported)
 
 
 def reserved_bytes(calibration: Calibration, peak_allocated: int) -> int:
@@ -82,6 +54,3 @@ def card_views(calibration: Calibration, peak_allocated: int, largest_block: int
     device = device_bytes(calibration, reserved, num_gpus, is_deepspeed)
     return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device, num_gpus, is_deepspeed)
 
-
-def calibration_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "profiles" / "calibration.yaml"

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from memplan.estimators import activations as act
-from memplan.estimators import buffers, gradients, optimizer, weights
-from memplan.estimators.context import Context
-from memplan.vocabulary import Category, Component, Phase
+from memplan.estimate import activations as act
+from memplan.estimate import buffers, gradients, optimizer, weights
+from memplan.estimate.context import Context
+from memplan.spec.vocabulary import Category, Component, Phase
 
 
 class Term(NamedTuple):

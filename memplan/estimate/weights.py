@@ -8,8 +8,8 @@ count whole. Parameter offload (ZeRO-Infinity, arXiv 2104.07857) moves the parti
 
 from __future__ import annotations
 
-from memplan.estimators.context import Context
-from memplan.vocabulary import Component
+from memplan.estimate.context import Context
+from memplan.spec.vocabulary import Component
 
 
 def _on_device(ctx: Context, num_bytes: int) -> int:

@@ -5,8 +5,8 @@ every phase whose device view exceeds the VRAM and by how much (or the host RAM 
 candidate change below is applied to the plan and re-estimated; the ones that fit are kept and
 ranked two ways, both shown:
 
-- by estimated slowdown: per-sample step time (memplan/steptime.py) against the original plan;
-- by what they give up: fidelity to the original plan (memplan/fidelity.py: SAM2 resolution, LoRA
+- by estimated slowdown: per-sample step time (memplan/planning/steptime.py) against the original plan;
+- by what they give up: fidelity to the original plan (memplan/planning/fidelity.py: SAM2 resolution, LoRA
   rank, decoder trained, micro-batch), then tokens per sample, then whether new hardware is needed.
 
 Candidates: ZeRO stage up, optimizer offload, parameter offload, LLM checkpointing on, SAM2
@@ -23,16 +23,16 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from memplan.estimate import Estimate, estimate
-from memplan.estimators import overhead
-from memplan.estimators.overhead import Calibration
-from memplan.fidelity import fidelity
-from memplan.gpus import GpuSpec, gpu_for
-from memplan.plan import Plan
-from memplan.profile import Profile
-from memplan.steptime import step_time
-from memplan.units import format_gib
-from memplan.vocabulary import Verdict
+from memplan.estimate.peak import Estimate, estimate
+from memplan.estimate import overhead
+from memplan.estimate.overhead import Calibration
+from memplan.planning.fidelity import fidelity
+from memplan.spec.gpus import GpuSpec, gpu_for
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
+from memplan.planning.steptime import step_time
+from memplan.spec.units import format_gib
+from memplan.spec.vocabulary import Verdict
 
 MIN_FITTING = 3
 SMALL_BUCKET = 50_000_000  # elements: DeepSpeed's stage-3 prefetch default, 1/10 of its bucket default
@@ -290,7 +290,7 @@ MODIFIERS: tuple[Modifier, ...] = (
 # ---------------------------------------------------------------- advice
 def _evaluate(profile: Profile, original: Plan, label: str, plan: Plan, needs_hardware: bool,
               calibration: Calibration | None, base_seconds: float, base_fidelity: float, gpu: GpuSpec) -> Change:
-    from memplan.fidelity import gives_up
+    from memplan.planning.fidelity import gives_up
 
     result = estimate(profile, plan, calibration)
     seconds = step_time(profile, plan, gpu).per_sample

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from memplan.plan import Plan
+from memplan.spec.plan import Plan
 
 LEARNING_RATE = 4e-5  # Sa2VA configs (projects/sa2va/configs/*.py: lr = 4e-5)
 WEIGHT_DECAY = 0.05

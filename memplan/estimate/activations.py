@@ -10,9 +10,9 @@ resolution R sees (R/4)^2 stage-1 tokens and decodes masks on (R/16)^2 image tok
 
 from __future__ import annotations
 
-from memplan.estimators import coefficients as k
-from memplan.estimators.context import Context
-from memplan.vocabulary import Component
+from memplan.estimate import coefficients as k
+from memplan.estimate.context import Context
+from memplan.spec.vocabulary import Component
 
 
 def needs_graph(ctx: Context, component: Component) -> bool:
@@ -134,7 +134,7 @@ def logits_saved_bytes(ctx: Context) -> int:
 def largest_block_bytes(ctx: Context) -> int:
     """The largest single tensor of a step: the logits in fp32 for the loss, 4 * tokens * V (bf16,
     2 * tokens * V, in inference). Under a full card a freed block this size is split for smaller
-    requests and part of it is stranded (memplan.estimators.overhead.needed_bytes). Profiles without
+    requests and part of it is stranded (memplan.estimate.overhead.needed_bytes). Profiles without
     an LLM (a vision tower or SAM2 alone): 0, their largest blocks being far smaller."""
     if ctx.profile.llm is None:
         return 0

@@ -12,8 +12,8 @@ torch.nn.parallel.DistributedDataParallel, gradient_as_bucket_view=False).
 
 from __future__ import annotations
 
-from memplan.estimators.context import Context
-from memplan.vocabulary import Component
+from memplan.estimate.context import Context
+from memplan.spec.vocabulary import Component
 
 
 def ipg_bucket_bytes(ctx: Context) -> int:

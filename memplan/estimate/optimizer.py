@@ -9,8 +9,8 @@ Mixed precision keeps an fp32 master copy of each trainable parameter (4 bytes, 
 
 from __future__ import annotations
 
-from memplan.estimators.context import Context
-from memplan.vocabulary import Component
+from memplan.estimate.context import Context
+from memplan.spec.vocabulary import Component
 
 
 def state_bytes_per_param(ctx: Context, component: Component) -> int:

@@ -53,11 +53,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple
 
-from memplan.estimators.context import Context, build_context
-from memplan.gpus import GpuSpec, gpu_for, match_device_name
-from memplan.plan import Engine, Plan
-from memplan.profile import Profile
-from memplan.vocabulary import Component
+from memplan.estimate.context import Context, build_context
+from memplan.spec.gpus import GpuSpec, gpu_for, match_device_name
+from memplan.spec.plan import Engine, Plan
+from memplan.spec.profile import Profile
+from memplan.spec.vocabulary import Component
 
 # Model FLOPs utilisation: the fraction of the rated dense bf16 throughput a Hugging Face
 # transformers training step achieves on the matmuls counted above. 30-45% is typical of

@@ -8,7 +8,7 @@ on/off. A candidate is feasible when what it needs on the card (Estimate.needed_
 and its host RAM fits the node.
 
 The front is over (estimated time per sample, lower is better; fidelity to the base plan, higher is
-better; memplan/fidelity.py). Time per sample is the step time (memplan/steptime.py) divided by the
+better; memplan/planning/fidelity.py). Time per sample is the step time (memplan/planning/steptime.py) divided by the
 micro-batch: gradient accumulation keeps the effective batch whatever the micro-batch.
 
 Speed (>= 10,000 candidates in well under 2 s) comes from three facts, none of which skips a
@@ -35,15 +35,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from memplan.estimate import Estimate, estimate
-from memplan.estimators.overhead import Calibration
-from memplan.fidelity import score_values
-from memplan.gpus import GpuSpec, gpu_for
-from memplan.plan import Engine, Hardware, LoRA, Optimizer, Plan
-from memplan.profile import Profile
-from memplan.steptime import StepTime, Workload, time_step, workload
-from memplan.units import gib_to_bytes
-from memplan.vocabulary import Verdict
+from memplan.estimate.peak import Estimate, estimate
+from memplan.estimate.overhead import Calibration
+from memplan.planning.fidelity import score_values
+from memplan.spec.gpus import GpuSpec, gpu_for
+from memplan.spec.plan import Engine, Hardware, LoRA, Optimizer, Plan
+from memplan.spec.profile import Profile
+from memplan.planning.steptime import StepTime, Workload, time_step, workload
+from memplan.spec.units import gib_to_bytes
+from memplan.spec.vocabulary import Verdict
 
 # Step times within 2% of each other count as equal: the step-time model cannot rank them, so a
 # front point is dropped when a more faithful feasible plan is at most 2% slower.

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from memplan.plan import Plan
-from memplan.profile import Profile
-from memplan.units import DTYPE_BYTES
-from memplan.vocabulary import Component
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
+from memplan.spec.units import DTYPE_BYTES
+from memplan.spec.vocabulary import Component
 
 
 class PartCounts(NamedTuple):

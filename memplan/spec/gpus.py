@@ -1,6 +1,6 @@
 """The GPU catalogue (profiles/gpus.yaml): VRAM, dense bf16 throughput, memory and link bandwidths.
 
-Used by the step-time model (memplan/steptime.py) and by ``--gpu NAME``. Every entry cites the
+Used by the step-time model (memplan/planning/steptime.py) and by ``--gpu NAME``. Every entry cites the
 vendor datasheet it comes from; names are looked up case-insensitively, with aliases (including
 the ``torch.cuda.get_device_name()`` strings found in probe records).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from memplan.loading import PROFILES_DIR, InputError, describe_validation_error, read_document
+from memplan.spec.loading import PROFILES_DIR, InputError, describe_validation_error, read_document
 
 CATALOGUE_PATH = PROFILES_DIR / "gpus.yaml"
 CATALOGUE_SCHEMA = "memplan.gpus/1"

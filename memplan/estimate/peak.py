@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from memplan.estimators import activations, gradients, optimizer, overhead, weights
-from memplan.estimators.context import Context, build_context
-from memplan.estimators.overhead import Calibration
-from memplan.phases import PhaseMemory, Term, all_phases
-from memplan.plan import Plan
-from memplan.profile import Profile
-from memplan.units import gib_to_bytes
-from memplan.vocabulary import Category, Component, Phase, Verdict
+from memplan.estimate import activations, gradients, optimizer, overhead, weights
+from memplan.estimate.context import Context, build_context
+from memplan.estimate.overhead import Calibration
+from memplan.estimate.phases import PhaseMemory, Term, all_phases
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
+from memplan.spec.units import gib_to_bytes
+from memplan.spec.vocabulary import Category, Component, Phase, Verdict
 
 
 @dataclass(frozen=True)

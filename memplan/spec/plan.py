@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from memplan.vocabulary import MODEL_COMPONENTS, Component
+from memplan.spec.vocabulary import MODEL_COMPONENTS, Component
 
 
 class Section(BaseModel):
@@ -25,7 +25,7 @@ class Hardware(Section):
     num_gpus: int = Field(default=1, gt=0, le=1024)
     vram_gib: float = Field(default=24.0, gt=0, le=4096)
     host_ram_gib: float = Field(default=256.0, gt=0, le=2**20)  # up to 1 PiB
-    gpu: str | None = None  # a name from memplan.gpus (step-time model); None: generic card
+    gpu: str | None = None  # a name from memplan.spec.gpus (step-time model); None: generic card
 
 
 class Engine(Section):

@@ -11,8 +11,8 @@ With optimizer offload, the partitioned gradients are copied to pinned host memo
 
 from __future__ import annotations
 
-from memplan.estimators.context import Context
-from memplan.vocabulary import Component
+from memplan.estimate.context import Context
+from memplan.spec.vocabulary import Component
 
 
 def gradient_bytes(ctx: Context, component: Component) -> int:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from memplan.estimators.context import build_context
-from memplan.plan import Plan
-from memplan.profile import Profile
+from memplan.estimate.context import build_context
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
 
 WEIGHTS = {"resolution": 0.45, "lora_rank": 0.25, "decoder": 0.25, "micro_batch": 0.05}
 

@@ -1,0 +1,1 @@
+"""Evaluating a plan: fidelity, advice, search and step time, on top of the estimate."""
