@@ -157,6 +157,36 @@ class Inputs(Section):
         return self
 
 
+StackKind = Literal["sa2va", "hf-trainer", "accelerate", "custom-loop"]
+
+
+class Stack(Section):
+    """The training stack the user's script runs on, and the behaviours it implies for memory.
+
+    ``kind`` gives defaults; each behaviour is also a knob of its own (None: the stack's default,
+    resolved by memplan.estimate.stack, which says what it assumed):
+    - adapter_dtype: LoRA adapters' dtype. fp32 is peft's ``autocast_adapter_dtype=True`` default on
+      a bf16 model (peft/tuners/tuners_utils.py); compute: cast to the compute dtype (DeepSpeed's
+      bf16 engine does this to the whole module).
+    - embeddings_training: embed_tokens/lm_head trained as peft ``modules_to_save`` copies or in
+      place (``get_input_embeddings().requires_grad_(True)`` on the base weights).
+    - input_grad_hooks: which towers ``enable_input_require_grads`` hooks (transformers 5 hooks every
+      PreTrainedModel inside the model, 4.x only the top model's embeddings).
+    - keeps_outputs: the loop keeps the model output (logits) alive through backward.
+    - loss: full_vocab (HF ForCausalLMLoss materialises logits) or chunked (a fused/chunked
+      cross-entropy, such as Liger's, never materialises them).
+    - transformers_version: the version whose behaviour to assume (None: the installed one).
+    """
+
+    kind: StackKind = "sa2va"
+    adapter_dtype: Literal["fp32", "compute"] | None = None
+    embeddings_training: Literal["copies", "in_place"] = "copies"
+    input_grad_hooks: Literal["llm", "all_towers", "none"] | None = None
+    keeps_outputs: bool | None = None
+    loss: Literal["full_vocab", "chunked"] = "full_vocab"
+    transformers_version: str | None = Field(default=None, max_length=40)
+
+
 class Plan(Section):
     name: str = "plan"
     description: str = ""
@@ -167,6 +197,7 @@ class Plan(Section):
     precision: Precision = Precision()
     optimizer: Optimizer = Optimizer()
     attention: Literal["eager", "sdpa", "flash"] = "sdpa"
+    stack: Stack = Stack()
     components: Components = Components()
     inputs: Inputs = Inputs()
 
