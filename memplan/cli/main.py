@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import GPU_HELP, VRAM_HELP, OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -29,7 +29,8 @@ def estimate(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
+    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
     host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
@@ -54,7 +55,7 @@ def estimate(
     from memplan.spec.loading import load_calibration
     from memplan.report import render
 
-    the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+    the_plan = build_plan(plan, gpus=gpus, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
     profile = resolve_profile(model, the_plan)

@@ -431,6 +431,7 @@ class RankResult:
     oom: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)
+    context_bytes: int | None = None  # device used - reserved when the rank starts (CUDA context, before NCCL)
 
     def record_phase(self, phase: str, reading: dict[str, int], step: int | None) -> None:
         if step is not None:
@@ -450,6 +451,7 @@ class RankResult:
             "error_trace": self.error_trace, "oom": self.oom,
             "phases": self.phases, "step_phases": self.step_phases, "step_times_s": self.step_times_s,
             "categories": self.categories, "notes": self.notes, "parameters": self.parameters,
+            "context_bytes": self.context_bytes,
         }
 
 
@@ -589,6 +591,9 @@ class DeviceCap:
     device: torch.device
     cap: int | None
     outside: int = 0
+    # --vram-cap CARD: the emulated family's context less this card's (profiles/gpus.yaml `families`),
+    # taken off the allocator's share too, so the emulated card spends its own context
+    context_delta: int = 0
 
     def apply(self) -> None:
         if self.device.type != "cuda" or not self.cap:
@@ -596,15 +601,38 @@ class DeviceCap:
         free, total = torch.cuda.mem_get_info(self.device)
         outside = max(int(total - free) - int(torch.cuda.memory_reserved(self.device)), 0)
         self.outside = max(self.outside, outside)
-        torch.cuda.set_per_process_memory_fraction(min(max(self.cap - outside, 0) / total, 1.0), self.device)
+        share = max(self.cap - outside - self.context_delta, 0)
+        torch.cuda.set_per_process_memory_fraction(min(share / total, 1.0), self.device)
 
     def lift(self) -> None:
         if self.device.type == "cuda" and self.cap:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
     def note(self) -> str:
+        delta = f", less {self.context_delta} bytes of context difference" if self.context_delta else ""
         return (f"vram cap {self.cap} bytes: allocator limited to the cap less {self.outside} bytes outside it "
-                f"(CUDA context, NCCL, workspaces; largest seen)")
+                f"(CUDA context, NCCL, workspaces; largest seen){delta}")
+
+
+def start_context_bytes(device: torch.device) -> int | None:
+    """Device used - reserved as a rank starts: the CUDA context before NCCL or any model (issue 12)."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return max(int(total - free) - int(torch.cuda.memory_reserved(device)), 0)
+
+
+def context_delta_bytes(device: torch.device, vram_cap_card: str | None) -> int:
+    """The emulated card's family context less the probing card's (0 when either is not catalogued)."""
+    if device.type != "cuda" or not vram_cap_card:
+        return 0
+    from memplan.spec.cards import family_of
+    from memplan.spec.gpus import get_family, match_device_name
+
+    emulated = family_of(vram_cap_card)
+    here = match_device_name(torch.cuda.get_device_name(device))
+    own = get_family(here.family) if here is not None else None
+    return emulated.context_bytes - own.context_bytes if emulated and own else 0
 
 
 def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, result: RankResult,
@@ -630,7 +658,7 @@ def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, res
 def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                  device: str = "cuda", timeout_s: float | None = None,
                  on_update: Callable[[RankResult], None] | None = None,
-                 ds_config: dict[str, Any] | None = None) -> RankResult:
+                 ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None) -> RankResult:
     """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result.
 
     ``on_update(result)`` is called after every phase (the launcher saves partial results with it);
@@ -645,8 +673,9 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
         result.status, result.error = "error", f"setup: {_one_line(error)}"
         return result
     result.device = str(torch_device)
+    result.context_bytes = start_context_bytes(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = DeviceCap(torch_device, cap)
+    device_cap = DeviceCap(torch_device, cap, context_delta=context_delta_bytes(torch_device, vram_cap_card))
     run = _PhaseRunner(Meter(torch_device, tracker), result, on_update, device_cap)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
@@ -706,7 +735,7 @@ def gather_ranks(result: RankResult, device: torch.device) -> list[dict[str, Any
 
 def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
               device: str = "cuda", timeout_s: float | None = None, command: str | None = None,
-              ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
+              ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None) -> dict[str, Any]:
     """Measure ``plan`` on ``profile`` for real and return a ``memplan.probe/1`` record.
 
     Under torchrun every rank measures itself and the per-rank results are all-gathered, so every
@@ -714,11 +743,13 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
     multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
     result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                          ds_config=ds_config)
+                          ds_config=ds_config, vram_cap_card=vram_cap_card)
     torch_device = torch.device(result.device)
     ranks = gather_ranks(result, torch_device)
-    return assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
-                           vram_cap_gib=vram_cap_gib, command=command)
+    record = assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
+                             vram_cap_gib=vram_cap_gib, command=command)
+    return records.with_cap_card(record, vram_cap_card)
+
 
 
 __all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "release_distributed", "requested_bytes", "category_bytes", "Meter"]
