@@ -112,7 +112,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     console().print(table)
 
 
-from memplan.cli import calibrate_cmd, compare_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd, compare_cmd, protocol_cmd  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
 
@@ -121,6 +121,8 @@ app.command("search")(compare_cmd.search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
+app.command("predict")(protocol_cmd.predict)
+app.command("score")(protocol_cmd.score)
 app.add_typer(profile_app, name="profile", help="Import a Hugging Face config.json or compose a profile.")
 
 

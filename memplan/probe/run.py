@@ -37,6 +37,7 @@ import torch
 
 from memplan.spec.plan import Plan
 from memplan.probe import records
+from memplan.probe.context import emulated_context_bytes, start_context_bytes
 from memplan.probe.apply import apply_plan, parameter_counts
 from memplan.probe.build import DTYPES, Sa2VAProbeModel, build_model, make_batch
 from memplan.probe.tracker import StorageTracker
@@ -591,9 +592,12 @@ class DeviceCap:
     device: torch.device
     cap: int | None
     outside: int = 0
-    # --vram-cap CARD: the emulated family's context less this card's (profiles/gpus.yaml `families`),
-    # taken off the allocator's share too, so the emulated card spends its own context
-    context_delta: int = 0
+    # --vram-cap CARD: that card's family context (profiles/gpus.yaml `families`) replaces this card's
+    # own: the allocator gets cap - emulated context - NCCL, NCCL read as what lies outside the allocator
+    # beyond the context measured at start (0 without a process group). That NCCL reading also holds
+    # what the context grew by after start (kernels loaded lazily): pessimistic by that growth.
+    emulated_context: int | None = None
+    start_context: int = 0
 
     def apply(self) -> None:
         if self.device.type != "cuda" or not self.cap:
@@ -601,38 +605,28 @@ class DeviceCap:
         free, total = torch.cuda.mem_get_info(self.device)
         outside = max(int(total - free) - int(torch.cuda.memory_reserved(self.device)), 0)
         self.outside = max(self.outside, outside)
-        share = max(self.cap - outside - self.context_delta, 0)
-        torch.cuda.set_per_process_memory_fraction(min(share / total, 1.0), self.device)
+        if self.emulated_context is None:
+            share = self.cap - outside
+        else:
+            import torch.distributed as dist
+
+            grouped = dist.is_available() and dist.is_initialized()
+            nccl = max(outside - self.start_context, 0) if grouped else 0
+            share = self.cap - self.emulated_context - nccl
+        torch.cuda.set_per_process_memory_fraction(min(max(share, 0) / total, 1.0), self.device)
 
     def lift(self) -> None:
         if self.device.type == "cuda" and self.cap:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
     def note(self) -> str:
-        delta = f", less {self.context_delta} bytes of context difference" if self.context_delta else ""
+        if self.emulated_context is not None:
+            return (f"vram cap {self.cap} bytes (a catalogued card): allocator limited to the cap less the card's "
+                    f"context {self.emulated_context} bytes and NCCL (outside the allocator beyond this card's start "
+                    f"context {self.start_context}; largest outside seen {self.outside})")
         return (f"vram cap {self.cap} bytes: allocator limited to the cap less {self.outside} bytes outside it "
-                f"(CUDA context, NCCL, workspaces; largest seen){delta}")
+                f"(CUDA context, NCCL, workspaces; largest seen)")
 
-
-def start_context_bytes(device: torch.device) -> int | None:
-    """Device used - reserved as a rank starts: the CUDA context before NCCL or any model (issue 12)."""
-    if device.type != "cuda":
-        return None
-    free, total = torch.cuda.mem_get_info(device)
-    return max(int(total - free) - int(torch.cuda.memory_reserved(device)), 0)
-
-
-def context_delta_bytes(device: torch.device, vram_cap_card: str | None) -> int:
-    """The emulated card's family context less the probing card's (0 when either is not catalogued)."""
-    if device.type != "cuda" or not vram_cap_card:
-        return 0
-    from memplan.spec.cards import family_of
-    from memplan.spec.gpus import get_family, match_device_name
-
-    emulated = family_of(vram_cap_card)
-    here = match_device_name(torch.cuda.get_device_name(device))
-    own = get_family(here.family) if here is not None else None
-    return emulated.context_bytes - own.context_bytes if emulated and own else 0
 
 
 def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, result: RankResult,
@@ -675,7 +669,8 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
     result.device = str(torch_device)
     result.context_bytes = start_context_bytes(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = DeviceCap(torch_device, cap, context_delta=context_delta_bytes(torch_device, vram_cap_card))
+    device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
+                           start_context=result.context_bytes or 0)
     run = _PhaseRunner(Meter(torch_device, tracker), result, on_update, device_cap)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
