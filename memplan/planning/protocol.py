@@ -46,6 +46,17 @@ def side_of(run_id: str) -> str:
     return SIDES[0] if hashlib.sha256(run_id.encode("utf-8")).digest()[0] < CALIBRATION_SIDE_BELOW else SIDES[1]
 
 
+def scored(model: str, status: str) -> bool:
+    """Records that count: runs that trained or ran out of memory (status ok/oom), not of the test-fixture
+    profiles (tiny-*, made while the probe was built)."""
+    return status in ("ok", "oom") and not str(model).startswith("tiny-")
+
+
+def fit_side(run_id: str, model: str, status: str) -> bool:
+    """A record `memplan calibrate` fits on by default: scored and on the calibration side."""
+    return scored(model, status) and side_of(run_id) == SIDES[0]
+
+
 class PlannedRun(BaseModel):
     """One run of a run set: what `memplan probe` runs and `memplan predict` estimates."""
 
