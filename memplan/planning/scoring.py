@@ -127,8 +127,10 @@ def summarize(runs: list[ScoredRun]) -> dict[str, Any]:
 def grouped(runs: list[ScoredRun]) -> dict[str, dict[str, Any]]:
     """summarize() over all runs, by side, and by stack/card."""
     groups: dict[str, list[ScoredRun]] = {"all": list(runs)}
-    for run in runs:
-        if run.side is not None:
-            groups.setdefault(f"side: {run.side}", []).append(run)
-            groups.setdefault(f"stack/card: {run.stack} on {run.card}", []).append(run)
+    for side in ("calibration", "held-out"):
+        members = [r for r in runs if r.side == side]
+        if members:
+            groups[f"side: {side}"] = members
+    for run in sorted((r for r in runs if r.side is not None), key=lambda r: (r.stack, str(r.card))):
+        groups.setdefault(f"stack/card: {run.stack} on {run.card or 'cpu'}", []).append(run)
     return {name: summarize(members) for name, members in groups.items()}
