@@ -131,7 +131,10 @@ def load_runset(path: str | Path) -> RunSet:
         raise InputError(describe_validation_error(error, str(path), RunSet)) from None
     from memplan.spec.gpus import get_gpu
 
-    get_gpu(runset.card)
+    try:
+        get_gpu(runset.card)
+    except InputError as error:
+        raise InputError(f"{path}: card={runset.card!r}: {error}") from None
     return runset
 
 

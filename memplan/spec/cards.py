@@ -86,7 +86,10 @@ def parse_vram_cap(value: str | float | None) -> VramCap | None:
         if not (0 < gib < 4096):
             raise InputError(f"--vram-cap={text}: must be a positive number of GiB or a card name (e.g. rtx-3090)")
         return VramCap(cap_bytes=gib_to_bytes(gib))
-    card = _card(text)  # an unknown name raises InputError naming the closest
+    try:
+        card = _card(text)
+    except InputError as error:  # an unknown name: the message names the closest
+        raise InputError(f"--vram-cap={text}: neither GiB nor a catalogued card: {error}") from None
     if card.cuda_total_bytes is None:
         raise InputError(f"--vram-cap={text}: {card.name} has no cuda_total_bytes in profiles/gpus.yaml")
     family = get_family(card.family)
