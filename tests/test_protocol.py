@@ -123,3 +123,36 @@ def test_plan_fingerprint_ignores_capacity_fields():
     other = {"name": "y", "hardware": {"num_gpus": 1, "vram_gib": 140}, "engine": {"kind": "pytorch"}}
     assert plan_fingerprint(plan) == plan_fingerprint(other)
     assert plan_fingerprint(plan) != plan_fingerprint({**other, "engine": {"kind": "deepspeed"}})
+
+
+def test_vram_cap_card_emulates_the_card_context(monkeypatch):
+    """--vram-cap CARD: the allocator gets the card's CUDA total less its family context (no NCCL here),
+    whatever this card's own context is; a cap in GiB keeps subtracting what lies outside the allocator."""
+    torch = pytest.importorskip("torch")
+    from memplan.probe.cap import DeviceCap
+
+    total, used, reserved = 150 * 2**30, 3 * 2**30, 1 * 2**30  # 2 GiB outside the allocator on this card
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (total - used, total))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: fractions.append(f))
+    cap = parse_vram_cap("rtx-3090")
+    device = torch.device("cuda", 0)
+    DeviceCap(device, cap.cap_bytes, emulated_context=cap.context_bytes, start_context=2 * 2**30).apply()
+    DeviceCap(device, cap.cap_bytes).apply()
+    assert fractions[0] * total == pytest.approx(cap.cap_bytes - cap.context_bytes, abs=1)
+    assert fractions[1] * total == pytest.approx(cap.cap_bytes - 2 * 2**30, abs=1)
+
+
+def test_calibration_is_keyed_by_card_family():
+    from memplan.estimate.card import calibration_for_card
+    from memplan.spec.calibration import FamilyTerms
+    from memplan.spec.loading import load_calibration
+
+    shipped = load_calibration(None)
+    assert calibration_for_card(shipped, "h100-sxm")[0] is shipped  # fitted on Hopper
+    terms, note = calibration_for_card(shipped, "rtx-3090")  # no Ampere terms: gpus.yaml's assumption
+    assert terms.context_bytes == get_family("ampere").context_bytes and "assumption" in note
+    fitted = shipped.model_copy(update={"families": {"ampere": FamilyTerms(context_bytes=123, nccl_bytes=4, records=5)}})
+    terms, note = calibration_for_card(fitted, "a100-80gb")
+    assert (terms.context_bytes, terms.nccl_bytes) == (123, 4) and "5 ampere records" in note
