@@ -11,6 +11,8 @@ Pre-registered verdicts are scored as they were predicted (the predictions files
 
     python benchmarks/rescore.py                      # Markdown tables for docs/accuracy.md
     python benchmarks/rescore.py --write-bounds       # reports/probes/bounds.yaml from today's maxima
+    python benchmarks/rescore.py --legacy-predictions h100-verdicts3 > /tmp/v3.jsonl
+    memplan score /tmp/v3.jsonl reports/probes/h100-verdicts3.jsonl   # the set scored as predicted
 """
 
 from __future__ import annotations
@@ -92,8 +94,23 @@ def legacy_verdicts(batch: dict[str, Any]) -> list[dict[str, Any]]:
         flags = " ".join(p["flags"])
         match = [r for r in records if r["model"] == p["model"] and f" {flags} --vram-cap" in r["command"]]
         status = match[0]["status"] if match else None
-        out.append({"name": p["name"], "run_id": match[0]["run_id"] if match else None, "predicted": p["verdict"],
+        out.append({"name": p["name"], "model": p["model"], "run_id": match[0]["run_id"] if match else None, "predicted": p["verdict"],
                     "ran": {"ok": "fits", "oom": "oom"}.get(status), "needed_bytes": p["needed_bytes"]})
+    return out
+
+
+def legacy_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pre-registered verdict set as memplan.prediction/1 lines (matched by run id), for `memplan score`.
+    Only the verdict was predicted then: the allocated figure is left out (None)."""
+    out = []
+    for run in legacy_verdicts(batch):
+        if run["run_id"] is None:
+            continue
+        out.append({"schema": "memplan.prediction/1", "batch": batch["batch"], "run_key": f"{batch['batch']}/{run['name']}",
+                    "run_id": run["run_id"], "name": run["name"], "model": run["model"], "vram_cap": 24.0,
+                    "capacity_bytes": 24 * 2**30, "predicted": {"needed_bytes": run["needed_bytes"],
+                                                                "verdict": run["predicted"]},
+                    "estimator_revision": "see reports/probes/history.yaml", "source": batch["predictions"]})
     return out
 
 
@@ -182,7 +199,13 @@ def violations(rows: list[dict[str, Any]], published: dict[str, Any]) -> list[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-bounds", action="store_true", help=f"write {BOUNDS.relative_to(ROOT)}")
+    parser.add_argument("--legacy-predictions", metavar="BATCH",
+                        help="print a pre-registered verdict set (h100-verdicts2/3) as prediction lines for `memplan score`")
     args = parser.parse_args()
+    if args.legacy_predictions:
+        batch = next(b for b in load_history()["batches"] if b["batch"] == args.legacy_predictions)
+        print("".join(json.dumps(line) + "\n" for line in legacy_prediction_lines(batch)), end="")
+        return
     rows = score_rows()
     if args.write_bounds:
         BOUNDS.write_text("# written by benchmarks/rescore.py --write-bounds; the bounds docs/accuracy.md publishes\n"

@@ -38,3 +38,16 @@ def test_docs_publish_the_bounds():
     for part, bound in published["parts"].items():
         if bound["allocated_max_abs_error"] is not None:
             assert f"{bound['allocated_max_abs_error'] * 100:.1f}%" in text, part
+
+
+def test_pre_registered_sets_score_as_published():
+    """docs/accuracy.md's headline: verdicts2 14 of 16, verdicts3 7 of 8, as predicted before the runs."""
+    from memplan.planning.scoring import score, summarize
+    from memplan.probe.records import read_records
+
+    for batch, right, count in (("h100-verdicts2", 14, 16), ("h100-verdicts3", 7, 8)):
+        spec = next(b for b in RESCORE["load_history"]()["batches"] if b["batch"] == batch)
+        lines = RESCORE["legacy_prediction_lines"](spec)
+        records = [r for path in spec["files"] for r in read_records(ROOT / path)]
+        verdicts = summarize(score(lines, records))["verdicts"]
+        assert (verdicts["right"], verdicts["count"]) == (right, count)
