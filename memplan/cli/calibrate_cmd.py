@@ -11,8 +11,16 @@ import typer
 import yaml
 from rich.table import Table
 
+from enum import Enum
+
 from memplan.cli.options import OutputFormat, console, user_errors
 from memplan.spec.loading import InputError, shown
+
+
+class CalibrateTerms(str, Enum):
+    all = "all"
+    memory = "memory"
+    step_time = "step-time"
 
 
 def load_measurements(paths: List[Path]):
@@ -65,6 +73,21 @@ def load_measurements(paths: List[Path]):
     return out
 
 
+def load_timed_runs(paths: List[Path]):
+    """Probe records with a steady-state step time (memplan.planning.stepfit.timed_runs), each run once
+    (files may overlap: a split file repeats its source's records)."""
+    from memplan.planning.stepfit import timed_runs
+    from memplan.probe.records import read_records
+
+    seen: dict[str, dict] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torn lines were reported by load_measurements
+        for path in paths:
+            for record in read_records(path):
+                seen.setdefault(str(record.get("run_id")), record)
+    return timed_runs(seen.values())
+
+
 def _writable_target(target: Path) -> Path:
     if target.is_dir():
         raise InputError(f"--out={target}: is a directory, expected a file path for the calibration YAML")
@@ -75,18 +98,35 @@ def _writable_target(target: Path) -> Path:
 def calibrate(
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default profiles/calibration.yaml)."),
+    terms: CalibrateTerms = typer.Option(CalibrateTerms.all, "--terms",
+                                         help="all | memory | step-time (step-time keeps the file's memory terms)."),
 ) -> None:
-    """Fit allocator, context and NCCL terms on real probe records; estimates use them by default."""
+    """Fit allocator, context and NCCL terms and the step-time terms on real probe records; estimates use them."""
     from memplan.probe import calibrate as cal
     from memplan.spec.loading import CALIBRATION_PATH
 
+    from memplan.planning import stepfit
+    from memplan.spec.loading import load_calibration
+
     target = _writable_target(out or CALIBRATION_PATH)
     measurements = load_measurements(records)
-    calibration = cal.fit(measurements, [str(p) for p in records])
-    result = cal.summary(cal.compare(measurements, calibration))
-    calibration = calibration.model_copy(update={"median_error": {
-        k: round(v["median_abs_error"], 4) for k, v in result.items()
-        if isinstance(v, dict) and v.get("median_abs_error") is not None}})
+    if terms is CalibrateTerms.step_time:  # keep the memory terms of the file being updated
+        calibration = load_calibration(target) if target.exists() else load_calibration()
+        measurements = []
+    else:
+        calibration = cal.fit(measurements, [str(p) for p in records])
+        result = cal.summary(cal.compare(measurements, calibration))
+        calibration = calibration.model_copy(update={"median_error": {
+            k: round(v["median_abs_error"], 4) for k, v in result.items()
+            if isinstance(v, dict) and v.get("median_abs_error") is not None}})
+    if terms is not CalibrateTerms.memory:
+        runs, _ = load_timed_runs(records)
+        if not runs and terms is CalibrateTerms.step_time:
+            raise InputError(f"records={shown([str(p) for p in records])}: no run with a steady-state step time "
+                             "(status ok and a step past the warm-up) to fit the step-time terms on")
+        if runs:
+            calibration = calibration.model_copy(update={"step_time": stepfit.fit(
+                runs, calibration.step_time, [str(p) for p in records])})
     tmp = target.with_suffix(".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,10 +135,14 @@ def calibrate(
         tmp.replace(target)
     except OSError as error:
         raise InputError(f"--out={target}: cannot write ({error.strerror})") from None
-    typer.echo(f"calibrated on {len(measurements)} records -> {target}")
+    step = calibration.step_time
+    fitted = f"{len(measurements)} records" if measurements else "the file's memory terms kept"
+    typer.echo(f"calibrated on {fitted}{f', step time on {step.records} runs' if step and step.records else ''} -> {target}")
     for key, value in cal.calibration_document(calibration).items():
-        if key not in ("fitted_on", "schema"):
+        if key not in ("fitted_on", "schema", "step_time"):
             typer.echo(f"  {key}: {value}")
+    if step is not None:
+        typer.echo(f"  step_time: {stepfit.describe(step)}")
 
 
 @user_errors

@@ -37,6 +37,7 @@ import torch
 
 from memplan.spec.plan import Plan
 from memplan.probe import records
+from memplan.probe.hostinfo import host_facts
 from memplan.probe.apply import apply_plan, parameter_counts
 from memplan.probe.build import DTYPES, Sa2VAProbeModel, build_model, make_batch
 from memplan.probe.tracker import StorageTracker
@@ -259,6 +260,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
         "world_size": world_size,
+        **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width (memplan.probe.hostinfo)
     }
 
 
