@@ -167,8 +167,14 @@ def validate(
         "error_allocated": c.error("allocated"), "error_reserved": c.error("reserved"), "error_device": c.error("device"),
         "phase_errors": c.phase_errors(), "verdict_under_cap": c.verdict_under_cap(),
     } for c in comparisons]
+    from memplan.planning import stepfit
+
+    runs, _ = load_timed_runs(records)
+    steps = stepfit.pairs(runs, calibration_terms.step_time)
+    step_summary = stepfit.accuracy(steps)
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps({"records": rows, "summary": result}, indent=2))
+        typer.echo(json.dumps({"records": rows, "summary": result,
+                               "step_time": {"records": steps, "summary": step_summary}}, indent=2))
         return
     table = Table(title="estimate vs measured (GiB, max over ranks); error = (est - meas) / meas")
     for column in ("run", "model", "plan", "gpus", "status", "alloc meas", "alloc est", "err",
@@ -195,3 +201,21 @@ def validate(
     v = result["verdicts"]
     if v["count"]:
         out.print(f"verdicts under a VRAM cap: {v['correct']}/{v['count']} correct, {v['fits_that_ran_oom']} 'fits' that ran out of memory")
+    if steps:
+        _print_steps(out, steps, step_summary)
+
+
+def _print_steps(out, steps, summary) -> None:
+    """Predicted vs measured steady-state step time per run, then the rank and error metrics."""
+    table = Table(title="step time: predicted vs measured (steady state, seconds); error = (pred - meas) / meas")
+    for column in ("run", "model", "engine", "gpus", "card", "measured", "predicted", "err", "largest term"):
+        table.add_column(column, justify="left" if column in ("run", "model", "engine", "card", "largest term") else "right")
+    for r in steps:
+        top = max(r["terms"].items(), key=lambda kv: kv[1]) if r["terms"] else ("", 0.0)
+        table.add_row(r["run_id"][:8], r["model"], r["engine"], str(r["num_gpus"]), r["gpu"], f"{r['measured_s']:.3f}",
+                      f"{r['predicted_s']:.3f}", f"{(r['predicted_s'] - r['measured_s']) / r['measured_s'] * 100:+.0f}%",
+                      f"{top[0]} {top[1]:.3f}")
+    out.print(table)
+    rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
+    out.print(f"step time: Spearman {rho}, within 30% {summary['within_30']:.0%}, within 50% {summary['within_50']:.0%}, "
+              f"median measured/predicted {summary['median_ratio']:.2f} over {summary['runs']} runs")
