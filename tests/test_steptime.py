@@ -218,3 +218,43 @@ def test_fit_recovers_known_terms():
     assert fitted.module_call_s == pytest.approx(150e-6, rel=0.05)
     assert fitted.zero3_fetch_s == pytest.approx(500e-6, rel=0.05)
     assert fitted.in_sample["within_30"] == 1.0 and fitted.records == len(plans)
+
+
+def test_compare_prints_epoch_cost_and_the_terms(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    result = CliRunner().invoke(app, ["compare", "--format", "json", "--out", str(tmp_path),
+                                      "--dataset-samples", "1000", "--price", "2.0"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    baseline, plan_b = document["plans"][0], next(p for p in document["plans"] if p["plan"] == "plan-b")
+    assert plan_b["step_breakdown_seconds"]["zero3_gather"] > 0 and plan_b["slowdown"] > 1
+    assert baseline["epoch_seconds"] == pytest.approx(1000 / baseline["samples_per_s"], rel=1e-3)
+    assert baseline["epoch_cost"] == pytest.approx(baseline["epoch_seconds"] / 3600 * 4 * 2.0, rel=1e-2)
+    assert not any("lower bound" in note for note in document["notes"])
+
+
+def test_validate_reports_step_time(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    profile = load_profile("sa2va-1b")
+    plan = build_plan(None, gpus=1, vram=80)
+    records = _records(profile, [plan], TERMS_DEFAULT, 1.0)
+    records[0].update({"schema": "memplan.probe/1", "summary": {"peak_allocated_bytes": 2**34, "peak_reserved_bytes": 2**34,
+                       "peak_device_bytes": 2**34, "peak_host_bytes": 2**33, "peak_phase": "backward"}})
+    records[0]["ranks"][0]["phases"] = {"backward": {"max_allocated_bytes": 2**34, "max_reserved_bytes": 2**34,
+                                                     "device_used_bytes": 2**34, "host_rss_bytes": 2**33}}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(records[0]) + "\n")
+    result = CliRunner().invoke(app, ["validate", str(path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    step = json.loads(result.output)["step_time"]
+    assert step["summary"]["runs"] == 1 and step["records"][0]["measured_s"] > 0
