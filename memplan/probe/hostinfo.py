@@ -17,6 +17,9 @@ import subprocess
 from typing import Any
 
 
+HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width")
+
+
 def host_cpus() -> int | None:
     try:
         return len(os.sched_getaffinity(0))
