@@ -1,6 +1,7 @@
 """The step-time model: FLOP formulas by hand, each term's scaling, the GPU catalogue, the fit and the
 rank metrics."""
 
+import dataclasses
 import hashlib
 import math
 
@@ -89,8 +90,8 @@ def test_zero3_gather_bytes_double_with_the_parameters():
     """2x parameters -> 2x gathered elements (every tensor above the threshold doubles in count)."""
     profile = load_profile("sa2va-1b")
     work = workload(profile, build_plan(None, gpus=2, vram=80, zero=3))
-    doubled = work.__class__(**{**work.__dict__, "modules": {
-        c: m._replace(tensors=tuple((n, 2 * k) for n, k in m.tensors)) for c, m in work.modules.items()}})
+    doubled = dataclasses.replace(work, modules={
+        c: m._replace(tensors=tuple((n, 2 * k) for n, k in m.tensors)) for c, m in work.modules.items()})
     count, elements = work.gathers(100_000)
     count2, elements2 = doubled.gathers(100_000)
     assert count2 == 2 * count and elements2 == 2 * elements
@@ -137,7 +138,7 @@ def test_ddp_all_reduce_is_twice_the_reduce_scatter_and_pcie_is_slower():
     ddp = build_plan(None, gpus=4, vram=24, engine="pytorch", zero=0)
     zero2 = build_plan(None, gpus=4, vram=24, zero=2).engine.model_copy(update={"overlap_comm": False})
     work = workload(profile, ddp)
-    no_overlap = work.__class__(**{**work.__dict__, "backward_flops": 0.0, "recompute_flops": 0.0})
+    no_overlap = dataclasses.replace(work, backward_flops=0.0, recompute_flops=0.0)
     a = time_step(no_overlap, ddp.engine, 4, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
     b = time_step(no_overlap, zero2, 4, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
     grad_bytes = work.trainable * 2

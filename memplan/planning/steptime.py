@@ -123,7 +123,9 @@ def default_terms() -> StepTimeTerms:
     return load_calibration().step_time or StepTimeTerms()
 
 
+@lru_cache(maxsize=256)
 def _link(gpu: GpuSpec, num_gpus: int) -> float:
+    """Achieved bytes/s of a ring collective over ``num_gpus`` cards."""
     return gpu.collective_gbps(num_gpus) * 1e9 * LINK_EFFICIENCY
 
 
@@ -203,9 +205,14 @@ def time_step(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, terms
               host_cores: int | None = None, foreach: bool = True) -> StepTime:
     """Seconds of one step on one rank: the sum of TERMS (memplan.planning.steptime docstring)."""
     terms = terms or default_terms()
-    breakdown = compute_terms(work, gpu, terms)
-    compute_s = sum(breakdown[k] for k in KERNEL_CLASSES)
-    backward_share = (work.backward_flops + work.recompute_flops) / work.total_flops if work.total_flops else 0.0
+    key = (gpu.name, id(terms))
+    cached = work.cache.get(key)
+    if cached is None or cached[0] is not terms:  # the compute terms depend on the card and the terms only
+        computed = compute_terms(work, gpu, terms)
+        share = (work.backward_flops + work.recompute_flops) / work.total_flops if work.total_flops else 0.0
+        cached = work.cache[key] = (terms, computed, sum(computed[k] for k in KERNEL_CLASSES), share)
+    _, computed, compute_s, backward_share = cached
+    breakdown = dict(computed)
     deepspeed = engine.kind == "deepspeed"
     if deepspeed and engine.zero_stage == 3:
         breakdown.update(zero3_terms(work, engine, num_gpus, gpu, terms, compute_s))
@@ -213,8 +220,9 @@ def time_step(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, terms
         breakdown.update({"zero3_gather": 0.0, "param_offload": 0.0})
     breakdown.update(sync_terms(work, engine, num_gpus, gpu, compute_s * backward_share))
     breakdown.update(optimizer_terms(work, engine, num_gpus, gpu, terms, host_cores=host_cores, foreach=foreach))
-    return StepTime(sum(breakdown.values()), breakdown, work.micro_batch, gpu.name, work.total_flops,
+    step = StepTime(sum(breakdown.values()), breakdown, work.micro_batch, gpu.name, work.total_flops,
                     num_gpus, work.tokens)
+    return step
 
 
 def step_time(profile: Profile, plan: Plan, gpu: GpuSpec | None = None, terms: StepTimeTerms | None = None, *,

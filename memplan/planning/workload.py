@@ -88,6 +88,8 @@ class Workload:
     modules: dict[Component, Modules] = field(default_factory=dict)
     trainable_tensors: int = 0  # tensors the optimizer updates
     tokens: int = 0  # LLM tokens per step per GPU
+    _gathers: dict[int, tuple[int, int]] = field(default_factory=dict, init=False, compare=False, repr=False)
+    cache: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # steptime's per-card terms
 
     @property
     def total_flops(self) -> float:
@@ -96,12 +98,16 @@ class Workload:
     def gathers(self, threshold: int) -> tuple[int, int]:
         """(all-gathers, gathered elements) per step under ZeRO-3 with this persistence threshold:
         every pass over a component gathers each of its modules holding a tensor above the threshold."""
+        cached = self._gathers.get(threshold)
+        if cached is not None:
+            return cached
         count = elements = 0
         for component, part in self.modules.items():
             passes = self.passes.get(component, 0)
             large = [(n, k) for n, k in part.tensors if n > threshold]
             count += passes * sum(k for _, k in large)
             elements += passes * sum(n * k for n, k in large)
+        self._gathers[threshold] = (count, elements)
         return count, elements
 
 
@@ -266,7 +272,10 @@ def _sam2_encoder_modules(ctx: Context) -> Modules:
                 count += 1
             d_in = d_out
     tensors += [(d * sam.neck_dim, 1) for d in sam.stage_dims]
-    return Modules(count + 4, tuple(tensors))
+    merged: dict[int, int] = {}
+    for numel, k in tensors:
+        merged[numel] = merged.get(numel, 0) + k
+    return Modules(count + 4, tuple(merged.items()))
 
 
 def _sam2_decoder_modules(ctx: Context) -> Modules:
