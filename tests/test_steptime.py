@@ -259,3 +259,19 @@ def test_validate_reports_step_time(tmp_path):
     assert result.exit_code == 0, result.output
     step = json.loads(result.output)["step_time"]
     assert step["summary"]["runs"] == 1 and step["records"][0]["measured_s"] > 0
+
+
+def test_estimate_gives_step_time_throughput_and_epoch():
+    import json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    result = CliRunner().invoke(app, ["estimate", "--gpus", "2", "--vram", "80", "--format", "json",
+                                      "--dataset-samples", "500"])
+    assert result.exit_code == 0, result.output
+    step = json.loads(result.stdout)["step_time"]
+    assert step["samples_per_s"] == pytest.approx(2 / step["seconds"])
+    assert step["epoch_seconds"] == pytest.approx(500 / step["samples_per_s"])
+    assert set(step["breakdown"]) == set(TERMS)
