@@ -19,12 +19,14 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 PREDICTIONS = ROOT / "reports" / "probes" / "steptime-h200-predictions.json"
 STEPS = 5
+BUDGET_S = 480  # start no run after this many seconds (the device allows 600 per command)
 TINY = "tests/fixtures/profiles/tiny-sa2va.yaml"
 
 # name, model, build_plan keywords (memplan.cli.options.build_plan), timeout_s; cheap runs first
@@ -43,9 +45,9 @@ FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects"
          "micro_batch": "--micro-batch"}
 
 
-def probe_flags(run: dict) -> list[str]:
+def probe_flags(run: dict, device: str = "cuda") -> list[str]:
     flags = [item for key, value in run["plan"].items() for item in (FLAGS[key], str(value))]
-    return [*flags, "--steps", str(STEPS)]
+    return [*flags, "--steps", str(STEPS), *(["--device", device] if device != "cuda" else [])]
 
 
 def predict() -> dict:
@@ -87,6 +89,7 @@ def main() -> int:
     parser.add_argument("--predict", action="store_true", help=f"write {PREDICTIONS.relative_to(ROOT)} and exit")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reports/probes")) / "steptime-h200.jsonl")
     parser.add_argument("--only", nargs="*", help="run only these names")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the batch itself")
     args = parser.parse_args()
     if args.predict:
         PREDICTIONS.write_text(json.dumps(predict(), indent=2) + "\n")
@@ -97,12 +100,17 @@ def main() -> int:
     predictions = json.loads(PREDICTIONS.read_text())
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     results = []
+    started = time.time()
     for run in RUNS:
         if args.only and run["name"] not in args.only:
             continue
+        if time.time() - started > BUDGET_S:
+            print(f"{run['name']}: skipped, past the batch budget of {BUDGET_S} s", flush=True)
+            continue
+        timeout = min(run["timeout"], max(60, int(BUDGET_S + 60 - (time.time() - started))))
         try:
-            results.append(run_one({"name": run["name"], "model": run["model"], "flags": probe_flags(run),
-                                    "timeout": run["timeout"]}, args.out))
+            results.append(run_one({"name": run["name"], "model": run["model"], "flags": probe_flags(run, args.device),
+                                    "timeout": timeout}, args.out))
         except Exception as error:  # noqa: BLE001 - one failing run must not stop the batch
             print(f"{run['name']}: batch error {error}", flush=True)
     print("\n" + table(results, predictions), flush=True)

@@ -275,3 +275,12 @@ def test_estimate_gives_step_time_throughput_and_epoch():
     assert step["samples_per_s"] == pytest.approx(2 / step["seconds"])
     assert step["epoch_seconds"] == pytest.approx(500 / step["samples_per_s"])
     assert set(step["breakdown"]) == set(TERMS)
+
+
+def test_link_type_from_nvidia_smi_topology():
+    from memplan.probe.hostinfo import link_from_topology
+
+    nvlink = "\tGPU0\tGPU1\tCPU Affinity\nGPU0\t X \tNV18\t0-63\nGPU1\tNV18\t X \t0-63\n"
+    pcie = "\tGPU0\tGPU1\tGPU2\nGPU0\t X \tPIX\tSYS\nGPU1\tPIX\t X \tSYS\nGPU2\tSYS\tSYS\t X \n"
+    assert link_from_topology(nvlink) == "nvlink" and link_from_topology(pcie) == "pcie"
+    assert link_from_topology("\tGPU0\nGPU0\t X \n") is None and link_from_topology(None) is None
