@@ -125,8 +125,8 @@ def calibrate(
             raise InputError(f"records={shown([str(p) for p in records])}: no run with a steady-state step time "
                              "(status ok and a step past the warm-up) to fit the step-time terms on")
         if runs:
-            calibration = calibration.model_copy(update={"step_time": stepfit.fit(
-                runs, calibration.step_time, [str(p) for p in records])})
+            calibration = calibration.model_copy(update={"step_time": stepfit.fit(  # from the defaults: reproducible
+                runs, None, [str(p) for p in records])})
     tmp = target.with_suffix(".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ from memplan.spec.profile import Profile
 RIDGE = 0.02
 MIN_SHARE = 0.10
 ROUNDS = 4
-HOST_TERMS = ("module_call_s", "zero3_fetch_s", "cpu_adam")
 
 
 def is_calibration(run_id: str) -> bool:
