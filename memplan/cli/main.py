@@ -53,6 +53,7 @@ def estimate(
     emit_deepspeed: Optional[Path] = typer.Option(
         None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
+    dataset_samples: Optional[int] = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1),
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
     from memplan.estimate.peak import estimate as run_estimate
@@ -74,13 +75,20 @@ def estimate(
     result = run_estimate(profile, the_plan, the_calibration)
     sinks = find_sinks(profile, the_plan, calibration=the_calibration)
     stack_info = stack_summary(profile, the_plan)
+    from memplan.planning.steptime import step_time
+    from memplan.report.steps import step_line, with_step_json
+
+    step = step_time(profile, the_plan, terms=the_calibration.step_time)
     if output_format is OutputFormat.json:
-        typer.echo(render.with_stack_json(render.estimate_json(result), stack=stack_info, sinks=sinks))
+        typer.echo(with_step_json(render.with_stack_json(render.estimate_json(result), stack=stack_info, sinks=sinks),
+                                  step, dataset_samples))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(stack_info, sinks), nl=False)
+        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(stack_info, sinks)
+                   + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
         console().print(render.estimate_table(result))
         console().print(render.sinks_text(stack_info, sinks))
+        console().print(step_line(step, dataset_samples))
     if emit_deepspeed is not None:
         from memplan.cli.compare_cmd import emit_config
 
