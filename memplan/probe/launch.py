@@ -95,7 +95,7 @@ def _environment_fallback(world_size: int) -> dict[str, Any]:
     import socket
 
     return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
-            "transformers": None, "peft": None, "deepspeed": None, "python": platform.python_version(),
+            "transformers": None, "peft": None, "accelerate": None, "deepspeed": None, "python": platform.python_version(),
             "hostname": socket.gethostname(), "world_size": world_size}
 
 

@@ -1,0 +1,133 @@
+"""Probes through the training stacks users run, beside memplan's own harness (stack sa2va).
+
+``plan.stack.kind`` picks the stack (memplan.probe.run.measure_rank dispatches here for any kind but
+sa2va): ``hf-trainer`` (memplan.probe.stacks.hf_trainer: the real transformers.Trainer, peft as
+users call it, DeepSpeed through Trainer's integration) or ``custom-loop``
+(memplan.probe.stacks.custom_loop: a hand-written loop that keeps its outputs), both over
+transformers' own model classes (memplan.probe.stacks.models). The record is the harness's
+``memplan.probe/1`` record; each rank adds ``stack``: what the stack really did (Trainer's state,
+the optimizer class, which modules carry input-gradient hooks, the trainable dtypes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import Any, Callable
+
+from memplan.spec.loading import InputError
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
+
+PROBED_STACKS = ("sa2va", "hf-trainer", "custom-loop")
+
+
+def check_stack(profile: Profile, plan: Plan) -> None:
+    """InputError (one line) for a stack/plan/model the stack probes cannot run; no torch import."""
+    kind = plan.stack.kind
+    if kind == "sa2va":
+        return
+    if kind not in PROBED_STACKS:
+        raise InputError(f"stack.kind={kind}: memplan probe runs {', '.join(PROBED_STACKS)} (not {kind} yet)")
+    from memplan.probe.stacks.models import check_stack_profile
+
+    check_stack_profile(profile, plan)
+    if plan.mode != "train":
+        raise InputError(f"mode={plan.mode}: stack.kind={kind} probes training only (use stack.kind=sa2va)")
+    if kind == "custom-loop" and plan.engine.kind != "pytorch":
+        raise InputError(f"engine.kind={plan.engine.kind}: stack.kind=custom-loop is a plain PyTorch loop "
+                         "(use engine.kind=pytorch, or stack.kind=hf-trainer for DeepSpeed)")
+    if kind == "custom-loop" and plan.hardware.num_gpus > 1:
+        raise InputError(f"hardware.num_gpus={plan.hardware.num_gpus}: stack.kind=custom-loop probes one GPU")
+    if plan.optimizer.kind == "adam8bit" and kind == "hf-trainer":
+        raise InputError("optimizer.kind=adam8bit: stack.kind=hf-trainer uses Trainer's default optimizer "
+                         "(adamw, or DeepSpeed's fused_adam/cpu_adam)")
+
+
+def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
+                       device: str = "cuda", timeout_s: float | None = None,
+                       on_update: Callable[[Any], None] | None = None,
+                       ds_config: dict[str, Any] | None = None) -> Any:
+    """measure_rank for the user stacks: the same RankResult, meter, VRAM cap, timeout and failure filing."""
+    from memplan.probe import run as harness
+    from memplan.probe.stacks.phases import PhaseClock, StackRankResult
+    from memplan.probe.tracker import StorageTracker
+    from memplan.spec.units import gib_to_bytes
+    from memplan.spec.vocabulary import Phase
+
+    check_stack(profile, plan)
+    rank, local_rank, _ = harness.world()
+    result = StackRankResult(rank=rank, device=device)
+    cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
+    try:
+        torch_device = harness.resolve_device(device, local_rank)
+    except RuntimeError as error:
+        result.status, result.error = "error", f"setup: {harness._one_line(error)}"
+        return result
+    result.device = str(torch_device)
+    tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
+    device_cap = harness.DeviceCap(torch_device, cap)
+    clock = PhaseClock(harness.Meter(torch_device, tracker), result, device_cap, on_update)
+    try:
+        with tracker if tracker is not None else contextlib.nullcontext(), harness._alarm(timeout_s):
+            clock.start(Phase.INIT)
+            info = _run_stack(profile, plan, steps=steps, device=torch_device, clock=clock, ds_config=ds_config,
+                              harness=harness)
+        _describe(result, info, clock, steps, plan)
+    except Exception as error:  # noqa: BLE001 - every failure is a result, filed in its phase
+        phase = clock.abort() or "setup"
+        if isinstance(error, InputError):
+            raise
+        harness._file_failure(result, harness.PhaseFailure(phase, error), rank)
+    finally:
+        device_cap.lift()
+        if torch_device.type == "cuda" and cap:
+            result.notes.append(device_cap.note())
+        if torch_device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+    if on_update is not None:
+        on_update(result)
+    return result
+
+
+def _run_stack(profile: Profile, plan: Plan, *, steps: int, device: Any, clock: Any,
+               ds_config: dict[str, Any] | None, harness: Any) -> dict[str, Any]:
+    if plan.stack.kind == "hf-trainer":
+        from memplan.probe.stacks.hf_trainer import run_trainer
+
+        if plan.engine.kind == "deepspeed":
+            harness.ensure_distributed(device)  # what torchrun --nproc_per_node=1 provides
+        return run_trainer(profile, plan, steps=steps, device=device, clock=clock,
+                           categories=harness.category_bytes, ds_config=ds_config)
+    from memplan.probe.stacks.custom_loop import run_custom_loop
+
+    return run_custom_loop(profile, plan, steps=steps, device=device, clock=clock,
+                           categories=harness.category_bytes, make_optimizer=harness.make_optimizer)
+
+
+def _describe(result: Any, info: dict[str, Any], clock: Any, steps: int, plan: Plan) -> None:
+    """Notes, parameter counts, step times and the ``stack`` block of what really ran."""
+    from memplan.probe.stacks.models import input_grad_hooks, parameter_counts
+    from memplan.probe.stacks.phases import step_seconds
+
+    model = info["model"]
+    result.notes = list(info["notes"])
+    result.parameters = {"trainable": parameter_counts(model, trainable=True),
+                         "frozen": parameter_counts(model, trainable=False)}
+    result.step_times_s = step_seconds(clock, steps)
+    dtypes = Counter()
+    for param in model.parameters():
+        if param.requires_grad:
+            dtypes[str(param.dtype).split(".")[-1]] += int(getattr(param, "ds_numel", param.numel()))
+    result.stack = {
+        "kind": plan.stack.kind,
+        "model_class": type(getattr(model, "base_model", model).model if hasattr(model, "peft_config")
+                            else model).__name__,
+        "peft": hasattr(model, "peft_config"),
+        "optimizer": info.get("optimizer"),
+        "trainable_dtypes": dict(dtypes),
+        "input_grad_hooks": input_grad_hooks(model),
+        **{key: info[key] for key in ("trainer_state", "autocast") if key in info},
+    }
