@@ -50,38 +50,40 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
                        ds_config: dict[str, Any] | None = None) -> Any:
     """measure_rank for the user stacks: the same RankResult, meter, VRAM cap, timeout and failure filing."""
     from memplan.probe import run as harness
+    from memplan.probe.cap import DeviceCap
+    from memplan.probe.distributed import resolve_device, world
+    from memplan.probe.meter import Meter
     from memplan.probe.stacks.phases import PhaseClock, StackRankResult
     from memplan.probe.tracker import StorageTracker
     from memplan.spec.units import gib_to_bytes
     from memplan.spec.vocabulary import Phase
 
     check_stack(profile, plan)
-    rank, local_rank, _ = harness.world()
+    rank, local_rank, _ = world()
     result = StackRankResult(rank=rank, device=device)
     cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
     try:
-        torch_device = harness.resolve_device(device, local_rank)
+        torch_device = resolve_device(device, local_rank)
     except RuntimeError as error:
         result.status, result.error = "error", f"setup: {harness._one_line(error)}"
         return result
     result.device = str(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = harness.DeviceCap(torch_device, cap)
-    clock = PhaseClock(harness.Meter(torch_device, tracker), result, device_cap, on_update)
+    device_cap = DeviceCap(torch_device, cap)
+    clock = PhaseClock(Meter(torch_device, tracker), result, device_cap, on_update)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), harness._alarm(timeout_s):
             clock.start(Phase.INIT)
-            info = _run_stack(profile, plan, steps=steps, device=torch_device, clock=clock, ds_config=ds_config,
-                              harness=harness)
+            info = _run_stack(profile, plan, steps=steps, device=torch_device, clock=clock, ds_config=ds_config)
         _describe(result, info, clock, steps, plan)
     except Exception as error:  # noqa: BLE001 - every failure is a result, filed in its phase
         phase = clock.abort() or "setup"
         if isinstance(error, InputError):
             raise
-        harness._file_failure(result, harness.PhaseFailure(phase, error), rank)
+        harness._file_failure(result, harness.PhaseFailure(phase, error))
     finally:
         device_cap.lift()
-        if torch_device.type == "cuda" and cap:
+        if device_cap.active:
             result.notes.append(device_cap.note())
         if torch_device.type == "cuda":
             import torch
@@ -93,18 +95,23 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
 
 
 def _run_stack(profile: Profile, plan: Plan, *, steps: int, device: Any, clock: Any,
-               ds_config: dict[str, Any] | None, harness: Any) -> dict[str, Any]:
+               ds_config: dict[str, Any] | None) -> dict[str, Any]:
+    from memplan.probe.census import category_bytes
+
     if plan.stack.kind == "hf-trainer":
         from memplan.probe.stacks.hf_trainer import run_trainer
 
         if plan.engine.kind == "deepspeed":
-            harness.ensure_distributed(device)  # what torchrun --nproc_per_node=1 provides
+            from memplan.probe.distributed import ensure_distributed
+
+            ensure_distributed(device)  # what torchrun --nproc_per_node=1 provides
         return run_trainer(profile, plan, steps=steps, device=device, clock=clock,
-                           categories=harness.category_bytes, ds_config=ds_config)
+                           categories=category_bytes, ds_config=ds_config)
+    from memplan.probe.engines import make_optimizer
     from memplan.probe.stacks.custom_loop import run_custom_loop
 
     return run_custom_loop(profile, plan, steps=steps, device=device, clock=clock,
-                           categories=harness.category_bytes, make_optimizer=harness.make_optimizer)
+                           categories=category_bytes, make_optimizer=make_optimizer)
 
 
 def _describe(result: Any, info: dict[str, Any], clock: Any, steps: int, plan: Plan) -> None:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from memplan.integrations.deepspeed import BETAS, EPSILON, LEARNING_RATE, WEIGHT_DECAY, deepspeed_config
+from memplan.integrations.deepspeed import deepspeed_config
+from memplan.spec.hyperparameters import BETAS, EPSILON, GRADIENT_CLIPPING, LEARNING_RATE, WEIGHT_DECAY
 from memplan.probe.stacks.models import CHECKPOINT_KWARGS, adapt, build_hf_model, collate, make_sample
 from memplan.probe.stacks.phases import PhaseClock
 from memplan.spec.plan import Plan
@@ -61,7 +62,7 @@ def training_arguments(plan: Plan, *, steps: int, device: torch.device, output_d
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=plan.inputs.micro_batch,
         gradient_accumulation_steps=1, learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-        adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPSILON, max_grad_norm=1.0,
+        adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPSILON, max_grad_norm=GRADIENT_CLIPPING,
         bf16=compute == "bf16", fp16=compute == "fp16", gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS) if checkpointing else None,
         save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
