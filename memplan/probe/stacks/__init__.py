@@ -12,6 +12,7 @@ the optimizer class, which modules carry input-gradient hooks, the trainable dty
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections import Counter
 from typing import Any, Callable
 
@@ -29,8 +30,6 @@ def check_stack(profile: Profile, plan: Plan) -> None:
         return
     if kind not in PROBED_STACKS:
         raise InputError(f"stack.kind={kind}: memplan probe runs {', '.join(PROBED_STACKS)} (not {kind} yet)")
-    from memplan.probe.stacks.models import check_stack_profile
-
     check_stack_profile(profile, plan)
     if plan.mode != "train":
         raise InputError(f"mode={plan.mode}: stack.kind={kind} probes training only (use stack.kind=sa2va)")
@@ -39,9 +38,36 @@ def check_stack(profile: Profile, plan: Plan) -> None:
                          "(use engine.kind=pytorch, or stack.kind=hf-trainer for DeepSpeed)")
     if kind == "custom-loop" and plan.hardware.num_gpus > 1:
         raise InputError(f"hardware.num_gpus={plan.hardware.num_gpus}: stack.kind=custom-loop probes one GPU")
+    if plan.stack.loss == "chunked":
+        raise InputError("stack.loss=chunked: the probe has no fused cross-entropy (it trains HF's ForCausalLMLoss)")
+    if kind == "hf-trainer" and plan.stack.keeps_outputs:
+        raise InputError("stack.keeps_outputs=true: Trainer's compute_loss drops the outputs "
+                         "(use stack.kind=custom-loop)")
+    if plan.components.vision.train == "lora":
+        raise InputError(f"components.vision.train=lora: stack.kind={kind} trains the vision tower frozen or full")
+    if plan.attention == "flash" and importlib.util.find_spec("flash_attn") is None:
+        raise InputError("attention=flash: flash_attn is not installed here (use sdpa or eager)")
     if plan.optimizer.kind == "adam8bit" and kind == "hf-trainer":
         raise InputError("optimizer.kind=adam8bit: stack.kind=hf-trainer uses Trainer's default optimizer "
                          "(adamw, or DeepSpeed's fused_adam/cpu_adam)")
+
+
+def check_stack_profile(profile: Profile, plan: Plan) -> str:
+    """'causal_lm' or 'internvl' for ``profile``; InputError for a profile these stacks cannot build."""
+    stack = plan.stack.kind
+    if profile.sam2 is not None or profile.seg_head is not None:
+        raise InputError(f"stack.kind={stack}: model {profile.name} has SAM2/a seg head, whose wiring is memplan's "
+                         "own (use stack.kind=sa2va, or an InternVL or text-only profile)")
+    if profile.llm is None:
+        raise InputError(f"stack.kind={stack}: model {profile.name} has no LLM (these stacks train a causal LM)")
+    if profile.vision is None:
+        return "causal_lm"
+    if profile.vision.architecture != "internvit" or profile.projector is None:
+        raise InputError(f"stack.kind={stack}: model {profile.name} has a {profile.vision.architecture} vision tower; "
+                         "only InternVL (internvit + projector) is built as transformers' own class")
+    if plan.inputs.frames:
+        raise InputError(f"inputs.frames={plan.inputs.frames}: stack.kind={stack} feeds tiles only (use inputs.tiles)")
+    return "internvl"
 
 
 def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
@@ -78,8 +104,6 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
         _describe(result, info, clock, steps, plan)
     except Exception as error:  # noqa: BLE001 - every failure is a result, filed in its phase
         phase = clock.abort() or "setup"
-        if isinstance(error, InputError):
-            raise
         harness._file_failure(result, harness.PhaseFailure(phase, error))
     finally:
         device_cap.lift()
@@ -136,5 +160,5 @@ def _describe(result: Any, info: dict[str, Any], clock: Any, steps: int, plan: P
         "optimizer": info.get("optimizer"),
         "trainable_dtypes": dict(dtypes),
         "input_grad_hooks": input_grad_hooks(model),
-        **{key: info[key] for key in ("trainer_state", "autocast") if key in info},
+        **{key: info[key] for key in ("trainer_state", "autocast", "keeps_outputs", "fused_optimizer") if key in info},
     }

@@ -4,7 +4,7 @@ What runs is what a user script runs: ``TrainingArguments`` (created first, so a
 builds the model under zero.Init, as transformers/integrations/deepspeed.py's HfDeepSpeedConfig
 arranges) with bf16/fp16 per plan.precision, ``gradient_checkpointing`` per the LLM's plan
 (``use_reentrant=False``), Trainer's default optimizer (``optim`` left at its default,
-adamw_torch_fused on torch >= 2.8), ``max_grad_norm`` 1.0, and, where the plan's engine is DeepSpeed,
+adamw_torch_fused on torch >= 2.8; adamw_torch when stack.fused_optimizer is false), ``max_grad_norm`` 1.0, and, where the plan's engine is DeepSpeed,
 ``deepspeed=`` the config dict from memplan.integrations.deepspeed.deepspeed_config without its
 optimizer block, so Trainer builds its torch optimizer and DeepSpeed wraps it
 (deepspeed_optim_sched in transformers/integrations/deepspeed.py); with optimizer offload that
@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from memplan.estimate.stack import resolve
 from memplan.integrations.deepspeed import deepspeed_config
 from memplan.spec.hyperparameters import BETAS, EPSILON, GRADIENT_CLIPPING, LEARNING_RATE, WEIGHT_DECAY
 from memplan.probe.stacks.models import CHECKPOINT_KWARGS, adapt, build_hf_model, collate, make_sample
@@ -52,18 +53,29 @@ def trainer_deepspeed_config(plan: Plan, config: dict[str, Any] | None = None) -
     return config
 
 
+def trainer_optim(plan: Plan) -> str:
+    """TrainingArguments.optim: adamw_torch_fused (Trainer's default on torch >= 2.8) unless
+    stack.fused_optimizer is false (adamw_torch, foreach); sgd for optimizer.kind sgd."""
+    if plan.optimizer.kind == "sgd":
+        return "sgd"
+    return "adamw_torch_fused" if resolve(plan).fused_optimizer else "adamw_torch"
+
+
 def training_arguments(plan: Plan, *, steps: int, device: torch.device, output_dir: str,
                        ds_config: dict[str, Any] | None) -> Any:
     """TrainingArguments for ``steps`` optimizer steps of one micro-batch each, nothing logged or saved."""
     from transformers import TrainingArguments
 
     compute = plan.precision.compute
+    behaviour = resolve(plan)
+    autocast = behaviour.autocast or ds_config is not None  # DeepSpeed's bf16 section must match args.bf16
     checkpointing = plan.components.llm.checkpointing
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=plan.inputs.micro_batch,
         gradient_accumulation_steps=1, learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
         adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPSILON, max_grad_norm=GRADIENT_CLIPPING,
-        bf16=compute == "bf16", fp16=compute == "fp16", gradient_checkpointing=checkpointing,
+        bf16=compute == "bf16" and autocast, fp16=compute == "fp16" and autocast,
+        optim=trainer_optim(plan), gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS) if checkpointing else None,
         save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", remove_unused_columns=False,

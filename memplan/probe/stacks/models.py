@@ -19,14 +19,20 @@ Adaptation, in the order a user script runs it (``adapt``):
    ``enable_input_require_grads`` again (PeftModel._prepare_model_for_gradient_checkpointing).
    ``stack.adapter_dtype`` fp32 (default) is peft's ``autocast_adapter_dtype=True``: fp32 adapters on
    a bf16 model (peft/tuners/tuners_utils.py, BaseTuner._cast_adapter_dtype).
-3. ``stack.embeddings_training``: ``copies`` puts embed_tokens/lm_head (and a trained projector) in
-   ``modules_to_save``; ``in_place`` calls ``get_input_embeddings().requires_grad_(True)`` (and the
-   output embeddings', the projector's) on the base weights after get_peft_model.
+3. ``stack.embeddings_training``: ``copies`` puts embed_tokens/lm_head in ``modules_to_save``;
+   ``in_place`` calls ``get_input_embeddings().requires_grad_(True)`` (and the output embeddings')
+   on the base weights after get_peft_model. A trained projector is trained in place
+   (``multi_modal_projector.requires_grad_(True)`` after get_peft_model), as memplan estimates it.
 4. Full training: ``requires_grad_(True)`` on the trained parts.
 
-Weights dtype: fp32 when precision.compute is fp32, when precision.llm_fp32_upcast is set, or when
-the LLM trains in full with precision.master_weights (an fp32 model under bf16 autocast: the fp32
-weights are the masters); otherwise the compute dtype (bf16 weights).
+5. ``stack.input_grad_hooks`` set explicitly (the memory-sink fix): ``llm`` removes every hook
+   ``enable_input_require_grads`` registered and hooks the LLM's input embeddings only; ``none``
+   removes them all (non-reentrant checkpointing needs no input that requires grad). Left unset,
+   the hooks are whatever transformers and peft registered.
+
+Weights dtype: fp32 when precision.compute is fp32 or precision.weights_fp32 (the model loaded as
+float32, trained under autocast); the LLM (language model and head) alone in fp32 with
+precision.llm_fp32_upcast; otherwise the compute dtype (bf16 weights).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from memplan.estimate.stack import resolve
 from memplan.probe.build import DTYPES, IGNORE_INDEX, attn_implementation, internvit_config, llm_config
 from memplan.probe.shapes import ProbeBuildError
+from memplan.probe.stacks import check_stack_profile
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
@@ -48,6 +56,8 @@ from memplan.spec.vocabulary import Component
 LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INTERNVL_IMAGE_TOKEN_ID = 151667  # InternVLConfig.image_token_id default (<IMG_CONTEXT> of InternVL2.5)
 CHECKPOINT_KWARGS = {"use_reentrant": False}
+# the hook functions of transformers' enable_input_require_grads and peft's fallback, and ours
+REQUIRE_GRAD_HOOKS = ("make_inputs_require_grads", "make_inputs_require_grad", "_require_grad_hook")
 
 
 @dataclass
@@ -62,29 +72,10 @@ class StackModel:
     notes: list[str] = field(default_factory=list)
 
 
-def check_stack_profile(profile: Profile, plan: Plan) -> str:
-    """'causal_lm' or 'internvl' for ``profile``; InputError for a profile these stacks cannot build."""
-    stack = plan.stack.kind
-    if profile.sam2 is not None or profile.seg_head is not None:
-        raise InputError(f"stack.kind={stack}: model {profile.name} has SAM2/a seg head, whose wiring is memplan's "
-                         "own (use stack.kind=sa2va, or an InternVL or text-only profile)")
-    if profile.llm is None:
-        raise InputError(f"stack.kind={stack}: model {profile.name} has no LLM (these stacks train a causal LM)")
-    if profile.vision is None:
-        return "causal_lm"
-    if profile.vision.architecture != "internvit" or profile.projector is None:
-        raise InputError(f"stack.kind={stack}: model {profile.name} has a {profile.vision.architecture} vision tower; "
-                         "only InternVL (internvit + projector) is built as transformers' own class")
-    if plan.inputs.frames:
-        raise InputError(f"inputs.frames={plan.inputs.frames}: stack.kind={stack} feeds tiles only (use inputs.tiles)")
-    return "internvl"
-
-
 def weights_dtype(plan: Plan) -> torch.dtype:
     """The dtype the model is built in (see the module docstring)."""
     precision = plan.precision
-    full_llm = plan.trains(Component.LLM) and plan.components.llm.train == "full"
-    if precision.compute == "fp32" or precision.llm_fp32_upcast or (full_llm and precision.master_weights):
+    if precision.compute == "fp32" or precision.weights_fp32:
         return torch.float32
     return DTYPES[precision.compute]
 
@@ -122,6 +113,9 @@ def build_hf_model(profile: Profile, plan: Plan) -> StackModel:
         config = llm_config(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     model.config.use_cache = False
+    if plan.precision.llm_fp32_upcast and dtype != torch.float32:
+        _language_model(model).float()
+        model.get_output_embeddings().float()
     notes = [f"stack {plan.stack.kind}: {type(model).__name__} ({attn} attention), weights {str(dtype).split('.')[-1]}"]
     return StackModel(model=model, kind=kind, profile=profile, plan=plan, weights_dtype=dtype, notes=notes)
 
@@ -157,17 +151,17 @@ def adapt(stack_model: StackModel) -> nn.Module:
     in_place = plan.stack.embeddings_training == "in_place"
     if plan.trains(Component.LLM) and llm.train == "lora":
         names = llm.lora.targets or LLM_LINEARS
-        saved = None if in_place else (embeddings + extras) or None
+        saved = None if in_place else embeddings or None
         config = LoraConfig(r=llm.lora.rank, lora_alpha=llm.lora.alpha, lora_dropout=llm.lora.dropout,
                             target_modules=lora_targets(stack_model.kind, tuple(names)), modules_to_save=saved,
                             bias="none", task_type="CAUSAL_LM")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
-            model = get_peft_model(model, config, autocast_adapter_dtype=plan.stack.adapter_dtype != "compute")
-        if in_place:
-            _train_in_place(model, embeddings, extras)
+            model = get_peft_model(model, config, autocast_adapter_dtype=resolve(plan).adapters_fp32 is not False)
+        _train_in_place(model, embeddings if in_place else [], extras)
         stack_model.notes.append(f"peft LoRA r={llm.lora.rank} on {', '.join(names)}; "
-                                 f"{'in place' if in_place else 'modules_to_save'}: {embeddings + extras or 'none'}")
+                                 f"{'in place' if in_place else 'modules_to_save'}: {embeddings or 'none'}; "
+                                 f"trained in place: {extras or 'nothing else'}")
     else:
         if plan.trains(Component.LLM):
             _language_model(model).requires_grad_(True)
@@ -175,6 +169,9 @@ def adapt(stack_model: StackModel) -> nn.Module:
         _train_in_place(model, [], extras)
     if stack_model.kind == "internvl" and plan.trains(Component.VISION):
         _vision_tower(model).requires_grad_(True)
+    if plan.stack.input_grad_hooks is not None:
+        set_input_grad_hooks(model, plan.stack.input_grad_hooks)
+        stack_model.notes.append(f"input-grad hooks set to {plan.stack.input_grad_hooks} (stack.input_grad_hooks)")
     if not any(p.requires_grad for p in model.parameters()):
         raise InputError(f"stack.kind={plan.stack.kind}: the plan trains nothing of {stack_model.profile.name}")
     model.train()
@@ -230,10 +227,23 @@ def input_grad_hooks(model: nn.Module) -> list[str]:
     found = []
     for name, module in model.named_modules():
         hooks = getattr(module, "_forward_hooks", {})
-        if any(getattr(hook, "__name__", "") in ("make_inputs_require_grads", "make_inputs_require_grad")
-               for hook in hooks.values()):
+        if any(getattr(hook, "__name__", "") in REQUIRE_GRAD_HOOKS for hook in hooks.values()):
             found.append(name)
     return found
+
+
+def _require_grad_hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+    output.requires_grad_(True)
+
+
+def set_input_grad_hooks(model: nn.Module, which: str) -> None:
+    """Remove the hooks enable_input_require_grads left; for ``llm`` hook the LLM's embeddings only."""
+    for module in model.modules():
+        hooks = getattr(module, "_forward_hooks", {})
+        for key in [k for k, hook in hooks.items() if getattr(hook, "__name__", "") in REQUIRE_GRAD_HOOKS]:
+            del hooks[key]
+    if which == "llm":
+        model.get_input_embeddings().register_forward_hook(_require_grad_hook)
 
 
 def make_sample(stack_model: StackModel, *, seed: int = 0) -> dict[str, torch.Tensor]:
