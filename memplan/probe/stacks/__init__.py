@@ -160,5 +160,6 @@ def _describe(result: Any, info: dict[str, Any], clock: Any, steps: int, plan: P
         "optimizer": info.get("optimizer"),
         "trainable_dtypes": dict(dtypes),
         "input_grad_hooks": input_grad_hooks(model),
-        **{key: info[key] for key in ("trainer_state", "autocast", "keeps_outputs", "fused_optimizer") if key in info},
+        **{key: info[key] for key in ("trainer_state", "autocast", "keeps_outputs", "fused_optimizer",
+                                      "deepspeed_config") if info.get(key) is not None},
     }
