@@ -1,7 +1,7 @@
 """transformers' own model classes for the user-stack probes, built and adapted the way user scripts do.
 
 Models (random weights, nothing downloaded), from the profile through the probe's config mapping
-(memplan/probe/build.py: llm_config, internvit_config):
+(memplan.integrations.huggingface.families: llm.to_config, internvit.to_config):
 - a text-only profile (an LLM alone): Qwen2ForCausalLM / Qwen3ForCausalLM / LlamaForCausalLM;
 - an InternVL profile (InternViT + projector + LLM, no SAM2): InternVLForConditionalGeneration
   (transformers/models/internvl/modeling_internvl.py), fed pixel_values for every tile and
@@ -45,7 +45,9 @@ import torch
 from torch import nn
 
 from memplan.estimate.stack import resolve
-from memplan.probe.build import DTYPES, IGNORE_INDEX, attn_implementation, internvit_config, llm_config
+from memplan.integrations.huggingface.families import internvit
+from memplan.integrations.huggingface.families import llm as llm_family
+from memplan.probe.build import DTYPES, IGNORE_INDEX, attn_implementation
 from memplan.probe.shapes import ProbeBuildError
 from memplan.probe.stacks import check_stack_profile
 from memplan.spec.loading import InputError
@@ -84,8 +86,8 @@ def internvl_config(profile: Profile, plan: Plan, *, attn: str) -> Any:
     """InternVLConfig: InternViT from the vision spec, the LLM's text config, pixel shuffle 0.5."""
     from transformers import InternVLConfig
 
-    text = llm_config(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
-    vision = internvit_config(profile.vision, attn=attn)
+    text = llm_family.to_config(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
+    vision = internvit.to_config(profile.vision, attn=attn)
     ratio = 1 / int(round(profile.projector.merge_factor ** 0.5))
     image_token = INTERNVL_IMAGE_TOKEN_ID if INTERNVL_IMAGE_TOKEN_ID < profile.llm.vocab_size else profile.llm.vocab_size - 1
     patches = (profile.vision.image_size // profile.vision.patch_size) ** 2
@@ -110,7 +112,7 @@ def build_hf_model(profile: Profile, plan: Plan) -> StackModel:
     else:
         from transformers import AutoModelForCausalLM
 
-        config = llm_config(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
+        config = llm_family.to_config(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     model.config.use_cache = False
     if plan.precision.llm_fp32_upcast and dtype != torch.float32:
