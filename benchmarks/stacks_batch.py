@@ -6,8 +6,9 @@ Each run is ``python -m memplan.cli.main probe --model M --plan P [flags] --step
 --out OUT/records.jsonl`` in its own process group, its output in OUT/logs/NAME.log. A run that
 ends without appending a record (a crash, a kill past its time) gets an error or timeout record
 written here, so every planned run has exactly one record and the batch goes on. OUT/runs.jsonl maps
-each run name to its record's run_id and status. ``--deadline-s`` stops starting runs once the batch
-has used that long (the rest are listed as skipped). A short table is printed last.
+each run name to its record's run_id and status. ``--budget-s`` bounds the whole batch: no run
+starts with less than MIN_START_S left (the rest are listed as skipped) and a run still going when
+the budget ends is killed (a timeout record). A short table is printed last.
 
 The run set format is the accuracy protocol's (memplan/planning/protocol.py where present): name,
 model, plan (relative to the run set's folder), flags (build_plan keywords), vram_cap, timeout_s.
@@ -40,6 +41,8 @@ FLAG_OPTIONS = {
 ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
        "TORCH_CUDA_ARCH_LIST": "9.0", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 GIB = 2**30
+START_GRACE_S = 60  # beyond the probe's own --timeout: imports, CUDA start-up, writing the record
+MIN_START_S = 45  # a run needs about this long on one H200 (start-up included)
 
 
 def load_runs(path: Path) -> dict[str, Any]:
@@ -108,14 +111,16 @@ def fallback_record(run: dict[str, Any], argv: list[str], *, status: str, error:
                        command="memplan " + " ".join(argv), status=status, error=error)
 
 
-def run_one(run: dict[str, Any], argv: list[str], *, records: Path, log: Path) -> tuple[dict[str, Any], float]:
-    """Run one probe process; returns its record (the probe's or a fallback) and the wall seconds."""
+def run_one(run: dict[str, Any], argv: list[str], *, records: Path, log: Path,
+            limit_s: float) -> tuple[dict[str, Any], float]:
+    """Run one probe process for at most ``limit_s``; returns its record (the probe's or a fallback)
+    and the wall seconds."""
     from memplan.probe.records import append_record
 
     before = count_lines(records)
     started = time.perf_counter()
     env = {**os.environ, **ENV}
-    limit = float(run.get("timeout_s", 120)) + 90  # imports, CUDA start-up, the probe's own timeout
+    limit = limit_s
     with open(log, "wb") as handle:
         process = subprocess.Popen([sys.executable, "-m", "memplan.cli.main", *argv], stdout=handle,
                                    stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
@@ -167,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runset", type=Path)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reports/probes/stacks")))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--deadline-s", type=float, default=480.0, help="start no run after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="the batch's wall budget: no run starts with less than MIN_START_S left, and each is "
+                             "killed (a timeout record) when the budget runs out")
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     args = parser.parse_args(argv)
     runset = load_runs(args.runset)
@@ -180,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     for run in runset["runs"]:
         if only and run["name"] not in only:
             continue
-        if time.perf_counter() - started > args.deadline_s:
+        left = args.budget_s - (time.perf_counter() - started)
+        if left < MIN_START_S:
             rows.append({"name": run["name"], "status": "skipped", "wall_s": 0.0})
             continue
         run = {**run, "_plan_path": plan_path(args.runset, run.get("plan"))}
         probe = probe_argv(run, runset_path=args.runset, steps=int(runset.get("steps", 3)), out=records,
                            device=args.device)
-        record, wall = run_one(run, probe, records=records, log=out / "logs" / f"{run['name']}.log")
+        limit = min(float(run.get("timeout_s", 120)) + START_GRACE_S, left)
+        record, wall = run_one(run, probe, records=records, log=out / "logs" / f"{run['name']}.log", limit_s=limit)
         summary = record.get("summary") or {}
         row = {"name": run["name"], "status": record["status"], "run_id": record["run_id"],
                "peak_allocated_bytes": summary.get("peak_allocated_bytes"), "peak_phase": summary.get("peak_phase"),
