@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import ADAPTER_DTYPE, ATTENTION, STACK, OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, GPU_HELP, STACK, VRAM_HELP, OneLineErrors, console, OffloadChoice,
+                                  OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors)
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -29,7 +30,8 @@ def estimate(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
+    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
     host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
@@ -51,6 +53,7 @@ def estimate(
     emit_deepspeed: Optional[Path] = typer.Option(
         None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
+    dataset_samples: Optional[int] = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1),
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
     from memplan.estimate.peak import estimate as run_estimate
@@ -58,7 +61,7 @@ def estimate(
     from memplan.spec.loading import load_calibration
     from memplan.report import render
 
-    the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+    the_plan = build_plan(plan, gpus=gpus, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
                           attention=attention, adapter_dtype=adapter_dtype)
@@ -72,13 +75,20 @@ def estimate(
     result = run_estimate(profile, the_plan, the_calibration)
     sinks = find_sinks(profile, the_plan, calibration=the_calibration)
     stack_info = stack_summary(profile, the_plan)
+    from memplan.planning.steptime import step_time
+    from memplan.report.steps import step_line, with_step_json
+
+    step = step_time(profile, the_plan, terms=the_calibration.step_time)
     if output_format is OutputFormat.json:
-        typer.echo(render.with_stack_json(render.estimate_json(result), stack=stack_info, sinks=sinks))
+        typer.echo(with_step_json(render.with_stack_json(render.estimate_json(result), stack=stack_info, sinks=sinks),
+                                  step, dataset_samples))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(stack_info, sinks), nl=False)
+        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(stack_info, sinks)
+                   + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
         console().print(render.estimate_table(result))
         console().print(render.sinks_text(stack_info, sinks))
+        console().print(step_line(step, dataset_samples))
     if emit_deepspeed is not None:
         from memplan.cli.compare_cmd import emit_config
 
@@ -120,7 +130,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     console().print(table)
 
 
-from memplan.cli import calibrate_cmd, compare_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd, compare_cmd, protocol_cmd  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
 
@@ -129,6 +139,8 @@ app.command("search")(compare_cmd.search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
+app.command("predict")(protocol_cmd.predict)
+app.command("score")(protocol_cmd.score)
 app.add_typer(profile_app, name="profile", help="Import a Hugging Face config.json or compose a profile.")
 
 

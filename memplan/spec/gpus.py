@@ -11,6 +11,7 @@ import difflib
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,18 +37,30 @@ class GpuSpec(BaseModel):
     pcie_lanes: int = Field(gt=0, le=16)
     nvlink_gbps: float = Field(ge=0)  # total (both directions), as datasheets quote it; 0: none
     nvlink_group: int = Field(default=1, ge=1)
+    # GPU-to-GPU topology: nvlink (every card of an nvlink_group on one NVLink/NVSwitch fabric),
+    # nvlink-bridge (pairs joined by a bridge, the rest over PCIe), pcie (peer traffic over PCIe only)
+    interconnect: Literal["nvlink", "nvlink-bridge", "pcie"] = "pcie"
     datasheet: str = Field(min_length=8)
     aliases: tuple[str, ...] = ()
+    # the card as CUDA sees it (issue 12; memplan.spec.cards uses these)
+    family: str | None = None  # architecture family: a key of the catalogue's `families`
+    cuda_total_bytes: int | None = Field(default=None, gt=0)  # torch.cuda.get_device_properties().total_memory
+    cuda_total_source: str | None = None  # a record, a PyTorch OOM message, or "assumption: ..."
+    driver_reserved_bytes: int | None = Field(default=None, ge=0)  # nvidia-smi total - cuda_total_bytes
 
     @property
     def pcie_gbps(self) -> float:
         """Host link bandwidth per direction, GB/s (gen x lanes)."""
         return PCIE_GBPS_PER_LANE[self.pcie_gen] * self.pcie_lanes
 
+    def link_kind(self, num_gpus: int) -> str:
+        """"nvlink" when ``num_gpus`` cards share one NVLink domain, else "pcie"."""
+        return "nvlink" if self.interconnect != "pcie" and self.nvlink_gbps and num_gpus <= self.nvlink_group else "pcie"
+
     def collective_gbps(self, num_gpus: int) -> float:
         """Per-direction bandwidth a ring collective over ``num_gpus`` cards gets, GB/s: NVLink when
         all of them share one NVLink domain (half the datasheet's bidirectional figure), else PCIe."""
-        if self.nvlink_gbps and num_gpus <= self.nvlink_group:
+        if self.link_kind(num_gpus) == "nvlink":
             return self.nvlink_gbps / 2
         return self.pcie_gbps
 
@@ -68,6 +81,36 @@ def _catalogue(path: str = str(CATALOGUE_PATH)) -> dict[str, GpuSpec]:
         except ValidationError as error:
             raise InputError(describe_validation_error(error, f"{path}: gpus.{name}")) from None
     return gpus
+
+
+class FamilySpec(BaseModel):
+    """An architecture family's CUDA context: device used - reserved of one process without NCCL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    context_bytes: int = Field(gt=0)
+    source: str = Field(min_length=8)  # "measured: ..." or "assumption: ..."
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+
+@lru_cache(maxsize=4)
+def _families(path: str = str(CATALOGUE_PATH)) -> dict[str, FamilySpec]:
+    families: dict[str, FamilySpec] = {}
+    for name, fields in (read_document(Path(path)).get("families") or {}).items():
+        try:
+            families[name] = FamilySpec.model_validate({"name": name, **fields})
+        except ValidationError as error:
+            raise InputError(describe_validation_error(error, f"{path}: families.{name}")) from None
+    return families
+
+
+def get_family(name: str | None) -> FamilySpec | None:
+    """The catalogue's entry for an architecture family (None for an unknown or missing name)."""
+    return _families().get(name) if name else None
 
 
 def gpu_names() -> list[str]:

@@ -73,10 +73,12 @@ def check_stack_profile(profile: Profile, plan: Plan) -> str:
 def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                        device: str = "cuda", timeout_s: float | None = None,
                        on_update: Callable[[Any], None] | None = None,
-                       ds_config: dict[str, Any] | None = None) -> Any:
-    """measure_rank for the user stacks: the same RankResult, meter, VRAM cap, timeout and failure filing."""
+                       ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None) -> Any:
+    """measure_rank for the user stacks: the same RankResult, meter, VRAM cap (``vram_cap_card``: a
+    catalogued card's context), start context, timeout and failure filing."""
     from memplan.probe import run as harness
     from memplan.probe.cap import DeviceCap
+    from memplan.probe.context import emulated_context_bytes, start_context_bytes
     from memplan.probe.distributed import resolve_device, world
     from memplan.probe.meter import Meter
     from memplan.probe.stacks.phases import PhaseClock, StackRankResult
@@ -94,8 +96,10 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
         result.status, result.error = "error", f"setup: {harness._one_line(error)}"
         return result
     result.device = str(torch_device)
+    result.context_bytes = start_context_bytes(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = DeviceCap(torch_device, cap)
+    device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
+                           start_context=result.context_bytes or 0)
     clock = PhaseClock(Meter(torch_device, tracker), result, device_cap, on_update)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), harness._alarm(timeout_s):
