@@ -17,7 +17,9 @@ from typing import Any, Optional
 
 import typer
 
-from memplan.cli.options import OffloadChoice, build_plan, check_lora_rank, console, resolve_profile, user_errors
+from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, STACK, OffloadChoice, build_plan, check_lora_rank, console,
+                                  resolve_profile, user_errors)
+from memplan.probe.stacks import check_stack
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.probe.records import PHASE_FIELDS, STATUSES
@@ -197,6 +199,9 @@ def probe_command(
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
     objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through SAM2."),
     ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
+    stack: Optional[str] = STACK,
+    attention: Optional[str] = ATTENTION,
+    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
     mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
     vram_cap: Optional[str] = typer.Option(
@@ -216,10 +221,11 @@ def probe_command(
     vram_cap_gib = cap.gib if cap else None
     the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
                           tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
-                          ckpt=ckpt, mode=mode)
+                          ckpt=ckpt, mode=mode, stack=stack, attention=attention, adapter_dtype=adapter_dtype)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)
+    check_stack(profile, the_plan)
     check_gpus(the_plan, device.value)
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, out=out, timeout_s=timeout,
