@@ -28,13 +28,15 @@ PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags overr
 def estimate(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1."),
     vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
     host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all (params too, ZeRO-3)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed, pytorch or fsdp2."),
+    offload: Optional[OffloadChoice] = typer.Option(
+        None, "--offload", help="none | optimizer | all (params too, ZeRO-3; FSDP2: CPUOffloadPolicy)."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
     tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
@@ -54,7 +56,7 @@ def estimate(
     from memplan.spec.loading import load_calibration
     from memplan.report import render
 
-    the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
     profile = resolve_profile(model, the_plan)

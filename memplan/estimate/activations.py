@@ -11,6 +11,7 @@ resolution R sees (R/4)^2 stage-1 tokens and decodes masks on (R/16)^2 image tok
 from __future__ import annotations
 
 from memplan.estimate import coefficients as k
+from memplan.estimate import fsdp
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -52,13 +53,20 @@ def _llm_widths(ctx: Context) -> dict[str, int]:
             "heads": llm.num_heads}
 
 
+def _computed_weight_bytes(ctx: Context) -> int:
+    """Bytes per LLM weight element as the forward sees it (FSDP2: the all-gathered param_dtype)."""
+    if ctx.is_fsdp and ctx.plan.engine.fsdp.param_dtype is not None:
+        return fsdp.param_bytes(ctx, ctx.parts[Component.LLM].weight_bytes)
+    return ctx.parts[Component.LLM].weight_bytes
+
+
 def _upcast(ctx: Context) -> bool:
-    return ctx.parts[Component.LLM].weight_bytes == 4 and ctx.compute_bytes < 4
+    return _computed_weight_bytes(ctx) == 4 and ctx.compute_bytes < 4
 
 
 def residual_bytes(ctx: Context) -> int:
     """Bytes per element of the LLM's residual stream: fp32 when its weights are fp32."""
-    return ctx.parts[Component.LLM].weight_bytes
+    return _computed_weight_bytes(ctx)
 
 
 def _lora_table(ctx: Context) -> dict[str, int]:
@@ -68,6 +76,8 @@ def _lora_table(ctx: Context) -> dict[str, int]:
     if _upcast(ctx):
         return k.LORA_UPCAST_DROPOUT if dropout else k.LORA_UPCAST
     fp32_adapters = ctx.parts[Component.LLM].trainable_bytes == 4 and ctx.compute_bytes < 4
+    if ctx.is_fsdp and ctx.plan.engine.fsdp.param_dtype == "compute":
+        fp32_adapters = False  # FSDP2 all-gathers the adapters in MixedPrecisionPolicy.param_dtype
     table = dict(k.LORA_FP32 if fp32_adapters else k.LORA_BF16)
     if dropout:
         for name, c in (k.LORA_FP32_DROPOUT if fp32_adapters else k.LORA_BF16_DROPOUT).items():
