@@ -6,6 +6,8 @@ Sources (torch 2.11-2.13, torch/distributed/fsdp/_fully_shard/):
   kept in its original dtype (``orig_dtype``) as a DTensor; on the CPU (pinned) under CPUOffloadPolicy.
 - _fsdp_param.py, init_dtype_attrs / _fsdp_api.py MixedPrecisionPolicy: the unsharded parameter is in
   ``param_dtype`` (None: the original dtype), gradients are reduced in ``reduce_dtype``.
+- Units (memplan.probe.fsdp.shard_units, fsdp.unit_sizes here): every ViT and LLM decoder layer,
+  embed_tokens, lm_head, the SAM2 image encoder; the root holds the rest.
 - _fsdp_param_group.py, FSDPParamGroup.unshard / reshard: a unit (one fully_shard call) all-gathers
   all its parameters at its pre-forward and frees them at post-forward when reshard_after_forward;
   _fsdp_state.py, FSDPState._lazy_init sets the root's post_forward_mesh_info to None (the root
@@ -160,14 +162,13 @@ def unit_sizes(ctx: Context) -> tuple[list[tuple[int, int]], tuple[int, int]]:
 
     Units, as memplan.probe.fsdp applies fully_shard (and torchtitan does for its LLMs): each ViT
     layer; embed_tokens; each LLM decoder layer; lm_head (tied: one unit with embed_tokens); the
-    SAM2 encoder; the SAM2 decoder. The root holds the rest (final norm, projector, seg head, vision
-    embeddings)."""
+    SAM2 image encoder. The root holds the rest (final norm, projector, seg head, SAM2 prompt encoder
+    and mask decoder, vision embeddings)."""
     vision, llm = _layer_units(ctx, Component.VISION), _layer_units(ctx, Component.LLM)
     embeddings = _embedding_units(ctx)
     units = [*vision, *embeddings[:1], *llm, *embeddings[1:]]
-    for component in (Component.SAM2_ENCODER, Component.SAM2_DECODER):
-        if component in ctx.parts:
-            units.append((ctx.parts[component].frozen, ctx.parts[component].trainable))
+    if Component.SAM2_ENCODER in ctx.parts:
+        units.append((ctx.parts[Component.SAM2_ENCODER].frozen, ctx.parts[Component.SAM2_ENCODER].trainable))
     if not ctx.training:
         units = [(f + t, 0) for f, t in units]
     root_frozen = sum(p.frozen for p in ctx.parts.values()) - sum(u[0] for u in units)

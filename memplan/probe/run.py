@@ -194,6 +194,7 @@ def category_bytes(model: torch.nn.Module, optimizer: Any, device: torch.device)
                                                  Category.MASTER_WEIGHTS, Category.OPTIMIZER_STATE)}
 
     def add(category: Category, tensor: torch.Tensor | None) -> None:
+        tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2's DTensor: this rank's shard
         if tensor is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != device.type:
             return
         key = _storage_key(tensor)
@@ -282,6 +283,10 @@ def ensure_distributed(device: torch.device) -> None:
 
     if dist.is_initialized():
         return
+    from memplan.probe.fsdp import fake_world_size, init_fake_world
+
+    if fake_world_size():  # memplan probe --fake-world N: rank 0 of N on a fake process group
+        return init_fake_world(fake_world_size())
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -407,6 +412,10 @@ def make_engine(profile: Profile, plan: Plan, device: torch.device, world_size: 
     with build_context(plan, device, ds_config):
         model = build_model(profile, plan)
     model = apply_plan(model, plan)
+    if plan.engine.kind == "fsdp2":
+        from memplan.probe.fsdp import fsdp2_engine
+
+        return fsdp2_engine(model, plan, device)
     if plan.engine.kind == "deepspeed" and plan.mode == "train":
         return deepspeed_engine(model, plan, device, ds_config)
     return pytorch_engine(model, plan, device, world_size)
