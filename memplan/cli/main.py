@@ -49,6 +49,9 @@ def estimate(
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed: Optional[Path] = typer.Option(
         None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
+    emit_fsdp: Optional[Path] = typer.Option(
+        None, "--emit-fsdp", help="Write this FSDP2 plan's accelerate config (YAML) to FILE, and the plan beside it."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files --emit-fsdp would write."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
@@ -65,6 +68,13 @@ def estimate(
         from memplan.cli.compare_cmd import check_emittable
 
         check_emittable(the_plan, the_plan.name)
+    if emit_fsdp is not None:
+        from memplan.cli.emit_fsdp import check_targets, emit_fsdp as write_fsdp
+        from memplan.integrations.accelerate_fsdp import accelerate_plan, check_fsdp_plan
+
+        check_fsdp_plan(the_plan, the_plan.name)
+        check_targets(emit_fsdp, force=force)
+        the_plan = accelerate_plan(the_plan)  # estimate what accelerate will run
     result = run_estimate(profile, the_plan, load_calibration(calibration))
     if output_format is OutputFormat.json:
         typer.echo(render.estimate_json(result))
@@ -79,6 +89,12 @@ def estimate(
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
                        err=True)
         emit_config(the_plan, model or the_plan.model or profile.name, the_plan.name, emit_deepspeed, script, the_plan.hardware.vram_gib)
+    if emit_fsdp is not None:
+        if result.verdict is not Verdict.FITS:
+            typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
+                       err=True)
+        write_fsdp(profile, the_plan, model=model or the_plan.model or profile.name, target=emit_fsdp, script=script,
+                   force=force)
 
 
 @app.command("profiles")

@@ -165,7 +165,7 @@ def unit_sizes(ctx: Context) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     SAM2 image encoder. The root holds the rest (final norm, projector, seg head, SAM2 prompt encoder
     and mask decoder, vision embeddings)."""
     vision, llm = _layer_units(ctx, Component.VISION), _layer_units(ctx, Component.LLM)
-    embeddings = _embedding_units(ctx)
+    embeddings = _embedding_units(ctx) if ctx.plan.engine.fsdp.embeddings_unit else []
     units = [*vision, *embeddings[:1], *llm, *embeddings[1:]]
     if Component.SAM2_ENCODER in ctx.parts:
         units.append((ctx.parts[Component.SAM2_ENCODER].frozen, ctx.parts[Component.SAM2_ENCODER].trainable))

@@ -84,7 +84,7 @@ def fsdp_kwargs(plan: Plan, mesh: Any) -> dict[str, Any]:
     return {"mesh": mesh, "mp_policy": policy, "offload_policy": CPUOffloadPolicy() if fsdp.offload else OffloadPolicy()}
 
 
-def shard_units(model: nn.Module) -> list[nn.Module | list[nn.Module]]:
+def shard_units(model: nn.Module, plan: Plan) -> list[nn.Module | list[nn.Module]]:
     """The modules (or tied module lists) that get their own fully_shard call, in forward order."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -92,7 +92,9 @@ def shard_units(model: nn.Module) -> list[nn.Module | list[nn.Module]]:
     vision, llm, sam2 = getattr(model, "vision", None), getattr(model, "llm", None), getattr(model, "sam2", None)
     if vision is not None:
         units += [m for m in vision.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if llm is not None:
+    if llm is not None and not plan.engine.fsdp.embeddings_unit:
+        units += [m for m in llm.modules() if isinstance(m, GradientCheckpointingLayer)]
+    elif llm is not None:
         embed, head = llm.get_input_embeddings(), llm.get_output_embeddings()
         embed = _wrapper_of(llm, embed)
         head = _wrapper_of(llm, head) if head is not None else None
@@ -126,7 +128,7 @@ def apply_fully_shard(model: nn.Module, plan: Plan, mesh: Any) -> int:
     from torch.distributed.fsdp import fully_shard
 
     kwargs = fsdp_kwargs(plan, mesh)
-    units = shard_units(model)
+    units = shard_units(model, plan)
     for unit in units:
         fully_shard(unit, reshard_after_forward=plan.engine.fsdp.reshard_after_forward, **kwargs)
     fully_shard(model, **kwargs)

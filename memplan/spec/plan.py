@@ -73,6 +73,8 @@ class Fsdp(Section):
       parameters' own dtype). param_dtype "compute" is the plan's precision.compute.
     - offload: CPUOffloadPolicy (sharded parameters, gradients and the optimizer step on the host).
     - hsdp: shard within a node, replicate across nodes (a 2-D mesh (nodes, gpus_per_node)).
+    - embeddings_unit: embed_tokens and lm_head get their own units (torchtitan's layout); false: they
+      stay in the root, as accelerate's TRANSFORMER_BASED_WRAP leaves them.
     - The sharded parameters are held in their original dtype: fp32 for trainable parameters when
       precision.master_weights (the sharded fp32 parameter is the master), frozen ones in the compute dtype.
     """
@@ -82,6 +84,7 @@ class Fsdp(Section):
     reduce_dtype: Literal["compute", "fp32"] | None = "fp32"
     offload: bool = False
     hsdp: bool = False
+    embeddings_unit: bool = True
 
 
 class Engine(Section):
