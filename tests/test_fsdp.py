@@ -222,3 +222,36 @@ def test_fake_world_on_cpu_holds_one_rank_of_n():
     expected_state = sum(optimizer.optimizer_state_bytes(ctx, c) for c in ctx.parts)
     assert 0.85 < measured["gradients"] / expected_grads <= 1.0
     assert 0.85 < measured["optimizer_state"] / expected_state <= 1.0
+
+
+# --------------------------------------------------------------------------- search across engines and nodes
+
+
+def test_engine_sweep_covers_every_choice_and_node_count():
+    from memplan.planning.scale import ENGINE_CHOICES, fewest_nodes, node_counts, sweep
+
+    profile = load_profile("sa2va-26b")
+    cells = sweep(profile, build_plan(None), gpus_per_node=8, vram_gib=24, max_nodes=64)
+    assert node_counts(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert len(cells) == len(ENGINE_CHOICES) * 7 - 2  # HSDP needs two nodes
+    by = {(c.choice, c.nodes): c for c in cells}
+    assert by[("zero3", 8)].estimate.needed_bytes < by[("zero3", 1)].estimate.needed_bytes
+    assert by[("fsdp2", 8)].estimate.needed_bytes < by[("fsdp2", 1)].estimate.needed_bytes
+    assert by[("fsdp2", 8)].plan.engine.kind == "fsdp2" and by[("zero2", 8)].plan.engine.zero_stage == 2
+    assert all(c.fits for c in fewest_nodes(cells))
+
+
+def test_search_engines_cli_json(tmp_path):
+    out = runner.invoke(app, ["search", "--engines", "--gpus", "8", "--vram", "80", "-m", "sa2va-8b", "--max-nodes", "4",
+                              "--out", str(tmp_path), "-f", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads((tmp_path / "engines.json").read_text())
+    assert {c["engine"] for c in data["cells"]} >= {"zero1", "zero3+offload", "fsdp2+offload", "hsdp"}
+    assert {c["nodes"] for c in data["cells"]} == {1, 2, 4}
+
+
+def test_compare_takes_fsdp2_plans(tmp_path):
+    plan = tmp_path / "f.yaml"
+    plan.write_text("engine: {kind: fsdp2, fsdp: {offload: true}}\nhardware: {nodes: 2, num_gpus: 16}\n")
+    out = runner.invoke(app, ["compare", str(plan), "sa2va-official", "-m", "sa2va-8b", "--out", str(tmp_path), "-f", "json"])
+    assert out.exit_code == 0, out.output
