@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import ADAPTER_DTYPE, ATTENTION, STACK, OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -45,6 +45,9 @@ def estimate(
     objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder."),
     ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
     mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
+    stack: Optional[str] = STACK,
+    attention: Optional[str] = ATTENTION,
+    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed: Optional[Path] = typer.Option(
@@ -53,15 +56,18 @@ def estimate(
         None, "--emit-fsdp", help="Write this FSDP2 plan's accelerate config (YAML) to FILE, and the plan beside it."),
     force: bool = typer.Option(False, "--force", help="Overwrite files --emit-fsdp would write."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
+    dataset_samples: Optional[int] = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1),
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
     from memplan.estimate.peak import estimate as run_estimate
+    from memplan.planning.sinks import find_sinks, stack_summary
     from memplan.spec.loading import load_calibration
     from memplan.report import render
 
     the_plan = build_plan(plan, gpus=gpus, nodes=nodes, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
-                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
+                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
+                          attention=attention, adapter_dtype=adapter_dtype)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     if emit_deepspeed is not None:
@@ -75,13 +81,24 @@ def estimate(
         check_fsdp_plan(the_plan, the_plan.name)
         check_targets(emit_fsdp, force=force)
         the_plan = accelerate_plan(the_plan)  # estimate what accelerate will run
-    result = run_estimate(profile, the_plan, load_calibration(calibration))
+    the_calibration = load_calibration(calibration)
+    result = run_estimate(profile, the_plan, the_calibration)
+    sinks = find_sinks(profile, the_plan, calibration=the_calibration)
+    stack_info = stack_summary(profile, the_plan)
+    from memplan.planning.steptime import step_time
+    from memplan.report.steps import step_line, with_step_json
+
+    step = step_time(profile, the_plan, terms=the_calibration.step_time)
     if output_format is OutputFormat.json:
-        typer.echo(render.estimate_json(result))
+        typer.echo(with_step_json(render.with_stack_json(render.estimate_json(result), stack=stack_info, sinks=sinks),
+                                  step, dataset_samples))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result), nl=False)
+        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(stack_info, sinks)
+                   + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
         console().print(render.estimate_table(result))
+        console().print(render.sinks_text(stack_info, sinks))
+        console().print(step_line(step, dataset_samples))
     if emit_deepspeed is not None:
         from memplan.cli.compare_cmd import emit_config
 

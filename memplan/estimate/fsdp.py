@@ -72,6 +72,15 @@ def sharded_trainable(ctx: Context, component: Component) -> int:
     return padded + _ceil_div(part.trainable - lora_total, s)
 
 
+def sharded_trainable_bytes(ctx: Context, component: Component) -> int:
+    """This rank's trainable shard in bytes: its elements at the component's held width (adapters and
+    copies may differ in dtype: PartCounts.trainable_held_bytes), ceil."""
+    part = ctx.parts[component]
+    if not part.trainable:
+        return 0
+    return _ceil_div(sharded_trainable(ctx, component) * part.trainable_held_bytes, part.trainable)
+
+
 def sharded_frozen(ctx: Context, component: Component) -> int:
     return _ceil_div(ctx.parts[component].frozen, shard_group(ctx))
 
@@ -105,7 +114,7 @@ def sharded_weight_bytes(ctx: Context, component: Component, *, trainable: bool)
         return 0
     part = ctx.parts[component]
     if trainable:
-        return sharded_trainable(ctx, component) * part.trainable_bytes
+        return sharded_trainable_bytes(ctx, component)
     return sharded_frozen(ctx, component) * part.weight_bytes
 
 
@@ -113,7 +122,7 @@ def sharded_gradient_bytes(ctx: Context, component: Component) -> int:
     """Sharded gradients (the DTensor .grad of each sharded parameter) in the original dtype."""
     if offloaded(ctx):
         return 0
-    return sharded_trainable(ctx, component) * ctx.parts[component].trainable_bytes
+    return sharded_trainable_bytes(ctx, component)
 
 
 def optimizer_state_bytes(ctx: Context, component: Component, per_param: int) -> int:
@@ -226,9 +235,8 @@ def host_bytes_per_rank(ctx: Context, state_per_param: int) -> int:
         return 0
     total = 0
     for component, part in ctx.parts.items():
-        trainable = sharded_trainable(ctx, component)
         total += sharded_frozen(ctx, component) * part.weight_bytes
-        total += trainable * (2 * part.trainable_bytes + state_per_param)
+        total += 2 * sharded_trainable_bytes(ctx, component) + sharded_trainable(ctx, component) * state_per_param
     return total
 
 
@@ -237,5 +245,5 @@ def pinned_bytes_per_rank(ctx: Context) -> int:
     pins them when offload_policy.pin_memory, the default)."""
     if not offloaded(ctx):
         return 0
-    return sum(sharded_frozen(ctx, c) * p.weight_bytes + sharded_trainable(ctx, c) * 2 * p.trainable_bytes
+    return sum(sharded_frozen(ctx, c) * p.weight_bytes + 2 * sharded_trainable_bytes(ctx, c)
                for c, p in ctx.parts.items())

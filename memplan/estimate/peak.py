@@ -37,6 +37,7 @@ class Estimate:
     deepspeed: bool = False  # engine.kind deepspeed or fsdp2 (a NCCL communicator even on one GPU)
     nodes: int = 1
     host_pinned_bytes: int = 0  # pinned share of host_bytes (FSDP2 CPUOffloadPolicy), per node
+    nccl_extra_bytes: int = 0  # further communicators and inter-node buffers (multinode.nccl_extra_bytes)
 
     @property
     def headroom_bytes(self) -> int:
@@ -122,8 +123,9 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     allocated = peak.total + calibration.allocated_constant_bytes
     deepspeed = plan.engine.kind in ("deepspeed", "fsdp2")  # a process group even on one GPU
     block = activations.largest_block_bytes(ctx)
+    nccl_extra = multinode.nccl_extra_bytes(ctx, calibration)
     reserved, device, needed = overhead.card_views(calibration, allocated, block, plan.hardware.num_gpus, deepspeed,
-                                                   nccl_extra_bytes=multinode.nccl_extra_bytes(ctx, calibration))
+                                                   nccl_extra_bytes=nccl_extra)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,
@@ -142,5 +144,6 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         deepspeed=deepspeed,
         nodes=plan.hardware.nodes,
         host_pinned_bytes=plan.hardware.gpus_per_node * fsdp.pinned_bytes_per_rank(ctx) if ctx.is_fsdp else 0,
+        nccl_extra_bytes=nccl_extra,
     )
 

@@ -23,6 +23,26 @@ from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
 
+FAKE_WORLD_ENV = "MEMPLAN_FAKE_WORLD"
+
+
+def fake_world_size() -> int | None:
+    """N from MEMPLAN_FAKE_WORLD (None when unset: a real world)."""
+    value = os.environ.get(FAKE_WORLD_ENV)
+    return int(value) if value else None
+
+
+def init_fake_world(world_size: int) -> None:
+    """Join a fake process group as rank 0 of ``world_size`` (no other process exists)."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        return
+    os.environ["RANK"] = os.environ["LOCAL_RANK"] = "0"  # DeepSpeed reads LOCAL_RANK (deepspeed/comm/comm.py)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+
+
 def check_fake_world(plan: Plan, world_size: int, *, deepspeed_config: Path | None = None) -> None:
     """The fake world runs FSDP2 or DeepSpeed training plans whose hardware says N GPUs in all."""
     if plan.engine.kind == "pytorch":
@@ -44,8 +64,8 @@ def run_fake_world(profile: Profile, plan: Plan, *, world_size: int, steps: int 
                    vram_cap_gib: float | None = None, device: str = "cuda", timeout_s: float | None = None,
                    command: str | None = None) -> dict[str, Any]:
     """Measure rank 0 of ``world_size`` in this process; the record carries ``fake_world``."""
-    from memplan.probe.fsdp import FAKE_WORLD_ENV
-    from memplan.probe.run import release_distributed, run_probe
+    from memplan.probe.distributed import release_distributed
+    from memplan.probe.run import run_probe
 
     previous = os.environ.get(FAKE_WORLD_ENV)
     os.environ[FAKE_WORLD_ENV] = str(world_size)

@@ -5,7 +5,8 @@ units: each transformers GradientCheckpointingLayer of the LLM and the vision to
 layers), embed_tokens and lm_head (one unit when tied), the SAM2 vision encoder, then the root. MixedPrecisionPolicy and CPUOffloadPolicy follow the plan's ``engine.fsdp`` section;
 HSDP is a 2-D DeviceMesh (replicate over nodes, shard over a node's GPUs).
 
-The fake world (``memplan probe --fake-world N``, environment ``MEMPLAN_FAKE_WORLD=N``): one process
+The fake world (``memplan probe --fake-world N``, environment ``MEMPLAN_FAKE_WORLD=N``, memplan.probe.fake_world
+sets it up in memplan.probe.distributed.ensure_distributed): one process
 joins a process group of backend "fake" (torch.testing._internal.distributed.fake_pg, FakeStore) as
 rank 0 of N. Every collective returns at once without moving data, but FSDP2 still allocates what it
 allocates on rank 0 of a real N-rank job: its 1/N shards, the all-gather output of full units, the
@@ -16,7 +17,6 @@ the memory, are those of the real job.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import torch
@@ -24,36 +24,7 @@ from torch import nn
 
 from memplan.spec.plan import Plan
 
-FAKE_WORLD_ENV = "MEMPLAN_FAKE_WORLD"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def fake_world_size() -> int | None:
-    """N from MEMPLAN_FAKE_WORLD (None when unset: a real world)."""
-    value = os.environ.get(FAKE_WORLD_ENV)
-    return int(value) if value else None
-
-
-def init_fake_world(world_size: int) -> None:
-    """Join a fake process group as rank 0 of ``world_size`` (no other process exists)."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    if dist.is_initialized():
-        return
-    os.environ["RANK"] = os.environ["LOCAL_RANK"] = "0"  # DeepSpeed reads LOCAL_RANK (deepspeed/comm/comm.py)
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
-
-
-def ensure_world(device: torch.device) -> int:
-    """The process group FSDP2 needs: the fake one when MEMPLAN_FAKE_WORLD is set, else torchrun's
-    (or a one-rank local one); returns its world size."""
-    import torch.distributed as dist
-
-    from memplan.probe.run import ensure_distributed
-
-    ensure_distributed(device)  # the fake group when MEMPLAN_FAKE_WORLD is set
-    return dist.get_world_size()
 
 
 def device_mesh(plan: Plan, device: torch.device, world_size: int):
@@ -135,21 +106,27 @@ def apply_fully_shard(model: nn.Module, plan: Plan, mesh: Any) -> int:
     return len(units) + 1
 
 
-def fsdp2_engine(model: nn.Module, plan: Plan, device: torch.device):
+def fsdp2_engine(model: nn.Module, setup):
     """FSDP2 on ``device``: sharded model, torch optimizer on the sharded (DTensor) parameters, clip 1.0.
 
     Autocast only when MixedPrecisionPolicy casts nothing (param_dtype None): with a param_dtype the
     unsharded parameters are already in it, as in torchtitan."""
-    from memplan.probe.run import Engine, _autocast, make_optimizer
+    import torch.distributed as dist
 
-    world_size = ensure_world(device)
+    from memplan.probe.distributed import ensure_distributed
+    from memplan.probe.engines import Engine, autocast_for, make_optimizer
+    from memplan.probe.fake_world import fake_world_size
+
+    plan, device = setup.plan, setup.device
+    ensure_distributed(device)  # the fake group when MEMPLAN_FAKE_WORLD is set
+    world_size = dist.get_world_size()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     mesh = device_mesh(plan, device, world_size)
     units = apply_fully_shard(model, plan, mesh)
     model.notes.append(f"fsdp2: {units} fully_shard units over {world_size} ranks"
                        + (f" (fake world {world_size}: collectives are no-ops)" if fake_world_size() else ""))
-    autocast = _autocast(plan, device) if plan.engine.fsdp.param_dtype is None else contextlib.nullcontext
+    autocast = autocast_for(plan, device) if plan.engine.fsdp.param_dtype is None else contextlib.nullcontext
     if plan.mode == "inference":
         return Engine(model, model, None, lambda loss: None, lambda: None, autocast)
     params = [p for p in model.parameters() if p.requires_grad]
