@@ -203,20 +203,27 @@ def tiny_fsdp_plan(world: int) -> Plan:
                                "modules_to_save": ["embed_tokens", "lm_head"]}}})
 
 
-def test_fake_world_on_cpu_holds_one_rank_of_n():
-    """Rank 0 of 4 on the fake process group: gradients and optimizer state are this rank's shards.
+def test_fake_world_on_cpu_holds_one_rank_of_n(tmp_path):
+    """Rank 0 of 2 on the fake process group holds what rank 0 of a real 2-process FSDP2 run (torchrun,
+    gloo) holds, and the estimate's shards.
 
     The CPU storage tracker misses FSDP2's in-place storage resizes (unsharded parameters are freed by
-    resize_(0)), so the phase peaks are not compared here; the shards are."""
+    resize_(0)), so phase peaks are not compared here; the shards are."""
     pytest.importorskip("transformers")
+    from memplan.cli.probe import execute_probe
     from memplan.estimate import gradients, optimizer
     from memplan.probe.fake_world import run_fake_world
 
-    profile, plan = load_profile(str(TINY)), tiny_fsdp_plan(4)
-    record = run_fake_world(profile, plan, world_size=4, steps=1, device="cpu", command="pytest")
+    profile, plan = load_profile(str(TINY)), tiny_fsdp_plan(2)
+    record = run_fake_world(profile, plan, world_size=2, steps=1, device="cpu", command="pytest")
     assert record["status"] == "ok", record.get("error")
-    assert record["fake_world"] == 4 and any("fake world 4" in note for note in record["notes"])
+    assert record["fake_world"] == 2 and any("fake world 2" in note for note in record["notes"])
     measured = record["ranks"][0]["categories"]
+    real = execute_probe(profile, plan, steps=1, device="cpu", out=tmp_path / "real.jsonl", timeout_s=240, command="pytest")
+    assert real["status"] == "ok", real.get("error")
+    real_rank0 = min(real["ranks"], key=lambda r: r["rank"])["categories"]
+    for name in ("weights", "gradients", "optimizer_state"):
+        assert measured[name] == real_rank0[name], name
     ctx = build_context(profile, plan)
     expected_grads = sum(gradients.gradient_bytes(ctx, c) for c in ctx.parts)
     expected_state = sum(optimizer.optimizer_state_bytes(ctx, c) for c in ctx.parts)
