@@ -40,7 +40,7 @@ def tiny(run: dict) -> dict:
     return {**run, "model": TINY, "flags": {**flags, **TINY_FLAGS}}
 
 
-def fake_world_run(run: dict, out: Path, plans: Path, device: str = "cuda") -> dict:
+def fake_world_run(run: dict, out: Path, plans: Path, *, device: str = "cuda") -> dict:
     """One probe subprocess; its last record, or a stand-in saying what happened."""
     from memplan.probe import records
 
@@ -136,7 +136,7 @@ def main() -> int:
         if args.tiny:
             run = tiny(run)
         rows.append((run["name"], by_name[run["name"]],
-                     fake_world_run(run, records, args.out / "plans", "cpu" if args.tiny else "cuda")))
+                     fake_world_run(run, records, args.out / "plans", device="cpu" if args.tiny else "cuda")))
     if not args.skip_accelerate and not args.tiny and args.part != "qwen" and (
             not args.only or ACCELERATE["name"] in args.only):
         accelerate = predictions["accelerate"]

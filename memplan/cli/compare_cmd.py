@@ -17,7 +17,8 @@ from typing import Optional
 
 import typer
 
-from memplan.cli.options import DEFAULT_PLAN, build_plan, check_lora_rank, console, fail, resolve_profile, user_errors
+from memplan.cli.options import (DEFAULT_PLAN, GPU_HELP, VRAM_HELP, build_plan, check_lora_rank, console, fail, resolve_profile,
+                                  user_errors)
 from memplan.spec.loading import PLANS_DIR, InputError
 
 SEED_DIR = PLANS_DIR / "seed"
@@ -36,7 +37,7 @@ EXTENSIONS = {ReportFormat.table: "md", ReportFormat.md: "md", ReportFormat.html
               ReportFormat.json: "json", ReportFormat.csv: "csv"}
 
 MODEL = typer.Option(None, "--model", "-m", help="Profile name or path; overrides each plan's own model.")
-GPU = typer.Option(None, "--gpu", help="GPU from the catalogue (profiles/gpus.yaml), e.g. rtx-3090, a100-80gb, h100-sxm.")
+GPU = typer.Option(None, "--gpu", help=GPU_HELP)
 FORMAT = typer.Option(ReportFormat.table, "--format", "-f", help="table, md, html, json or csv.")
 OUT = typer.Option(Path("reports"), "--out", help="Folder the report files are written to.")
 EMIT = typer.Option(None, "--emit-deepspeed", help="Write the chosen plan's DeepSpeed config (JSON) to this file.")
@@ -66,6 +67,9 @@ def _with_gpu(plan, gpu_name: str | None, vram: float | None = None):
     if gpu_name is None:
         return plan
     spec = get_gpu(gpu_name)
+    from memplan.spec.cards import check_vram
+
+    check_vram(gpu=spec.name, vram_gib=vram if vram is not None else spec.vram_gib)
     hardware = plan.hardware.model_copy(update={"gpu": spec.name, "vram_gib": vram if vram is not None else spec.vram_gib})
     return plan.model_copy(update={"hardware": hardware})
 
@@ -245,7 +249,7 @@ def search(
     engines: bool = typer.Option(False, "--engines", help="Compare ZeRO-1/2/3 and FSDP2/HSDP (with and without "
                                  "offload) on 1..--max-nodes nodes of --gpus GPUs instead of searching knobs."),
     max_nodes: int = typer.Option(64, "--max-nodes", help="Largest node count of --engines.", min=1, max=4096),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB (default: the --gpu card's)."),
+    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP + " Default: the --gpu card's."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path (default: the plan's, else sa2va-4b)."),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Base plan (default: the official recipe)."),
     gpu: Optional[str] = GPU,
@@ -276,6 +280,9 @@ def search(
         fail(f"--host-ram={host_ram}: must be a finite positive number of GiB")
     spec = get_gpu(gpu) if gpu else None
     vram_gib = vram if vram is not None else spec.vram_gib
+    from memplan.spec.cards import check_vram
+
+    check_vram(gpu=spec.name if spec else None, vram_gib=vram_gib)
     base = build_plan(_plan_path(plan) if plan else None)
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import ADAPTER_DTYPE, ATTENTION, STACK, OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, GPU_HELP, STACK, VRAM_HELP, OneLineErrors, console, OffloadChoice,
+                                  OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors)
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -30,7 +31,8 @@ def estimate(
     plan: Optional[str] = PLAN,
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus)."),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1."),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
+    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
     host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
@@ -64,7 +66,7 @@ def estimate(
     from memplan.spec.loading import load_calibration
     from memplan.report import render
 
-    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
                           attention=attention, adapter_dtype=adapter_dtype)
@@ -146,7 +148,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     console().print(table)
 
 
-from memplan.cli import calibrate_cmd, compare_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd, compare_cmd, protocol_cmd  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
 
@@ -155,6 +157,8 @@ app.command("search")(compare_cmd.search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
+app.command("predict")(protocol_cmd.predict)
+app.command("score")(protocol_cmd.score)
 app.add_typer(profile_app, name="profile", help="Import a Hugging Face config.json or compose a profile.")
 
 

@@ -9,11 +9,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from memplan.estimate import activations, fsdp, gradients, multinode, optimizer, overhead, weights
+from memplan.estimate.card import calibration_for_card
 from memplan.estimate.context import Context, build_context
 from memplan.estimate.overhead import Calibration
 from memplan.estimate.phases import PhaseMemory, Term, all_phases
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
+from memplan.spec.cards import card_capacity_bytes
 from memplan.spec.units import gib_to_bytes
 from memplan.spec.vocabulary import Category, Component, Phase, Verdict
 
@@ -38,6 +40,7 @@ class Estimate:
     nodes: int = 1
     host_pinned_bytes: int = 0  # pinned share of host_bytes (FSDP2 CPUOffloadPolicy), per node
     nccl_extra_bytes: int = 0  # further communicators and inter-node buffers (multinode.nccl_extra_bytes)
+    context_source: str = ""  # which card family's context the device views use (memplan.estimate.card)
 
     @property
     def headroom_bytes(self) -> int:
@@ -91,6 +94,7 @@ class Estimate:
                 for t in self.breakdown()
             ],
             **self._per_node(),
+            **({"context_source": self.context_source} if self.context_source else {}),
         }
 
     def _per_node(self) -> dict:
@@ -117,6 +121,9 @@ def host_bytes(ctx: Context, calibration: Calibration) -> int:
 def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = None) -> Estimate:
     """Pure: the same (profile, plan, calibration) always gives the same Estimate."""
     calibration = calibration or overhead.DEFAULT
+    context_source = ""
+    if plan.hardware.gpu:  # the named card's family context (memplan.estimate.card)
+        calibration, context_source = calibration_for_card(calibration, plan.hardware.gpu)
     ctx = build_context(profile, plan)
     phases = tuple(all_phases(ctx))
     peak = max(phases, key=lambda p: p.total)
@@ -130,7 +137,7 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         profile_name=profile.name,
         plan_name=plan.name,
         num_gpus=plan.hardware.num_gpus,
-        vram_bytes=gib_to_bytes(plan.hardware.vram_gib),
+        vram_bytes=card_capacity_bytes(gpu=plan.hardware.gpu, vram_gib=plan.hardware.vram_gib),
         host_ram_bytes=gib_to_bytes(plan.hardware.host_ram_gib),
         phases=phases,
         peak=peak,
@@ -145,5 +152,6 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         nodes=plan.hardware.nodes,
         host_pinned_bytes=plan.hardware.gpus_per_node * fsdp.pinned_bytes_per_rank(ctx) if ctx.is_fsdp else 0,
         nccl_extra_bytes=nccl_extra,
+        context_source=context_source,
     )
 
