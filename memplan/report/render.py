@@ -17,7 +17,7 @@ from memplan.spec.vocabulary import Category, Component, Verdict
 SHORT = {
     Category.WEIGHTS: "weights", Category.TRAINABLE_WEIGHTS: "trainable", Category.GRADIENTS: "grads",
     Category.OPTIMIZER_STATE: "optim", Category.MASTER_WEIGHTS: "master", Category.ACTIVATIONS: "activ",
-    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.OVERHEAD: "overhead",
+    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.FSDP_BUFFERS: "fsdp bufs", Category.OVERHEAD: "overhead",
 }
 
 
@@ -52,13 +52,29 @@ def summary_lines(estimate: Estimate) -> list[str]:
         f"headroom {format_gib(estimate.headroom_bytes)} GiB",
         f"phases (allocated GiB): {phases}",
         f"host RAM (node): {host}{'' if estimate.host_fits else '  (exceeds host RAM)'}",
+        *_per_node_lines(estimate),
     ]
+
+
+def _per_node_lines(estimate: Estimate) -> list[str]:
+    """Multi-node plans and pinned host memory: what one node holds (host_bytes is already per node)."""
+    if estimate.nodes == 1 and not estimate.host_pinned_bytes:
+        return []
+    per_node = estimate.num_gpus // estimate.nodes
+    return [f"per node: {per_node} ranks of {estimate.num_gpus} on {estimate.nodes} node(s); host RAM "
+            f"{format_gib(estimate.host_bytes)} GiB of which pinned {format_gib(estimate.host_pinned_bytes)} GiB"]
+
+
+def _hardware(estimate: Estimate) -> str:
+    if estimate.nodes == 1:
+        return f"{estimate.num_gpus} GPU(s)"
+    return f"{estimate.nodes} nodes x {estimate.num_gpus // estimate.nodes} GPUs"
 
 
 def estimate_table(estimate: Estimate) -> Group:
     components, categories, cells = _matrix(estimate)
     table = Table(title=f"{estimate.profile_name} / {estimate.plan_name}: peak per GPU (GiB) at "
-                        f"{estimate.peak_phase.value}, {estimate.num_gpus} GPU(s)")
+                        f"{estimate.peak_phase.value}, {_hardware(estimate)}")
     table.add_column("component")
     for category in categories:
         table.add_column(SHORT[category], justify="right")
