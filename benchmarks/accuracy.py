@@ -38,7 +38,7 @@ class Run:
     timeout: int = 420
     cap: float | None = None  # --vram-cap for this run (the batch's --vram-cap otherwise)
     env: dict = field(default_factory=dict)  # e.g. a MEMPLAN_PROBE_FAULT for the fault demos
-    plan_flags: dict = field(default_factory=dict)  # build_plan keywords of a verdict run (its estimate)
+    plan_flags: dict = field(default_factory=dict)  # plan_from_flags keywords of a verdict run (its estimate)
 
 
 def _r(name: str, model: str | None, *flags: str, gpus: int = 1, timeout: int = 420, cap: float | None = None,
@@ -138,7 +138,7 @@ def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # 
     """Single-GPU Sa2VA-1B/2B plans whose estimated device peak (on a card of ``cap_gib``) lies within
     +-band of the cap, spread evenly over the band: the verdict test of issue 4. Each is probed with
     --vram-cap CAP and must fit iff it is estimated to."""
-    from memplan.cli.options import build_plan
+    from memplan.spec.flags import plan_from_flags
     from memplan.estimate.peak import estimate
     from memplan.spec.loading import load_calibration, load_profile
     from memplan.probe.shapes import ProbeBuildError, input_shapes
@@ -152,7 +152,7 @@ def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # 
                 ("z2", "pt"), texts, (True, False), tile_counts, object_counts, resolutions):
             flags = dict(gpus=1, vram=cap_gib, text_len=text, ckpt=ckpt, tiles=tiles, res=res, objects=objects,
                          **({"zero": 2} if engine == "z2" else {"engine": "pytorch"}))
-            plan = build_plan(None, **flags)
+            plan = plan_from_flags(None, **flags)
             try:
                 input_shapes(profile, plan)
             except ProbeBuildError:  # image tokens do not fit in the text: the probe refuses it

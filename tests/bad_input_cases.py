@@ -27,7 +27,6 @@ class Case:
     needles: tuple[str, ...]
     files: dict[str, Content] = field(default_factory=dict)
     usage: bool = False  # a flag/argument parse error: handled by options.OneLineErrors on the app's group
-    known_bug: str = ""  # not yet handled (in a file this work could not edit): xfail(strict=True) with this reason
 
     @property
     def command(self) -> str:

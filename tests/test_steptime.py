@@ -2,7 +2,7 @@
 
 import pytest
 
-from memplan.cli.options import build_plan
+from memplan.spec.flags import plan_from_flags
 from memplan.spec.gpus import catalogue, get_gpu, gpu_for
 from memplan.spec.loading import load_profile
 from memplan.spec.plan import Plan
@@ -46,7 +46,7 @@ def test_checkpointing_recomputes_one_forward(tiny_llm):
 
 def test_compute_time_is_flops_over_rated_throughput():
     profile = load_profile("sa2va-4b")
-    plan = build_plan(None, gpus=1, vram=80, mode="inference")
+    plan = plan_from_flags(None, gpus=1, vram=80, mode="inference")
     gpu = get_gpu("a100-80gb")
     step = step_time(profile, plan, gpu)
     assert step.breakdown["compute"] == pytest.approx(step.flops / (312e12 * UTILIZATION))
@@ -55,8 +55,8 @@ def test_compute_time_is_flops_over_rated_throughput():
 
 def test_offload_and_zero3_cost_time_and_pcie_is_slower_than_nvlink():
     profile = load_profile("sa2va-8b")
-    base = build_plan(None, gpus=4, vram=80)
-    offloaded = build_plan(None, gpus=4, vram=80, zero=3, offload="all")
+    base = plan_from_flags(None, gpus=4, vram=80)
+    offloaded = plan_from_flags(None, gpus=4, vram=80, zero=3, offload="all")
     for card in ("a100-80gb", "rtx-3090"):
         gpu = get_gpu(card)
         plain, heavy = step_time(profile, base, gpu), step_time(profile, offloaded, gpu)
@@ -74,7 +74,7 @@ def test_spearman_and_rank_check():
     profile = load_profile("sa2va-1b")
     records = []
     for index, kwargs in enumerate([{}, {"zero": 3, "offload": "all"}, {"micro_batch": 4}]):
-        plan = build_plan(None, gpus=2, vram=80, **kwargs)
+        plan = plan_from_flags(None, gpus=2, vram=80, **kwargs)
         predicted = step_time(profile, plan, get_gpu("h100-sxm")).seconds
         records.append({"run_id": f"r{index}", "status": "ok", "profile": profile.model_dump(mode="json"),
                         "plan": plan.model_dump(mode="json"), "environment": {"gpu_name": "NVIDIA H100 80GB HBM3"},

@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import (CALIBRATION, CKPT, EMIT, ENGINE, FRAMES, GPUS, HOST_RAM, LORA_RANK, MICRO_BATCH, MODE,
+                                 MODEL, OBJECTS, OFFLOAD, PLAN, RES, SCRIPT, TEXT_LEN, TILES, VRAM, ZERO, OffloadChoice,
+                                 OneLineErrors, OutputFormat, console, user_errors)
+from memplan.cli.outputs import emit_deepspeed
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -19,64 +22,61 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-MODEL = typer.Option(None, "--model", "-m", help="Profile name (see `memplan profiles`) or path; default sa2va-4b.")
-PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
-
 
 @app.command()
 @user_errors
 def estimate(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
-    host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
-    res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
-    zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all (params too, ZeRO-3)."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
-    tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="LLM sequence length in tokens (image tokens included)."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
-    objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder."),
-    ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
+    gpus: Optional[int] = GPUS,
+    vram: Optional[float] = VRAM,
+    host_ram: Optional[float] = HOST_RAM,
+    res: Optional[int] = RES,
+    zero: Optional[int] = ZERO,
+    engine: Optional[str] = ENGINE,
+    offload: Optional[OffloadChoice] = OFFLOAD,
+    lora_rank: Optional[int] = LORA_RANK,
+    tiles: Optional[int] = TILES,
+    frames: Optional[int] = FRAMES,
+    text_len: Optional[int] = TEXT_LEN,
+    micro_batch: Optional[int] = MICRO_BATCH,
+    objects: Optional[int] = OBJECTS,
+    ckpt: Optional[bool] = CKPT,
+    mode: Optional[str] = MODE,
+    calibration: Optional[str] = CALIBRATION,
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
-    emit_deepspeed: Optional[Path] = typer.Option(
-        None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
-    script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
+    emit_deepspeed_to: Optional[Path] = EMIT,
+    script: str = SCRIPT,
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
-    from memplan.estimate.peak import estimate as run_estimate
-    from memplan.spec.loading import load_calibration
+    from memplan.integrations.deepspeed import check_emittable
+    from memplan.planning.evaluate import evaluate
     from memplan.report import render
+    from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
+    from memplan.spec.loading import load_calibration
 
-    the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
-                          offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
-                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
+    the_plan = plan_from_flags(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+                               offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
+                               micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
-    if emit_deepspeed is not None:
-        from memplan.cli.compare_cmd import check_emittable
-
+    if emit_deepspeed_to is not None:
         check_emittable(the_plan, the_plan.name)
-    result = run_estimate(profile, the_plan, load_calibration(calibration))
+    evaluation = evaluate(profile, the_plan, calibration=load_calibration(calibration), reference=the_plan,
+                          with_advice=False)
+    result = evaluation.estimate
     if output_format is OutputFormat.json:
         typer.echo(render.estimate_json(result))
     elif output_format is OutputFormat.md:
         typer.echo(render.estimate_markdown(result), nl=False)
     else:
         console().print(render.estimate_table(result))
-    if emit_deepspeed is not None:
-        from memplan.cli.compare_cmd import emit_config
-
+    if emit_deepspeed_to is not None:
         if result.verdict is not Verdict.FITS:
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
                        err=True)
-        emit_config(the_plan, model or the_plan.model or profile.name, the_plan.name, emit_deepspeed, script, the_plan.hardware.vram_gib)
+        emit_deepspeed(the_plan, model=model or the_plan.model or profile.name, name=the_plan.name,
+                       target=emit_deepspeed_to, script=script, vram_gib=the_plan.hardware.vram_gib)
 
 
 @app.command("profiles")
@@ -111,12 +111,14 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     console().print(table)
 
 
-from memplan.cli import calibrate_cmd, compare_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd  # noqa: E402
+from memplan.cli.compare_cmd import compare  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
+from memplan.cli.search_cmd import search  # noqa: E402
 
-app.command("compare")(compare_cmd.compare)
-app.command("search")(compare_cmd.search)
+app.command("compare")(compare)
+app.command("search")(search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)

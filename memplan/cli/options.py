@@ -1,21 +1,18 @@
-"""Shared CLI plumbing: flags layered over a plan file, errors as one line with exit code 2."""
+"""Shared CLI plumbing: the options (each declared once), errors as one line with exit code 2.
+
+Plans are built from the flag values by memplan.spec.flags.plan_from_flags."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from enum import Enum
-from typing import Any, Callable
+from typing import Callable
 
 import typer
 import typer.core
 
-from memplan.spec.loading import DEEPSPEED_ONLY, InputError, load_profile, plan_document, plan_from_document, printable
-from memplan.spec.plan import Plan
-from memplan.spec.profile import Profile
-
-DEFAULT_MODEL = "sa2va-4b"
-DEFAULT_PLAN = "sa2va-official"  # plans/sa2va-official.yaml: the official recipe
+from memplan.spec.loading import InputError
 
 
 class OutputFormat(str, Enum):
@@ -62,99 +59,32 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def plan_with_defaults(document: dict[str, Any]) -> dict[str, Any]:
-    """The recipe defaults, with each section of the document merged in. A component named in the
-    document replaces the recipe's entry for it whole (so `llm: {train: frozen}` means frozen)."""
-    base = Plan().model_dump(mode="python", exclude_none=True)
-    for key, value in document.items():
-        if key == "components" and isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = _deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
-    """A Plan from an optional plan file and CLI flags (None = not given). Flags win."""
-    document = plan_with_defaults(plan_document(plan_file or DEFAULT_PLAN))
-    engine_flag = flags.get("engine")
-    engine_flag = engine_flag.value if isinstance(engine_flag, Enum) else engine_flag
-    if engine_flag == "pytorch" and isinstance(document.get("engine"), dict):
-        # --engine pytorch replaces the plan's engine: its DeepSpeed knobs no longer apply
-        document["engine"] = {k: v for k, v in document["engine"].items() if k not in DEEPSPEED_ONLY}
-        document["engine"].update(zero_stage=0, offload_optimizer="none", offload_params="none")
-    overrides: dict[str, Any] = {}
-    mapping = {
-        "gpus": "hardware.num_gpus", "vram": "hardware.vram_gib", "host_ram": "hardware.host_ram_gib",
-        "gpu": "hardware.gpu", "res": "inputs.sam2_resolution", "tiles": "inputs.tiles",
-        "text_len": "inputs.text_tokens", "micro_batch": "inputs.micro_batch", "objects": "inputs.objects",
-        "frames": "inputs.frames", "zero": "engine.zero_stage", "engine": "engine.kind",
-        "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
-        "precision": "precision.compute",
-    }
-    for flag, path in mapping.items():
-        value = flags.get(flag)
-        if value is not None:
-            _set(overrides, path, value.value if isinstance(value, Enum) else value)
-    if flags.get("zero") is not None and flags.get("engine") is None:
-        _set(overrides, "engine.kind", "deepspeed")
-    offload = flags.get("offload")
-    if offload is not None:
-        offload = offload.value if isinstance(offload, Enum) else offload
-        device = "nvme" if offload == "nvme" else "cpu"
-        _set(overrides, "engine.offload_optimizer", "none" if offload == "none" else device)
-        _set(overrides, "engine.offload_params", device if offload in ("all", "nvme") else "none")
-        if offload in ("all", "nvme") and flags.get("zero") is None:
-            _set(overrides, "engine.zero_stage", 3)
-    if flags.get("lora_rank") is not None:
-        llm = document["components"]["llm"]
-        if llm.get("train") != "lora":
-            raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
-        _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
-    merged = _deep_merge(document, overrides)
-    return plan_from_document(merged, printable(plan_file or DEFAULT_PLAN))
-
-
-def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
-    """--model wins, then the plan's own model, then the documented default (sa2va-4b)."""
-    return load_profile(name or (plan.model if plan else None) or DEFAULT_MODEL)
-
-
-def check_lora_rank(profile: Profile, plan: Plan) -> None:
-    """LoRA rank above a wrapped layer's narrowest width is rejected (the update could not be low-rank)."""
-    for slot, spec in (("llm", profile.llm), ("vision", profile.vision)):
-        part = getattr(plan.components, slot)
-        if spec is None or part.train != "lora" or part.lora is None:
-            continue
-        if slot == "llm":
-            narrowest = min(min(d_in, d_out) for _, d_in, d_out in spec.linear_shapes())
-        else:  # the vision tower's qkv, proj, fc1, fc2
-            narrowest = min(spec.hidden_size, spec.intermediate_size)
-        if part.lora.rank > narrowest:
-            raise InputError(
-                f"components.{slot}.lora.rank={part.lora.rank}: above the narrowest wrapped layer width "
-                f"({narrowest}) of {profile.name}; allowed: 1..{narrowest}"
-            )
+# ---------------------------------------------------------------- options, each declared once
+MODEL = typer.Option(None, "--model", "-m",
+                     help="Profile name (see `memplan profiles`) or path; default: the plan's model, else sa2va-4b.")
+PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
+GPU = typer.Option(None, "--gpu", help="GPU from the catalogue (profiles/gpus.yaml), e.g. rtx-3090, a100-80gb, h100-sxm.")
+CALIBRATION = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml).")
+SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
+GPUS = typer.Option(None, "--gpus", help="Number of GPUs (data parallel; the probe runs N > 1 under torchrun).")
+VRAM = typer.Option(None, "--vram", help="VRAM per GPU in GiB.")
+HOST_RAM = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB.")
+RES = typer.Option(None, "--res", help="SAM2 input resolution (pixels).")
+ZERO = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3.")
+ENGINE = typer.Option(None, "--engine", help="deepspeed or pytorch.")
+OFFLOAD = typer.Option(None, "--offload", help="none | optimizer | all (params too, ZeRO-3).")
+LORA_RANK = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM.")
+TILES = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail).")
+FRAMES = typer.Option(None, "--frames", help="Video frames (one tile each).")
+TEXT_LEN = typer.Option(None, "--text-len", help="LLM sequence length in tokens (image tokens included).")
+MICRO_BATCH = typer.Option(None, "--micro-batch", help="Samples per GPU per step.")
+OBJECTS = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder.")
+CKPT = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM.")
+MODE = typer.Option(None, "--mode", help="train or inference.")
+EMIT = typer.Option(None, "--emit-deepspeed",
+                    help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
+                         "and the plan beside it.")
+CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
 
 
 class OneLineErrors(typer.core.TyperGroup):

@@ -1,8 +1,7 @@
 """``memplan probe``: run a plan for real on this machine's GPU(s) and record the measured memory.
 
-Register with ``app.command("probe")(probe_command)`` in memplan/cli/main.py (it is already wrapped
-in ``user_errors``). The plan comes from the
-shared flags (memplan.cli.options.build_plan); the probe adds --steps, --vram-cap, --out, --timeout
+The plan comes from the shared plan flags (memplan.cli.options, built by
+memplan.spec.flags.plan_from_flags); the probe adds --steps, --vram-cap, --out, --timeout
 and --device. One GPU runs in this process; --gpus N > 1 relaunches under torchrun
 (memplan.probe.launch). Exit codes: 0 when a record was written with status ok or oom (an OOM is a
 result), 1 for status error/timeout, 2 for bad input (one line, no traceback).
@@ -19,10 +18,12 @@ from typing import Any, Optional
 
 import typer
 
-from memplan.cli.options import OffloadChoice, build_plan, check_lora_rank, console, resolve_profile, user_errors
+from memplan.cli.options import (CKPT, ENGINE, FRAMES, GPUS, LORA_RANK, MICRO_BATCH, MODE, MODEL, OBJECTS, OFFLOAD, PLAN,
+                                 RES, TEXT_LEN, TILES, ZERO, OffloadChoice, console, user_errors)
+from memplan.probe.records import STATUSES
+from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
-from memplan.probe.records import STATUSES
 from memplan.spec.profile import Profile
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
@@ -182,21 +183,21 @@ def render_result(record: dict[str, Any], out: Path) -> None:
 
 @user_errors
 def probe_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path; default sa2va-4b."),
-    plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs to run on (N > 1: torchrun)."),
-    res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
-    zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
-    tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="LLM sequence length in tokens."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
-    objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through SAM2."),
-    ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
+    model: Optional[str] = MODEL,
+    plan: Optional[str] = PLAN,
+    gpus: Optional[int] = GPUS,
+    res: Optional[int] = RES,
+    zero: Optional[int] = ZERO,
+    engine: Optional[str] = ENGINE,
+    offload: Optional[OffloadChoice] = OFFLOAD,
+    lora_rank: Optional[int] = LORA_RANK,
+    tiles: Optional[int] = TILES,
+    frames: Optional[int] = FRAMES,
+    text_len: Optional[int] = TEXT_LEN,
+    micro_batch: Optional[int] = MICRO_BATCH,
+    objects: Optional[int] = OBJECTS,
+    ckpt: Optional[bool] = CKPT,
+    mode: Optional[str] = MODE,
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
     vram_cap: Optional[float] = typer.Option(None, "--vram-cap", help="Emulate a card of this many GiB."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="JSONL file the record is appended to."),
@@ -207,9 +208,9 @@ def probe_command(
         "the one memplan builds from the plan; it must agree with the plan."),
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
-    the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
-                          tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
-                          ckpt=ckpt, mode=mode)
+    the_plan = plan_from_flags(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
+                               tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
+                               ckpt=ckpt, mode=mode)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)
@@ -218,7 +219,8 @@ def probe_command(
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
                            device=device.value, ds_config=ds_config)
     render_result(record, out)
-    assert record["status"] in STATUSES
+    if record["status"] not in STATUSES:
+        raise RuntimeError(f"probe record {record.get('run_id')}: status {record['status']!r} is none of {STATUSES}")
     if record["status"] in ("error", "timeout"):
         raise typer.Exit(code=1)
 

@@ -23,13 +23,13 @@ def uses_nccl(num_gpus: int, is_deepspeed: bool) -> bool:
     return num_gpus > 1 or is_deepspeed
 
 
-def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is_deepspeed: bool = False) -> int:
+def device_bytes(calibration: Calibration, peak_reserved: int, *, num_gpus: int, is_deepspeed: bool = False) -> int:
     """nvidia-smi view: reserved + CUDA context (+ NCCL's communicator buffers, see uses_nccl)."""
     nccl = calibration.nccl_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
     return peak_reserved + calibration.context_bytes + nccl
 
 
-def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: int, device: int, num_gpus: int,
+def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: int, *, device: int, num_gpus: int,
                  is_deepspeed: bool = False) -> int:
     """Device memory a run needs not to run out:
     allocated x (1 + pressure_ratio) + pressure_block x largest block + context (+ NCCL).
@@ -47,10 +47,11 @@ def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: i
             + calibration.context_bytes + nccl)
 
 
-def card_views(calibration: Calibration, peak_allocated: int, largest_block: int, num_gpus: int,
+def card_views(calibration: Calibration, peak_allocated: int, largest_block: int, *, num_gpus: int,
                is_deepspeed: bool = False) -> tuple[int, int, int]:
     """(reserved, device, needed) for an allocated peak: the three views above, in one place."""
     reserved = reserved_bytes(calibration, peak_allocated)
-    device = device_bytes(calibration, reserved, num_gpus, is_deepspeed)
-    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device, num_gpus, is_deepspeed)
+    device = device_bytes(calibration, reserved, num_gpus=num_gpus, is_deepspeed=is_deepspeed)
+    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device=device,
+                                          num_gpus=num_gpus, is_deepspeed=is_deepspeed)
 

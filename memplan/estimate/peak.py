@@ -51,6 +51,11 @@ class Estimate:
         return self.host_bytes <= self.host_ram_bytes
 
     @property
+    def fits(self) -> bool:
+        """The plan fits: on the card (verdict FITS) and in the node's host RAM."""
+        return self.verdict is Verdict.FITS and self.host_fits
+
+    @property
     def peak_phase(self) -> Phase:
         return self.peak.phase
 
@@ -90,6 +95,18 @@ class Estimate:
         }
 
 
+def phase_needed_bytes(result: Estimate) -> dict[str, int]:
+    """What the card must hold at every phase's allocated peak, as the verdict sees the peak
+    (overhead.needed_bytes; the device view where no pressure ratio is fitted)."""
+    cal: Calibration = result.calibration
+    out = {}
+    for phase in result.phases:
+        allocated = phase.total + cal.allocated_constant_bytes
+        out[phase.phase.value] = overhead.card_views(cal, allocated, result.largest_block_bytes,
+                                                     num_gpus=result.num_gpus, is_deepspeed=result.deepspeed)[2]
+    return out
+
+
 def host_bytes(ctx: Context, calibration: Calibration) -> int:
     """Node-wide host RAM: one process per GPU (base RSS each) plus offloaded optimizer state,
     fp32 masters and gradients, and offloaded parameters (ZeRO-Offload, arXiv 2101.06840)."""
@@ -110,7 +127,8 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     allocated = peak.total + calibration.allocated_constant_bytes
     deepspeed = plan.engine.kind == "deepspeed"
     block = activations.largest_block_bytes(ctx)
-    reserved, device, needed = overhead.card_views(calibration, allocated, block, plan.hardware.num_gpus, deepspeed)
+    reserved, device, needed = overhead.card_views(calibration, allocated, block, num_gpus=plan.hardware.num_gpus,
+                                                   is_deepspeed=deepspeed)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,

@@ -36,14 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from memplan.estimate.peak import Estimate, estimate
-from memplan.estimate.overhead import Calibration
+from memplan.spec.calibration import Calibration
 from memplan.planning.fidelity import score_values
 from memplan.spec.gpus import GpuSpec, gpu_for
 from memplan.spec.plan import Engine, Hardware, LoRA, Optimizer, Plan
 from memplan.spec.profile import Profile
 from memplan.planning.steptime import StepTime, Workload, time_step, workload
-from memplan.spec.units import gib_to_bytes
-from memplan.spec.vocabulary import Verdict
 
 # Step times within 2% of each other count as equal: the step-time model cannot rank them, so a
 # front point is dropped when a more faithful feasible plan is at most 2% slower.
@@ -136,11 +134,6 @@ class SearchStats:
     dominated: int = 0  # cannot join the front: a faster feasible candidate is at least as faithful
     feasible: int | None = None  # known only for an exhaustive search
     seconds: float = 0.0
-
-    @property
-    def evaluated(self) -> int:
-        """Candidates decided: every one enumerated was scored and classified."""
-        return self.candidates
 
 
 @dataclass(frozen=True)
@@ -304,8 +297,6 @@ def search(
     gpu = gpu or gpu_for(hardware.gpu, vram_gib)
     base = base_plan.model_copy(update={"mode": "train", "hardware": hardware})
     builder = _Builder(profile, base, hardware, space)
-    vram_bytes = gib_to_bytes(vram_gib)
-    host_bytes = gib_to_bytes(hardware.host_ram_gib)
 
     ranks = _ranks(profile, base, space)
     resolutions = _resolutions(profile, base, space)
@@ -356,7 +347,7 @@ def search(
         result = estimate(profile, builder.plan(knobs_of(group, point)), calibration)
         stats.estimated += 1
         estimates[(group, point)] = result
-        ok = result.verdict is Verdict.FITS and result.host_bytes <= host_bytes and result.needed_bytes <= vram_bytes
+        ok = result.fits
         lattices[group].add(point, ok)
         return ok
 

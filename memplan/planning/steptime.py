@@ -78,10 +78,6 @@ class Flops(NamedTuple):
     backward: float
     recompute: float
 
-    @property
-    def total(self) -> float:
-        return self.forward + self.backward + self.recompute
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -166,9 +162,8 @@ def _vision_flops(ctx: Context) -> Flops:
 
 
 def _projector_flops(ctx: Context) -> Flops:
-    v, p, inputs = ctx.profile.vision, ctx.profile.projector, ctx.plan.inputs
-    per_tile = v.patches_per_tile // p.merge_factor if v else 256
-    tokens = inputs.micro_batch * (inputs.tiles + inputs.frames) * per_tile
+    inputs = ctx.plan.inputs
+    tokens = inputs.micro_batch * (inputs.tiles + inputs.frames) * ctx.profile.image_tokens_per_tile
     part = ctx.parts[Component.PROJECTOR]
     return _dense(part.total, part.trainable, tokens, ctx.graph.get(Component.PROJECTOR, False), False)
 

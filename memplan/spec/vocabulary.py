@@ -20,7 +20,6 @@ class Category(str, Enum):
     ACTIVATIONS = "activations"  # tensors saved for backward (or live in inference)
     TRANSIENT = "transient_buffers"  # short-lived workspaces: logits/loss, recompute, optimizer temporaries
     DEEPSPEED_BUFFERS = "deepspeed_buffers"  # ZeRO buckets, prefetch, gathered parameters
-    OVERHEAD = "overhead"  # allocator rounding, CUDA context (reserved/device views only)
 
 
 class Component(str, Enum):
