@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import (CALIBRATION, CKPT, EMIT, ENGINE, FRAMES, GPUS, HOST_RAM, LORA_RANK, MICRO_BATCH, MODE,
-                                 MODEL, OBJECTS, OFFLOAD, PLAN, RES, SCRIPT, TEXT_LEN, TILES, VRAM, ZERO, OffloadChoice,
-                                 OneLineErrors, OutputFormat, console, user_errors)
+from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, CALIBRATION, CKPT, EMIT, ENGINE, FRAMES, GPUS, HOST_RAM,
+                                 LORA_RANK, MICRO_BATCH, MODE, MODEL, OBJECTS, OFFLOAD, PLAN, RES, SCRIPT, STACK, TEXT_LEN,
+                                 TILES, VRAM, ZERO, OffloadChoice, OneLineErrors, OutputFormat, console, user_errors)
 from memplan.cli.outputs import emit_deepspeed
 
 app = typer.Typer(
@@ -43,6 +43,9 @@ def estimate(
     objects: Optional[int] = OBJECTS,
     ckpt: Optional[bool] = CKPT,
     mode: Optional[str] = MODE,
+    stack: Optional[str] = STACK,
+    attention: Optional[str] = ATTENTION,
+    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
     calibration: Optional[str] = CALIBRATION,
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed_to: Optional[Path] = EMIT,
@@ -57,20 +60,22 @@ def estimate(
 
     the_plan = plan_from_flags(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
                                offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
-                               micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
+                               micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
+                               attention=attention, adapter_dtype=adapter_dtype)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     if emit_deepspeed_to is not None:
         check_emittable(the_plan, the_plan.name)
     evaluation = evaluate(profile, the_plan, calibration=load_calibration(calibration), reference=the_plan,
-                          with_advice=False)
+                          with_advice=False, with_sinks=True)
     result = evaluation.estimate
     if output_format is OutputFormat.json:
-        typer.echo(render.estimate_json(result))
+        typer.echo(render.with_stack_json(render.estimate_json(result), stack=evaluation.stack, sinks=evaluation.sinks))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result), nl=False)
+        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(evaluation.stack, evaluation.sinks), nl=False)
     else:
         console().print(render.estimate_table(result))
+        console().print(render.sinks_text(evaluation.stack, evaluation.sinks))
     if emit_deepspeed_to is not None:
         if result.verdict is not Verdict.FITS:
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",

@@ -81,6 +81,11 @@ MICRO_BATCH = typer.Option(None, "--micro-batch", help="Samples per GPU per step
 OBJECTS = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder.")
 CKPT = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM.")
 MODE = typer.Option(None, "--mode", help="train or inference.")
+STACK = typer.Option(None, "--stack", help="Training stack: sa2va (the official recipe's wiring), hf-trainer, "
+                     "accelerate or custom-loop; sets the stack's memory behaviours (docs/methodology.md).")
+ATTENTION = typer.Option(None, "--attention", help="eager, sdpa or flash (eager keeps the s x s probabilities).")
+ADAPTER_DTYPE = typer.Option(None, "--adapter-dtype", help="LoRA adapters in fp32 (peft's default) or compute "
+                             "(bf16; autocast_adapter_dtype=False). Default: the stack's.")
 EMIT = typer.Option(None, "--emit-deepspeed",
                     help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
                          "and the plan beside it.")

@@ -1,8 +1,8 @@
 """``memplan probe``: run a plan for real on this machine's GPU(s) and record the measured memory.
 
-The plan comes from the shared plan flags (memplan.cli.options, built by
-memplan.spec.flags.plan_from_flags); the probe adds --steps, --vram-cap, --out, --timeout
-and --device. One GPU runs in this process; --gpus N > 1 relaunches under torchrun
+The plan comes from the shared plan flags (memplan.cli.options, built by memplan.spec.flags.plan_from_flags);
+the probe adds --steps, --vram-cap, --out, --timeout, --device and --deepspeed-config. One GPU runs in
+this process; --gpus N > 1 relaunches under torchrun
 (memplan.probe.launch). Exit codes: 0 when a record was written with status ok or oom (an OOM is a
 result), 1 for status error/timeout, 2 for bad input (one line, no traceback).
 torch is imported only when the probe runs.
@@ -133,8 +133,9 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
 
         return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
                             device=device, timeout_s=timeout_s, command=command, ds_config=ds_config)
+    from memplan.probe.distributed import release_distributed
     from memplan.probe.records import append_record
-    from memplan.probe.run import release_distributed, run_probe
+    from memplan.probe.run import run_probe
 
     record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
                        command=command, ds_config=ds_config)
@@ -218,9 +219,9 @@ def probe_command(
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
                            device=device.value, ds_config=ds_config)
-    render_result(record, out)
     if record["status"] not in STATUSES:
-        raise RuntimeError(f"probe record {record.get('run_id')}: status {record['status']!r} is none of {STATUSES}")
+        raise InputError(f"status={record['status']!r}: the probe record's status must be one of {', '.join(STATUSES)}")
+    render_result(record, out)
     if record["status"] in ("error", "timeout"):
         raise typer.Exit(code=1)
 

@@ -16,6 +16,7 @@ from memplan.estimate.peak import Estimate, estimate, phase_needed_bytes
 from memplan.planning.advice import Advice, advise
 from memplan.planning.fidelity import GivesUp, fidelity, gives_up
 from memplan.planning.search import SearchResult
+from memplan.planning.sinks import Sink, find_sinks, stack_summary
 from memplan.planning.steptime import StepTime, step_time
 from memplan.spec.calibration import Calibration
 from memplan.spec.gpus import GpuSpec, gpu_for
@@ -38,6 +39,8 @@ class Evaluation:
     gives_up: GivesUp
     advice: Advice | None
     knobs: dict[str, Any] | None = None  # search candidates: the knob values
+    stack: dict[str, Any] | None = None  # the resolved training stack (memplan.planning.sinks.stack_summary)
+    sinks: list[Sink] | None = None  # memory the stack spends that one code change gets back
 
     @property
     def name(self) -> str:
@@ -72,16 +75,20 @@ def evaluate(
     step: StepTime | None = None,
     knobs: dict[str, Any] | None = None,
     with_advice: bool = True,
+    with_sinks: bool = False,
 ) -> Evaluation:
     """Evaluate ``plan`` on ``gpu`` (default: the plan's card, memplan.spec.gpus.gpu_for), fidelity and
     what it gives up against ``reference``, slowdown against ``baseline_seconds`` per sample; advice
-    only when it does not fit. ``result`` and ``step`` reuse what a caller (the search) computed."""
+    only when it does not fit; the stack and its memory sinks with ``with_sinks``. ``result`` and ``step``
+    reuse what a caller (the search) computed."""
     result = result or estimate(profile, plan, calibration)
     step = step or step_time(profile, plan, gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib))
     slowdown = step.per_sample / baseline_seconds if baseline_seconds else 1.0
     advice = advise(profile, plan, calibration, result) if with_advice and not result.fits else None
+    stack = stack_summary(profile, plan) if with_sinks else None
+    sinks = find_sinks(profile, plan, calibration=calibration) if with_sinks else None
     return Evaluation(profile, plan, result, step, slowdown, fidelity(plan, reference),
-                      gives_up(profile, plan, reference), advice, knobs)
+                      gives_up(profile, plan, reference), advice, knobs, stack, sinks)
 
 
 def evaluate_side_by_side(entries: list[tuple[Profile, Plan]], *, reference: Plan,

@@ -27,7 +27,7 @@ FLAG_PATHS = {
     "text_len": "inputs.text_tokens", "micro_batch": "inputs.micro_batch", "objects": "inputs.objects",
     "frames": "inputs.frames", "zero": "engine.zero_stage", "engine": "engine.kind",
     "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
-    "precision": "precision.compute",
+    "precision": "precision.compute", "stack": "stack.kind", "adapter_dtype": "stack.adapter_dtype",
 }
 FLAGS = (*FLAG_PATHS, "offload", "lora_rank")
 
