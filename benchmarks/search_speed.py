@@ -45,7 +45,7 @@ def main() -> None:
         times, result = [], None
         for _ in range(args.repeats):
             started = time.perf_counter()
-            result = search(profile, base, gpus, vram, host_ram_gib=host)
+            result = search(profile, base, num_gpus=gpus, vram_gib=vram, host_ram_gib=host)
             times.append(time.perf_counter() - started)
         stats = result.stats
         print(f"| {label} | {stats.candidates:,} | {stats.estimated:,} | {len(result.front)} | {statistics.median(times):.2f} |")

@@ -75,3 +75,30 @@ def test_the_check_sees_lazy_relative_and_package_imports():
               "from ..cli import options\nimport memplan.probe.records\nfrom memplan import planning\n")
     assert imported_packages(source, "estimate") == {"report", "cli", "probe", "planning"}
     assert imported_packages("from .loading import InputError\n", "spec") == {"spec"}
+
+
+# Functions still taking more than three positional parameters, in files another change owns
+# (the architecture-family adapters: probe/build.py, integrations/huggingface.py); each to be fixed there.
+POSITIONAL_EXEMPT = {
+    ("probe/build.py", "make_batch"), ("probe/build.py", "_pixel_inputs"), ("probe/build.py", "__init__"),
+    ("integrations/huggingface.py", "_compare"),
+}
+PROTOCOLS = {"__torch_dispatch__"}  # signatures fixed by the library that calls them
+
+
+def positional_heavy(source: str) -> list[str]:
+    """Functions with more than three parameters of which more than three are positional (self/cls aside)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in PROTOCOLS:
+            positional = [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+            if len(positional) > 3:
+                out.append(node.name)
+    return out
+
+
+def test_more_than_three_parameters_are_keyword_only():
+    found = {(path.relative_to(PACKAGE).as_posix(), name) for path in PACKAGE.rglob("*.py")
+             for name in positional_heavy(path.read_text(encoding="utf-8"))}
+    assert sorted(found - POSITIONAL_EXEMPT) == []
+    assert positional_heavy("def f(a, b, c, d=1): pass\ndef g(a, b, c, *, d): pass\n") == ["f"]

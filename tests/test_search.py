@@ -31,7 +31,7 @@ def _app() -> typer.Typer:
 def seed_search():
     base = plan_from_flags(BASELINE)
     profile = load_profile(base.model)
-    return profile, base, run_search(profile, base, 4, 24.0, host_ram_gib=128)
+    return profile, base, run_search(profile, base, num_gpus=4, vram_gib=24.0, host_ram_gib=128)
 
 
 def test_evaluates_at_least_ten_thousand_candidates(seed_search):
@@ -70,10 +70,10 @@ def test_pruned_sweep_matches_brute_force(model, num_gpus, vram):
     """Every candidate of a small space estimated directly: same feasible set, same front."""
     base = plan_from_flags(BASELINE)
     profile = load_profile(model)
-    exhaustive = run_search(profile, base, num_gpus, vram, host_ram_gib=128, space=SMALL_SPACE, exhaustive=True)
-    fast = run_search(profile, base, num_gpus, vram, host_ram_gib=128, space=SMALL_SPACE)
+    exhaustive = run_search(profile, base, num_gpus=num_gpus, vram_gib=vram, host_ram_gib=128, space=SMALL_SPACE, exhaustive=True)
+    fast = run_search(profile, base, num_gpus=num_gpus, vram_gib=vram, host_ram_gib=128, space=SMALL_SPACE)
     # brute force: the same plan construction, every candidate estimated, no lattice
-    builder = _Builder(profile, exhaustive.base_plan, exhaustive.base_plan.hardware, SMALL_SPACE)
+    builder = _Builder(profile, exhaustive.base_plan, hardware=exhaustive.base_plan.hardware, space=SMALL_SPACE)
     brute = []
     for (zero, offload), ckpt, mb, res, rank, dec, rb, ab, ov in itertools.product(
             SMALL_SPACE.zero_offload, SMALL_SPACE.checkpointing, SMALL_SPACE.micro_batch, SMALL_SPACE.sam2_resolution,
@@ -89,7 +89,7 @@ def test_pruned_sweep_matches_brute_force(model, num_gpus, vram):
 
 def test_nothing_fits_names_the_smallest_peak():
     profile = load_profile("sa2va-26b")
-    result = run_search(profile, plan_from_flags(None), 1, 8.0, host_ram_gib=64)
+    result = run_search(profile, plan_from_flags(None), num_gpus=1, vram_gib=8.0, host_ram_gib=64)
     assert not result.front and result.smallest is not None
     assert result.smallest.estimate.device_bytes > gib_to_bytes(8.0) or not result.smallest.estimate.host_fits
     assert result.stats.candidates >= 10_000

@@ -33,6 +33,7 @@ def _notes(rows, reference) -> list[str]:
 
 @user_errors
 def compare(
+    *,
     plans: Optional[list[str]] = typer.Argument(None, help="Plan files or names (default: plans/seed baseline and plans A-D)."),
     model: Optional[str] = MODEL,
     gpu: Optional[str] = GPU,

@@ -26,6 +26,7 @@ app = typer.Typer(
 @app.command()
 @user_errors
 def estimate(
+    *,
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
     gpus: Optional[int] = GPUS,

@@ -35,7 +35,7 @@ def zero3_note(plans) -> list[str]:
     return [ZERO3_STEP_NOTE] if any(p.engine.kind == "deepspeed" and p.engine.zero_stage == 3 for p in plans) else []
 
 
-def _render(report, output_format: ReportFormat, rendered_charts: dict[str, tuple[str, bytes]],
+def _render(report, output_format: ReportFormat, *, rendered_charts: dict[str, tuple[str, bytes]],
             extra_json: dict | None) -> str:
     from memplan.report import compare as render
 
@@ -48,7 +48,7 @@ def _render(report, output_format: ReportFormat, rendered_charts: dict[str, tupl
     return render.report_markdown(report, {t: name for t, (name, _) in rendered_charts.items()})
 
 
-def write_outputs(report, output_format: ReportFormat, out: Path, extra_json: dict | None = None) -> list[str]:
+def write_outputs(report, output_format: ReportFormat, out: Path, *, extra_json: dict | None = None) -> list[str]:
     """Write the report (and charts) under ``out``; print it in ``output_format``; return notes."""
     from memplan.report import charts
     from memplan.report import compare as render
@@ -67,7 +67,7 @@ def write_outputs(report, output_format: ReportFormat, out: Path, extra_json: di
             (out / file_name).write_bytes(png)
             written.append(str(out / file_name))
     target = out / f"{report.kind}.{EXTENSIONS[output_format]}"
-    text = _render(report, output_format, rendered_charts, extra_json)
+    text = _render(report, output_format, rendered_charts=rendered_charts, extra_json=extra_json)
     target.write_text(text, encoding="utf-8")
     written.insert(0, str(target))
     notes.append("wrote " + ", ".join(written))

@@ -184,6 +184,7 @@ def render_result(record: dict[str, Any], out: Path) -> None:
 
 @user_errors
 def probe_command(
+    *,
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
     gpus: Optional[int] = GPUS,

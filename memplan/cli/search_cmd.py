@@ -43,6 +43,7 @@ def _nothing_fits(result, *, gpus: int, vram_gib: float, output_format: ReportFo
 
 @user_errors
 def search(
+    *,
     gpus: int = typer.Option(..., "--gpus", help="Number of GPUs (data parallel).", min=1, max=1024),
     vram: Optional[float] = VRAM,
     model: Optional[str] = MODEL,
@@ -78,7 +79,7 @@ def search(
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)
     cal = load_calibration(calibration)
-    result = run_search(profile, base, gpus, vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal)
+    result = run_search(profile, base, num_gpus=gpus, vram_gib=vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal)
     if not result.front:
         _nothing_fits(result, gpus=gpus, vram_gib=vram_gib, output_format=output_format)
         return
@@ -103,7 +104,7 @@ def search(
     chosen = choose_row(rows, choose, 0) if emit_deepspeed_to is not None else None
     if chosen is not None:
         check_emittable(chosen.plan, chosen.name)
-    write_outputs(report, output_format, out, extra)
+    write_outputs(report, output_format, out, extra_json=extra)
     if chosen is not None:
         emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name, target=emit_deepspeed_to,
                        script=script, vram_gib=vram_gib)

@@ -298,8 +298,8 @@ def _evaluate(profile: Profile, original: Plan, proposal: Proposal, *, plan: Pla
                   round(base.fidelity - fidelity(plan, original), 6), tokens_lost, text, proposal.needs_hardware)
 
 
-def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None,
-           result: Estimate | None = None, *, pairs: bool = True) -> Advice:
+def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None, *,
+           result: Estimate | None = None, pairs: bool = True) -> Advice:
     """Diagnose ``plan`` and, when it does not fit (GPU or host), find the changes that make it fit."""
     result = result or estimate(profile, plan, calibration)
     diagnosis = diagnose(result)

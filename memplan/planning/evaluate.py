@@ -84,7 +84,7 @@ def evaluate(
     result = result or estimate(profile, plan, calibration)
     step = step or step_time(profile, plan, gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib))
     slowdown = step.per_sample / baseline_seconds if baseline_seconds else 1.0
-    advice = advise(profile, plan, calibration, result) if with_advice and not result.fits else None
+    advice = advise(profile, plan, calibration, result=result) if with_advice and not result.fits else None
     stack = stack_summary(profile, plan) if with_sinks else None
     sinks = find_sinks(profile, plan, calibration=calibration) if with_sinks else None
     return Evaluation(profile, plan, result, step, slowdown, fidelity(plan, reference),

@@ -185,7 +185,7 @@ class _Lattice:
 class _Builder:
     """Plans for candidates: nested sections built (validated) once per distinct value."""
 
-    def __init__(self, profile: Profile, base: Plan, hardware: Hardware, space: SearchSpace):
+    def __init__(self, profile: Profile, base: Plan, *, hardware: Hardware, space: SearchSpace):
         self.profile, self.base, self.space = profile, base, space
         self.hardware = hardware
         self._engines: dict[tuple, Engine] = {}
@@ -197,7 +197,7 @@ class _Builder:
         self._opt_plain = Optimizer(kind="adamw", foreach=base_opt.foreach) if base_opt.kind == "cpu_adam" else base_opt
         self._opt_offload = base_opt
 
-    def engine(self, zero: int, offload: str, reduce: int, allgather: int, overlap: bool) -> Engine:
+    def engine(self, zero: int, offload: str, *, reduce: int, allgather: int, overlap: bool) -> Engine:
         key = (zero, offload, reduce, allgather, overlap)
         engine = self._engines.get(key)
         if engine is None:
@@ -232,8 +232,8 @@ class _Builder:
         return inputs
 
     def plan(self, knobs: Knobs) -> Plan:
-        engine = self.engine(knobs.zero_stage, knobs.offload, knobs.reduce_bucket_size,
-                             knobs.allgather_bucket_size, knobs.overlap_comm)
+        engine = self.engine(knobs.zero_stage, knobs.offload, reduce=knobs.reduce_bucket_size,
+                             allgather=knobs.allgather_bucket_size, overlap=knobs.overlap_comm)
         optimizer = self._opt_offload if engine.offload_optimizer != "none" else self._opt_plain
         return self.base.model_copy(update={
             "name": knobs.name(), "description": knobs.describe(), "hardware": self.hardware, "engine": engine, "optimizer": optimizer,
@@ -241,7 +241,8 @@ class _Builder:
             "inputs": self.inputs(knobs.micro_batch, knobs.sam2_resolution),
         })
 
-    def workload(self, micro_batch: int, resolution: int, rank: int | None, decoder: bool, checkpointing: bool) -> Workload:
+    def workload(self, micro_batch: int, resolution: int, *, rank: int | None, decoder: bool,
+                 checkpointing: bool) -> Workload:
         key = (micro_batch, resolution, rank, decoder, checkpointing)
         work = self._workloads.get(key)
         if work is None:
@@ -273,9 +274,9 @@ def _decoders(profile: Profile, base: Plan, space: SearchSpace) -> tuple[bool, .
 def search(
     profile: Profile,
     base_plan: Plan,
+    *,
     num_gpus: int,
     vram_gib: float,
-    *,
     host_ram_gib: float | None = None,
     gpu: GpuSpec | None = None,
     space: SearchSpace | None = None,
@@ -296,7 +297,7 @@ def search(
         "gpu": gpu.name if gpu else base_plan.hardware.gpu})
     gpu = gpu or gpu_for(hardware.gpu, vram_gib)
     base = base_plan.model_copy(update={"mode": "train", "hardware": hardware})
-    builder = _Builder(profile, base, hardware, space)
+    builder = _Builder(profile, base, hardware=hardware, space=space)
 
     ranks = _ranks(profile, base, space)
     resolutions = _resolutions(profile, base, space)
@@ -317,13 +318,13 @@ def search(
                 mb, res, rank, dec, rb, ab, ov = (axis[i] for axis, i in zip(memory_axes, point))
                 engine = engines.get((rb, ab, ov))
                 if engine is None:
-                    engine = engines[(rb, ab, ov)] = builder.engine(zero, offload, rb, ab, ov)
-                work = builder.workload(mb, res, rank, dec, checkpointing)
-                seconds = time_step(work, engine, num_gpus, gpu).per_sample
+                    engine = engines[(rb, ab, ov)] = builder.engine(zero, offload, reduce=rb, allgather=ab, overlap=ov)
+                work = builder.workload(mb, res, rank=rank, decoder=dec, checkpointing=checkpointing)
+                seconds = time_step(work, engine, num_gpus=num_gpus, gpu=gpu).per_sample
                 key = (res, rank, dec, mb)
                 score = fidelity_cache.get(key)
                 if score is None:
-                    score = fidelity_cache[key] = score_values(res, rank, dec, mb, base)
+                    score = fidelity_cache[key] = score_values(res, rank, decoder_trained=dec, micro_batch=mb, reference=base)
                 scored.append((seconds, -score, group, point))
     stats = SearchStats(candidates=len(scored))
     scored.sort()
@@ -373,9 +374,9 @@ def search(
         knobs = knobs_of(group, point)
         plan = builder.plan(knobs)
         result = estimates.get((group, point)) or estimate(profile, plan, calibration)
-        work = builder.workload(knobs.micro_batch, knobs.sam2_resolution, knobs.lora_rank, knobs.decoder_trained,
-                                knobs.checkpointing)
-        step = time_step(work, plan.engine, num_gpus, gpu)
+        work = builder.workload(knobs.micro_batch, knobs.sam2_resolution, rank=knobs.lora_rank,
+                                decoder=knobs.decoder_trained, checkpointing=knobs.checkpointing)
+        step = time_step(work, plan.engine, num_gpus=num_gpus, gpu=gpu)
         score = fidelity_cache[(knobs.sam2_resolution, knobs.lora_rank, knobs.decoder_trained, knobs.micro_batch)]
         return Candidate(knobs, plan, result, step, score)
 

@@ -121,7 +121,7 @@ class StepTime:
 
 
 # ---------------------------------------------------------------- FLOPs per component
-def _dense(p_matmul: float, p_trained: float, tokens: float, graph: bool, recompute: bool,
+def _dense(p_matmul: float, p_trained: float, tokens: float, *, graph: bool, recompute: bool,
            attention_forward: float = 0.0) -> Flops:
     """Forward 2PT (+ attention); backward 2PT activation grads + 2 P_t T weight grads (+ 2x the
     attention) when the part is on the gradient path; recompute one more forward when checkpointed."""
@@ -145,8 +145,9 @@ def _llm_flops(ctx: Context) -> Flops:
     s = inputs.text_tokens
     attention = llm.num_layers * inputs.micro_batch * 4 * s * s * llm.q_dim / 2  # causal
     graph = ctx.graph.get(Component.LLM, False)
-    body = _dense(layers + adapters, body_trained, tokens, graph, part.checkpointing, attention)
-    logits = _dense(head, head_trained, tokens, graph, False)
+    body = _dense(layers + adapters, body_trained, tokens, graph=graph, recompute=part.checkpointing,
+                  attention_forward=attention)
+    logits = _dense(head, head_trained, tokens, graph=graph, recompute=False)
     return Flops(body.forward + logits.forward, body.backward + logits.backward, body.recompute)
 
 
@@ -158,14 +159,15 @@ def _vision_flops(ctx: Context) -> Flops:
     attention = v.num_layers * tiles * 4 * s * s * v.hidden_size  # bidirectional
     part = ctx.parts[Component.VISION]
     return _dense(groups["attention"] + groups["mlp"], part.trainable, tiles * s,
-                  ctx.graph.get(Component.VISION, False), ctx.plan.components.vision.checkpointing, attention)
+                  graph=ctx.graph.get(Component.VISION, False), recompute=ctx.plan.components.vision.checkpointing,
+                  attention_forward=attention)
 
 
 def _projector_flops(ctx: Context) -> Flops:
     inputs = ctx.plan.inputs
     tokens = inputs.micro_batch * (inputs.tiles + inputs.frames) * ctx.profile.image_tokens_per_tile
     part = ctx.parts[Component.PROJECTOR]
-    return _dense(part.total, part.trainable, tokens, ctx.graph.get(Component.PROJECTOR, False), False)
+    return _dense(part.total, part.trainable, tokens, graph=ctx.graph.get(Component.PROJECTOR, False), recompute=False)
 
 
 def _sam2_encoder_flops(ctx: Context) -> Flops:
@@ -193,14 +195,15 @@ def _sam2_decoder_flops(ctx: Context) -> Flops:
     inputs = ctx.plan.inputs
     tokens = inputs.micro_batch * inputs.objects * (inputs.sam2_resolution // 16) ** 2
     part = ctx.parts[Component.SAM2_DECODER]
-    return _dense(part.total, part.trainable, tokens, ctx.graph.get(Component.SAM2_DECODER, False), False)
+    return _dense(part.total, part.trainable, tokens, graph=ctx.graph.get(Component.SAM2_DECODER, False),
+                  recompute=False)
 
 
 def _seg_head_flops(ctx: Context) -> Flops:
     inputs = ctx.plan.inputs
     part = ctx.parts[Component.SEG_HEAD]
     return _dense(part.total, part.trainable, inputs.micro_batch * inputs.objects,
-                  ctx.graph.get(Component.SEG_HEAD, False), False)
+                  graph=ctx.graph.get(Component.SEG_HEAD, False), recompute=False)
 
 
 FLOP_COUNTERS = {
@@ -233,7 +236,7 @@ def _bandwidth(gbps: float) -> float:
     return gbps * 1e9 * LINK_EFFICIENCY
 
 
-def time_step(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec) -> StepTime:
+def time_step(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec) -> StepTime:
     """Seconds of one step: compute + exposed communication + offload copies + optimizer step."""
     rate = gpu.bf16_tflops * 1e12 * UTILIZATION
     forward_s = work.forward_flops / rate
@@ -285,7 +288,7 @@ def step_time(profile: Profile, plan: Plan, gpu: GpuSpec | None = None) -> StepT
     """Seconds per step of ``plan`` on its GPU (plan.hardware.gpu, or the catalogued card whose
     VRAM is nearest the plan's)."""
     gpu = gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib)
-    return time_step(workload(profile, plan), plan.engine, plan.hardware.num_gpus, gpu)
+    return time_step(workload(profile, plan), plan.engine, num_gpus=plan.hardware.num_gpus, gpu=gpu)
 
 
 # ---------------------------------------------------------------- checking the ranking on probes

@@ -185,7 +185,7 @@ def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> 
     raise InputError(f"{field}={shown(name_or_path)}: unknown {kind}{hint}")
 
 
-def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[str, Any]:
+def _component_mapping(value: Any, slot: str, *, where: str, depth: int) -> dict[str, Any]:
     """A component slot holds a name (of a component profile), or a mapping with optional 'from'."""
     if isinstance(value, str):
         value = {"from": value}
@@ -203,7 +203,7 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
         if base_kind is not None and base_kind != slot:
             raise InputError(f"{where}: {slot}={shown(base)} is a {shown(base_kind)} component; "
                              f"a {slot} slot needs kind={slot!r}")
-        base_fields = _component_fields(base_doc, slot, str(base), depth + 1)
+        base_fields = _component_fields(base_doc, slot, where=str(base), depth=depth + 1)
         value = {**base_fields, **value}
     value.setdefault("kind", slot)
     if value["kind"] != slot:
@@ -211,15 +211,15 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
     return value
 
 
-def _component_fields(document: dict[str, Any], slot: str, where: str, depth: int) -> dict[str, Any]:
+def _component_fields(document: dict[str, Any], slot: str, *, where: str, depth: int) -> dict[str, Any]:
     """Fields of a component profile file, without its name/source/description."""
     kind = document.get("kind")
     if kind is None:  # a whole-model profile used as a component source: take its slot
         if document.get(slot) is None:
             raise InputError(f"{where}: has no {slot} component")
-        return _component_mapping(document[slot], slot, where, depth)
+        return _component_mapping(document[slot], slot, where=where, depth=depth)
     fields = {k: v for k, v in document.items() if k not in ("name", "source", "description")}
-    return _component_mapping(fields, slot, where, depth)
+    return _component_mapping(fields, slot, where=where, depth=depth)
 
 
 def profile_from_document(document: dict[str, Any], where: str) -> Profile:
@@ -238,7 +238,7 @@ def profile_from_document(document: dict[str, Any], where: str) -> Profile:
         document = {**head, slot: document}
     for slot in COMPONENT_SLOTS:
         if slot in document and document[slot] is not None:
-            document[slot] = _component_mapping(document[slot], slot, where, 0)
+            document[slot] = _component_mapping(document[slot], slot, where=where, depth=0)
     document.setdefault("name", Path(where).stem)
     try:
         profile = Profile.model_validate(document)
