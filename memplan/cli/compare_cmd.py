@@ -3,13 +3,12 @@ up, advice), printed in --format and written under --out (memplan.cli.outputs)."
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from memplan.cli.options import CALIBRATION, CHOOSE, EMIT, GPU, MODEL, SCRIPT, user_errors
-from memplan.cli.outputs import FORMAT, OUT, ReportFormat, choose_row, emit_deepspeed, write_outputs, zero3_note
+from memplan.cli.options import GPU, MODEL, user_errors
+from memplan.cli.outputs import choose_row, emit_deepspeed, report_options, write_outputs, zero3_note
 from memplan.spec.flags import (DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_lora_rank, on_gpu, plan_argument,
                                 plan_from_flags, resolve_profile)
 
@@ -32,17 +31,13 @@ def _notes(rows, reference) -> list[str]:
 
 
 @user_errors
+@report_options
 def compare(
     *,
     plans: Optional[list[str]] = typer.Argument(None, help="Plan files or names (default: plans/seed baseline and plans A-D)."),
     model: Optional[str] = MODEL,
     gpu: Optional[str] = GPU,
-    calibration: Optional[str] = CALIBRATION,
-    output_format: ReportFormat = FORMAT,
-    out: Path = OUT,
-    emit_deepspeed_to: Optional[Path] = EMIT,
-    choose: Optional[str] = CHOOSE,
-    script: str = SCRIPT,
+    report: dict,
 ) -> None:
     """Compare plans side by side: peak per GPU, verdict, host RAM, step time, what each gives up, advice."""
     from memplan.integrations.deepspeed import check_emittable
@@ -58,16 +53,16 @@ def compare(
         check_lora_rank(profile, plan)
         entries.append((profile, plan))
     reference = plan_from_flags(DEFAULT_PLAN)
-    rows = evaluate_side_by_side(entries, reference=reference, calibration=load_calibration(calibration))
+    rows = evaluate_side_by_side(entries, reference=reference, calibration=load_calibration(report["calibration"]))
     title = (f"memplan compare: {len(rows)} plans ({', '.join(sorted({r.profile.name for r in rows}))}); "
              f"step time and slowdown against {rows[0].name}")
-    report = Report(title, rows, DEFAULT_PLAN, _notes(rows, reference), kind="compare")
     chosen = None
-    if emit_deepspeed_to is not None:  # refuse a bad choice before writing anything
+    if report["emit_deepspeed_to"] is not None:  # refuse a bad choice before writing anything
         default = next((i for i, r in enumerate(rows) if r.fits and r.plan.mode == "train"), None)
-        chosen = choose_row(rows, choose, default)
+        chosen = choose_row(rows, report["choose"], default)
         check_emittable(chosen.plan, chosen.name)
-    write_outputs(report, output_format, out)
+    write_outputs(Report(title, rows, DEFAULT_PLAN, _notes(rows, reference), kind="compare"), report["output_format"],
+                  report["out"])
     if chosen is not None:
-        emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name, target=emit_deepspeed_to,
-                       script=script, vram_gib=chosen.plan.hardware.vram_gib)
+        emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name,
+                       target=report["emit_deepspeed_to"], script=report["script"], vram_gib=chosen.plan.hardware.vram_gib)

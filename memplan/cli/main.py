@@ -9,9 +9,8 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, CALIBRATION, CKPT, EMIT, ENGINE, FRAMES, GPUS, HOST_RAM,
-                                 LORA_RANK, MICRO_BATCH, MODE, MODEL, OBJECTS, OFFLOAD, PLAN, RES, SCRIPT, STACK, TEXT_LEN,
-                                 TILES, VRAM, ZERO, OffloadChoice, OneLineErrors, OutputFormat, console, user_errors)
+from memplan.cli.options import (CALIBRATION, EMIT, MODEL, PLAN, SCRIPT, OneLineErrors, OutputFormat, console, plan_flags,
+                                 user_errors)
 from memplan.cli.outputs import emit_deepspeed
 
 app = typer.Typer(
@@ -25,32 +24,17 @@ app = typer.Typer(
 
 @app.command()
 @user_errors
+@plan_flags("gpus", "vram", "host_ram", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
+            "micro_batch", "objects", "ckpt", "mode", "stack", "attention", "adapter_dtype")
 def estimate(
     *,
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
-    gpus: Optional[int] = GPUS,
-    vram: Optional[float] = VRAM,
-    host_ram: Optional[float] = HOST_RAM,
-    res: Optional[int] = RES,
-    zero: Optional[int] = ZERO,
-    engine: Optional[str] = ENGINE,
-    offload: Optional[OffloadChoice] = OFFLOAD,
-    lora_rank: Optional[int] = LORA_RANK,
-    tiles: Optional[int] = TILES,
-    frames: Optional[int] = FRAMES,
-    text_len: Optional[int] = TEXT_LEN,
-    micro_batch: Optional[int] = MICRO_BATCH,
-    objects: Optional[int] = OBJECTS,
-    ckpt: Optional[bool] = CKPT,
-    mode: Optional[str] = MODE,
-    stack: Optional[str] = STACK,
-    attention: Optional[str] = ATTENTION,
-    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
     calibration: Optional[str] = CALIBRATION,
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed_to: Optional[Path] = EMIT,
     script: str = SCRIPT,
+    flags: dict,
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
     from memplan.integrations.deepspeed import check_emittable
@@ -59,10 +43,7 @@ def estimate(
     from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
     from memplan.spec.loading import load_calibration
 
-    the_plan = plan_from_flags(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
-                               offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
-                               micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
-                               attention=attention, adapter_dtype=adapter_dtype)
+    the_plan = plan_from_flags(plan, **flags)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     if emit_deepspeed_to is not None:

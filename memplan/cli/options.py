@@ -5,9 +5,11 @@ Plans are built from the flag values by memplan.spec.flags.plan_from_flags."""
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+import typing
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import typer
 import typer.core
@@ -90,6 +92,48 @@ EMIT = typer.Option(None, "--emit-deepspeed",
                     help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
                          "and the plan beside it.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
+
+# The plan flags (memplan.spec.flags.FLAGS): the type of each and its option
+PLAN_FLAGS: dict[str, tuple[Any, Any]] = {
+    "gpus": (Optional[int], GPUS), "vram": (Optional[float], VRAM), "host_ram": (Optional[float], HOST_RAM),
+    "res": (Optional[int], RES), "zero": (Optional[int], ZERO), "engine": (Optional[str], ENGINE),
+    "offload": (Optional[OffloadChoice], OFFLOAD), "lora_rank": (Optional[int], LORA_RANK),
+    "tiles": (Optional[int], TILES), "frames": (Optional[int], FRAMES), "text_len": (Optional[int], TEXT_LEN),
+    "micro_batch": (Optional[int], MICRO_BATCH), "objects": (Optional[int], OBJECTS), "ckpt": (Optional[bool], CKPT),
+    "mode": (Optional[str], MODE), "stack": (Optional[str], STACK), "attention": (Optional[str], ATTENTION),
+    "adapter_dtype": (Optional[str], ADAPTER_DTYPE),
+}
+
+
+def option_group(table: dict[str, tuple[Any, Any]], names: tuple[str, ...], *, into: str,
+                 after: str | None = None) -> Callable:
+    """Decorator: the command gets the named options of ``table`` ({name: (type, typer option)})
+    after its parameter ``after`` (else last), and receives their values as one dict, ``into``."""
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+        hints = {k: v for k, v in typing.get_type_hints(fn).items() if k != into}
+        own = [p for p in signature.parameters.values() if p.name != into]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == after), len(own))
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=table[name][1],
+                                   annotation=table[name][0]) for name in names]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            group = {name: kwargs.pop(name) for name in names}
+            return fn(**kwargs, **{into: group})
+
+        command.__signature__ = signature.replace(parameters=[*own[:at], *added, *own[at:]])
+        command.__annotations__ = {**hints, **{name: table[name][0] for name in names}}
+        return command
+
+    return decorate
+
+
+def plan_flags(*names: str) -> Callable:
+    """The named plan flags as options after --plan, handed to the command as ``flags`` (a dict for
+    memplan.spec.flags.plan_from_flags)."""
+    return option_group(PLAN_FLAGS, names, into="flags", after="plan")
 
 
 class OneLineErrors(typer.core.TyperGroup):

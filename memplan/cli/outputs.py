@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from memplan.cli.options import console, fail
+from memplan.cli.options import CALIBRATION, CHOOSE, EMIT, SCRIPT, console, fail, option_group
 
 
 class ReportFormat(str, Enum):
@@ -24,6 +25,17 @@ EXTENSIONS = {ReportFormat.table: "md", ReportFormat.md: "md", ReportFormat.html
 
 FORMAT = typer.Option(ReportFormat.table, "--format", "-f", help="table, md, html, json or csv.")
 OUT = typer.Option(Path("reports"), "--out", help="Folder the report files are written to.")
+
+REPORT_OPTIONS = {
+    "calibration": (Optional[str], CALIBRATION), "output_format": (ReportFormat, FORMAT), "out": (Path, OUT),
+    "emit_deepspeed_to": (Optional[Path], EMIT), "choose": (Optional[str], CHOOSE), "script": (str, SCRIPT),
+}
+
+
+def report_options(fn):
+    """compare's and search's shared options (--calibration, --format, --out, --emit-deepspeed,
+    --choose, --script), last, handed to the command as one dict, ``report``."""
+    return option_group(REPORT_OPTIONS, tuple(REPORT_OPTIONS), into="report")(fn)
 
 ZERO3_STEP_NOTE = ("ZeRO-3 step times are a lower bound: on H100s sa2va-1b measured about 2 s per steady ZeRO-3 "
                    "step against 0.3-0.5 s for ZeRO-2, about 4x where memplan.planning.steptime predicts 1.2x "

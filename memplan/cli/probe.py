@@ -18,8 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from memplan.cli.options import (CKPT, ENGINE, FRAMES, GPUS, LORA_RANK, MICRO_BATCH, MODE, MODEL, OBJECTS, OFFLOAD, PLAN,
-                                 RES, TEXT_LEN, TILES, ZERO, OffloadChoice, console, user_errors)
+from memplan.cli.options import MODEL, PLAN, console, plan_flags, user_errors
 from memplan.probe.records import STATUSES
 from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
 from memplan.spec.loading import InputError
@@ -183,23 +182,12 @@ def render_result(record: dict[str, Any], out: Path) -> None:
 
 
 @user_errors
+@plan_flags("gpus", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len", "micro_batch",
+            "objects", "ckpt", "mode")
 def probe_command(
     *,
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
-    gpus: Optional[int] = GPUS,
-    res: Optional[int] = RES,
-    zero: Optional[int] = ZERO,
-    engine: Optional[str] = ENGINE,
-    offload: Optional[OffloadChoice] = OFFLOAD,
-    lora_rank: Optional[int] = LORA_RANK,
-    tiles: Optional[int] = TILES,
-    frames: Optional[int] = FRAMES,
-    text_len: Optional[int] = TEXT_LEN,
-    micro_batch: Optional[int] = MICRO_BATCH,
-    objects: Optional[int] = OBJECTS,
-    ckpt: Optional[bool] = CKPT,
-    mode: Optional[str] = MODE,
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
     vram_cap: Optional[float] = typer.Option(None, "--vram-cap", help="Emulate a card of this many GiB."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="JSONL file the record is appended to."),
@@ -208,11 +196,10 @@ def probe_command(
     deepspeed_config: Optional[Path] = typer.Option(
         None, "--deepspeed-config", help="Train with this DeepSpeed JSON config (e.g. one memplan emitted) instead of "
         "the one memplan builds from the plan; it must agree with the plan."),
+    flags: dict,
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
-    the_plan = plan_from_flags(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
-                               tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
-                               ckpt=ckpt, mode=mode)
+    the_plan = plan_from_flags(plan, **flags)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)

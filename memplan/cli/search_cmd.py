@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from memplan.cli.options import CALIBRATION, CHOOSE, EMIT, GPU, HOST_RAM, MODEL, PLAN, SCRIPT, VRAM, fail, user_errors
-from memplan.cli.outputs import FORMAT, OUT, ReportFormat, choose_row, emit_deepspeed, write_outputs, zero3_note
+from memplan.cli.options import GPU, HOST_RAM, MODEL, PLAN, VRAM, fail, user_errors
+from memplan.cli.outputs import ReportFormat, choose_row, emit_deepspeed, report_options, write_outputs, zero3_note
 from memplan.spec.flags import check_lora_rank, plan_argument, plan_from_flags, resolve_profile
 
 
@@ -42,6 +41,7 @@ def _nothing_fits(result, *, gpus: int, vram_gib: float, output_format: ReportFo
 
 
 @user_errors
+@report_options
 def search(
     *,
     gpus: int = typer.Option(..., "--gpus", help="Number of GPUs (data parallel).", min=1, max=1024),
@@ -51,12 +51,7 @@ def search(
     gpu: Optional[str] = GPU,
     host_ram: Optional[float] = HOST_RAM,
     top: int = typer.Option(10, "--top", help="Show at most this many plans of the front (most faithful first).", min=1),
-    calibration: Optional[str] = CALIBRATION,
-    output_format: ReportFormat = FORMAT,
-    out: Path = OUT,
-    emit_deepspeed_to: Optional[Path] = EMIT,
-    choose: Optional[str] = CHOOSE,
-    script: str = SCRIPT,
+    report: dict,
 ) -> None:
     """Search ZeRO stage, offload, checkpointing, micro-batch, SAM2 resolution, LoRA rank, decoder freezing,
     buckets and overlap for the plans that fit; print the Pareto front of time per sample vs fidelity."""
@@ -78,7 +73,8 @@ def search(
     base = plan_from_flags(plan_argument(plan) if plan else None)
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)
-    cal = load_calibration(calibration)
+    output_format = report["output_format"]
+    cal = load_calibration(report["calibration"])
     result = run_search(profile, base, num_gpus=gpus, vram_gib=vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal)
     if not result.front:
         _nothing_fits(result, gpus=gpus, vram_gib=vram_gib, output_format=output_format)
@@ -98,13 +94,13 @@ def search(
     title = (f"memplan search: Pareto front of {len(result.front)} plans for {profile.name} on {gpus} x {vram_gib:g} GiB "
              f"(most faithful first; slowdown against the fastest)")
     notes += zero3_note([r.plan for r in rows])
-    report = Report(title, rows, result.base_plan.name, notes, kind="search")
     extra = {"evaluated": stats.candidates, "estimated": stats.estimated, "proven_oom": stats.proven_oom,
              "proven_fit": stats.proven_fit, "dominated": stats.dominated, "seconds": round(stats.seconds, 3)}
-    chosen = choose_row(rows, choose, 0) if emit_deepspeed_to is not None else None
+    chosen = choose_row(rows, report["choose"], 0) if report["emit_deepspeed_to"] is not None else None
     if chosen is not None:
         check_emittable(chosen.plan, chosen.name)
-    write_outputs(report, output_format, out, extra_json=extra)
+    write_outputs(Report(title, rows, result.base_plan.name, notes, kind="search"), output_format, report["out"],
+                  extra_json=extra)
     if chosen is not None:
-        emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name, target=emit_deepspeed_to,
-                       script=script, vram_gib=vram_gib)
+        emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name,
+                       target=report["emit_deepspeed_to"], script=report["script"], vram_gib=vram_gib)
