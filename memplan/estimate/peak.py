@@ -107,6 +107,19 @@ def phase_needed_bytes(result: Estimate) -> dict[str, int]:
     return out
 
 
+def category_bytes(result: Estimate) -> dict[Category, int]:
+    """Bytes per Category, each at its largest over the phases' peak moments: what a census of the
+    live tensors taken at every phase (max over steps) sees (memplan.probe.census)."""
+    out: dict[Category, int] = {}
+    for phase in result.phases:
+        sums: dict[Category, int] = defaultdict(int)
+        for term in phase.moment.terms:
+            sums[term.category] += term.bytes
+        for category, value in sums.items():
+            out[category] = max(out.get(category, 0), value)
+    return out
+
+
 def host_bytes(ctx: Context, calibration: Calibration) -> int:
     """Node-wide host RAM: one process per GPU (base RSS each) plus offloaded optimizer state,
     fp32 masters and gradients, and offloaded parameters (ZeRO-Offload, arXiv 2101.06840)."""

@@ -31,10 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from memplan.spec.loading import InputError
+from memplan.spec.loading import InputError, read_file_bytes
+from memplan.spec.record import SCHEMA, STATUSES  # noqa: F401 (re-exported: the typed model is memplan.spec.record)
 
-SCHEMA = "memplan.probe/1"
-STATUSES = ("ok", "oom", "error", "timeout")
 PHASE_FIELDS = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
 SUMMARY_FIELDS = {
     "peak_allocated_bytes": "max_allocated_bytes",
@@ -164,18 +163,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Every record of a JSONL file. A torn last line (no final newline: a writer killed mid-line) is
     skipped with a warning; any other bad line raises an InputError naming path:line."""
     path = Path(path)
-    try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
-    if not exists:
-        raise InputError(f"{path}: file not found")
-    if is_dir:
-        raise InputError(f"{path}: is a directory, expected a JSONL file of probe records")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    data = read_file_bytes(path, name=str(path), expected="a JSONL file of probe records")
     lines = data.split(b"\n")
     torn_allowed = not data.endswith(b"\n")  # only an unterminated last line can be torn
     while lines and not lines[-1].strip():

@@ -123,9 +123,9 @@ def check_finite(document: Any, where: str) -> None:
             stack.extend((value, f"{at}.{printable(key)}" if at else printable(key)) for key, value in items)
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
-    name = printable(path)
+def read_file_bytes(path: Path, *, name: str, expected: str) -> bytes:
+    """The bytes of a file; a path that is unusable, missing, a directory or unreadable is an
+    InputError naming it (``name``) and what was ``expected`` there."""
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError) as error:  # a name too long, a NUL byte
@@ -133,13 +133,21 @@ def read_document(path: Path) -> dict[str, Any]:
     if not exists:
         raise InputError(f"{name}: file not found")
     if is_dir:
-        raise InputError(f"{name}: is a directory, expected a YAML or JSON file")
+        raise InputError(f"{name}: is a directory, expected {expected}")
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+        return path.read_bytes()
     except OSError as error:
         raise InputError(f"{name}: cannot read ({error.strerror})") from None
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
+    name = printable(path)
+    raw = read_file_bytes(path, name=name, expected="a YAML or JSON file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=YAML_LOADER)
     except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as error:
