@@ -1,4 +1,4 @@
-"""Speed of `memplan search` (issue 5): candidates decided per second on the seed's case and others.
+"""Speed of `memplan search`: candidates decided per second on the seed's case and others.
 
 Run: python benchmarks/search_speed.py [--repeats 3]
 Prints a Markdown table (machine, candidates, full memory estimates, median seconds).

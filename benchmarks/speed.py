@@ -1,4 +1,4 @@
-"""Speed of the estimate path (issue 2): end-to-end CLI vs importing torch+transformers, and the
+"""Speed of the estimate path: end-to-end CLI vs importing torch+transformers, and the
 pure estimate function in plans per second.
 
 Run: python benchmarks/speed.py [--repeats 5]
