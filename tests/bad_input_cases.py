@@ -328,7 +328,7 @@ CASES: list[Case] = [
     Case("probe-gpus-zero", "probe --gpus 0", ("probe", "--gpus", "0"), ("hardware.num_gpus=0", "greater than 0")),
     Case("probe-vram-cap", "probe --vram-cap -1", ("probe", "--vram-cap", "-1"), ("--vram-cap=-1", "positive")),
     Case("probe-timeout", "probe --timeout 0", ("probe", "--timeout", "0"), ("--timeout=0", "positive")),
-    # ---- compare and search (memplan/cli/compare_cmd.py)
+    # ---- compare and search (memplan/cli/compare_cmd.py, search_cmd.py)
     Case("compare-malformed-plan", "compare a malformed plan", ("compare", "p.yaml", "--out", "reports"),
          ("p.yaml", "malformed YAML"), {"p.yaml": "engine: [\n"}),
     Case("compare-unknown-plan", "compare an unknown plan name", ("compare", "plan-z", "--out", "reports"),
