@@ -1,7 +1,9 @@
 """The probe's small modules on their own: the fault hook's spellings, the engine registry, the
-environment keys and the rank triple."""
+environment keys, the rank triple, and the size of every probe and integrations module."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from memplan.probe.engines import ENGINES, EngineSetup, engine_kind, make_engine
 from memplan.probe.environment import environment, fallback_environment
 from memplan.spec.plan import Plan
 from memplan.spec.vocabulary import Phase
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("value", "fault"), [
@@ -81,3 +85,8 @@ def test_fallback_environment_has_the_measured_keys():
     assert list(fallback) == list(measured)
     assert measured["torch"] == torch.__version__ and fallback["torch"] is None
     assert fallback["world_size"] == measured["world_size"] == 2
+@pytest.mark.parametrize("package", ["probe", "integrations"])
+def test_no_module_over_400_lines(package):
+    for path in sorted((ROOT / "memplan" / package).rglob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= 400, f"{path.relative_to(ROOT)}: {lines} lines"

@@ -19,14 +19,14 @@ from typing import Any, Optional
 import typer
 
 from memplan.cli.options import MODEL, PLAN, console, plan_flags, user_errors
-from memplan.probe.records import STATUSES
+from memplan.probe.records import PHASE_FIELDS, STATUSES
 from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
+from memplan.spec.vocabulary import Phase
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
-PHASE_ORDER = ("init", "forward", "backward", "optimizer_step")
 
 
 class DeviceChoice(str, Enum):
@@ -154,11 +154,10 @@ def phase_table(record: dict[str, Any]):
     table = Table(title=f"memplan probe: {record['model']} ({record['status']})")
     for column in ("phase", "allocated GiB", "reserved GiB", "device GiB", "host GiB"):
         table.add_column(column, justify="left" if column == "phase" else "right")
-    fields = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
-    for phase in PHASE_ORDER:
+    for phase in [member.value for member in Phase]:
         readings = [rank["phases"][phase] for rank in record["ranks"] if phase in rank.get("phases", {})]
         if readings:
-            table.add_row(phase, *(format_gib(max(r[field] for r in readings)) for field in fields))
+            table.add_row(phase, *(format_gib(max(r[field] for r in readings)) for field in PHASE_FIELDS))
     return table
 
 

@@ -7,8 +7,11 @@ An ``EngineKind`` holds the three things that differ between engines:
   (the module forward() calls, backward, step, autocast);
 - ``process_group``: whether a process group is needed even on one rank (DeepSpeed asks for one).
 
-Adding an engine (e.g. FSDP2) means one ``start`` function and one ``ENGINES`` entry; ``make_engine``
-does the rest (build, apply the plan, start). Inference plans run as a plain module on the device.
+Adding an engine (e.g. FSDP2) means one ``start`` function (and a ``build_context`` if parameters
+must be created elsewhere, e.g. on meta) and one ``ENGINES`` entry; ``make_engine`` does the rest
+(build, apply the plan, start). ``engine_kind(plan)`` is the one place that picks the entry, so a
+training stack that wraps the model its own way (plan.stack.kind) is chosen there too. Inference
+plans run as a plain module on the device.
 """
 
 from __future__ import annotations
