@@ -8,18 +8,17 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import GPU, MODEL, user_errors
-from memplan.cli.outputs import choose_row, emit_deepspeed, report_options, write_outputs, zero3_note
+from memplan.cli.outputs import choose_row, emit_deepspeed, report_options, step_note, write_outputs
 from memplan.spec.flags import (DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_lora_rank, on_gpu, plan_argument,
                                 plan_from_flags, resolve_profile)
 
 
-def _notes(rows, reference) -> list[str]:
+def _notes(rows, reference, calibration) -> list[str]:
     first = rows[0]
     notes = [f"gives up: against the official recipe ({DEFAULT_PLAN}: SAM2 {reference.inputs.sam2_resolution}, "
              f"LoRA r{reference.components.llm.lora.rank if reference.components.llm.lora else '-'}, mask decoder trained) "
              f"on the same model",
-             "step time: memplan.planning.steptime (FLOPs at 35% of the card's dense bf16 rate + communication, offload, "
-             "optimizer); for ranking plans, not a wall-clock promise",
+             step_note(calibration),
              "peak: what the card must hold, GiB per GPU (allocated + what the allocator cannot give back under "
              "pressure + CUDA context + NCCL: what an OOM is decided against; docs/methodology.md)"]
     same = [r.name for r in rows[1:] if r.plan.mode == first.plan.mode
@@ -27,7 +26,7 @@ def _notes(rows, reference) -> list[str]:
     if same:
         notes.append(f"{', '.join(same)}: peak within 0.1 GiB of {first.name}'s: what they change is not at the peak "
                      f"moment ({first.estimate.peak_phase.value}: {first.estimate.peak.moment.label})")
-    return notes + zero3_note([r.plan for r in rows])
+    return notes
 
 
 @user_errors
@@ -53,7 +52,9 @@ def compare(
         check_lora_rank(profile, plan)
         entries.append((profile, plan))
     reference = plan_from_flags(DEFAULT_PLAN)
-    rows = evaluate_side_by_side(entries, reference=reference, calibration=load_calibration(report["calibration"]))
+    calibration = load_calibration(report["calibration"])
+    rows = evaluate_side_by_side(entries, reference=reference, calibration=calibration,
+                                 dataset_samples=report["dataset_samples"], price=report["price"])
     title = (f"memplan compare: {len(rows)} plans ({', '.join(sorted({r.profile.name for r in rows}))}); "
              f"step time and slowdown against {rows[0].name}")
     chosen = None
@@ -61,7 +62,7 @@ def compare(
         default = next((i for i, r in enumerate(rows) if r.fits and r.plan.mode == "train"), None)
         chosen = choose_row(rows, report["choose"], default)
         check_emittable(chosen.plan, chosen.name)
-    write_outputs(Report(title, rows, DEFAULT_PLAN, _notes(rows, reference), kind="compare"), report["output_format"],
+    write_outputs(Report(title, rows, DEFAULT_PLAN, _notes(rows, reference, calibration), kind="compare"), report["output_format"],
                   report["out"])
     if chosen is not None:
         emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name,

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import (CALIBRATION, EMIT, MODEL, PLAN, SCRIPT, OneLineErrors, OutputFormat, console, plan_flags,
+from memplan.cli.options import (CALIBRATION, DATASET, EMIT, MODEL, PLAN, SCRIPT, OneLineErrors, OutputFormat, console, plan_flags,
                                  user_errors)
 from memplan.cli.outputs import emit_deepspeed
 
@@ -34,12 +34,14 @@ def estimate(
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed_to: Optional[Path] = EMIT,
     script: str = SCRIPT,
+    dataset_samples: Optional[int] = DATASET,
     flags: dict,
 ) -> None:
     """Estimate the peak memory per GPU of one plan, and say whether it fits."""
     from memplan.integrations.deepspeed import check_emittable
     from memplan.planning.evaluate import evaluate
     from memplan.report import render
+    from memplan.report.steps import step_line, with_step_json
     from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
     from memplan.spec.loading import load_calibration
 
@@ -50,14 +52,17 @@ def estimate(
         check_emittable(the_plan, the_plan.name)
     evaluation = evaluate(profile, the_plan, calibration=load_calibration(calibration), reference=the_plan,
                           with_advice=False, with_sinks=True)
-    result = evaluation.estimate
+    result, step = evaluation.estimate, evaluation.step
     if output_format is OutputFormat.json:
-        typer.echo(render.with_stack_json(render.estimate_json(result), stack=evaluation.stack, sinks=evaluation.sinks))
+        typer.echo(with_step_json(render.with_stack_json(render.estimate_json(result), stack=evaluation.stack,
+                                                         sinks=evaluation.sinks), step, dataset_samples))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(evaluation.stack, evaluation.sinks), nl=False)
+        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(evaluation.stack, evaluation.sinks)
+                   + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
         console().print(render.estimate_table(result))
         console().print(render.sinks_text(evaluation.stack, evaluation.sinks))
+        console().print(step_line(step, dataset_samples))
     if emit_deepspeed_to is not None:
         if result.verdict is not Verdict.FITS:
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",

@@ -92,6 +92,8 @@ EMIT = typer.Option(None, "--emit-deepspeed",
                     help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
                          "and the plan beside it.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
+DATASET = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1)
+PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0)
 
 # The plan flags (memplan.spec.flags.FLAGS): the type of each and its option
 PLAN_FLAGS: dict[str, tuple[Any, Any]] = {

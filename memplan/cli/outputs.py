@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from memplan.cli.options import CALIBRATION, CHOOSE, EMIT, SCRIPT, console, fail, option_group
+from memplan.cli.options import CALIBRATION, CHOOSE, DATASET, EMIT, PRICE, SCRIPT, console, fail, option_group
 
 
 class ReportFormat(str, Enum):
@@ -29,22 +29,25 @@ OUT = typer.Option(Path("reports"), "--out", help="Folder the report files are w
 REPORT_OPTIONS = {
     "calibration": (Optional[str], CALIBRATION), "output_format": (ReportFormat, FORMAT), "out": (Path, OUT),
     "emit_deepspeed_to": (Optional[Path], EMIT), "choose": (Optional[str], CHOOSE), "script": (str, SCRIPT),
+    "dataset_samples": (Optional[int], DATASET), "price": (Optional[float], PRICE),
 }
 
 
 def report_options(fn):
     """compare's and search's shared options (--calibration, --format, --out, --emit-deepspeed,
-    --choose, --script), last, handed to the command as one dict, ``report``."""
+    --choose, --script, --dataset-samples, --price), last, handed to the command as one dict, ``report``."""
     return option_group(REPORT_OPTIONS, tuple(REPORT_OPTIONS), into="report")(fn)
 
-ZERO3_STEP_NOTE = ("ZeRO-3 step times are a lower bound: on H100s sa2va-1b measured about 2 s per steady ZeRO-3 "
-                   "step against 0.3-0.5 s for ZeRO-2, about 4x where memplan.planning.steptime predicts 1.2x "
-                   "(per-module parameter gathering; docs/benchmarks.md)")
+def step_note(calibration) -> str:
+    """Where the step times come from: the calibrated mechanistic model, and how to see its terms."""
+    from memplan.planning.steptime import default_terms
 
-
-def zero3_note(plans) -> list[str]:
-    """The measured caveat, when a shown plan runs ZeRO-3."""
-    return [ZERO3_STEP_NOTE] if any(p.engine.kind == "deepspeed" and p.engine.zero_stage == 3 for p in plans) else []
+    terms = calibration.step_time if calibration is not None and calibration.step_time else default_terms()
+    fitted = (f"terms fitted on {terms.records} probe runs ({', '.join(k for k in terms.efficiency if k != 'default')})"
+              if terms.records else "literature defaults (not fitted)")
+    return (f"step time: memplan.planning.steptime, per rank from mechanisms (compute per kernel class, framework "
+            f"calls, ZeRO-3 gathers, collectives, offload copies, CPU Adam); {fitted}; the terms of every plan are "
+            f"in --format json (step_breakdown_seconds); docs/benchmarks.md has its measured accuracy")
 
 
 def _render(report, output_format: ReportFormat, *, rendered_charts: dict[str, tuple[str, bytes]],

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import GPU, HOST_RAM, MODEL, PLAN, VRAM, fail, user_errors
-from memplan.cli.outputs import ReportFormat, choose_row, emit_deepspeed, report_options, write_outputs, zero3_note
+from memplan.cli.outputs import ReportFormat, choose_row, emit_deepspeed, report_options, step_note, write_outputs
 from memplan.spec.flags import check_lora_rank, plan_argument, plan_from_flags, resolve_profile
 
 
@@ -87,13 +87,14 @@ def search(
         f"model {profile.name}; base plan {result.base_plan.name}",
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
+        step_note(cal),
     ]
-    rows = evaluate_front(profile, result, calibration=cal, top=top)
+    rows = evaluate_front(profile, result, calibration=cal, top=top, dataset_samples=report["dataset_samples"],
+                          price=report["price"])
     if len(result.front) > top:
         notes.append(f"front has {len(result.front)} plans; showing the {top} most faithful (--top)")
     title = (f"memplan search: Pareto front of {len(result.front)} plans for {profile.name} on {gpus} x {vram_gib:g} GiB "
              f"(most faithful first; slowdown against the fastest)")
-    notes += zero3_note([r.plan for r in rows])
     extra = {"evaluated": stats.candidates, "estimated": stats.estimated, "proven_oom": stats.proven_oom,
              "proven_fit": stats.proven_fit, "dominated": stats.dominated, "seconds": round(stats.seconds, 3)}
     chosen = choose_row(rows, report["choose"], 0) if report["emit_deepspeed_to"] is not None else None

@@ -41,6 +41,8 @@ class Evaluation:
     knobs: dict[str, Any] | None = None  # search candidates: the knob values
     stack: dict[str, Any] | None = None  # the resolved training stack (memplan.planning.sinks.stack_summary)
     sinks: list[Sink] | None = None  # memory the stack spends that one code change gets back
+    dataset_samples: int | None = None  # --dataset-samples: time (and with a price: cost) per epoch
+    price: float | None = None  # per GPU-hour
 
     @property
     def name(self) -> str:
@@ -76,36 +78,41 @@ def evaluate(
     knobs: dict[str, Any] | None = None,
     with_advice: bool = True,
     with_sinks: bool = False,
+    dataset_samples: int | None = None,
+    price: float | None = None,
 ) -> Evaluation:
     """Evaluate ``plan`` on ``gpu`` (default: the plan's card, memplan.spec.gpus.gpu_for), fidelity and
     what it gives up against ``reference``, slowdown against ``baseline_seconds`` per sample; advice
     only when it does not fit; the stack and its memory sinks with ``with_sinks``. ``result`` and ``step``
     reuse what a caller (the search) computed."""
     result = result or estimate(profile, plan, calibration)
-    step = step or step_time(profile, plan, gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib))
+    step = step or step_time(profile, plan, gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib),
+                             terms=calibration.step_time if calibration else None)
     slowdown = step.per_sample / baseline_seconds if baseline_seconds else 1.0
     advice = advise(profile, plan, calibration, result=result) if with_advice and not result.fits else None
     stack = stack_summary(profile, plan) if with_sinks else None
     sinks = find_sinks(profile, plan, calibration=calibration) if with_sinks else None
     return Evaluation(profile, plan, result, step, slowdown, fidelity(plan, reference),
-                      gives_up(profile, plan, reference), advice, knobs, stack, sinks)
+                      gives_up(profile, plan, reference), advice, knobs, stack, sinks, dataset_samples, price)
 
 
-def evaluate_side_by_side(entries: list[tuple[Profile, Plan]], *, reference: Plan,
-                          calibration: Calibration | None) -> list[Evaluation]:
+def evaluate_side_by_side(entries: list[tuple[Profile, Plan]], *, reference: Plan, calibration: Calibration | None,
+                          dataset_samples: int | None = None, price: float | None = None) -> list[Evaluation]:
     """Plans side by side (`memplan compare`): slowdown is against the first plan."""
     rows: list[Evaluation] = []
     for profile, plan in entries:
         first = rows[0].step.per_sample if rows else None
-        rows.append(evaluate(profile, plan, calibration=calibration, reference=reference, baseline_seconds=first))
+        rows.append(evaluate(profile, plan, calibration=calibration, reference=reference, baseline_seconds=first,
+                             dataset_samples=dataset_samples, price=price))
     return rows
 
 
-def evaluate_front(profile: Profile, result: SearchResult, *, calibration: Calibration | None,
-                   top: int) -> list[Evaluation]:
+def evaluate_front(profile: Profile, result: SearchResult, *, calibration: Calibration | None, top: int,
+                   dataset_samples: int | None = None, price: float | None = None) -> list[Evaluation]:
     """The ``top`` most faithful plans of a search's front, slowdown against the front's fastest,
     fidelity against the search's base plan (they all fit: no advice)."""
     front = sorted(result.front, key=lambda c: -c.fidelity)[:top]
     fastest = min((c.seconds_per_sample for c in result.front), default=None)
     return [evaluate(profile, c.plan, calibration=calibration, reference=result.base_plan, baseline_seconds=fastest,
-                     result=c.estimate, step=c.step, knobs=c.knobs.to_dict(), with_advice=False) for c in front]
+                     result=c.estimate, step=c.step, knobs=c.knobs.to_dict(), with_advice=False,
+                     dataset_samples=dataset_samples, price=price) for c in front]

@@ -11,7 +11,8 @@ A record (all byte counts are ``int``)::
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
              max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],
              categories: {memplan.spec.vocabulary.Category value: bytes}, ...extras}],
-    summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase}
+    summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase,
+              steady_step_s (steady-state seconds per step, warm-up excluded: steady_step_seconds)}
 
 Extras beside the required fields: ``notes`` (what the built model lacks or changed), ``parameters``
 ({trainable, frozen} per component) and, per rank, ``status``, ``error``, ``step_phases`` (every
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from memplan.spec.loading import InputError, read_file_bytes
-from memplan.spec.record import SCHEMA, STATUSES  # noqa: F401 (re-exported: the typed model is memplan.spec.record)
+from memplan.spec.record import SCHEMA, STATUSES, steady_step_seconds, warmup_steps  # noqa: F401 (re-exported)
 
 PHASE_FIELDS = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
 SUMMARY_FIELDS = {
@@ -104,7 +105,7 @@ def make_record(
         "vram_cap_bytes": None if vram_cap_bytes is None else int(vram_cap_bytes),
         "environment": environment,
         "ranks": ranks,
-        "summary": summarize(ranks),
+        "summary": {**summarize(ranks), "steady_step_s": steady_step_seconds(ranks, plan)},
         "notes": list(notes),
         "parameters": parameters or {},
     }

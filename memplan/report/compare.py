@@ -25,6 +25,17 @@ def step_text(row: Evaluation) -> str:
     return f"{row.step.seconds:.2f} s{per_sample}{mode}"
 
 
+def epoch_text(row: Evaluation) -> str:
+    seconds = row.step.epoch_seconds(row.dataset_samples) if row.dataset_samples else None
+    return "" if seconds is None else f"{seconds / 3600:.1f} h"
+
+
+def cost_text(row: Evaluation) -> str:
+    if not row.dataset_samples or row.price is None:
+        return ""
+    return f"{row.step.epoch_cost(row.dataset_samples, row.price):,.2f}"
+
+
 def top_advice(row: Evaluation) -> str:
     if row.advice is None or row.fits:
         return ""
@@ -50,6 +61,10 @@ def row_dict(row: Evaluation) -> dict[str, Any]:
         "phases_needed_bytes": row.phase_needed_bytes,
         "step_seconds": round(row.step.seconds, 4), "seconds_per_sample": round(row.step.per_sample, 4),
         "slowdown": round(row.slowdown, 4), "step_breakdown_seconds": {k: round(v, 4) for k, v in row.step.breakdown.items()},
+        "samples_per_s": round(row.step.samples_per_s, 4), "tokens_per_s": round(row.step.tokens_per_s, 1),
+        **({"epoch_seconds": round(row.step.epoch_seconds(row.dataset_samples), 1)} if row.dataset_samples else {}),
+        **({"epoch_cost": round(row.step.epoch_cost(row.dataset_samples, row.price), 2)}
+           if row.dataset_samples and row.price is not None else {}),
         "fidelity": row.fidelity, "sam2_resolution": row.plan.inputs.sam2_resolution,
         "trainable_params": lost.trainable[1], "reference_trainable_params": lost.trainable[0],
         "gives_up": lost.lines(),
@@ -90,24 +105,33 @@ COLUMNS = ("plan", "model", "GPUs", "peak/GPU GiB (phase)", "headroom GiB", "ver
 SEARCH_LAST = "fidelity"  # a search shows only plans that fit: fidelity instead of advice
 
 
+def _epoch_columns(rows: list[Evaluation]) -> tuple[str, ...]:
+    """'epoch' with --dataset-samples, 'cost/epoch' with --price too."""
+    first = rows[0] if rows else None
+    if first is None or not first.dataset_samples:
+        return ()
+    return ("epoch", "cost/epoch") if first.price is not None else ("epoch",)
+
+
 def _columns(report: "Report") -> tuple[str, ...]:
     last = SEARCH_LAST if report.kind == "search" else COLUMNS[-1]
-    return (*COLUMNS[:-2], f"gives up (vs {report.reference})", last)
+    return (*COLUMNS[:-2], *_epoch_columns(report.rows), f"gives up (vs {report.reference})", last)
 
 
 def _cells(row: Evaluation, kind: str = "compare") -> list[str]:
     e = row.estimate
     last = f"{row.fidelity:.3f}" if kind == "search" else top_advice(row)
+    epoch = [epoch_text(row), cost_text(row)][:len(_epoch_columns([row]))]
     return [row.name, _model(row), f"{e.num_gpus} x {format_gib(e.vram_bytes, 0)} {row.step.gpu}", _peak(row),
             format_gib(e.headroom_bytes), row.outcome, _host(row), step_text(row), f"{row.slowdown:.2f}x",
-            row.gives_up.text(), last]
+            *epoch, row.gives_up.text(), last]
 
 
 # ---------------------------------------------------------------- rich
 def report_table(report: Report) -> Group:
     table = Table(title=report.title, show_lines=True)
     for column in _columns(report):
-        numeric = column in ("headroom GiB", "slowdown", "step", SEARCH_LAST)
+        numeric = column in ("headroom GiB", "slowdown", "step", "epoch", "cost/epoch", SEARCH_LAST)
         table.add_column(column, justify="right" if numeric else "left", overflow="fold",
                          max_width=34 if column.startswith("gives up") or column == "top advice" else None)
     for row in report.rows:

@@ -81,3 +81,26 @@ class ProbeRecord(_Record):
             return None
         return {category: max(c.get(category, 0) for c in censused)
                 for category in Category if any(category in c for c in censused)}
+
+
+def warmup_steps(plan: dict[str, Any]) -> int:
+    """Steps before the steady state: the first (kernel selection, allocator growth, optimizer state);
+    under ZeRO-3 also the second, on which DeepSpeed records its parameter-fetch trace (the first
+    reset_step switches the coordinator to RECORD, the second to COMPLETE, and only then does it
+    prefetch: deepspeed/runtime/zero/partitioned_param_coordinator.py, reset_step)."""
+    engine = plan.get("engine") or {}
+    return 2 if engine.get("kind") == "deepspeed" and engine.get("zero_stage") == 3 else 1
+
+
+def steady_step_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> float | None:
+    """The slowest rank's median step time after warmup_steps(plan) (ranks wait for each other at every
+    collective); None when no rank ran past its warm-up."""
+    skip = warmup_steps(plan)
+    medians = []
+    for rank in ranks:
+        steps = [float(t) for t in rank.get("step_times_s") or [] if t is not None][skip:]
+        if steps:
+            steps.sort()
+            middle = len(steps) // 2
+            medians.append(steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2)
+    return max(medians) if medians else None
