@@ -19,6 +19,7 @@ from memplan.spec.record import ProbeRecord
 from memplan.spec.vocabulary import Category, Phase, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
+CENSUSED = ROOT / "reports" / "probes" / "h100-verdicts3.jsonl"  # H100 runs whose ranks carry a census
 RECORDS = sorted((ROOT / "reports" / "probes").glob("*.jsonl")) + sorted((ROOT / "reports" / "probes" / "split").glob("*.jsonl"))
 
 
@@ -75,10 +76,10 @@ def test_every_shipped_record_reads_as_a_typed_record(path):
 
 
 def test_calibrate_compares_category_by_category():
-    measurements = load_measurements([ROOT / "reports" / "probes" / "split" / "heldout.jsonl"])
+    measurements = load_measurements([CENSUSED])
     comparisons = compare(measurements, load_calibration())
     censused = [c for c in comparisons if c.measured.categories]
-    assert censused, "the held-out records carry a census"
+    assert censused, "the H100 verdict records carry a census"
     for c in censused:
         errors = c.category_errors()
         assert set(errors) == set(c.measured.categories)
@@ -87,13 +88,13 @@ def test_calibrate_compares_category_by_category():
 
 
 def test_a_record_without_a_census_has_no_category_rows():
-    record = next(r for r in read_records(ROOT / "reports" / "probes" / "split" / "heldout.jsonl"))
+    record = next(r for r in read_records(CENSUSED))
     ranks = [{k: v for k, v in rank.items() if k != "categories"} for rank in record["ranks"]]
     assert ProbeRecord.model_validate({**record, "ranks": ranks}).categories() is None
 
 
 def test_validate_json_has_per_category_rows():
-    result = CliRunner().invoke(app, ["validate", str(ROOT / "reports" / "probes" / "split" / "heldout.jsonl"),
+    result = CliRunner().invoke(app, ["validate", str(CENSUSED),
                                       "--format", "json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)

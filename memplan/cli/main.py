@@ -24,7 +24,7 @@ app = typer.Typer(
 
 @app.command()
 @user_errors
-@plan_flags("gpus", "vram", "host_ram", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
+@plan_flags("gpus", "vram", "gpu", "host_ram", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
             "micro_batch", "objects", "ckpt", "mode", "stack", "attention", "adapter_dtype")
 def estimate(
     *,
@@ -103,7 +103,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     console().print(table)
 
 
-from memplan.cli import calibrate_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd, protocol_cmd  # noqa: E402
 from memplan.cli.compare_cmd import compare  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
@@ -114,6 +114,8 @@ app.command("search")(search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
+app.command("predict")(protocol_cmd.predict)
+app.command("score")(protocol_cmd.score)
 app.add_typer(profile_app, name="profile", help="Import a Hugging Face config.json or compose a profile.")
 
 

@@ -62,14 +62,19 @@ def user_errors(fn: Callable) -> Callable:
 
 
 # ---------------------------------------------------------------- options, each declared once
+VRAM_HELP = ("VRAM per GPU in GiB as CUDA reports it (torch.cuda.get_device_properties().total_memory), not the "
+             "marketing size: a 24 GB RTX 3090 is ~23.70 GiB, an RTX 4090 ~23.64, an A100 80GB ~79.14, an H100 80GB "
+             "79.18. With --gpu NAME the card's CUDA total is used (profiles/gpus.yaml).")
+GPU_HELP = ("Card from the catalogue (profiles/gpus.yaml: rtx-3090, rtx-4090, a100-80gb, h100-sxm, h200...): its "
+            "CUDA-visible total and its family's context decide the verdict.")
 MODEL = typer.Option(None, "--model", "-m",
                      help="Profile name (see `memplan profiles`) or path; default: the plan's model, else sa2va-4b.")
 PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
-GPU = typer.Option(None, "--gpu", help="GPU from the catalogue (profiles/gpus.yaml), e.g. rtx-3090, a100-80gb, h100-sxm.")
+GPU = typer.Option(None, "--gpu", help=GPU_HELP)
 CALIBRATION = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml).")
 SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
 GPUS = typer.Option(None, "--gpus", help="Number of GPUs (data parallel; the probe runs N > 1 under torchrun).")
-VRAM = typer.Option(None, "--vram", help="VRAM per GPU in GiB.")
+VRAM = typer.Option(None, "--vram", help=VRAM_HELP)
 HOST_RAM = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB.")
 RES = typer.Option(None, "--res", help="SAM2 input resolution (pixels).")
 ZERO = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3.")
@@ -97,7 +102,8 @@ PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-s
 
 # The plan flags (memplan.spec.flags.FLAGS): the type of each and its option
 PLAN_FLAGS: dict[str, tuple[Any, Any]] = {
-    "gpus": (Optional[int], GPUS), "vram": (Optional[float], VRAM), "host_ram": (Optional[float], HOST_RAM),
+    "gpus": (Optional[int], GPUS), "vram": (Optional[float], VRAM), "gpu": (Optional[str], GPU),
+    "host_ram": (Optional[float], HOST_RAM),
     "res": (Optional[int], RES), "zero": (Optional[int], ZERO), "engine": (Optional[str], ENGINE),
     "offload": (Optional[OffloadChoice], OFFLOAD), "lora_rank": (Optional[int], LORA_RANK),
     "tiles": (Optional[int], TILES), "frames": (Optional[int], FRAMES), "text_len": (Optional[int], TEXT_LEN),

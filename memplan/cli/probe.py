@@ -123,21 +123,24 @@ def check_gpus(plan: Plan, device: str) -> None:
 
 def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                   out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
-                  command: str | None = None, ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the probe (in process for one GPU, under torchrun for several) and append its record."""
+                  command: str | None = None, ds_config: dict[str, Any] | None = None,
+                  vram_cap_card: str | None = None) -> dict[str, Any]:
+    """Run the probe (in process for one GPU, under torchrun for several) and append its record.
+    ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too)."""
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
     gpus = plan.hardware.num_gpus
     if gpus > 1:
         from memplan.probe.launch import launch_probe
 
         return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
-                            device=device, timeout_s=timeout_s, command=command, ds_config=ds_config)
+                            device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
+                            vram_cap_card=vram_cap_card)
     from memplan.probe.distributed import release_distributed
     from memplan.probe.records import append_record
     from memplan.probe.run import run_probe
 
     record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                       command=command, ds_config=ds_config)
+                       command=command, ds_config=ds_config, vram_cap_card=vram_cap_card)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     release_distributed()
@@ -188,7 +191,9 @@ def probe_command(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
-    vram_cap: Optional[float] = typer.Option(None, "--vram-cap", help="Emulate a card of this many GiB."),
+    vram_cap: Optional[str] = typer.Option(
+        None, "--vram-cap", help="Emulate a smaller card: GiB as CUDA reports them (24), or a card name (rtx-3090: its "
+        "CUDA-visible total, 23.70 GiB, less its family's context; profiles/gpus.yaml)."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="JSONL file the record is appended to."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is stopped."),
     device: DeviceChoice = typer.Option(DeviceChoice.cuda, "--device", help="cuda, or cpu (storage tracker)."),
@@ -198,14 +203,18 @@ def probe_command(
     flags: dict,
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
+    from memplan.spec.cards import parse_vram_cap
+
+    cap = parse_vram_cap(vram_cap)
+    vram_cap_gib = cap.gib if cap else None
     the_plan = plan_from_flags(plan, **flags)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
-    check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)
+    check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)
     check_gpus(the_plan, device.value)
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
-    record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
-                           device=device.value, ds_config=ds_config)
+    record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, out=out, timeout_s=timeout,
+                           device=device.value, ds_config=ds_config, vram_cap_card=cap.card if cap else None)
     if record["status"] not in STATUSES:
         raise InputError(f"status={record['status']!r}: the probe record's status must be one of {', '.join(STATUSES)}")
     render_result(record, out)

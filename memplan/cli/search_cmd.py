@@ -59,6 +59,7 @@ def search(
     from memplan.planning.evaluate import evaluate_front
     from memplan.planning.search import search as run_search
     from memplan.report.compare import Report
+    from memplan.spec.cards import check_vram
     from memplan.spec.gpus import get_gpu
     from memplan.spec.loading import load_calibration
 
@@ -70,6 +71,7 @@ def search(
         fail(f"--host-ram={host_ram}: must be a finite positive number of GiB")
     spec = get_gpu(gpu) if gpu else None
     vram_gib = vram if vram is not None else spec.vram_gib
+    check_vram(gpu=spec.name if spec else None, vram_gib=vram_gib)
     base = plan_from_flags(plan_argument(plan) if plan else None)
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)

@@ -13,6 +13,7 @@ from typing import Any
 
 from memplan.spec.loading import (DEEPSPEED_ONLY, PLANS_DIR, InputError, load_profile, plan_document,
                                   plan_from_document, printable)
+from memplan.spec.cards import check_vram
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
@@ -86,12 +87,19 @@ def _overrides(document: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any
         if llm.get("train") != "lora":
             raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
         _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
+    if flags.get("gpu") is not None and flags.get("vram") is None:  # --gpu alone: the whole card
+        from memplan.spec.gpus import get_gpu
+
+        card = get_gpu(flags["gpu"])
+        _set(overrides, "hardware.gpu", card.name)
+        _set(overrides, "hardware.vram_gib", card.vram_gib)
     return overrides
 
 
 def plan_from_flags(plan_file: str | Path | None = None, **flags: Any) -> Plan:
     """A Plan from an optional plan file (default: the official recipe) and flag values (None = not
-    given); flags win. --engine pytorch drops the plan's DeepSpeed-only engine knobs."""
+    given); flags win. --engine pytorch drops the plan's DeepSpeed-only engine knobs; --gpu alone takes the
+    card's CUDA-visible VRAM; a VRAM above the card's is refused (memplan.spec.cards.check_vram)."""
     unknown = sorted(set(flags) - set(FLAGS))
     if unknown:
         raise TypeError(f"plan_from_flags: unknown flags {unknown}; known: {', '.join(FLAGS)}")
@@ -100,7 +108,9 @@ def plan_from_flags(plan_file: str | Path | None = None, **flags: Any) -> Plan:
     if _value(flags.get("engine")) == "pytorch" and isinstance(document.get("engine"), dict):
         document["engine"] = {k: v for k, v in document["engine"].items() if k not in DEEPSPEED_ONLY}
         document["engine"].update(zero_stage=0, offload_optimizer="none", offload_params="none")
-    return plan_from_document(deep_merge(document, _overrides(document, flags)), printable(source))
+    plan = plan_from_document(deep_merge(document, _overrides(document, flags)), printable(source))
+    check_vram(gpu=plan.hardware.gpu, vram_gib=plan.hardware.vram_gib)
+    return plan
 
 
 def plan_argument(argument: str) -> str:
@@ -122,6 +132,7 @@ def on_gpu(plan: Plan, gpu_name: str | None, vram: float | None = None) -> Plan:
     if gpu_name is None:
         return plan
     spec = get_gpu(gpu_name)
+    check_vram(gpu=spec.name, vram_gib=vram if vram is not None else spec.vram_gib)
     hardware = plan.hardware.model_copy(update={"gpu": spec.name, "vram_gib": vram if vram is not None else spec.vram_gib})
     return plan.model_copy(update={"hardware": hardware})
 
