@@ -96,6 +96,7 @@ def _writable_target(target: Path) -> Path:
 
 @user_errors
 def calibrate(
+    *,
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default profiles/calibration.yaml)."),
     all_sides: bool = typer.Option(False, "--all-sides", help="Fit the memory terms on every record, held-out side "
@@ -154,15 +155,29 @@ def calibrate(
         typer.echo(f"  step_time: {stepfit.describe(step)}")
 
 
+def _category_table(rows: list[dict], gib, pct) -> Table:
+    """Per record with a census of live tensors: each category measured vs estimated."""
+    table = Table(title="estimate vs census of live tensors per category (GiB, max over ranks and phases)")
+    for column in ("run", "plan", "category", "measured", "estimated", "err"):
+        table.add_column(column, justify="left" if column in ("run", "plan", "category") else "right")
+    for r in rows:
+        for category, cell in r["categories"].items():
+            table.add_row(r["run_id"][:8], r["plan"], category, gib(cell["measured_bytes"]), gib(cell["estimated_bytes"]),
+                          pct(cell["error"]))
+    return table
+
+
 @user_errors
 def validate(
+    *,
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
     side: Optional[str] = typer.Option(None, "--side", help="Only records of this side: calibration or held-out "
                                        "(fixed by each run id's hash, memplan.planning.protocol.side_of)."),
 ) -> None:
-    """Estimate vs measured per record (allocated, reserved, device), then median and max error."""
+    """Estimate vs measured per record (allocated, reserved, device; per category where the record has a
+    census), then median and max error."""
     from memplan.planning.protocol import SIDES, side_of
     from memplan.probe import calibrate as cal
     from memplan.spec.loading import load_calibration
@@ -183,6 +198,8 @@ def validate(
         "measured_device_bytes": c.measured.device, "estimated_device_bytes": c.estimate.device_bytes,
         "error_allocated": c.error("allocated"), "error_reserved": c.error("reserved"), "error_device": c.error("device"),
         "phase_errors": c.phase_errors(), "verdict_under_cap": c.verdict_under_cap(),
+        "categories": {category.value: {"measured_bytes": measured, "estimated_bytes": estimated, "error": error}
+                       for category, (estimated, measured, error) in c.category_errors().items()},
     } for c in comparisons]
     from memplan.planning import stepfit
 
@@ -215,6 +232,12 @@ def validate(
         s = result[kind]
         if s["count"]:
             out.print(f"{kind}: median |error| {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}% over {s['count']} runs")
+    censused = [r for r in rows if r["categories"]]
+    if censused:
+        out.print(_category_table(censused, gib, pct))
+        for category, s in result["categories"].items():
+            out.print(f"{category}: median |error| {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}% "
+                      f"over {s['count']} censused runs")
     v = result["verdicts"]
     if v["count"]:
         out.print(f"verdicts under a VRAM cap: {v['correct']}/{v['count']} correct, {v['fits_that_ran_oom']} 'fits' that ran out of memory")

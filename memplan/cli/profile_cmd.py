@@ -42,7 +42,7 @@ _SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num
 _NESTED = ("text_config", "llm_config", "vision_config", "backbone_config")
 
 
-def check_config_shapes(config: dict, where: str, prefix: str = "", depth: int = 0) -> None:
+def check_config_shapes(config: dict, where: str, *, prefix: str = "", depth: int = 0) -> None:
     """Positive integer widths, layers and vocabulary (an int or a square [n, n] pair for sizes)."""
     for key in _SHAPE_FIELDS:
         if key not in config or config[key] is None:
@@ -54,7 +54,7 @@ def check_config_shapes(config: dict, where: str, prefix: str = "", depth: int =
     if depth < 3:
         for key in _NESTED:
             if isinstance(config.get(key), dict):
-                check_config_shapes(config[key], where, f"{prefix}{key}.", depth + 1)
+                check_config_shapes(config[key], where, prefix=f"{prefix}{key}.", depth=depth + 1)
             elif key in config and config[key] is not None:
                 raise InputError(f"{where}: {prefix}{key}={shown(config[key])}: expected a mapping")
 
@@ -83,6 +83,7 @@ def _render(profile, measured=None) -> None:
 @profile_app.command("import")
 @user_errors
 def import_command(
+    *,
     config: Path = typer.Argument(..., help="A Hugging Face config.json (no weights are read or downloaded)."),
     name: Optional[str] = typer.Option(None, "--name", help="Profile name (default: the config's folder name)."),
     out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
@@ -112,6 +113,7 @@ def import_command(
 @profile_app.command("compose")
 @user_errors
 def compose_command(
+    *,
     vision: Optional[str] = typer.Option(None, "--vision", help="Vision tower: a component name or YAML path."),
     llm: Optional[str] = typer.Option(None, "--llm", help="LLM: a component name or YAML path."),
     sam2: Optional[str] = typer.Option(None, "--sam2", help="SAM2: a component name or YAML path."),

@@ -17,7 +17,7 @@ from memplan.spec.vocabulary import Category, Component, Verdict
 SHORT = {
     Category.WEIGHTS: "weights", Category.TRAINABLE_WEIGHTS: "trainable", Category.GRADIENTS: "grads",
     Category.OPTIMIZER_STATE: "optim", Category.MASTER_WEIGHTS: "master", Category.ACTIVATIONS: "activ",
-    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.FSDP_BUFFERS: "fsdp bufs", Category.OVERHEAD: "overhead",
+    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.FSDP_BUFFERS: "fsdp bufs",
 }
 
 

@@ -123,9 +123,9 @@ def check_finite(document: Any, where: str) -> None:
             stack.extend((value, f"{at}.{printable(key)}" if at else printable(key)) for key, value in items)
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
-    name = printable(path)
+def read_file_bytes(path: Path, *, name: str, expected: str) -> bytes:
+    """The bytes of a file; a path that is unusable, missing, a directory or unreadable is an
+    InputError naming it (``name``) and what was ``expected`` there."""
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError) as error:  # a name too long, a NUL byte
@@ -133,13 +133,21 @@ def read_document(path: Path) -> dict[str, Any]:
     if not exists:
         raise InputError(f"{name}: file not found")
     if is_dir:
-        raise InputError(f"{name}: is a directory, expected a YAML or JSON file")
+        raise InputError(f"{name}: is a directory, expected {expected}")
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+        return path.read_bytes()
     except OSError as error:
         raise InputError(f"{name}: cannot read ({error.strerror})") from None
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
+    name = printable(path)
+    raw = read_file_bytes(path, name=name, expected="a YAML or JSON file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=YAML_LOADER)
     except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as error:
@@ -185,7 +193,7 @@ def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> 
     raise InputError(f"{field}={shown(name_or_path)}: unknown {kind}{hint}")
 
 
-def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[str, Any]:
+def _component_mapping(value: Any, slot: str, *, where: str, depth: int) -> dict[str, Any]:
     """A component slot holds a name (of a component profile), or a mapping with optional 'from'."""
     if isinstance(value, str):
         value = {"from": value}
@@ -203,7 +211,7 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
         if base_kind is not None and base_kind != slot:
             raise InputError(f"{where}: {slot}={shown(base)} is a {shown(base_kind)} component; "
                              f"a {slot} slot needs kind={slot!r}")
-        base_fields = _component_fields(base_doc, slot, str(base), depth + 1)
+        base_fields = _component_fields(base_doc, slot, where=str(base), depth=depth + 1)
         value = {**base_fields, **value}
     value.setdefault("kind", slot)
     if value["kind"] != slot:
@@ -211,15 +219,15 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
     return value
 
 
-def _component_fields(document: dict[str, Any], slot: str, where: str, depth: int) -> dict[str, Any]:
+def _component_fields(document: dict[str, Any], slot: str, *, where: str, depth: int) -> dict[str, Any]:
     """Fields of a component profile file, without its name/source/description."""
     kind = document.get("kind")
     if kind is None:  # a whole-model profile used as a component source: take its slot
         if document.get(slot) is None:
             raise InputError(f"{where}: has no {slot} component")
-        return _component_mapping(document[slot], slot, where, depth)
+        return _component_mapping(document[slot], slot, where=where, depth=depth)
     fields = {k: v for k, v in document.items() if k not in ("name", "source", "description")}
-    return _component_mapping(fields, slot, where, depth)
+    return _component_mapping(fields, slot, where=where, depth=depth)
 
 
 def profile_from_document(document: dict[str, Any], where: str) -> Profile:
@@ -238,7 +246,7 @@ def profile_from_document(document: dict[str, Any], where: str) -> Profile:
         document = {**head, slot: document}
     for slot in COMPONENT_SLOTS:
         if slot in document and document[slot] is not None:
-            document[slot] = _component_mapping(document[slot], slot, where, 0)
+            document[slot] = _component_mapping(document[slot], slot, where=where, depth=0)
     document.setdefault("name", Path(where).stem)
     try:
         profile = Profile.model_validate(document)
