@@ -136,8 +136,11 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
 
 
 def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
-    """--model wins, then the plan's own model, then the documented default (sa2va-4b)."""
-    return load_profile(name or (plan.model if plan else None) or DEFAULT_MODEL)
+    """--model wins, then the plan's own model, then the documented default (sa2va-4b); a name, an
+    alias (ByteDance/Sa2VA-4B), a profile YAML or a Hugging Face config.json (memplan.cli.names)."""
+    from memplan.cli.names import load_model
+
+    return load_model(name or (plan.model if plan else None) or DEFAULT_MODEL)
 
 
 def check_lora_rank(profile: Profile, plan: Plan) -> None:
