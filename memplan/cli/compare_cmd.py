@@ -1,8 +1,10 @@
 """`memplan compare` and `memplan search`: plans side by side, and the Pareto front of a search.
 
-Both print the report in --format (table, md, html, json, csv) and write it under --out (default
-reports/): compare.<ext> or search.<ext>, with two PNG charts (memory by category, phase timeline)
-for table, md and html (matplotlib; skipped with a note when missing). --emit-deepspeed FILE writes
+Both print the report in --format (table, md, html, json, csv); only with --out DIR do they write
+it there: compare.<ext> or search.<ext>, with two PNG charts (memory by category, phase timeline)
+for table, md and html (matplotlib; skipped with a note when missing). Files that exist are kept
+unless --force. The table adapts to the terminal width (--wide: every column); --exit-code exits 1
+when no plan fits. --emit-deepspeed FILE writes
 the DeepSpeed config of the plan picked with --choose NAME|INDEX and prints its launch command.
 Registered in memplan/cli/main.py as `app.command("compare")(compare)` and `app.command("search")(search)`.
 """
@@ -38,7 +40,10 @@ EXTENSIONS = {ReportFormat.table: "md", ReportFormat.md: "md", ReportFormat.html
 MODEL = typer.Option(None, "--model", "-m", help="Profile name or path; overrides each plan's own model.")
 GPU = typer.Option(None, "--gpu", help="GPU from the catalogue (profiles/gpus.yaml), e.g. rtx-3090, a100-80gb, h100-sxm.")
 FORMAT = typer.Option(ReportFormat.table, "--format", "-f", help="table, md, html, json or csv.")
-OUT = typer.Option(Path("reports"), "--out", help="Folder the report files are written to.")
+OUT = typer.Option(None, "--out", help="Write the report and its charts into this folder (default: print only).")
+FORCE = typer.Option(False, "--force", help="Overwrite report files that exist in --out.")
+WIDE = typer.Option(False, "--wide", help="Every column, whatever the terminal width.")
+EXIT_CODE = typer.Option(False, "--exit-code", help="Exit 1 when no plan fits (for CI).")
 EMIT = typer.Option(None, "--emit-deepspeed", help="Write the chosen plan's DeepSpeed config (JSON) to this file.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
 SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
@@ -78,18 +83,49 @@ def _zero3_note(plans) -> list[str]:
     return [ZERO3_STEP_NOTE] if any(p.engine.kind == "deepspeed" and p.engine.zero_stage == 3 for p in plans) else []
 
 
-def _write_outputs(report, output_format: ReportFormat, out: Path, extra_json: dict | None = None) -> list[str]:
-    """Write the report (and charts) under ``out``; print it in ``output_format``; return notes."""
+def _print_only(report, output_format: ReportFormat, extra_json: dict | None, wide: bool) -> None:
+    """No --out: the report on stdout, nothing written."""
+    from memplan.report import compare as render
+
+    if output_format is ReportFormat.table:
+        out = console()
+        out.print(render.report_table(report, width=out.width, wide=wide))
+        typer.echo("(nothing written; --out DIR writes the report and its charts)")
+        return
+    text = {ReportFormat.md: lambda: render.report_markdown(report), ReportFormat.html: lambda: render.report_html(report),
+            ReportFormat.json: lambda: render.report_json(report, extra_json),
+            ReportFormat.csv: lambda: render.report_csv(report)}[output_format]()
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+def _refuse_existing(out: Path, names: list[str], force: bool) -> None:
+    existing = [name for name in names if (out / name).exists()]
+    if existing and not force:
+        fail(f"--out={out}: {', '.join(existing)} exist; pass --force to overwrite")
+
+
+def _write_outputs(report, output_format: ReportFormat, out: Path | None, extra_json: dict | None = None, *,
+                   force: bool = False, wide: bool = False) -> list[str]:
+    """Print the report in ``output_format``; with ``out``, write it (and charts) there; return notes."""
     from memplan.report import charts
     from memplan.report import compare as render
 
+    if out is None:
+        _print_only(report, output_format, extra_json, wide)
+        return []
     if out.exists() and not out.is_dir():
         fail(f"--out={out}: exists and is not a directory (reports are written into a directory)")
-    out.mkdir(parents=True, exist_ok=True)
+    with_charts = output_format in (ReportFormat.table, ReportFormat.md, ReportFormat.html)
+    chart_names = [f"{report.kind}-memory.png", f"{report.kind}-phases.png"] if with_charts and report.rows else []
+    _refuse_existing(out, [f"{report.kind}.{EXTENSIONS[output_format]}", *chart_names], force)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"--out={out}: cannot create ({error.strerror or error})")
     written: list[str] = []
     notes: list[str] = []
     rendered_charts: dict[str, tuple[str, bytes]] = {}
-    if output_format in (ReportFormat.table, ReportFormat.md, ReportFormat.html):
+    if with_charts:
         rendered_charts = charts.render_all(report.rows, report.kind)
         if not rendered_charts and report.rows:
             notes.append(charts.MISSING)
@@ -110,7 +146,8 @@ def _write_outputs(report, output_format: ReportFormat, out: Path, extra_json: d
     written.insert(0, str(target))
     notes.append("wrote " + ", ".join(written))
     if output_format is ReportFormat.table:
-        console().print(render.report_table(report))
+        terminal = console()
+        terminal.print(render.report_table(report, width=terminal.width, wide=wide))
         for note in notes:
             typer.echo(note)
     elif output_format is ReportFormat.html:
@@ -190,7 +227,10 @@ def compare(
     gpu: Optional[str] = GPU,
     calibration: Optional[str] = CALIBRATION,
     output_format: ReportFormat = FORMAT,
-    out: Path = OUT,
+    out: Optional[Path] = OUT,
+    force: bool = FORCE,
+    wide: bool = WIDE,
+    exit_code: bool = EXIT_CODE,
     emit_deepspeed: Optional[Path] = EMIT,
     choose: Optional[str] = CHOOSE,
     script: str = SCRIPT,
@@ -229,9 +269,11 @@ def compare(
     if emit_deepspeed is not None:  # refuse a bad choice before writing anything
         default = next((i for i, r in enumerate(rows) if r.fits and r.plan.mode == "train"), None)
         chosen = _emittable(_choose(rows, choose, default))
-    _write_outputs(report, output_format, out)
+    _write_outputs(report, output_format, out, force=force, wide=wide)
     if chosen is not None:
         _emit(chosen, emit_deepspeed, script, chosen.plan.hardware.vram_gib, model)
+    if exit_code and not any(row.fits for row in rows):
+        raise typer.Exit(code=1)
 
 
 @user_errors
@@ -245,7 +287,10 @@ def search(
     top: int = typer.Option(10, "--top", help="Show at most this many plans of the front (most faithful first).", min=1),
     calibration: Optional[str] = CALIBRATION,
     output_format: ReportFormat = FORMAT,
-    out: Path = OUT,
+    out: Optional[Path] = OUT,
+    force: bool = FORCE,
+    wide: bool = WIDE,
+    exit_code: bool = EXIT_CODE,
     emit_deepspeed: Optional[Path] = EMIT,
     choose: Optional[str] = CHOOSE,
     script: str = SCRIPT,
@@ -264,8 +309,11 @@ def search(
         fail(f"--vram={vram}: must be a finite number of GiB in (0, 4096)")
     if host_ram is not None and not (0 < host_ram < 2**40):
         fail(f"--host-ram={host_ram}: must be a finite positive number of GiB")
+    from memplan.cli.host import host_ram_choice
+
     spec = get_gpu(gpu) if gpu else None
     vram_gib = vram if vram is not None else spec.vram_gib
+    host_ram, host_note = host_ram_choice(host_ram, _plan_path(plan) if plan else None)
     base = build_plan(_plan_path(plan) if plan else None)
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)
@@ -279,7 +327,8 @@ def search(
         f"{stats.estimated:,} full memory estimates, {stats.proven_oom:,} proven OOM by a smaller OOM candidate, "
         f"{stats.proven_fit:,} proven to fit by a larger fitting one, {stats.dominated:,} unable to join the front "
         f"(a faster feasible plan is at least as faithful)",
-        f"hardware: {gpus} x {vram_gib:g} GiB {result.gpu.name}{assumed}, host RAM {hardware.host_ram_gib:g} GiB; "
+        f"hardware: {gpus} x {vram_gib:g} GiB {result.gpu.name}{assumed}, host RAM {hardware.host_ram_gib:g} GiB "
+        f"({host_note}); "
         f"model {profile.name}; base plan {result.base_plan.name}",
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
@@ -299,6 +348,8 @@ def search(
             typer.echo(json.dumps({"fits": False, "evaluated": stats.evaluated, "smallest_device_bytes": e.device_bytes, "smallest_needed_bytes": e.needed_bytes,
                                    "smallest_plan": smallest.name, "dominant": {"component": lead.component.value,
                                    "category": lead.category.value, "bytes": lead.bytes}}, indent=2))
+        if exit_code:
+            raise typer.Exit(code=1)
         return
     front = sorted(result.front, key=lambda c: -c.fidelity)[:top]
     fastest = min(c.seconds_per_sample for c in result.front)
@@ -309,11 +360,14 @@ def search(
     title = (f"memplan search: Pareto front of {len(result.front)} plans for {profile.name} on {gpus} x {vram_gib:g} GiB "
              f"(most faithful first; slowdown against the fastest)")
     notes += _zero3_note([c.plan for c in front])
-    report = Report(title, rows, result.base_plan.name, notes, kind="search")
+    from memplan.estimate.peak import estimate as run_estimate
+
+    base_needed = run_estimate(profile, result.base_plan, cal).needed_bytes
+    report = Report(title, rows, result.base_plan.name, notes, kind="search", baseline_needed_bytes=base_needed)
     extra = {"evaluated": stats.evaluated, "estimated": stats.estimated, "proven_oom": stats.proven_oom,
              "proven_fit": stats.proven_fit, "dominated": stats.dominated, "seconds": round(stats.seconds, 3)}
     chosen = _emittable(_choose(rows, choose, 0)) if emit_deepspeed is not None else None
-    _write_outputs(report, output_format, out, extra)
+    _write_outputs(report, output_format, out, extra, force=force, wide=wide)
     if chosen is not None:
         _emit(chosen, emit_deepspeed, script, vram_gib, model)
 

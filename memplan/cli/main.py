@@ -48,12 +48,16 @@ def estimate(
     emit_deepspeed: Optional[Path] = typer.Option(
         None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
+    wide: bool = typer.Option(False, "--wide", help="Every column, whatever the terminal width."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the plan does not fit (GPU or host RAM), for CI."),
 ) -> None:
-    """Estimate the peak memory per GPU of one plan, and say whether it fits."""
+    """Estimate the peak memory per GPU of one plan, say whether it fits, and if not what to change."""
+    from memplan.cli.host import host_ram_choice
     from memplan.estimate.peak import estimate as run_estimate
     from memplan.spec.loading import load_calibration
-    from memplan.report import render
+    from memplan.report import render, story
 
+    host_ram, host_note = host_ram_choice(host_ram, plan)
     the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
@@ -63,13 +67,19 @@ def estimate(
         from memplan.cli.compare_cmd import check_emittable
 
         check_emittable(the_plan, the_plan.name)
-    result = run_estimate(profile, the_plan, load_calibration(calibration))
+    calibration_terms = load_calibration(calibration)
+    result = run_estimate(profile, the_plan, calibration_terms)
+    fits = result.verdict is Verdict.FITS and result.host_fits
+    advice = None if fits else _advice(profile, the_plan, calibration_terms, result)
+    advice_lines = story.advice_lines(advice) if advice else []
     if output_format is OutputFormat.json:
-        typer.echo(render.estimate_json(result))
+        typer.echo(render.estimate_json(result, {"host_ram_source": host_note,
+                                                 "advice": story.advice_json(advice) if advice else []}))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result), nl=False)
+        typer.echo(render.estimate_markdown(result, advice=advice_lines, host_note=host_note), nl=False)
     else:
-        console().print(render.estimate_table(result))
+        out = console()
+        out.print(render.estimate_table(result, width=out.width, wide=wide, advice=advice_lines, host_note=host_note))
     if emit_deepspeed is not None:
         from memplan.cli.compare_cmd import emit_config
 
@@ -77,6 +87,15 @@ def estimate(
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
                        err=True)
         emit_config(the_plan, model or the_plan.model or profile.name, the_plan.name, emit_deepspeed, script, the_plan.hardware.vram_gib)
+    if exit_code and not fits:
+        raise typer.Exit(code=1)
+
+
+def _advice(profile, plan, calibration, result):
+    """The advice engine's changes for a plan that does not fit (memplan.planning.advice.advise)."""
+    from memplan.planning.advice import advise
+
+    return advise(profile, plan, calibration, result)
 
 
 @app.command("profiles")

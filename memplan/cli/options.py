@@ -32,13 +32,16 @@ class OffloadChoice(str, Enum):
 
 
 def console():
-    """A rich Console; when stdout is not a terminal, wide enough for the tables (>= 140 columns)."""
-    import shutil
+    """A rich Console: the terminal's width; when stdout is not a terminal, $COLUMNS if set, else 140
+    (tables adapt to the width: memplan.report.render, memplan.report.compare)."""
+    import os
 
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else max(140, shutil.get_terminal_size((140, 24)).columns)
-    return Console(width=width)
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 140)
 
 
 def fail(message: str) -> None:

@@ -106,6 +106,29 @@ def plan_from_deepspeed(config: dict[str, Any], where: str, fail: Callable[[str]
     return document
 
 
+def locate_base(base: str, path: Path, locate: Callable[[str], Path]) -> Path:
+    """A ``from:`` value's file: beside ``path`` first (``from: baseline`` in plans/seed/), else ``locate``."""
+    sibling = path.parent / (base if base.endswith((".yaml", ".yml", ".json")) else f"{base}.yaml")
+    return sibling if sibling.is_file() else locate(base)
+
+
+def states(path: Path, section: str, key: str, *, read: Callable[[Path], dict[str, Any]],
+           locate: Callable[[str], Path]) -> bool:
+    """Whether the user's plan file, or a file it inherits from other than the default recipe, sets
+    ``section.key`` (the recipe's own hardware describes the official node, not the user's)."""
+    for _ in range(MAX_DEPTH + 1):
+        document = read(path)
+        if is_deepspeed_config(document, path):
+            return False
+        if section in document and (not isinstance(document[section], dict) or key in document[section]):
+            return True  # set (or malformed: validation names it)
+        base = document.get(BASE_KEY)
+        if not isinstance(base, str) or base == DEFAULT_BASE:
+            return False
+        path = locate_base(base, path, locate)
+    return False
+
+
 def resolve_base(document: dict[str, Any], path: Path, *, read: Callable[[Path], dict[str, Any]],
                  locate: Callable[[str], Path], fail: Callable[[str], Exception], deepspeed_only: tuple[str, ...],
                  chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -122,8 +145,7 @@ def resolve_base(document: dict[str, Any], path: Path, *, read: Callable[[Path],
         raise fail(f"{where}: from={base!r}: expected the name or path of a plan to inherit (e.g. {DEFAULT_BASE})")
     if len(chain) >= MAX_DEPTH:
         raise fail(f"{where}: from={base!r}: plans inherit deeper than {MAX_DEPTH}")
-    sibling = path.parent / (base if base.endswith((".yaml", ".yml", ".json")) else f"{base}.yaml")
-    base_path = sibling if sibling.is_file() else locate(base)
+    base_path = locate_base(base, path, locate)
     if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
         names = " -> ".join(p.stem for p in (*chain, path, base_path))
         raise fail(f"{where}: from={base!r}: inherits from itself ({names})")

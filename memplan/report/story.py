@@ -1,0 +1,95 @@
+"""One number story: the rows that sum to the number the verdict compares with the VRAM, the line
+that says which of the allocated, reserved and device views decides, and the advice in a few lines.
+
+The verdict is ``needed_bytes <= vram_bytes`` (memplan.estimate.overhead.needed_bytes):
+
+    needed = allocated terms (the component rows) + fitted constant (cuBLAS workspaces, small tensors)
+           + allocator: what the caching allocator cannot give back under pressure
+             (allocated x pressure_ratio + pressure_block x largest block; without a fitted
+             pressure_ratio, the reserved pool's excess: reserved - allocated)
+           + CUDA context + NCCL communicator (several GPUs, or DeepSpeed on one)
+
+so ``overhead_rows`` below are exactly the difference between the component rows and needed_bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from memplan.estimate.overhead import uses_nccl
+from memplan.spec.units import format_gib
+
+if TYPE_CHECKING:
+    from memplan.estimate.peak import Estimate
+    from memplan.planning.advice import Advice, Change
+
+ADVICE_COUNT = 3
+
+
+def overhead_rows(estimate: "Estimate") -> list[tuple[str, int]]:
+    """(label, bytes) rows between the allocated terms and needed_bytes; they sum exactly to it."""
+    calibration = estimate.calibration
+    context = calibration.context_bytes
+    nccl = calibration.nccl_bytes if uses_nccl(estimate.num_gpus, estimate.deepspeed) else 0
+    constant = calibration.allocated_constant_bytes
+    allocator = estimate.needed_bytes - estimate.peak_allocated_bytes - context - nccl
+    rows = [("fitted constant (workspaces)", constant)] if constant else []
+    rows.append(("allocator (kept under pressure)" if calibration.pressure_ratio is not None
+                 else "allocator (reserved - allocated)", allocator))
+    rows.append(("CUDA context", context))
+    if nccl:
+        rows.append(("NCCL communicator", nccl))
+    return rows
+
+
+def views_line(estimate: "Estimate") -> str:
+    """Allocated, reserved and device, and which one decides the verdict."""
+    needed = format_gib(estimate.needed_bytes)
+    decides = ("the verdict uses needed: the allocator gives cached blocks back before it reports an OOM, so "
+               "the card needs less than the roomy-card device view"
+               if estimate.calibration.pressure_ratio is not None
+               else "the verdict uses needed = the device view (no pressure ratio fitted)")
+    return (f"views per GPU: allocated {format_gib(estimate.peak_allocated_bytes)} GiB "
+            f"(torch.cuda.max_memory_allocated), reserved {format_gib(estimate.peak_reserved_bytes)} GiB, "
+            f"device {format_gib(estimate.device_bytes)} GiB (nvidia-smi on a roomy card); needed {needed} GiB "
+            f"of {format_gib(estimate.vram_bytes)}; {decides}")
+
+
+def story_rows(estimate: "Estimate") -> dict[str, Any]:
+    """The JSON form: component rows, overhead rows, and their sum (= needed_bytes)."""
+    overheads = overhead_rows(estimate)
+    return {"allocated_terms_bytes": estimate.peak.total,
+            "overheads": [{"row": label, "bytes": value} for label, value in overheads],
+            "needed_bytes": estimate.peak.total + sum(value for _, value in overheads)}
+
+
+def cheapest(advice: "Advice", count: int = ADVICE_COUNT) -> list["Change"]:
+    """The changes that fit, cheapest first: least fidelity given up, fewest tokens lost, no new
+    hardware, then least slowdown (memplan.planning.advice.Advice.by_sacrifice)."""
+    return advice.by_sacrifice()[:count]
+
+
+def change_line(change: "Change", original: "Estimate") -> str:
+    """'ZeRO-3: saves 5.47 GiB (needs 19.30, 4.70 spare); costs 1.12x time per sample; gives up nothing'."""
+    saves = original.needed_bytes - change.estimate.needed_bytes
+    cost = f"{change.slowdown:.2f}x time per sample" if abs(change.slowdown - 1) >= 0.005 else "no slowdown"
+    return (f"{change.label}: saves {format_gib(saves)} GiB (needs {format_gib(change.estimate.needed_bytes)}, "
+            f"{format_gib(change.estimate.headroom_bytes)} spare); costs {cost}; gives up {change.gives_up}")
+
+
+def advice_lines(advice: "Advice", count: int = ADVICE_COUNT) -> list[str]:
+    """What to change, in a few lines (empty when the plan fits)."""
+    if advice.fits:
+        return []
+    changes = cheapest(advice, count)
+    if not changes:
+        return [line for line in advice.diagnosis if line.startswith("no single change")] or [
+            "no single change or pair fits: `memplan search` explores combinations"]
+    head = (f"the {len(changes)} cheapest changes that fit ({len(advice.changes)} of {advice.tried} tried fit; "
+            "`memplan compare` or `memplan search` for more):")
+    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1))]
+
+
+def advice_json(advice: "Advice", count: int = ADVICE_COUNT) -> list[dict[str, Any]]:
+    return [{**c.to_dict(), "saves_bytes": advice.estimate.needed_bytes - c.estimate.needed_bytes}
+            for c in cheapest(advice, count)]
