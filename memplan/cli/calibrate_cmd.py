@@ -65,22 +65,41 @@ def load_measurements(paths: List[Path]):
     return out
 
 
-def _writable_target(target: Path) -> Path:
+def default_target(records: List[Path]) -> Path:
+    """A new file beside the first record file: calibration.yaml, else calibration-2.yaml, -3 ..."""
+    folder = records[0].parent if records else Path(".")
+    for index in range(1, 1000):
+        candidate = folder / ("calibration.yaml" if index == 1 else f"calibration-{index}.yaml")
+        if not candidate.exists():
+            return candidate
+    raise InputError(f"--out: {folder} holds calibration.yaml .. calibration-999.yaml; pass --out FILE")
+
+
+def _writable_target(target: Path, force: bool) -> Path:
+    """Never the shipped calibration; an existing file only with --force."""
+    from memplan.spec.loading import CALIBRATION_PATH
+
     if target.is_dir():
         raise InputError(f"--out={target}: is a directory, expected a file path for the calibration YAML")
+    if target.resolve() == CALIBRATION_PATH.resolve():
+        raise InputError(f"--out={target}: is the calibration memplan ships; write elsewhere and pass it with "
+                         "--calibration FILE")
+    if target.exists() and not force:
+        raise InputError(f"--out={target}: exists; pass --force to overwrite")
     return target
 
 
 @user_errors
 def calibrate(
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default profiles/calibration.yaml)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Where to write (default: a new calibration.yaml beside the first record file)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ) -> None:
-    """Fit allocator, context and NCCL terms on real probe records; estimates use them by default."""
+    """Fit allocator, context and NCCL terms on real probe records; use them with --calibration FILE."""
     from memplan.probe import calibrate as cal
-    from memplan.spec.loading import CALIBRATION_PATH
 
-    target = _writable_target(out or CALIBRATION_PATH)
+    target = _writable_target(out or default_target(records), force)
     measurements = load_measurements(records)
     calibration = cal.fit(measurements, [str(p) for p in records])
     result = cal.summary(cal.compare(measurements, calibration))
@@ -95,7 +114,7 @@ def calibrate(
         tmp.replace(target)
     except OSError as error:
         raise InputError(f"--out={target}: cannot write ({error.strerror})") from None
-    typer.echo(f"calibrated on {len(measurements)} records -> {target}")
+    typer.echo(f"calibrated on {len(measurements)} records -> {target} (use it: --calibration {target})")
     for key, value in cal.calibration_document(calibration).items():
         if key not in ("fitted_on", "schema"):
             typer.echo(f"  {key}: {value}")
