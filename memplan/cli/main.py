@@ -6,7 +6,6 @@ from typing import Optional
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
 from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
@@ -17,7 +16,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from memplan import __version__
+
+        typer.echo(f"memplan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print memplan's version and exit.",
+                                       callback=_print_version, is_eager=True)) -> None:
+    """Peak-VRAM planner and feasibility checker for fine-tuning multimodal models (Sa2VA and kin)."""
 
 MODEL = typer.Option(None, "--model", "-m", help="Profile name (see `memplan profiles`) or path; default sa2va-4b.")
 PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
@@ -100,10 +114,12 @@ def _advice(profile, plan, calibration, result):
 
 @app.command("profiles")
 @user_errors
-def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f")) -> None:
+def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+                  wide: bool = typer.Option(False, "--wide", help="Every column, whatever the terminal width.")) -> None:
     """List shipped profiles with their parameter counts per component."""
     import json
 
+    from memplan.report.profiles_table import profiles_table
     from memplan.spec.loading import load_profile, profile_names
 
     rows = []
@@ -114,20 +130,8 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="memplan profiles (parameters)")
-    for column in ("name", "total", "llm", "vision", "projector", "sam2", "seg head"):
-        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
-    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=70)
-
-    def millions(count: int | None) -> str:
-        return f"{count / 1e6:,.1f}M" if count else ""
-
-    for row in rows:
-        c = row["components"]
-        sam2 = (c.get("sam2_encoder") or 0) + (c.get("sam2_decoder") or 0)
-        table.add_row(row["name"], millions(row["total_params"]), millions(c.get("llm")), millions(c.get("vision")),
-                      millions(c.get("projector")), millions(sam2), millions(c.get("seg_head")), row["description"])
-    console().print(table)
+    out = console()
+    out.print(profiles_table(rows, width=out.width, wide=wide))
 
 
 from memplan.cli import calibrate_cmd, compare_cmd  # noqa: E402
