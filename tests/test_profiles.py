@@ -1,6 +1,6 @@
 """Every shipped profile loads, cites its source, adds up, and matches its published parameter counts.
 
-Published figures come from ../shared/reference/sa2va.md (the Sa2VA variants table and the SAM2 table)
+Published figures come from docs/sa2va-reference.md (the Sa2VA variants table and the SAM2 table)
 and, for the InternVL2.5 models memplan also ships, from their model cards (InternVL2.5-1B 938M,
 -4B 3.7B, -8B 8.1B). Published totals are rounded or truncated to the printed precision (SAM2-T:
 38,962,417 prints as 38.9M, Qwen2.5-VL-7B's ViT 676,550,144 as 677M), so a count matches when

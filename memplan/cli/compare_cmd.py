@@ -203,7 +203,7 @@ def emit_config(plan, model: str, name: str, target: Path, script: str, vram_gib
     the probe line that checks the pair on a real (or capped) card."""
     import yaml
 
-    from memplan.integrations.deepspeed import deepspeed_config, launch_command
+    from memplan.integrations.deepspeed import deepspeed_config, launch_command, launch_comment
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +215,7 @@ def emit_config(plan, model: str, name: str, target: Path, script: str, vram_gib
     except OSError as error:
         fail(f"--emit-deepspeed={target}: cannot write ({error.strerror or error})")
     typer.echo(f"wrote {target} (DeepSpeed config of {name}) and {plan_file}", err=True)
+    typer.echo(launch_comment())
     typer.echo(launch_command(plan, script, args=f"--deepspeed {target}"))
     cap = f" --vram-cap {vram_gib:g}" if vram_gib else ""
     typer.echo(f"check it: memplan probe --plan {plan_file} --deepspeed-config {target}{cap}", err=True)

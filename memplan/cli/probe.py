@@ -14,6 +14,7 @@ from __future__ import annotations
 import shlex
 import sys
 from enum import Enum
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +27,22 @@ from memplan.probe.records import STATUSES
 from memplan.spec.profile import Profile
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
+PROBE_INSTALL = "pip install 'memplan[probe]'"
+
+
+def missing_probe_packages(plan: Plan) -> list[str]:
+    """The packages a probe of ``plan`` imports that are not installed (torch, transformers, peft;
+    deepspeed for a DeepSpeed engine), found without importing them."""
+    needed = ["torch", "transformers", "peft"] + (["deepspeed"] if plan.engine.kind == "deepspeed" else [])
+    return [name for name in needed if find_spec(name) is None]
+
+
+def require_probe_packages(plan: Plan) -> None:
+    """One line and exit 2 when the probe cannot run here: which packages are missing, how to install."""
+    missing = missing_probe_packages(plan)
+    if missing:
+        raise InputError(f"memplan probe runs the plan with {', '.join(missing)}, not installed here: "
+                         f"{PROBE_INSTALL} (on a CUDA machine keep its own torch build)")
 PHASE_ORDER = ("init", "forward", "backward", "optimizer_step")
 
 
@@ -125,18 +142,23 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
                   out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
                   command: str | None = None, ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the probe (in process for one GPU, under torchrun for several) and append its record."""
+    from memplan.probe.progress import ProbeProgress
+
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
     gpus = plan.hardware.num_gpus
     if gpus > 1:
         from memplan.probe.launch import launch_probe
 
-        return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
-                            device=device, timeout_s=timeout_s, command=command, ds_config=ds_config)
+        with ProbeProgress(steps=steps, gpus=gpus) as progress:
+            return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
+                                device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
+                                on_progress=progress.rank_result)
     from memplan.probe.records import append_record
     from memplan.probe.run import release_distributed, run_probe
 
-    record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                       command=command, ds_config=ds_config)
+    with ProbeProgress(steps=steps) as progress:
+        record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
+                           command=command, ds_config=ds_config, on_phase=progress.phase)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     release_distributed()
@@ -210,6 +232,7 @@ def probe_command(
     the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
                           tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
                           ckpt=ckpt, mode=mode)
+    require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)

@@ -499,10 +499,12 @@ class _PhaseRunner:
     """Runs a phase between a reset and a read of the meter, files the reading, wraps failures."""
 
     def __init__(self, meter: Meter, result: RankResult, on_update: Callable[[RankResult], None] | None = None,
-                 cap: DeviceCap | None = None) -> None:
-        self.meter, self.result, self.on_update, self.cap = meter, result, on_update, cap
+                 cap: DeviceCap | None = None, on_phase: Callable[[str, int | None], None] | None = None) -> None:
+        self.meter, self.result, self.on_update, self.cap, self.on_phase = meter, result, on_update, cap, on_phase
 
     def __call__(self, phase: Phase, function: Callable[[], Any], step: int | None = None) -> tuple[Any, float]:
+        if self.on_phase is not None:
+            self.on_phase(phase.value, step)  # progress (memplan.probe.progress)
         self.meter.reset()
         if self.cap is not None:
             self.cap.apply()
@@ -630,7 +632,8 @@ def _run_phases(profile: Profile, plan: Plan, steps: int, run: _PhaseRunner, res
 def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                  device: str = "cuda", timeout_s: float | None = None,
                  on_update: Callable[[RankResult], None] | None = None,
-                 ds_config: dict[str, Any] | None = None) -> RankResult:
+                 ds_config: dict[str, Any] | None = None,
+                 on_phase: Callable[[str, int | None], None] | None = None) -> RankResult:
     """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result.
 
     ``on_update(result)`` is called after every phase (the launcher saves partial results with it);
@@ -647,7 +650,7 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
     result.device = str(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
     device_cap = DeviceCap(torch_device, cap)
-    run = _PhaseRunner(Meter(torch_device, tracker), result, on_update, device_cap)
+    run = _PhaseRunner(Meter(torch_device, tracker), result, on_update, device_cap, on_phase)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
             _run_phases(profile, plan, steps, run, result, torch_device, ds_config)
@@ -706,7 +709,8 @@ def gather_ranks(result: RankResult, device: torch.device) -> list[dict[str, Any
 
 def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
               device: str = "cuda", timeout_s: float | None = None, command: str | None = None,
-              ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
+              ds_config: dict[str, Any] | None = None,
+              on_phase: Callable[[str, int | None], None] | None = None) -> dict[str, Any]:
     """Measure ``plan`` on ``profile`` for real and return a ``memplan.probe/1`` record.
 
     Under torchrun every rank measures itself and the per-rank results are all-gathered, so every
@@ -714,7 +718,7 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
     multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
     result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                          ds_config=ds_config)
+                          ds_config=ds_config, on_phase=on_phase)
     torch_device = torch.device(result.device)
     ranks = gather_ranks(result, torch_device)
     return assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
