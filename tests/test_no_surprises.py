@@ -93,9 +93,9 @@ def test_profile_import_writes_to_the_current_directory_not_the_package(tmp_path
 def test_host_ram_comes_from_the_machine_when_not_given_and_the_output_says_so(monkeypatch):
     monkeypatch.setattr("memplan.cli.host.machine_host_ram_gib", lambda: 61.5)
     table = _invoke("estimate")
-    assert "of 61.50 GiB; this machine's RAM (61.5 GiB, psutil); set another with --host-ram" in table.output
+    assert "of 61.50 GiB (this machine's, psutil; set with --host-ram)" in table.output
     data = json.loads(_invoke("estimate", "--format", "json").output)
-    assert data["host_ram_bytes"] == int(61.5 * 2**30) and "this machine's RAM" in data["host_ram_source"]
+    assert data["host_ram_bytes"] == int(61.5 * 2**30) and "this machine's" in data["host_ram_source"]
     given = json.loads(_invoke("estimate", "--format", "json", "--host-ram", "100").output)
     assert given["host_ram_bytes"] == 100 * 2**30 and given["host_ram_source"] == "given with --host-ram"
     seed = json.loads(_invoke("estimate", "--plan", "plans/seed/plan-a.yaml", "--format", "json").output)

@@ -38,4 +38,4 @@ def host_ram_choice(host_ram: float | None, plan_file: str | None) -> tuple[floa
     if plan_states_host_ram(plan_file):
         return None, f"from {Path(plan_file).name}"
     gib = machine_host_ram_gib()
-    return gib, f"this machine's RAM ({gib:g} GiB, psutil); set another with --host-ram"
+    return gib, "this machine's, psutil; set with --host-ram"

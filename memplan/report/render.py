@@ -70,17 +70,15 @@ def verdict_text(estimate: Estimate) -> str:
 
 
 def summary_lines(estimate: Estimate, host_note: str = "") -> list[str]:
-    dominant = ", ".join(
-        f"{t.component.value} {t.category.value} {format_gib(t.bytes)} GiB" for t in estimate.dominant(3)
-    )
+    dominant = ", ".join(f"{t.component.value} {t.category.value} {format_gib(t.bytes)}" for t in estimate.dominant(3))
     phases = "  ".join(f"{p.phase.value} {format_gib(p.total)}" for p in estimate.phases)
     host = f"{format_gib(estimate.host_bytes)} of {format_gib(estimate.host_ram_bytes)} GiB"
     return [
-        f"peak phase: {estimate.peak_phase.value} ({estimate.peak.moment.label}); dominated by {dominant}",
+        f"peak: {estimate.peak_phase.value} ({estimate.peak.moment.label}); largest: {dominant} GiB",
         story.views_line(estimate),
         f"phases (allocated terms, GiB): {phases}",
-        f"host RAM (node): {host}{'' if estimate.host_fits else '  (exceeds host RAM)'}"
-        + (f"; {host_note}" if host_note else ""),
+        f"host RAM (node): {host}{'' if estimate.host_fits else ' (exceeds host RAM)'}"
+        + (f" ({host_note})" if host_note else ""),
     ]
 
 
@@ -110,8 +108,7 @@ def estimate_table(estimate: Estimate, *, width: int | None = None, wide: bool =
     table.add_section()
     table.add_row("needed", *[format_gib(b) for b in totals], format_gib(sum(totals)), style="bold")
     style = "bold green" if estimate.verdict is Verdict.FITS else "bold red"
-    legend = ("allocator: what the caching allocator cannot give back under pressure; CUDA context and NCCL: "
-              "outside PyTorch's allocator; needed = the sum the verdict compares with the VRAM")
+    legend = story.LEGEND
     parts: list[Any] = [table, Text(verdict_text(estimate), style=style)]
     parts += [Text(line, style="yellow" if i == 0 else "") for i, line in enumerate(advice)]
     parts += [Text(line) for line in summary_lines(estimate, host_note)]

@@ -44,15 +44,17 @@ def overhead_rows(estimate: "Estimate") -> list[tuple[str, int]]:
 
 def views_line(estimate: "Estimate") -> str:
     """Allocated, reserved and device, and which one decides the verdict."""
-    needed = format_gib(estimate.needed_bytes)
-    decides = ("the verdict uses needed: the allocator gives cached blocks back before it reports an OOM, so "
-               "the card needs less than the roomy-card device view"
-               if estimate.calibration.pressure_ratio is not None
-               else "the verdict uses needed = the device view (no pressure ratio fitted)")
-    return (f"views per GPU: allocated {format_gib(estimate.peak_allocated_bytes)} GiB "
-            f"(torch.cuda.max_memory_allocated), reserved {format_gib(estimate.peak_reserved_bytes)} GiB, "
-            f"device {format_gib(estimate.device_bytes)} GiB (nvidia-smi on a roomy card); needed {needed} GiB "
-            f"of {format_gib(estimate.vram_bytes)}; {decides}")
+    decides = "needed decides the verdict" if estimate.calibration.pressure_ratio is not None else (
+        "needed (= device: no pressure ratio fitted) decides the verdict")
+    return (f"views: allocated {format_gib(estimate.peak_allocated_bytes)} GiB (max_memory_allocated), "
+            f"reserved {format_gib(estimate.peak_reserved_bytes)}, device {format_gib(estimate.device_bytes)} "
+            f"(nvidia-smi, roomy card); {decides}: {format_gib(estimate.needed_bytes)}")
+
+
+LEGEND = ("needed = allocated terms + allocator (what it keeps under pressure) + CUDA context + NCCL; "
+          "under pressure cached blocks are freed, so needed < device")
+ZERO3_NOTE = ("  ZeRO-3's slowdown is modelled, and a lower bound: measured steps ran about 4x ZeRO-2's on H100s "
+              "(docs/benchmarks.md)")
 
 
 def story_rows(estimate: "Estimate") -> dict[str, Any]:
@@ -86,8 +88,10 @@ def advice_lines(advice: "Advice", count: int = ADVICE_COUNT) -> list[str]:
         return [line for line in advice.diagnosis if line.startswith("no single change")] or [
             "no single change or pair fits: `memplan search` explores combinations"]
     head = (f"the {len(changes)} cheapest changes that fit ({len(advice.changes)} of {advice.tried} tried fit; "
-            "`memplan compare` or `memplan search` for more):")
-    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1))]
+            "more: `memplan search`):")
+    zero3 = any(c.plan.engine.kind == "deepspeed" and c.plan.engine.zero_stage == 3 for c in changes)
+    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1)),
+            *([ZERO3_NOTE] if zero3 else [])]
 
 
 def advice_json(advice: "Advice", count: int = ADVICE_COUNT) -> list[dict[str, Any]]:
