@@ -51,8 +51,8 @@ def views_line(estimate: "Estimate") -> str:
             f"(nvidia-smi, roomy card); {decides}: {format_gib(estimate.needed_bytes)}")
 
 
-LEGEND = ("needed = allocated terms + allocator (what it keeps under pressure) + CUDA context + NCCL; "
-          "under pressure cached blocks are freed, so needed < device")
+LEGEND = ("needed = allocated + allocator (kept under pressure) + CUDA context + NCCL; "
+          "less than device: cached blocks are freed first")
 ZERO3_NOTE = ("  ZeRO-3's slowdown is modelled, and a lower bound: measured steps ran about 4x ZeRO-2's on H100s "
               "(docs/benchmarks.md)")
 
