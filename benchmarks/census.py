@@ -1,7 +1,7 @@
 """Saved-tensor census: bytes that autograd keeps for backward, per token and per layer, measured on
 the real transformers/peft modules (CPU, bf16), then fitted exactly as integer coefficients of the
 layer's widths. The estimator's activation formulas (memplan/estimate/activations.py) state these
-coefficients; tests/test_census.py re-runs a small census and checks them.
+coefficients; rerun this script after a transformers or peft upgrade and compare its output with them.
 
 Run: python benchmarks/census.py   (about a minute on 2 CPU cores)
 """

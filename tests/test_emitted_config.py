@@ -15,7 +15,10 @@ from memplan.cli.probe import load_deepspeed_config
 from memplan.integrations.deepspeed import deepspeed_config
 from memplan.estimate.peak import estimate
 from memplan.spec.loading import InputError, load_calibration, load_plan, load_profile
+from memplan.probe import faults
 from memplan.probe import run as probe_run
+from memplan.probe.cap import DeviceCap
+from memplan.probe.distributed import release_distributed
 from memplan.spec.vocabulary import Phase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +122,7 @@ def test_device_cap_leaves_room_for_what_lies_outside_the_allocator(monkeypatch)
     gib = 2**30
     fake = _FakeCuda(total=80 * gib, used=3 * gib, reserved=1 * gib)  # 2 GiB outside (context + NCCL)
     fake.install(monkeypatch)
-    cap = probe_run.DeviceCap(torch.device("cuda", 0), 24 * gib)
+    cap = DeviceCap(torch.device("cuda", 0), 24 * gib)
     cap.apply()
     assert fake.fractions[-1] == pytest.approx(22 / 80)
     fake.used = 2 * gib  # less outside later: the largest seen is kept for the note, the limit follows now
@@ -133,23 +136,23 @@ def test_device_cap_leaves_room_for_what_lies_outside_the_allocator(monkeypatch)
 def test_device_cap_is_inert_on_cpu_or_without_a_cap(monkeypatch):
     fake = _FakeCuda(80, 3, 1)
     fake.install(monkeypatch)
-    probe_run.DeviceCap(torch.device("cpu"), 24).apply()
-    probe_run.DeviceCap(torch.device("cuda", 0), None).apply()
+    DeviceCap(torch.device("cpu"), 24).apply()
+    DeviceCap(torch.device("cuda", 0), None).apply()
     assert fake.fractions == []
 
 
 def test_mid_run_fault_hook(monkeypatch):
     exits = []
-    monkeypatch.setattr(probe_run.os, "_exit", lambda code: exits.append(code))
-    monkeypatch.setattr(probe_run, "world", lambda: (1, 1, 2))
+    monkeypatch.setattr(faults.os, "_exit", lambda code: exits.append(code))
+    monkeypatch.setattr(faults, "world", lambda: (1, 1, 2))
     monkeypatch.setenv("MEMPLAN_PROBE_FAULT", "1:17@backward")
-    probe_run._injected_fault(Phase.BACKWARD, 0)  # first step: not yet
-    probe_run._injected_fault(Phase.FORWARD, 1)  # another phase
+    faults.at_phase(Phase.BACKWARD, 0)  # first step: not yet
+    faults.at_phase(Phase.FORWARD, 1)  # another phase
     assert exits == []
-    probe_run._injected_fault(Phase.BACKWARD, 1)
+    faults.at_phase(Phase.BACKWARD, 1)
     assert exits == [17]
     monkeypatch.setenv("MEMPLAN_PROBE_FAULT", "0:17@backward")  # another rank
-    probe_run._injected_fault(Phase.BACKWARD, 1)
+    faults.at_phase(Phase.BACKWARD, 1)
     assert exits == [17]
 
 
@@ -161,6 +164,6 @@ def test_missing_deepspeed_is_a_recorded_error(monkeypatch):
     profile = load_profile(str(ROOT / "tests" / "fixtures" / "profiles" / "tiny-sa2va.yaml"))
     plan = build_plan(None, gpus=1, zero=2, lora_rank=8, text_len=256, tiles=2, res=256, objects=2)
     result = probe_run.measure_rank(profile, plan, steps=1, device="cpu")
-    probe_run.release_distributed()
+    release_distributed()
     assert result.status == "error"
     assert "deepspeed" in result.error and result.error.startswith("init: ")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import ADAPTER_DTYPE, ATTENTION, STACK, OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -57,6 +57,9 @@ def estimate(
     objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder."),
     ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
     mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
+    stack: Optional[str] = STACK,
+    attention: Optional[str] = ATTENTION,
+    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed: Optional[Path] = typer.Option(
@@ -68,13 +71,15 @@ def estimate(
     """Estimate the peak memory per GPU of one plan, say whether it fits, and if not what to change."""
     from memplan.cli.host import host_ram_choice
     from memplan.estimate.peak import estimate as run_estimate
+    from memplan.planning.sinks import find_sinks, stack_summary
     from memplan.spec.loading import load_calibration
     from memplan.report import render, story
 
     host_ram, host_note = host_ram_choice(host_ram, plan)
     the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
-                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode)
+                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
+                          attention=attention, adapter_dtype=adapter_dtype)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     if emit_deepspeed is not None:
@@ -83,17 +88,22 @@ def estimate(
         check_emittable(the_plan, the_plan.name)
     calibration_terms = load_calibration(calibration)
     result = run_estimate(profile, the_plan, calibration_terms)
+    sinks = find_sinks(profile, the_plan, calibration=calibration_terms)
+    stack_info = stack_summary(profile, the_plan)
     fits = result.verdict is Verdict.FITS and result.host_fits
     advice = None if fits else _advice(profile, the_plan, calibration_terms, result)
     advice_lines = story.advice_lines(advice) if advice else []
     if output_format is OutputFormat.json:
-        typer.echo(render.estimate_json(result, {"host_ram_source": host_note,
-                                                 "advice": story.advice_json(advice) if advice else []}))
+        document = render.estimate_json(result, {"host_ram_source": host_note,
+                                                 "advice": story.advice_json(advice) if advice else []})
+        typer.echo(render.with_stack_json(document, stack=stack_info, sinks=sinks))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result, advice=advice_lines, host_note=host_note), nl=False)
+        typer.echo(render.estimate_markdown(result, advice=advice_lines, host_note=host_note)
+                   + render.sinks_markdown(stack_info, sinks), nl=False)
     else:
         out = console()
         out.print(render.estimate_table(result, width=out.width, wide=wide, advice=advice_lines, host_note=host_note))
+        out.print(render.sinks_text(stack_info, sinks))
     if emit_deepspeed is not None:
         from memplan.cli.compare_cmd import emit_config
 

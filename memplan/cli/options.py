@@ -97,6 +97,13 @@ def plan_with_defaults(document: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+STACK = typer.Option(None, "--stack", help="Training stack: sa2va (the official recipe's wiring), hf-trainer, "
+                     "accelerate or custom-loop; sets the stack's memory behaviours (docs/methodology.md).")
+ATTENTION = typer.Option(None, "--attention", help="eager, sdpa or flash (eager keeps the s x s probabilities).")
+ADAPTER_DTYPE = typer.Option(None, "--adapter-dtype", help="LoRA adapters in fp32 (peft's default) or compute "
+                             "(bf16; autocast_adapter_dtype=False). Default: the stack's.")
+
+
 def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
     """A Plan from an optional plan file and CLI flags (None = not given). Flags win."""
     document = plan_with_defaults(plan_document(plan_file or DEFAULT_PLAN))
@@ -113,7 +120,7 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
         "text_len": "inputs.text_tokens", "micro_batch": "inputs.micro_batch", "objects": "inputs.objects",
         "frames": "inputs.frames", "zero": "engine.zero_stage", "engine": "engine.kind",
         "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
-        "precision": "precision.compute",
+        "precision": "precision.compute", "stack": "stack.kind", "adapter_dtype": "stack.adapter_dtype",
     }
     for flag, path in mapping.items():
         value = flags.get(flag)

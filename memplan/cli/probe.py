@@ -1,9 +1,7 @@
 """``memplan probe``: run a plan for real on this machine's GPU(s) and record the measured memory.
 
-Register with ``app.command("probe")(probe_command)`` in memplan/cli/main.py (it is already wrapped
-in ``user_errors``). The plan comes from the
-shared flags (memplan.cli.options.build_plan); the probe adds --steps, --vram-cap, --out, --timeout
-and --device. One GPU runs in this process; --gpus N > 1 relaunches under torchrun
+The plan comes from the shared flags (memplan.cli.options.build_plan); the probe adds --steps,
+--vram-cap, --out, --timeout, --device and --deepspeed-config. One GPU runs in this process; --gpus N > 1 relaunches under torchrun
 (memplan.probe.launch). Exit codes: 0 when a record was written with status ok or oom (an OOM is a
 result), 1 for status error/timeout, 2 for bad input (one line, no traceback).
 torch is imported only when the probe runs.
@@ -23,8 +21,9 @@ import typer
 from memplan.cli.options import OffloadChoice, build_plan, check_lora_rank, console, resolve_profile, user_errors
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
-from memplan.probe.records import STATUSES
+from memplan.probe.records import PHASE_FIELDS, STATUSES
 from memplan.spec.profile import Profile
+from memplan.spec.vocabulary import Phase
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
 PROBE_INSTALL = "pip install 'memplan[probe]'"
@@ -43,7 +42,6 @@ def require_probe_packages(plan: Plan) -> None:
     if missing:
         raise InputError(f"memplan probe runs the plan with {', '.join(missing)}, not installed here: "
                          f"{PROBE_INSTALL} (on a CUDA machine keep its own torch build)")
-PHASE_ORDER = ("init", "forward", "backward", "optimizer_step")
 
 
 class DeviceChoice(str, Enum):
@@ -153,8 +151,9 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
             return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
                                 device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
                                 on_progress=progress.rank_result)
+    from memplan.probe.distributed import release_distributed
     from memplan.probe.records import append_record
-    from memplan.probe.run import release_distributed, run_probe
+    from memplan.probe.run import run_probe
 
     with ProbeProgress(steps=steps) as progress:
         record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
@@ -175,11 +174,10 @@ def phase_table(record: dict[str, Any]):
     table = Table(title=f"memplan probe: {record['model']} ({record['status']})")
     for column in ("phase", "allocated GiB", "reserved GiB", "device GiB", "host GiB"):
         table.add_column(column, justify="left" if column == "phase" else "right")
-    fields = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
-    for phase in PHASE_ORDER:
+    for phase in [member.value for member in Phase]:
         readings = [rank["phases"][phase] for rank in record["ranks"] if phase in rank.get("phases", {})]
         if readings:
-            table.add_row(phase, *(format_gib(max(r[field] for r in readings)) for field in fields))
+            table.add_row(phase, *(format_gib(max(r[field] for r in readings)) for field in PHASE_FIELDS))
     return table
 
 
@@ -240,8 +238,9 @@ def probe_command(
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
                            device=device.value, ds_config=ds_config)
+    if record["status"] not in STATUSES:
+        raise InputError(f"status={record['status']!r}: the probe record's status must be one of {', '.join(STATUSES)}")
     render_result(record, out)
-    assert record["status"] in STATUSES
     if record["status"] in ("error", "timeout"):
         raise typer.Exit(code=1)
 

@@ -10,7 +10,9 @@ resolution R sees (R/4)^2 stage-1 tokens and decodes masks on (R/16)^2 image tok
 
 from __future__ import annotations
 
+from memplan.estimate import attention
 from memplan.estimate import coefficients as k
+from memplan.estimate import loss
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -62,12 +64,14 @@ def residual_bytes(ctx: Context) -> int:
 
 
 def _lora_table(ctx: Context) -> dict[str, int]:
-    """Which census table applies: upcast (autocast, fp32 base), fp32 adapters (plain PyTorch
-    master weights) or bf16 adapters (DeepSpeed casts the module); dropout adds its own table."""
+    """Which census table applies: upcast (autocast, fp32 base; also fp32 adapters on a bf16 base
+    under autocast, census: the same 10h + 2q + 2F + 14r), fp32 adapters without autocast (plain
+    PyTorch master weights, peft's default in a plain loop) or bf16 adapters (DeepSpeed casts the
+    module); dropout adds its own table."""
     dropout = bool(ctx.plan.components.llm.lora.dropout)
-    if _upcast(ctx):
-        return k.LORA_UPCAST_DROPOUT if dropout else k.LORA_UPCAST
     fp32_adapters = ctx.parts[Component.LLM].trainable_bytes == 4 and ctx.compute_bytes < 4
+    if _upcast(ctx) or (fp32_adapters and ctx.stack.autocast):  # autocast re-casts the fp32 input
+        return k.LORA_UPCAST_DROPOUT if dropout else k.LORA_UPCAST
     table = dict(k.LORA_FP32 if fp32_adapters else k.LORA_BF16)
     if dropout:
         for name, c in (k.LORA_FP32_DROPOUT if fp32_adapters else k.LORA_BF16_DROPOUT).items():
@@ -103,7 +107,7 @@ def llm_weight_casts(ctx: Context) -> int:
         return 0
     llm = ctx.profile.llm
     per_layer = llm.layer_params
-    lora = ctx.parts[Component.LLM].trainable - len(ctx.plan.components.llm.modules_to_save) * llm.embedding_params
+    lora = ctx.parts[Component.LLM].trainable - ctx.parts[Component.LLM].copies
     return k.UPCAST_WEIGHT_CAST_BYTES * (per_layer + max(lora, 0) // llm.num_layers)
 
 
@@ -120,26 +124,36 @@ def llm_activation_bytes(ctx: Context) -> int:
     final_norm = 4 * llm.hidden_size * tokens
     if ctx.plan.components.llm.checkpointing:
         return llm.num_layers * residual_bytes(ctx) * llm.hidden_size * tokens + final_norm
-    per_layer = llm_layer_bytes_per_token(ctx) * tokens + llm_weight_casts(ctx)
+    per_layer = llm_recomputed_layer_bytes(ctx)
     return llm.num_layers * per_layer + final_norm
 
 
-def logits_saved_bytes(ctx: Context) -> int:
-    """log_softmax's fp32 output, kept for backward: 4 * tokens * V (when the LLM keeps a graph)."""
-    if not needs_graph(ctx, Component.LLM):
-        return 0
-    return k.LOGITS_SAVED * llm_tokens(ctx) * ctx.profile.llm.vocab_size
+def llm_recomputed_layer_bytes(ctx: Context) -> int:
+    """One decoder layer's saved bytes: census bytes per token x tokens + weight casts, and under
+    eager attention its s x s probabilities (memplan.estimate.attention)."""
+    per_token = llm_layer_bytes_per_token(ctx) + attention.llm_eager_delta_per_token(ctx)
+    return per_token * llm_tokens(ctx) + llm_weight_casts(ctx) + attention.llm_saved_pairs_bytes(ctx)
 
 
-def largest_block_bytes(ctx: Context) -> int:
-    """The largest single tensor of a step: the logits in fp32 for the loss, 4 * tokens * V (bf16,
-    2 * tokens * V, in inference). Under a full card a freed block this size is split for smaller
-    requests and part of it is stranded (memplan.estimate.overhead.needed_bytes). Profiles without
-    an LLM (a vision tower or SAM2 alone): 0, their largest blocks being far smaller."""
-    if ctx.profile.llm is None:
-        return 0
-    per_value = 4 if ctx.training else ctx.compute_bytes
-    return per_value * llm_tokens(ctx) * ctx.profile.llm.vocab_size
+logits_saved_bytes = loss.logits_saved_bytes
+largest_block_bytes = loss.largest_block_bytes
+
+
+def llm_kept_output_bytes(ctx: Context) -> int:
+    """What a loop that keeps the model output holds through backward (memplan.estimate.loss): the
+    bf16 logits and, with output_hidden_states, the layer outputs checkpointing does not keep."""
+    kept = loss.kept_logits_bytes(ctx)
+    if loss.keeps_hidden_states(ctx):
+        kept += _hidden_states_bytes(ctx)
+    return kept
+
+
+def _hidden_states_bytes(ctx: Context) -> int:
+    """output_hidden_states: one residual-stream tensor per layer (+ the embeddings) that
+    checkpointing does not already keep."""
+    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
+    kept = llm.num_layers if (ctx.plan.components.llm.checkpointing and needs_graph(ctx, Component.LLM)) else 0
+    return (llm.num_layers + 1 - kept) * residual_bytes(ctx) * llm.hidden_size * tokens
 
 
 def llm_forward_transient(ctx: Context) -> int:
@@ -148,13 +162,13 @@ def llm_forward_transient(ctx: Context) -> int:
     checkpointing does not already keep. Inference (no labels): bf16 logits, 2 V per token."""
     llm, tokens = ctx.profile.llm, llm_tokens(ctx)
     if not ctx.training:
-        return ctx.compute_bytes * tokens * llm.vocab_size + llm_layer_working_set(ctx)
-    logits = (k.LOGITS_FORWARD_PEAK * tokens * llm.vocab_size) - logits_saved_bytes(ctx)
+        return ctx.compute_bytes * tokens * llm.vocab_size + llm_layer_working_set(ctx) + attention.llm_forward_pairs_bytes(ctx)
+    logits = loss.logits_forward_peak_bytes(ctx) - logits_saved_bytes(ctx) - loss.kept_logits_bytes(ctx)
     hidden = 0
-    if ctx.plan.inputs.output_hidden_states:
-        kept = llm.num_layers if (ctx.plan.components.llm.checkpointing and needs_graph(ctx, Component.LLM)) else 0
-        hidden = (llm.num_layers + 1 - kept) * residual_bytes(ctx) * llm.hidden_size * tokens
-    return logits + hidden
+    if ctx.plan.inputs.output_hidden_states and not loss.keeps_hidden_states(ctx):
+        hidden = _hidden_states_bytes(ctx)
+    layer = attention.llm_forward_pairs_bytes(ctx) if ctx.plan.components.llm.checkpointing else 0
+    return max(logits + hidden, layer)
 
 
 def llm_layer_working_set(ctx: Context) -> int:
@@ -171,10 +185,11 @@ def llm_backward_transient(ctx: Context) -> int:
     if not needs_graph(ctx, Component.LLM):
         return 0
     llm, tokens = ctx.profile.llm, llm_tokens(ctx)
-    loss = k.LOGITS_BACKWARD_EXTRA * tokens * llm.vocab_size
+    spike = loss.logits_backward_bytes(ctx)
     grads = 2 * ctx.compute_bytes * tokens * (llm.hidden_size + llm.intermediate_size)
-    recompute = llm_layer_bytes_per_token(ctx) * tokens + llm_weight_casts(ctx) if ctx.plan.components.llm.checkpointing else 0
-    return max(loss, recompute + grads)
+    grads += attention.llm_backward_pairs_bytes(ctx)
+    recompute = llm_recomputed_layer_bytes(ctx) if ctx.plan.components.llm.checkpointing else 0
+    return max(spike, recompute + grads)
 
 
 # ---------------------------------------------------------------- vision tower and projector
@@ -189,7 +204,18 @@ def vision_activation_bytes(ctx: Context) -> int:
         return v.num_layers * ctx.compute_bytes * v.hidden_size * tokens
     coefficients = k.VIT_FULL if ctx.plan.components.vision.train == "full" else k.VIT_FROZEN
     widths = {"h": v.hidden_size, "ffn": v.intermediate_size, "heads": v.num_heads}
-    return v.num_layers * _dot(coefficients, widths) * tokens
+    per_token = _dot(coefficients, widths) + attention.vision_eager_delta_per_token(ctx)
+    per_layer = per_token * tokens + attention.vision_saved_pairs_bytes(ctx)
+    return v.num_layers * per_layer + vision_weight_casts(ctx)
+
+
+def vision_weight_casts(ctx: Context) -> int:
+    """fp32 tower weights under autocast (precision.weights_fp32): each linear saves the bf16 cast of
+    its weight for the input gradient, 2 bytes x the tower's layer parameters per forward."""
+    part = ctx.parts[Component.VISION]
+    if part.weight_bytes != 4 or ctx.compute_bytes == 4:
+        return 0
+    return k.UPCAST_WEIGHT_CAST_BYTES * ctx.profile.vision.layer_params * ctx.profile.vision.num_layers
 
 
 def vision_forward_transient(ctx: Context) -> int:
@@ -197,7 +223,8 @@ def vision_forward_transient(ctx: Context) -> int:
     hidden alive (2 bytes each), plus the layer input and output."""
     v = ctx.profile.vision
     tokens = vision_tiles(ctx) * v.tokens_per_tile
-    return ctx.compute_bytes * tokens * (3 * v.hidden_size + v.intermediate_size + 3 * v.hidden_size)
+    working = ctx.compute_bytes * tokens * (3 * v.hidden_size + v.intermediate_size + 3 * v.hidden_size)
+    return working + attention.vision_forward_pairs_bytes(ctx)
 
 
 def projector_activation_bytes(ctx: Context) -> int:

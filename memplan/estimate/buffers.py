@@ -68,7 +68,7 @@ def zero3_gathered_bytes(ctx: Context) -> int:
 def ddp_bucket_bytes(ctx: Context) -> int:
     if ctx.is_deepspeed or ctx.num_gpus == 1 or not ctx.training:
         return 0
-    return sum(p.trainable * p.trainable_bytes for p in ctx.parts.values())
+    return sum(p.trainable_held_bytes for p in ctx.parts.values())
 
 
 def step_transient_bytes(ctx: Context) -> int:
@@ -76,7 +76,8 @@ def step_transient_bytes(ctx: Context) -> int:
 
     DeepSpeed ZeRO-1/2/3 without offload: the fp32 copy of this rank's gradient partition (4 P_t/N).
     torch.optim.AdamW with foreach: one temporary per parameter group (exp_avg_sq.sqrt()), the size
-    of the state (torch/optim/adamw.py _multi_tensor_adamw). Offload: the step runs on the host.
+    of the state (torch/optim/adamw.py _multi_tensor_adamw); the fused kernel (Trainer's default
+    adamw_torch_fused, torch/optim/adamw.py _fused_adamw) updates in place. Offload: the step runs on the host.
     """
     if not ctx.training or not ctx.total_trainable:
         return 0
@@ -84,8 +85,8 @@ def step_transient_bytes(ctx: Context) -> int:
         if ctx.plan.engine.offload_optimizer != "none" or ctx.zero_stage == 0:
             return 0
         return ctx.shard(4 * ctx.total_trainable, at_stage=1)
-    if ctx.plan.optimizer.kind in ("adamw",) and ctx.plan.optimizer.foreach:
-        return sum(p.trainable * p.trainable_bytes for p in ctx.parts.values())
+    if ctx.plan.optimizer.kind in ("adamw",) and ctx.plan.optimizer.foreach and not ctx.stack.fused_optimizer:
+        return sum(p.trainable_held_bytes for p in ctx.parts.values())
     return 0
 
 
@@ -93,7 +94,7 @@ def init_transient_bytes(ctx: Context) -> int:
     """DeepSpeed ZeRO-1/2 flattens the trainable 16-bit parameters into one buffer at initialize:
     for a moment the old tensors and the flat copy coexist (stage_1_and_2.py, flatten_dense_tensors)."""
     if ctx.is_deepspeed and ctx.zero_stage in (0, 1, 2) and ctx.training:
-        return sum(p.trainable * p.trainable_bytes for c, p in ctx.parts.items())
+        return sum(p.trainable_held_bytes for p in ctx.parts.values())
     return 0
 
 
@@ -102,4 +103,4 @@ def lm_head_grad_bytes(ctx: Context) -> int:
     llm = ctx.profile.llm
     if llm is None or "lm_head" not in ctx.plan.components.llm.modules_to_save or not ctx.training:
         return 0
-    return llm.embedding_params * ctx.parts[Component.LLM].trainable_bytes
+    return llm.embedding_params * ctx.parts[Component.LLM].copies_bytes

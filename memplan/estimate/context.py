@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from memplan.estimate.stack import Behaviour, resolve
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 from memplan.spec.units import DTYPE_BYTES
@@ -22,7 +23,15 @@ class PartCounts(NamedTuple):
     frozen: int  # parameters that stay frozen (the base of a LoRA component included)
     trainable: int  # parameters the optimizer updates (LoRA adapters, modules_to_save copies)
     weight_bytes: int  # bytes per frozen parameter on the device
-    trainable_bytes: int  # bytes per trainable parameter as the model holds it
+    trainable_bytes: int  # bytes per trainable parameter as the model holds it (LoRA adapters)
+    copies: int = 0  # of the trainable: those held in copies_bytes (peft copies, fully trained weights)
+    copies_bytes: int = 0
+
+    @property
+    def trainable_held_bytes(self) -> int:
+        """Bytes of the trainable parameters as the model holds them: adapters at trainable_bytes,
+        copies (modules_to_save, in-place embeddings, fully trained weights) at copies_bytes."""
+        return (self.trainable - self.copies) * self.trainable_bytes + self.copies * self.copies_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,7 @@ class Context:
     compute_bytes: int = 2
     total_trainable: int = 0
     graph: dict[Component, bool] = field(default_factory=dict)  # keeps activations for backward
+    stack: Behaviour | None = None  # the training stack's memory behaviours (memplan.estimate.stack)
 
     def shard(self, num_bytes: int, *, at_stage: int) -> int:
         """ZeRO partitioning (Rajbhandari et al. 2019, arXiv 1910.02054): a state partitioned from
@@ -65,6 +75,9 @@ def _trainable_count(profile: Profile, plan: Plan, component: Component, total: 
     if component is Component.LLM and profile.llm is not None:
         lora = part.lora
         trainable = profile.llm.lora_params(lora.rank, lora.targets)
+        if plan.stack.embeddings_training == "in_place":
+            trained = embeddings_in_place(profile, plan)
+            return total - trained, trainable + trained
         trainable += len(part.modules_to_save) * profile.llm.embedding_params
     elif component is Component.VISION and profile.vision is not None:
         v = profile.vision
@@ -74,21 +87,51 @@ def _trainable_count(profile: Profile, plan: Plan, component: Component, total: 
     return total, trainable
 
 
-def _dtype_bytes(plan: Plan, component: Component) -> tuple[int, int]:
-    """(frozen, trainable) bytes per parameter as held by the model on the device.
+def embeddings_in_place(profile: Profile, plan: Plan) -> int:
+    """Embedding parameters trained in place (``get_input_embeddings().requires_grad_(True)`` on the
+    base weights, and lm_head likewise): V*h per module named in modules_to_save, once when the
+    embeddings are tied (one tensor)."""
+    names = set(plan.components.llm.modules_to_save)
+    if not names or profile.llm is None:
+        return 0
+    modules = 1 if profile.llm.tie_word_embeddings else len(names)
+    return modules * profile.llm.embedding_params
+
+
+def _copies(profile: Profile, plan: Plan, component: Component, trainable: int) -> int:
+    """Trainable parameters that are copies or base weights rather than adapters: everything of a
+    fully trained component, the modules_to_save copies (or in-place embeddings) of a LoRA LLM."""
+    part = plan.components.get(component)
+    if part.train == "full":
+        return trainable
+    if component is Component.LLM and profile.llm is not None and part.train == "lora":
+        if plan.stack.embeddings_training == "in_place":
+            return embeddings_in_place(profile, plan)
+        return len(part.modules_to_save) * profile.llm.embedding_params
+    return 0
+
+
+def _dtype_bytes(plan: Plan, component: Component, behaviour: Behaviour) -> tuple[int, int, int]:
+    """(frozen, adapter, copy) bytes per parameter as held by the model on the device.
 
     DeepSpeed bf16/fp16 casts the whole module to the compute dtype at initialize
     (deepspeed/runtime/engine.py, _configure_distributed_model), undoing an fp32 upcast.
-    Plain PyTorch keeps what the recipe made: fp32 trainable parameters when master_weights
-    (torch.autocast computes in 16 bit), the LLM wholly fp32 after prepare_model_for_kbit_training.
+    Plain PyTorch keeps what the recipe made. The sa2va harness: fp32 trainable parameters when
+    master_weights (torch.autocast computes in 16 bit), the LLM wholly fp32 after
+    prepare_model_for_kbit_training. Other stacks (memplan.estimate.stack): adapters in fp32 under
+    peft's autocast_adapter_dtype (or as stack.adapter_dtype says), copies and fully trained weights
+    in the weights' own dtype, no master copy.
     """
     compute = DTYPE_BYTES[plan.precision.compute]
     if plan.engine.kind == "deepspeed":
-        return compute, compute
-    upcast = plan.precision.llm_fp32_upcast and component is Component.LLM
+        return compute, compute, compute
+    upcast = plan.precision.weights_fp32 or (plan.precision.llm_fp32_upcast and component is Component.LLM)
     frozen = 4 if upcast else compute
-    trainable = 4 if (upcast or plan.precision.master_weights) else compute
-    return frozen, trainable
+    if behaviour.adapters_fp32 is None:  # the harness's rule: one dtype for all that trains
+        trainable = 4 if (upcast or plan.precision.master_weights) else compute
+        return frozen, trainable, trainable
+    adapter = 4 if (upcast or behaviour.adapters_fp32) else compute
+    return frozen, adapter, frozen if behaviour.copies_in_base_dtype else adapter
 
 
 UPSTREAM = {  # gradient paths of the Sa2VA wiring: vision -> projector -> LLM -> seg head -> decoder
@@ -101,26 +144,34 @@ UPSTREAM = {  # gradient paths of the Sa2VA wiring: vision -> projector -> LLM -
 }
 
 
-def _graph(parts: dict[Component, PartCounts], training: bool) -> dict[Component, bool]:
-    """A component saves activations if it trains or a trained component lies upstream of it."""
+def _graph(parts: dict[Component, PartCounts], training: bool, behaviour: Behaviour) -> dict[Component, bool]:
+    """A component saves activations if it trains or a trained component lies upstream of it, or
+    when an input-gradient hook on its embeddings makes its input require grad (a frozen vision
+    tower under transformers 5's enable_input_require_grads: memplan.estimate.stack)."""
     trains = {c: training and p.trainable > 0 for c, p in parts.items()}
-    return {c: trains[c] or any(trains.get(u, False) for u in UPSTREAM[c]) for c in parts}
+    graph = {c: trains[c] or any(trains.get(u, False) for u in UPSTREAM[c]) for c in parts}
+    if Component.VISION in graph and behaviour.hooks_vision and training and any(trains.values()):
+        graph[Component.VISION] = True
+    return graph
 
 
 _COMPONENTS = {c.value: c for c in Component}  # Enum(value) lookups are slow in a hot loop
 
 
 def build_context(profile: Profile, plan: Plan) -> Context:
+    behaviour = resolve(plan)
     parts: dict[Component, PartCounts] = {}
     for name, total in profile.component_params_cached.items():
         component = _COMPONENTS[name]
         frozen, trainable = _trainable_count(profile, plan, component, total)
-        weight_bytes, trainable_bytes = _dtype_bytes(plan, component)
-        parts[component] = PartCounts(total, frozen, trainable, weight_bytes, trainable_bytes)
+        weight_bytes, adapter_bytes, copy_bytes = _dtype_bytes(plan, component, behaviour)
+        copies = _copies(profile, plan, component, trainable) if trainable else 0
+        parts[component] = PartCounts(total, frozen, trainable, weight_bytes, adapter_bytes, copies, copy_bytes)
     is_deepspeed = plan.engine.kind == "deepspeed"
     return Context(
         profile=profile, plan=plan, parts=parts, num_gpus=plan.hardware.num_gpus,
         zero_stage=plan.engine.zero_stage if is_deepspeed else 0, is_deepspeed=is_deepspeed,
         training=plan.mode == "train", compute_bytes=DTYPE_BYTES[plan.precision.compute],
-        total_trainable=sum(p.trainable for p in parts.values()), graph=_graph(parts, plan.mode == "train"),
+        total_trainable=sum(p.trainable for p in parts.values()), graph=_graph(parts, plan.mode == "train", behaviour),
+        stack=behaviour,
     )

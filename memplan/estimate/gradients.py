@@ -21,7 +21,7 @@ def gradient_bytes(ctx: Context, component: Component) -> int:
     if not ctx.training or part.trainable == 0:
         return 0
     if not ctx.is_deepspeed:
-        return part.trainable * part.trainable_bytes
+        return part.trainable_held_bytes  # param.grad has its parameter's dtype
     grad_bytes = ctx.compute_bytes
     if ctx.zero_stage == 0:
         return part.trainable * (4 if grad_bytes < 4 else grad_bytes)  # fp32 accumulators

@@ -24,6 +24,14 @@ def state_bytes_per_param(ctx: Context, component: Component) -> int:
     return 8
 
 
+def _moments_like_params(ctx: Context) -> bool:
+    """torch.optim.AdamW outside DeepSpeed keeps exp_avg/exp_avg_sq as zeros_like(param): each moment
+    in its parameter's dtype (torch/optim/adamw.py, _init_group). The sa2va harness counts that per
+    component (one dtype); other stacks hold adapters and copies in different dtypes."""
+    return (not ctx.is_deepspeed and ctx.plan.optimizer.kind == "adamw"
+            and ctx.stack is not None and ctx.stack.adapters_fp32 is not None)
+
+
 def master_bytes_per_param(ctx: Context, component: Component) -> int:
     """DeepSpeed keeps fp32 masters when training in 16 bit; plain PyTorch's AMP trains fp32
     parameters directly (counted as trainable weights), so no separate master exists there."""
@@ -40,8 +48,10 @@ def optimizer_state_bytes(ctx: Context, component: Component) -> int:
     """trainable x state bytes, / N from ZeRO-1; 0 on the GPU when offloaded."""
     if not ctx.training or _offloaded(ctx):
         return 0
-    trainable = ctx.parts[component].trainable
-    return ctx.shard(trainable * state_bytes_per_param(ctx, component), at_stage=1)
+    part = ctx.parts[component]
+    if _moments_like_params(ctx):
+        return 2 * part.trainable_held_bytes
+    return ctx.shard(part.trainable * state_bytes_per_param(ctx, component), at_stage=1)
 
 
 def master_weight_bytes(ctx: Context, component: Component) -> int:

@@ -74,7 +74,7 @@ def _moment(label: str, *groups: Group) -> Moment:
 ACTIVATION_ORDER = (
     (Component.VISION, act.vision_activation_bytes),
     (Component.PROJECTOR, act.projector_activation_bytes),
-    (Component.LLM, lambda c: act.llm_activation_bytes(c) + act.logits_saved_bytes(c)),
+    (Component.LLM, lambda c: act.llm_activation_bytes(c) + act.logits_saved_bytes(c) + act.llm_kept_output_bytes(c)),
     (Component.SEG_HEAD, act.seg_head_activation_bytes),
     (Component.SAM2_ENCODER, lambda c: act.sam2_feature_bytes(c) if act.needs_graph(c, Component.SAM2_DECODER) else 0),
     (Component.SAM2_DECODER, act.sam2_decoder_activation_bytes),

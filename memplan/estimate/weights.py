@@ -25,9 +25,10 @@ def frozen_weight_bytes(ctx: Context, component: Component) -> int:
 
 
 def trainable_weight_bytes(ctx: Context, component: Component) -> int:
-    """trainable parameters x bytes as the model holds them (LoRA A/B, modules_to_save copies)."""
+    """trainable parameters x bytes as the model holds them (LoRA A/B at the adapters' dtype,
+    modules_to_save copies and fully trained weights at theirs: PartCounts.trainable_held_bytes)."""
     part = ctx.parts[component]
-    return _on_device(ctx, part.trainable * part.trainable_bytes)
+    return _on_device(ctx, part.trainable_held_bytes)
 
 
 def host_weight_bytes(ctx: Context) -> int:
@@ -35,4 +36,4 @@ def host_weight_bytes(ctx: Context) -> int:
     every rank keeps its 1/N partition in pinned memory, so the node holds one full copy."""
     if not (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.plan.engine.offload_params == "cpu"):
         return 0
-    return sum(p.frozen * p.weight_bytes + p.trainable * p.trainable_bytes for p in ctx.parts.values())
+    return sum(p.frozen * p.weight_bytes + p.trainable_held_bytes for p in ctx.parts.values())

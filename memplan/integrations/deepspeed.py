@@ -2,7 +2,7 @@
 
 The keys follow DeepSpeed 0.19's config reference (deepspeed/runtime/config.py,
 deepspeed/runtime/zero/config.py, deepspeed/runtime/zero/offload_config.py). The optimizer follows
-the Sa2VA recipe (AdamW lr 4e-5, weight decay 0.05, gradient clipping 1.0):
+the Sa2VA recipe (memplan/spec/hyperparameters.py: AdamW lr 4e-5, weight decay 0.05, clipping 1.0):
 
 - ``adamw``: ``torch_adam: true`` makes DeepSpeed build ``torch.optim.AdamW`` (``foreach`` passed on);
 - ``fused_adam``: DeepSpeed's FusedAdam (a JIT-built CUDA op);
@@ -17,13 +17,9 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from memplan.spec.hyperparameters import BETAS, EPSILON, GRADIENT_CLIPPING, LEARNING_RATE, WEIGHT_DECAY
 from memplan.spec.plan import Plan
 
-LEARNING_RATE = 4e-5  # Sa2VA configs (projects/sa2va/configs/*.py: lr = 4e-5)
-WEIGHT_DECAY = 0.05
-GRADIENT_CLIPPING = 1.0
-BETAS = (0.9, 0.999)
-EPSILON = 1e-8
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 # What each variable does (printed above the launch line; docs/launch.md says more):
 NCCL_ENV_WHY = {

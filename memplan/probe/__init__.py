@@ -1,8 +1,10 @@
 """``memplan probe``: build the real model with random weights, apply a plan, train a few steps, measure.
 
 Modules: ``build`` (profile -> nn.Module), ``apply`` (plan -> freezing, LoRA, checkpointing, dtypes),
-``tracker`` (CPU storage tracker), ``run`` (phases and readings), ``records`` (JSONL, no torch),
-``launch`` (torchrun for several GPUs). torch, transformers, peft and DeepSpeed are imported only
+``engines`` (plain PyTorch/DDP, DeepSpeed), ``meter`` (readings per phase), ``census`` (bytes per
+category of live tensors), ``cap`` (the VRAM cap), ``faults`` (the fault hook), ``distributed`` (ranks,
+process group), ``environment`` (versions, card, host), ``tracker`` (CPU storage tracker), ``run``
+(the phases and the record), ``records`` (JSONL, no torch), ``launch`` (torchrun for several GPUs). torch, transformers, peft and DeepSpeed are imported only
 when a probe runs: importing this package (or ``memplan.probe.records``) does not import torch.
 """
 

@@ -1,8 +1,10 @@
 """Profile -> a real ``nn.Module`` with random weights, built from transformers config classes.
 
-Nothing is downloaded: every component comes from its config class (InternVLVisionConfig,
-Qwen2_5_VLVisionConfig, Qwen3VLVisionConfig, Qwen2Config, Qwen3Config, LlamaConfig, Sam2Config) plus
-two small modules written here (the InternVL ``mlp1`` projector with its pixel shuffle and the Sa2VA
+Nothing is downloaded: every component comes from its transformers config class, made from the spec by
+its family adapter in memplan.integrations.huggingface.families (llm: Qwen2Config, Qwen3Config,
+LlamaConfig; internvit: InternVLVisionConfig; qwen_vit: Qwen2_5_VLVisionConfig, Qwen3VLVisionConfig;
+sam2: Sam2Config; the same adapters read HF configs for ``memplan profile import``), plus two small
+modules written here (the InternVL ``mlp1`` projector with its pixel shuffle and the Sa2VA
 seg head). ``Sa2VAProbeModel.forward(batch)`` wires them as Sa2VA does and returns a scalar loss.
 
 Known differences from the released checkpoints, all small in memory:
@@ -23,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memplan.spec.plan import Plan
-from memplan.spec.profile import LLMSpec, Profile, ProjectorSpec, Sam2Spec, SegHeadSpec, VisionSpec
+from memplan.integrations.huggingface.families import internvit, qwen_vit
+from memplan.integrations.huggingface.families import llm as llm_family
+from memplan.integrations.huggingface.families import sam2 as sam2_family
 from memplan.probe.shapes import ProbeBuildError, Shapes, input_shapes
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile, ProjectorSpec, SegHeadSpec, VisionSpec
 from memplan.spec.vocabulary import Component
 
 __all__ = ["ProbeBuildError", "Shapes", "input_shapes", "Sa2VAProbeModel", "build_model", "make_batch"]
@@ -44,127 +49,6 @@ def attn_implementation(plan: Plan) -> str:
         if not is_flash_attn_2_available():
             raise ProbeBuildError("attention=flash: flash_attn is not installed here (use sdpa or eager)")
     return name
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def llm_config(spec: LLMSpec, *, attn: str, max_positions: int) -> Any:
-    """The transformers config of the LLM: Qwen2Config, Qwen3Config or LlamaConfig (llama, internlm2)."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
-
-    common = dict(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.dim_per_head,
-        tie_word_embeddings=spec.tie_word_embeddings,
-        max_position_embeddings=max(max_positions, 4096),
-        use_cache=False,
-    )
-    if spec.architecture == "qwen2":
-        config = Qwen2Config(**common)  # q/k/v bias is built in (Qwen2Attention)
-    elif spec.architecture == "qwen3":
-        config = Qwen3Config(attention_bias=spec.attention_bias, **common)
-    else:
-        config = LlamaConfig(attention_bias=spec.attention_bias, mlp_bias=False, **common)
-    config._attn_implementation = attn
-    return config
-
-
-def internvit_config(spec: VisionSpec, *, attn: str) -> Any:
-    """InternVLVisionConfig for InternViT-300M/6B (also the fallback for other towers)."""
-    from transformers import InternVLVisionConfig
-
-    config = InternVLVisionConfig(
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size,
-        image_size=[spec.image_size, spec.image_size],
-        patch_size=[spec.patch_size, spec.patch_size],
-        attention_bias=spec.qkv_bias,
-        use_qk_norm=spec.qk_norm,
-        norm_type="rms_norm" if spec.norm == "rmsnorm" else "layer_norm",
-        use_absolute_position_embeddings=spec.num_position_embeddings > 0,
-        use_mean_pooling=True,  # no final norm, as InternViT
-        layer_scale_init_value=0.1 if spec.layer_scale else 0.0,
-    )
-    config._attn_implementation = attn
-    return config
-
-
-def deepstack_indexes(num_layers: int, count: int) -> list[int]:
-    """Evenly spaced vision layers feeding Qwen3-VL's deepstack mergers (e.g. 24 layers, 3 -> 5, 11, 17)."""
-    step = num_layers // (count + 1)
-    return [step * (i + 1) - 1 for i in range(count)]
-
-
-def qwen_vision_config(spec: VisionSpec, projector: ProjectorSpec | None, *, attn: str) -> Any:
-    """Qwen2_5_VLVisionConfig or Qwen3VLVisionConfig; the merger projects to the LLM width."""
-    out = projector.output_size if projector else spec.hidden_size
-    common = dict(
-        depth=spec.num_layers,
-        hidden_size=spec.hidden_size,
-        num_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size,
-        patch_size=spec.patch_size,
-        temporal_patch_size=spec.temporal_patch_size,
-        out_hidden_size=out,
-        spatial_merge_size=int(math.isqrt(projector.merge_factor if projector else 4)),
-    )
-    if spec.architecture == "qwen2_5_vl":
-        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-
-        config = Qwen2_5_VLVisionConfig(
-            window_size=spec.window_size or 112, fullatt_block_indexes=list(spec.full_attention_layers), **common
-        )
-    else:
-        from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
-
-        count = projector.deepstack_mergers if projector else 0
-        config = Qwen3VLVisionConfig(
-            num_position_embeddings=spec.num_position_embeddings or 2304,
-            deepstack_visual_indexes=deepstack_indexes(spec.num_layers, count),
-            **common,
-        )
-    config._attn_implementation = attn
-    return config
-
-
-def sam2_config(spec: Sam2Spec, *, resolution: int, attn: str) -> Any:
-    """Sam2Config with a Hiera trunk from Sam2Spec; feature sizes follow ``resolution`` (strides 4, 8, 16)."""
-    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2VisionConfig
-    from transformers.models.sam2.configuration_sam2 import Sam2MaskDecoderConfig, Sam2PromptEncoderConfig
-
-    c, h = spec.embed_dim, spec.num_heads
-    backbone = Sam2HieraDetConfig(
-        hidden_size=c,
-        num_attention_heads=h,
-        image_size=[resolution, resolution],
-        blocks_per_stage=list(spec.stages),
-        embed_dim_per_stage=[c, 2 * c, 4 * c, 8 * c],
-        num_attention_heads_per_stage=[h, 2 * h, 4 * h, 8 * h],
-        window_size_per_stage=list(spec.window_spec),
-        global_attention_blocks=list(spec.global_attention_blocks),
-        window_positional_embedding_background_size=list(spec.window_pos_embed_bkg),
-    )
-    vision = Sam2VisionConfig(
-        backbone_config=backbone,
-        backbone_channel_list=[8 * c, 4 * c, 2 * c, c],
-        backbone_feature_sizes=[[resolution // s] * 2 for s in (4, 8, 16)],
-        fpn_hidden_size=spec.neck_dim,
-    )
-    config = Sam2Config(
-        vision_config=vision,
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=spec.neck_dim, image_size=resolution),
-        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=spec.neck_dim),
-    )
-    config._attn_implementation = attn
-    return config
 
 
 # --------------------------------------------------------------------------- small modules
@@ -385,42 +269,17 @@ class Sa2VAProbeModel(nn.Module):
 
 
 def build_vision(profile: Profile, *, attn: str, notes: list[str]) -> nn.Module:
-    """InternVLVisionModel, or the Qwen-VL tower of the profile's architecture (fallback: InternVL)."""
+    """The tower of the profile's architecture family (internvit, qwen_vit); a Qwen-VL tower that
+    does not build is recorded and replaced by InternVLVisionModel with the same widths."""
     spec = profile.vision
     if spec.architecture == "internvit":
-        from transformers import InternVLVisionModel
-
-        return InternVLVisionModel(internvit_config(spec, attn=attn))
+        return internvit.build(spec, attn=attn)
     try:
-        config = qwen_vision_config(spec, profile.projector, attn=attn)
-        if spec.architecture == "qwen2_5_vl":
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-
-            return Qwen2_5_VisionTransformerPretrainedModel(config)
-        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
-
-        return Qwen3VLVisionModel(config)
+        return qwen_vit.build(spec, profile.projector, attn=attn)
     except Exception as error:  # noqa: BLE001 - recorded, then the InternVL fallback is built
         notes.append(f"vision {spec.architecture} did not build ({type(error).__name__}: {error}); "
                      "built InternVLVisionModel with the same widths")
-        from transformers import InternVLVisionModel
-
-        return InternVLVisionModel(internvit_config(spec, attn=attn))
-
-
-def build_llm(spec: LLMSpec, *, attn: str, max_positions: int) -> nn.Module:
-    """Qwen2ForCausalLM / Qwen3ForCausalLM / LlamaForCausalLM with random weights."""
-    from transformers import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
-
-    config = llm_config(spec, attn=attn, max_positions=max_positions)
-    cls = {"qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM}.get(spec.architecture, LlamaForCausalLM)
-    return cls(config)
-
-
-def build_sam2(spec: Sam2Spec, *, resolution: int, attn: str) -> nn.Module:
-    from transformers import Sam2Model
-
-    return Sam2Model(sam2_config(spec, resolution=resolution, attn=attn))
+        return internvit.build(spec, attn=attn)
 
 
 def build_parts(profile: Profile, plan: Plan, *, notes: list[str]) -> dict[str, nn.Module | None]:
@@ -430,13 +289,13 @@ def build_parts(profile: Profile, plan: Plan, *, notes: list[str]) -> dict[str, 
     parts: dict[str, nn.Module | None] = {}
     if profile.vision:
         parts["vision"] = build_vision(profile, attn=attn, notes=notes)
-        qwen_vision = qwen_vision and not isinstance(parts["vision"], _internvl_class())
+        qwen_vision = qwen_vision and not isinstance(parts["vision"], internvit.model_class())
     if profile.projector and not qwen_vision:
         parts["projector"] = Projector(profile.projector)
     if profile.llm:
-        parts["llm"] = build_llm(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
+        parts["llm"] = llm_family.build(profile.llm, attn=attn, max_positions=plan.inputs.text_tokens)
     if profile.sam2:
-        parts["sam2"] = build_sam2(profile.sam2, resolution=plan.inputs.sam2_resolution, attn=attn)
+        parts["sam2"] = sam2_family.build(profile.sam2, resolution=plan.inputs.sam2_resolution, attn=attn)
         notes.append("SAM2 memory attention/encoder not built (unused for images): "
                      f"{profile.sam2.memory_params} parameters of the profile absent")
     if profile.seg_head:
@@ -444,17 +303,11 @@ def build_parts(profile: Profile, plan: Plan, *, notes: list[str]) -> dict[str, 
     return parts
 
 
-def _internvl_class() -> type:
-    from transformers import InternVLVisionModel
-
-    return InternVLVisionModel
-
-
 def _vision_kind(vision: nn.Module | None) -> str | None:
     """'internvl' or 'qwen' (a Qwen-VL tower, which takes flattened patches and grid_thw)."""
     if vision is None:
         return None
-    return "internvl" if isinstance(vision, _internvl_class()) else "qwen"
+    return "internvl" if isinstance(vision, internvit.model_class()) else "qwen"
 
 
 def build_model(profile: Profile, plan: Plan, *, dtype: torch.dtype | None = None) -> Sa2VAProbeModel:

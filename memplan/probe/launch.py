@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from memplan.integrations.deepspeed import NCCL_ENV
+from memplan.probe import faults, records
+from memplan.probe.distributed import world
+from memplan.probe.environment import environment, fallback_environment
+from memplan.probe.faults import FAULT_ENV  # noqa: F401 (the hook's variable, for callers of the launcher)
 from memplan.spec.plan import Plan
-from memplan.probe import records
 from memplan.spec.profile import Profile
 
 FAILED_RANK_EXIT = 3
 KILL_GRACE_S = 15
 START_GRACE_S = 60  # the parent's hard limit is timeout_s + this (imports, rendezvous, CUDA start-up)
-FAULT_ENV = "MEMPLAN_PROBE_FAULT"  # test hook: "RANK:EXITCODE" exits that rank at once, "RANK:hang" hangs it;
-# "RANK:EXITCODE@PHASE" (or "RANK:hang@PHASE") does so mid-run, in the second step's PHASE (memplan.probe.run)
 ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*exitcode\s*:\s*(-?\d+)", re.S)
 
 
@@ -54,8 +55,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def worker_environment() -> dict[str, str]:
-    """The parent's environment plus the NCCL settings (memplan.integrations.deepspeed.NCCL_ENV_WHY) and
-    DeepSpeed's op arch (TORCH_CUDA_ARCH_LIST=9.0: docs/gpu-machine.md)."""
+    """The parent's environment plus the NCCL settings (NCCL_ENV: NVLink multicast off) and DeepSpeed's
+    op arch (TORCH_CUDA_ARCH_LIST 9.0, Hopper, unless set)."""
     env = dict(os.environ)
     env.update(NCCL_ENV)
     env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
@@ -91,15 +92,6 @@ def _failure_line(log_text: str, returncode: int) -> str:
     return f"torchrun exited with code {returncode} and no rank reported a result"
 
 
-def _environment_fallback(world_size: int) -> dict[str, Any]:
-    import platform
-    import socket
-
-    return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
-            "transformers": None, "peft": None, "deepspeed": None, "python": platform.python_version(),
-            "hostname": socket.gethostname(), "world_size": world_size}
-
-
 def compose_record(work: Path, profile: Profile, plan: Plan, *, gpus: int, vram_cap_gib: float | None,
                    command: str, returncode: int | None, timed_out: bool, log_text: str) -> dict[str, Any]:
     """rank 0's record.json if the run completed, else a record from whatever the ranks saved."""
@@ -110,7 +102,7 @@ def compose_record(work: Path, profile: Profile, plan: Plan, *, gpus: int, vram_
         return finished
     saved = [data for r in range(gpus) if (data := _read_json(work / f"rank-{r}.json")) is not None]
     ranks = [data["result"] for data in saved]
-    env = saved[0]["environment"] if saved else _environment_fallback(gpus)
+    env = saved[0]["environment"] if saved else fallback_environment(gpus)
     status, error, oom = records.combine_status(ranks)
     if timed_out:
         status, error, oom = "timeout", f"run passed its timeout; {len(ranks)} of {gpus} ranks reported", None
@@ -177,23 +169,10 @@ def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, st
 # --------------------------------------------------------------------------- the worker side
 
 
-def _inject_fault(rank: int) -> None:
-    """Test hook: MEMPLAN_PROBE_FAULT=RANK:CODE exits that rank with CODE before measuring; RANK:hang hangs it."""
-    fault = os.environ.get(FAULT_ENV)
-    if fault and "@" not in fault:
-        target, code = fault.split(":")
-        if int(target) == rank:
-            if code == "hang":
-                import time
-
-                time.sleep(10**6)
-            os._exit(int(code))
-
-
 def worker(spec_path: Path) -> int:
     """One rank: measure, save the rank file, gather, and (rank 0) write record.json."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    _inject_fault(rank)
+    rank, _, world_size = world()
+    faults.at_start(rank)
     from memplan.probe import run as probe_run
 
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -206,7 +185,7 @@ def worker(spec_path: Path) -> int:
             import torch
 
             device = torch.device(result.device) if result.device != "cuda" else torch.device("cpu")
-            env_holder["environment"] = probe_run.environment(device, world_size)
+            env_holder["environment"] = environment(device, world_size)
         _write_json(work / f"rank-{rank}.json", {"result": result.as_dict(), "environment": env_holder["environment"]})
 
     result = probe_run.measure_rank(profile, plan, steps=spec["steps"], vram_cap_gib=spec["vram_cap_gib"],

@@ -141,3 +141,42 @@ def estimate_markdown(estimate: Estimate, *, advice: Sequence[str] = (), host_no
 def estimate_json(estimate: Estimate, extra: dict[str, Any] | None = None) -> str:
     """The JSON contract (Estimate.to_dict), the rows that sum to needed_bytes, and ``extra``."""
     return json.dumps({**estimate.to_dict(), "needed_rows": story.story_rows(estimate), **(extra or {})}, indent=2)
+
+
+def _stack_line(stack: dict) -> str:
+    assumed = f"; assumed: {'; '.join(stack['assumptions'])}" if stack["assumptions"] else ""
+    return (f"stack {stack['kind']}: adapters {stack['adapters']}, embeddings {stack['embeddings_training']}, "
+            f"input-grad hooks {stack['input_grad_hooks']}, outputs kept {'yes' if stack['keeps_outputs'] else 'no'}, "
+            f"attention {stack['attention']}, loss {stack['loss']}{assumed}")
+
+
+def sinks_text(stack: dict, sinks: list) -> str:
+    """The stack's behaviours and the memory sinks it implies, one line each (rich markup-safe)."""
+    from rich.markup import escape
+
+    lines = [escape(_stack_line(stack))]
+    if sinks:
+        lines.append("memory your code spends that you can get back (per GPU, at the peak):")
+        for sink in sinks:
+            note = "" if sink.measured else " (modelled, not measured)"
+            lines.append(escape(f"  - {sink.name}: {format_gib(sink.saved_bytes)} GiB{note}: {sink.what}."))
+            lines.append(escape(f"    change: {sink.change}"))
+    return "\n".join(lines)
+
+
+def sinks_markdown(stack: dict, sinks: list) -> str:
+    out = [f"\n{_stack_line(stack)}\n"]
+    if sinks:
+        out.append("\n| memory sink | saves (GiB) | what the code does | change |\n|---|---:|---|---|\n")
+        for sink in sinks:
+            out.append(f"| {sink.name} | {format_gib(sink.saved_bytes)} | {sink.what} | `{sink.change}` |\n")
+    return "".join(out)
+
+
+def with_stack_json(document: str, *, stack: dict, sinks: list) -> str:
+    """The estimate's JSON with the resolved stack and its sinks (bytes as integers)."""
+    data = json.loads(document)
+    data["stack"] = stack
+    data["sinks"] = [{"name": s.name, "saved_bytes": s.saved_bytes, "what": s.what, "change": s.change,
+                      "knob": s.knob, "measured": s.measured} for s in sinks]
+    return json.dumps(data, indent=2)

@@ -79,6 +79,7 @@ class Precision(Section):
     compute: Literal["bf16", "fp16", "fp32"] = "bf16"
     master_weights: bool = True  # fp32 master copy of trainable params (mixed precision)
     llm_fp32_upcast: bool = False  # peft.prepare_model_for_kbit_training on an unquantized LLM
+    weights_fp32: bool = False  # the whole model held in fp32 (loaded as float32), computed under autocast
 
 
 class Optimizer(Section):
@@ -173,6 +174,9 @@ class Stack(Section):
     - input_grad_hooks: which towers ``enable_input_require_grads`` hooks (transformers 5 hooks every
       PreTrainedModel inside the model, 4.x only the top model's embeddings).
     - keeps_outputs: the loop keeps the model output (logits) alive through backward.
+    - autocast: the forward runs under torch.autocast in the compute dtype (Trainer with bf16=True,
+      accelerate with mixed_precision=bf16).
+    - fused_optimizer: torch.optim.AdamW(fused=True), Trainer's default adamw_torch_fused.
     - loss: full_vocab (HF ForCausalLMLoss materialises logits) or chunked (a fused/chunked
       cross-entropy, such as Liger's, never materialises them).
     - transformers_version: the version whose behaviour to assume (None: the installed one).
@@ -184,6 +188,8 @@ class Stack(Section):
     input_grad_hooks: Literal["llm", "all_towers", "none"] | None = None
     keeps_outputs: bool | None = None
     loss: Literal["full_vocab", "chunked"] = "full_vocab"
+    autocast: bool | None = None  # the forward runs under torch.autocast (Trainer bf16=True: yes)
+    fused_optimizer: bool | None = None  # torch AdamW fused=True (Trainer's adamw_torch_fused): no temporaries
     transformers_version: str | None = Field(default=None, max_length=40)
 
 

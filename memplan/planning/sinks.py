@@ -1,0 +1,130 @@
+"""Memory sinks: memory a plan's training stack spends that the user can get back with one code change.
+
+Each sink is found by estimating the plan again with one behaviour of its stack changed
+(memplan.estimate.stack) and taking the difference of the peak allocated bytes; a sink is named only
+when that saves at least MIN_SAVING_SHARE of the peak. The tool then says what the user's code does
+to memory, the GiB it costs, and the line that changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from memplan.estimate import estimate
+from memplan.estimate.context import build_context
+from memplan.spec.calibration import Calibration
+from memplan.spec.plan import Plan
+from memplan.spec.profile import Profile
+from memplan.spec.vocabulary import Component
+
+MIN_SAVING_SHARE = 0.01  # a sink under 1% of the peak is not worth a code change
+
+
+class Sink(NamedTuple):
+    """One removable memory cost of the stack: what it is, what it saves, the change that removes it."""
+
+    name: str
+    what: str  # what the user's code does
+    saved_bytes: int  # peak allocated bytes saved per GPU by the change
+    change: str  # the one-line code change
+    knob: str  # the plan setting that models the change
+    measured: bool  # whether the mechanism was measured on a GPU (else modelled from library code)
+
+
+def _with(plan: Plan, update: dict[str, Any]) -> Plan:
+    document = plan.model_dump()
+    for dotted, value in update.items():
+        node = document
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return Plan.model_validate(document)
+
+
+class _Candidate(NamedTuple):
+    name: str
+    applies: Callable[[Profile, Plan], bool]
+    update: dict[str, Any]
+    what: str
+    change: str
+    measured: bool
+
+
+def _hooks_vision(profile: Profile, plan: Plan) -> bool:
+    ctx = build_context(profile, plan)
+    vision = ctx.parts.get(Component.VISION)
+    return bool(ctx.stack.hooks_vision and vision is not None and vision.trainable == 0 and ctx.training)
+
+
+def _fp32_adapters(profile: Profile, plan: Plan) -> bool:
+    ctx = build_context(profile, plan)
+    llm = ctx.parts.get(Component.LLM)
+    return bool(ctx.stack.adapters_fp32 and plan.engine.kind != "deepspeed" and llm is not None
+                and plan.components.llm.train == "lora" and llm.trainable_bytes == 4 and ctx.compute_bytes < 4
+                and llm.weight_bytes < 4)
+
+
+CANDIDATES = (
+    _Candidate(
+        "input-grad hooks on the vision tower", _hooks_vision, {"stack.input_grad_hooks": "llm"},
+        "enable_input_require_grads (transformers 5, called with checkpointing) hooks the frozen vision tower's "
+        "embeddings, so the tower keeps its whole autograd graph",
+        "model.disable_input_require_grads(); model.get_input_embeddings().register_forward_hook("
+        "lambda m, i, o: o.requires_grad_(True))  # after get_peft_model: hook the LLM's embeddings only",
+        True),
+    _Candidate(
+        "eager attention", lambda profile, plan: plan.attention == "eager", {"attention": "sdpa"},
+        "attn_implementation='eager' keeps every layer's s x s attention probabilities (fp32 and bf16)",
+        "from_pretrained(..., attn_implementation='sdpa')  # or 'flash_attention_2'", True),
+    _Candidate(
+        "outputs kept through backward", lambda profile, plan: build_context(profile, plan).stack.keeps_outputs
+        and plan.mode == "train" and profile.llm is not None,
+        {"stack.keeps_outputs": False},
+        "the loop keeps the model output (its logits, and hidden states when asked) alive through backward",
+        "loss = model(**batch).loss; loss.backward()  # instead of out = model(...); out.loss.backward()", True),
+    _Candidate(
+        "fp32 LoRA adapters", _fp32_adapters, {"stack.adapter_dtype": "compute"},
+        "peft's autocast_adapter_dtype=True keeps the adapters, their gradients and Adam moments in fp32 and "
+        "copies every adapter input to fp32",
+        "get_peft_model(model, config, autocast_adapter_dtype=False)", True),
+    _Candidate(
+        "full-vocabulary loss", lambda profile, plan: plan.mode == "train" and profile.llm is not None
+        and plan.stack.loss == "full_vocab",
+        {"stack.loss": "chunked"},
+        "the cross-entropy materialises the logits over the whole vocabulary in bf16 and fp32, and their gradient",
+        "from liger_kernel.transformers import apply_liger_kernel_to_qwen2; apply_liger_kernel_to_qwen2()  "
+        "# fused linear cross-entropy", False),
+)
+
+
+def find_sinks(profile: Profile, plan: Plan, *, calibration: Calibration | None = None) -> list[Sink]:
+    """The removable costs of the plan's stack, largest saving first."""
+    base = estimate(profile, plan, calibration).peak_allocated_bytes
+    sinks = []
+    for candidate in CANDIDATES:
+        if not candidate.applies(profile, plan):
+            continue
+        changed = estimate(profile, _with(plan, candidate.update), calibration).peak_allocated_bytes
+        saved = base - changed
+        if saved >= MIN_SAVING_SHARE * base and saved > 0:
+            knob = ", ".join(f"{k}={v}" for k, v in candidate.update.items())
+            sinks.append(Sink(candidate.name, candidate.what, saved, candidate.change, knob, candidate.measured))
+    return sorted(sinks, key=lambda s: -s.saved_bytes)
+
+
+def stack_summary(profile: Profile, plan: Plan) -> dict[str, Any]:
+    """The stack's behaviours as resolved for this plan, and what was assumed (for the output)."""
+    behaviour = build_context(profile, plan).stack
+    return {
+        "kind": behaviour.kind,
+        "adapters": "fp32" if behaviour.adapters_fp32 else ("compute" if behaviour.adapters_fp32 is False else "harness"),
+        "embeddings_training": "in_place" if behaviour.embeddings_in_place else "copies",
+        "input_grad_hooks": behaviour.input_grad_hooks,
+        "keeps_outputs": behaviour.keeps_outputs,
+        "autocast": behaviour.autocast,
+        "fused_optimizer": behaviour.fused_optimizer,
+        "attention": plan.attention,
+        "loss": "chunked" if behaviour.chunked_loss else "full_vocab",
+        "assumptions": list(behaviour.assumptions),
+    }

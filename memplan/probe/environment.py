@@ -1,0 +1,58 @@
+"""Where a probe ran: the card, its driver, the library versions, the host (the record's ``environment``).
+
+torch is imported inside ``environment`` only, so the launcher's parent (which never imports torch)
+can fill the same keys with ``fallback_environment`` when no rank reported.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from typing import Any
+
+LIBRARIES = ("transformers", "peft", "deepspeed")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version, from ``nvidia-smi --query-gpu=driver_version``."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def _host(world_size: int) -> dict[str, Any]:
+    return {"python": platform.python_version(), "hostname": socket.gethostname(), "world_size": world_size}
+
+
+def environment(device: Any, world_size: int) -> dict[str, Any]:
+    """GPU name and memory, driver, CUDA, torch and library versions, python, host, world size."""
+    import torch
+
+    cuda = device.type == "cuda"
+    return {
+        "gpu_name": torch.cuda.get_device_name(device) if cuda else None,
+        "gpu_total_bytes": int(torch.cuda.get_device_properties(device).total_memory) if cuda else None,
+        "driver": _driver_version() if cuda else None,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        **{library: _version(library) for library in LIBRARIES},
+        **_host(world_size),
+    }
+
+
+def fallback_environment(world_size: int) -> dict[str, Any]:
+    """The same keys with nothing measured but the host (no rank saved its environment)."""
+    return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
+            **{library: None for library in LIBRARIES}, **_host(world_size)}
