@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from memplan.cli.main import app
 from memplan.cli.names import load_model
-from memplan.spec.loading import load_profile, profile_aliases, profile_names
+from memplan.spec.aliases import profile_aliases
+from memplan.spec.loading import load_profile, profile_names
 
 runner = CliRunner()
 FIXTURES = "tests/fixtures/hf_configs"

@@ -184,20 +184,6 @@ def _exists(path: Path) -> bool:
         return False
 
 
-@lru_cache(maxsize=1)
-def profile_aliases() -> dict[str, str]:
-    """{alias, lower case: profile name}: each shipped profile's name, its ``aliases`` (Hugging Face
-    repo ids such as ByteDance/Sa2VA-4B) and each alias without its owner (Sa2VA-4B)."""
-    table: dict[str, str] = {}
-    for name, path in _profile_files().items():
-        table[name.lower()] = name
-        aliases = read_document(path).get("aliases") or []
-        for alias in aliases if isinstance(aliases, list) else []:
-            table.setdefault(str(alias).lower(), name)
-            table.setdefault(str(alias).rsplit("/", 1)[-1].lower(), name)
-    return table
-
-
 def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml", ".json") or _exists(candidate):
@@ -205,6 +191,8 @@ def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> 
     files = _profile_files()
     if name_or_path in files:
         return files[name_or_path]
+    from memplan.spec.aliases import profile_aliases
+
     alias = profile_aliases().get(name_or_path.strip().lower())
     if alias is not None:
         return files[alias]
