@@ -1,15 +1,25 @@
-"""The step-time model: FLOP formulas by hand, data movement, the GPU catalogue, rank_check."""
+"""The step-time model: FLOP formulas by hand, each term's scaling, the GPU catalogue, the fit and the
+rank metrics."""
+
+import dataclasses
+import hashlib
+import math
 
 import pytest
 
 from memplan.cli.options import build_plan
+from memplan.planning import stepfit
+from memplan.planning.steptime import (COLLECTIVE_LATENCY_S, DDP_BUCKET_BYTES, LINK_EFFICIENCY, PINNED_EFFICIENCY, TERMS, step_time,
+                                       time_step, workload)
+from memplan.probe.records import steady_step_seconds, warmup_steps
+from memplan.spec.calibration import KernelEfficiency, StepTimeTerms
 from memplan.spec.gpus import catalogue, get_gpu, gpu_for
 from memplan.spec.loading import load_profile
 from memplan.spec.plan import Plan
-from memplan.planning.steptime import UTILIZATION, rank_check, spearman, step_time, workload
 from memplan.spec.vocabulary import Component
 
 REQUIRED = {"rtx-3090", "rtx-4090", "a100-40gb", "a100-80gb", "l40s", "h100-sxm", "h200"}
+TERMS_DEFAULT = StepTimeTerms()
 
 
 def test_catalogue_has_the_required_cards_with_sources():
@@ -19,6 +29,13 @@ def test_catalogue_has_the_required_cards_with_sources():
         assert spec.datasheet.startswith("https://") and spec.bf16_tflops > 0 and spec.memory_gbps > 0
     assert specs["rtx-4090"].nvlink_gbps == 0 and specs["h100-sxm"].pcie_gbps == pytest.approx(63.0, rel=0.01)
     assert gpu_for(None, 24).name == "rtx-3090" and gpu_for(None, 80).name == "a100-80gb"
+
+
+def test_topology_four_3090s_are_pcie_only():
+    card = get_gpu("rtx-3090")
+    assert card.interconnect == "nvlink-bridge" and card.link_kind(2) == "nvlink" and card.link_kind(4) == "pcie"
+    assert card.collective_gbps(4) == card.pcie_gbps and card.pcie_gen == 4
+    assert get_gpu("h100-sxm").link_kind(8) == "nvlink" and get_gpu("l40s").link_kind(2) == "pcie"
 
 
 def test_full_training_is_6pt_and_frozen_forward_2pt(tiny_llm):
@@ -44,43 +61,226 @@ def test_checkpointing_recomputes_one_forward(tiny_llm):
     assert off.recompute == 0 and on.recompute == pytest.approx(on.forward - head)
 
 
-def test_compute_time_is_flops_over_rated_throughput():
+def test_kernel_classes_partition_the_flops_and_attention_is_quadratic():
+    profile = load_profile("sa2va-1b")
+    plan = build_plan(None, gpus=1, vram=80)
+    work = workload(profile, plan)
+    assert sum(work.kernel_flops.values()) == pytest.approx(work.total_flops)
+    longer = workload(profile, build_plan(None, gpus=1, vram=80, text_len=2 * plan.inputs.text_tokens))
+    assert longer.kernel_flops["attention"] == pytest.approx(4 * work.kernel_flops["attention"])
+    assert longer.kernel_flops["vision"] == pytest.approx(work.kernel_flops["vision"])
+
+
+def test_compute_term_is_flops_over_rated_rate_times_efficiency():
     profile = load_profile("sa2va-4b")
     plan = build_plan(None, gpus=1, vram=80, mode="inference")
     gpu = get_gpu("a100-80gb")
-    step = step_time(profile, plan, gpu)
-    assert step.breakdown["compute"] == pytest.approx(step.flops / (312e12 * UTILIZATION))
-    assert step.breakdown["comm"] == step.breakdown["offload"] == step.breakdown["optimizer"] == 0
+    terms = StepTimeTerms(efficiency={"default": KernelEfficiency(gemm=0.5, attention=0.25, vision=0.4, sam2=0.1)})
+    step = step_time(profile, plan, gpu, terms)
+    work = workload(profile, plan)
+    assert step.breakdown["gemm"] == pytest.approx(work.kernel_flops["gemm"] / (312e12 * 0.5))
+    assert step.breakdown["sam2"] == pytest.approx(work.kernel_flops["sam2"] / (312e12 * 0.1))
+    assert set(step.breakdown) == set(TERMS)
+    for key in ("zero3_gather", "param_offload", "grad_sync", "param_allgather", "offload_copy", "cpu_adam", "gpu_optimizer"):
+        assert step.breakdown[key] == 0
+    assert step.breakdown["framework"] == pytest.approx(work.module_calls * terms.module_call_s)
 
 
-def test_offload_and_zero3_cost_time_and_pcie_is_slower_than_nvlink():
-    profile = load_profile("sa2va-8b")
-    base = build_plan(None, gpus=4, vram=80)
-    offloaded = build_plan(None, gpus=4, vram=80, zero=3, offload="all")
-    for card in ("a100-80gb", "rtx-3090"):
-        gpu = get_gpu(card)
-        plain, heavy = step_time(profile, base, gpu), step_time(profile, offloaded, gpu)
-        assert heavy.seconds > plain.seconds and heavy.breakdown["offload"] > 0 and heavy.breakdown["optimizer"] > 0
-    nvlink = step_time(profile, offloaded, get_gpu("a100-80gb")).breakdown["comm"]
-    pcie = step_time(profile, offloaded.model_copy(update={"hardware": offloaded.hardware.model_copy(
-        update={"gpu": "l40s"})}), get_gpu("l40s")).breakdown["comm"]
-    assert pcie > nvlink
-
-
-def test_spearman_and_rank_check():
-    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1], [1]) is None
+def test_zero3_gather_bytes_double_with_the_parameters():
+    """2x parameters -> 2x gathered elements (every tensor above the threshold doubles in count)."""
     profile = load_profile("sa2va-1b")
-    records = []
-    for index, kwargs in enumerate([{}, {"zero": 3, "offload": "all"}, {"micro_batch": 4}]):
-        plan = build_plan(None, gpus=2, vram=80, **kwargs)
-        predicted = step_time(profile, plan, get_gpu("h100-sxm")).seconds
-        records.append({"run_id": f"r{index}", "status": "ok", "profile": profile.model_dump(mode="json"),
-                        "plan": plan.model_dump(mode="json"), "environment": {"gpu_name": "NVIDIA H100 80GB HBM3"},
-                        "ranks": [{"rank": 0, "step_times_s": [99.0, 2 * predicted, 2 * predicted]}]})
-    records.append({"run_id": "bad", "status": "oom", "ranks": []})
-    check = rank_check(records)
-    assert check.spearman == pytest.approx(1.0) and check.median_ratio == pytest.approx(2.0)
+    work = workload(profile, build_plan(None, gpus=2, vram=80, zero=3))
+    doubled = dataclasses.replace(work, modules={
+        c: m._replace(tensors=tuple((n, 2 * k) for n, k in m.tensors)) for c, m in work.modules.items()})
+    count, elements = work.gathers(100_000)
+    count2, elements2 = doubled.gathers(100_000)
+    assert count2 == 2 * count and elements2 == 2 * elements
+    everything, _ = work.gathers(0)
+    nothing = work.gathers(10**12)
+    assert nothing == (0, 0) and everything > count  # the persistence threshold keeps small tensors whole
+
+
+def test_zero3_bytes_term_over_the_link_and_prefetch_overlap():
+    profile = load_profile("sa2va-8b")
+    gpu = get_gpu("rtx-3090")  # 4 GPUs: PCIe
+    plan = build_plan(None, gpus=4, vram=24, zero=3)
+    work = workload(profile, plan)
+    no_prefetch = plan.engine.model_copy(update={"stage3_prefetch_bucket_size": 0})
+    terms = StepTimeTerms(zero3_fetch_s=0.0)
+    step = time_step(work, no_prefetch, 4, gpu, terms)
+    count, elements = work.gathers(plan.engine.stage3_param_persistence_threshold)
+    link = gpu.pcie_gbps * 1e9 * LINK_EFFICIENCY
+    assert step.breakdown["zero3_gather"] == pytest.approx(3 / 4 * elements * 2 / link + count * COLLECTIVE_LATENCY_S)
+    prefetched = time_step(work, plan.engine, 4, gpu, terms)
+    assert prefetched.breakdown["zero3_gather"] < step.breakdown["zero3_gather"]
+
+
+def test_offload_copies_and_cpu_adam_scale_with_partition_and_cores():
+    profile = load_profile("sa2va-4b")
+    gpu = get_gpu("h100-sxm")
+    plan = build_plan(None, gpus=2, vram=80, offload="optimizer")
+    work = workload(profile, plan)
+    one = time_step(work, plan.engine, 2, gpu, TERMS_DEFAULT, host_cores=16)
+    more = time_step(work, plan.engine, 2, gpu, TERMS_DEFAULT, host_cores=32)
+    four = time_step(work, plan.engine, 4, gpu, TERMS_DEFAULT, host_cores=32)
+    partition = work.trainable / 2
+    assert one.breakdown["offload_copy"] == pytest.approx(6 * partition / (gpu.pcie_gbps * 1e9 * PINNED_EFFICIENCY))
+    assert one.breakdown["cpu_adam"] == pytest.approx(partition / (TERMS_DEFAULT.cpu_adam_params_per_core_s * 8))
+    assert more.breakdown["cpu_adam"] == pytest.approx(one.breakdown["cpu_adam"] / 2)
+    assert four.breakdown["offload_copy"] == pytest.approx(one.breakdown["offload_copy"] / 2)
+    params = time_step(work, build_plan(None, gpus=2, vram=80, zero=3, offload="all").engine, 2, gpu, TERMS_DEFAULT)
+    assert params.breakdown["param_offload"] > 0
+
+
+def test_ddp_all_reduce_is_twice_the_reduce_scatter_and_pcie_is_slower():
+    profile = load_profile("sa2va-8b")
+    gpu = get_gpu("rtx-3090")
+    ddp = build_plan(None, gpus=4, vram=24, engine="pytorch", zero=0)
+    zero2 = build_plan(None, gpus=4, vram=24, zero=2).engine.model_copy(update={"overlap_comm": False})
+    work = workload(profile, ddp)
+    no_overlap = dataclasses.replace(work, backward_flops=0.0, recompute_flops=0.0)
+    a = time_step(no_overlap, ddp.engine, 4, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
+    b = time_step(no_overlap, zero2, 4, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
+    grad_bytes = work.trainable * 2
+    link = gpu.pcie_gbps * 1e9 * LINK_EFFICIENCY
+    launches = math.ceil(grad_bytes / DDP_BUCKET_BYTES) - math.ceil(work.trainable / zero2.reduce_bucket_size)
+    assert a - b == pytest.approx(3 / 4 * grad_bytes / link + launches * COLLECTIVE_LATENCY_S)
+    nvlink = time_step(no_overlap, zero2, 2, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
+    assert nvlink < b  # 2 x 3090 over the bridge, 4 over PCIe
+
+
+def test_throughput_epoch_and_cost():
+    profile = load_profile("sa2va-1b")
+    plan = build_plan(None, gpus=4, vram=80, micro_batch=2)
+    step = step_time(profile, plan, get_gpu("h100-sxm"))
+    assert step.samples_per_s == pytest.approx(8 / step.seconds)
+    assert step.tokens_per_s == pytest.approx(8 * plan.inputs.text_tokens / step.seconds)
+    assert step.epoch_seconds(800) == pytest.approx(100 * step.seconds)
+    assert step.epoch_cost(800, 2.0) == pytest.approx(100 * step.seconds / 3600 * 4 * 2.0)
+    assert step.to_dict(800, 2.0)["epoch_cost"] == pytest.approx(step.epoch_cost(800, 2.0))
+
+
+def test_steady_step_excludes_warmup_and_takes_the_slowest_rank():
+    zero2 = {"engine": {"kind": "deepspeed", "zero_stage": 2}}
+    zero3 = {"engine": {"kind": "deepspeed", "zero_stage": 3}}
+    ranks = [{"step_times_s": [9.0, 1.0, 3.0, 2.0]}, {"step_times_s": [9.0, 1.0, 4.0, 5.0]}]
+    assert warmup_steps(zero2) == 1 and warmup_steps(zero3) == 2
+    assert steady_step_seconds(ranks, zero2) == pytest.approx(4.0)  # median(1, 4, 5) on rank 1
+    assert steady_step_seconds(ranks, zero3) == pytest.approx(4.5)
+    assert steady_step_seconds([{"step_times_s": [9.0]}], zero2) is None
+
+
+def test_spearman_and_accuracy_metrics():
+    assert stepfit.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert stepfit.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert stepfit.spearman([1, 2, 2], [1, 2, 3]) == pytest.approx(0.866, abs=1e-3)  # ties share ranks
+    assert stepfit.spearman([1], [1]) is None and stepfit.spearman([1, 1], [1, 2]) is None
+    rows = [{"predicted_s": p, "measured_s": m, "ratio": m / p} for p, m in ((1, 1.2), (1, 1.45), (1, 2.0), (2, 1.0))]
+    metrics = stepfit.accuracy(rows)
+    assert metrics["within_30"] == pytest.approx(0.25) and metrics["within_50"] == pytest.approx(0.75)
+    assert metrics["max_abs_error"] == pytest.approx(1.0) and metrics["median_ratio"] == pytest.approx(1.325)
+
+
+def test_split_rule_is_sha256_first_byte():
+    for run_id in ("a", "b", "20261127T090525Z-56477243"):
+        assert stepfit.is_calibration(run_id) == (hashlib.sha256(run_id.encode()).digest()[0] < 85)
+
+
+def _records(profile, plans, terms, factor):
+    out = []
+    for index, plan in enumerate(plans):
+        predicted = step_time(profile, plan, get_gpu("h100-sxm"), terms).seconds
+        out.append({"run_id": f"r{index}", "status": "ok", "profile": profile.model_dump(mode="json"),
+                    "plan": plan.model_dump(mode="json"), "environment": {"gpu_name": "NVIDIA H100 80GB HBM3"},
+                    "vram_cap_bytes": None,
+                    "ranks": [{"rank": 0, "step_times_s": [99.0, 99.0, factor * predicted, factor * predicted]}]})
+    return out
+
+
+def test_rank_check_on_records():
+    profile = load_profile("sa2va-1b")
+    plans = [build_plan(None, gpus=2, vram=80, **kw) for kw in ({}, {"zero": 3, "offload": "all"}, {"micro_batch": 4})]
+    records = _records(profile, plans, TERMS_DEFAULT, 2.5) + [{"run_id": "bad", "status": "oom", "ranks": []}]
+    check = stepfit.rank_check(records, TERMS_DEFAULT)
+    assert check.spearman == pytest.approx(1.0) and check.median_ratio == pytest.approx(2.5)
     assert [p["gpu"] for p in check.pairs] == ["h100-sxm"] * 3 and check.skipped == ["bad: status oom"]
-    assert "3 records" in check.summary()
+    assert "3 records" in check.summary() and check.metrics["within_50"] == 0
+
+
+def test_fit_recovers_known_terms():
+    """Records generated from known terms: the fit finds them again (and the host terms it can see)."""
+    profile = load_profile("sa2va-1b")
+    truth = StepTimeTerms(efficiency={"default": KernelEfficiency(gemm=0.2, attention=0.25, vision=0.35, sam2=0.2)},
+                          module_call_s=150e-6, zero3_fetch_s=500e-6)
+    plans = [build_plan(None, gpus=g, vram=80, **kw) for g in (1, 2) for kw in (
+        {}, {"zero": 3}, {"text_len": 8192}, {"micro_batch": 4}, {"zero": 3, "micro_batch": 8, "text_len": 8192})]
+    runs, _ = stepfit.timed_runs(_records(profile, plans, truth, 1.0))
+    fitted = stepfit.fit(runs, StepTimeTerms())
+    assert fitted.module_call_s == pytest.approx(150e-6, rel=0.05)
+    assert fitted.zero3_fetch_s == pytest.approx(500e-6, rel=0.05)
+    assert fitted.in_sample["within_30"] == 1.0 and fitted.records == len(plans)
+
+
+def test_compare_prints_epoch_cost_and_the_terms(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    result = CliRunner().invoke(app, ["compare", "--format", "json", "--out", str(tmp_path),
+                                      "--dataset-samples", "1000", "--price", "2.0"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    baseline, plan_b = document["plans"][0], next(p for p in document["plans"] if p["plan"] == "plan-b")
+    assert plan_b["step_breakdown_seconds"]["zero3_gather"] > 0 and plan_b["slowdown"] > 1
+    assert baseline["epoch_seconds"] == pytest.approx(1000 / baseline["samples_per_s"], rel=1e-3)
+    assert baseline["epoch_cost"] == pytest.approx(baseline["epoch_seconds"] / 3600 * 4 * 2.0, rel=1e-2)
+    assert not any("lower bound" in note for note in document["notes"])
+
+
+def test_validate_reports_step_time(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    profile = load_profile("sa2va-1b")
+    plan = build_plan(None, gpus=1, vram=80)
+    records = _records(profile, [plan], TERMS_DEFAULT, 1.0)
+    records[0].update({"schema": "memplan.probe/1", "summary": {"peak_allocated_bytes": 2**34, "peak_reserved_bytes": 2**34,
+                       "peak_device_bytes": 2**34, "peak_host_bytes": 2**33, "peak_phase": "backward"}})
+    records[0]["ranks"][0]["phases"] = {"backward": {"max_allocated_bytes": 2**34, "max_reserved_bytes": 2**34,
+                                                     "device_used_bytes": 2**34, "host_rss_bytes": 2**33}}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(records[0]) + "\n")
+    result = CliRunner().invoke(app, ["validate", str(path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    step = json.loads(result.output)["step_time"]
+    assert step["summary"]["runs"] == 1 and step["records"][0]["measured_s"] > 0
+
+
+def test_estimate_gives_step_time_throughput_and_epoch():
+    import json
+
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    result = CliRunner().invoke(app, ["estimate", "--gpus", "2", "--vram", "80", "--format", "json",
+                                      "--dataset-samples", "500"])
+    assert result.exit_code == 0, result.output
+    step = json.loads(result.stdout)["step_time"]
+    assert step["samples_per_s"] == pytest.approx(2 / step["seconds"])
+    assert step["epoch_seconds"] == pytest.approx(500 / step["samples_per_s"])
+    assert set(step["breakdown"]) == set(TERMS)
+
+
+def test_link_type_from_nvidia_smi_topology():
+    from memplan.probe.hostinfo import link_from_topology
+
+    nvlink = "\tGPU0\tGPU1\tCPU Affinity\nGPU0\t X \tNV18\t0-63\nGPU1\tNV18\t X \t0-63\n"
+    pcie = "\tGPU0\tGPU1\tGPU2\nGPU0\t X \tPIX\tSYS\nGPU1\tPIX\t X \tSYS\nGPU2\tSYS\tSYS\t X \n"
+    assert link_from_topology(nvlink) == "nvlink" and link_from_topology(pcie) == "pcie"
+    assert link_from_topology("\tGPU0\nGPU0\t X \n") is None and link_from_topology(None) is None

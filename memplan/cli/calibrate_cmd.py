@@ -11,8 +11,16 @@ import typer
 import yaml
 from rich.table import Table
 
+from enum import Enum
+
 from memplan.cli.options import OutputFormat, console, user_errors
 from memplan.spec.loading import InputError, shown
+
+
+class CalibrateTerms(str, Enum):
+    all = "all"
+    memory = "memory"
+    step_time = "step-time"
 
 
 def load_measurements(paths: List[Path]):
@@ -65,6 +73,21 @@ def load_measurements(paths: List[Path]):
     return out
 
 
+def load_timed_runs(paths: List[Path]):
+    """Probe records with a steady-state step time (memplan.planning.stepfit.timed_runs), each run once
+    (files may overlap: a split file repeats its source's records)."""
+    from memplan.planning.stepfit import timed_runs
+    from memplan.probe.records import read_records
+
+    seen: dict[str, dict] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torn lines were reported by load_measurements
+        for path in paths:
+            for record in read_records(path):
+                seen.setdefault(str(record.get("run_id")), record)
+    return timed_runs(seen.values())
+
+
 def default_target(records: List[Path]) -> Path:
     """A new file beside the first record file: calibration.yaml, else calibration-2.yaml, -3 ..."""
     folder = records[0].parent if records else Path(".")
@@ -94,18 +117,36 @@ def calibrate(
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Where to write (default: a new calibration.yaml beside the first record file)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (--terms step-time updates it)."),
+    terms: CalibrateTerms = typer.Option(CalibrateTerms.all, "--terms",
+                                         help="all | memory | step-time (step-time keeps the file's memory terms)."),
 ) -> None:
-    """Fit allocator, context and NCCL terms on real probe records; use them with --calibration FILE."""
+    """Fit allocator, context and NCCL terms and the step-time terms on real probe records; use them with
+    --calibration FILE."""
     from memplan.probe import calibrate as cal
+
+    from memplan.planning import stepfit
+    from memplan.spec.loading import load_calibration
 
     target = _writable_target(out or default_target(records), force)
     measurements = load_measurements(records)
-    calibration = cal.fit(measurements, [str(p) for p in records])
-    result = cal.summary(cal.compare(measurements, calibration))
-    calibration = calibration.model_copy(update={"median_error": {
-        k: round(v["median_abs_error"], 4) for k, v in result.items()
-        if isinstance(v, dict) and v.get("median_abs_error") is not None}})
+    if terms is CalibrateTerms.step_time:  # keep the memory terms of the file being updated
+        calibration = load_calibration(target) if target.exists() else load_calibration()
+        measurements = []
+    else:
+        calibration = cal.fit(measurements, [str(p) for p in records])
+        result = cal.summary(cal.compare(measurements, calibration))
+        calibration = calibration.model_copy(update={"median_error": {
+            k: round(v["median_abs_error"], 4) for k, v in result.items()
+            if isinstance(v, dict) and v.get("median_abs_error") is not None}})
+    if terms is not CalibrateTerms.memory:
+        runs, _ = load_timed_runs(records)
+        if not runs and terms is CalibrateTerms.step_time:
+            raise InputError(f"records={shown([str(p) for p in records])}: no run with a steady-state step time "
+                             "(status ok and a step past the warm-up) to fit the step-time terms on")
+        if runs:
+            calibration = calibration.model_copy(update={"step_time": stepfit.fit(  # from the defaults: reproducible
+                runs, None, [str(p) for p in records])})
     tmp = target.with_suffix(".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +155,14 @@ def calibrate(
         tmp.replace(target)
     except OSError as error:
         raise InputError(f"--out={target}: cannot write ({error.strerror})") from None
-    typer.echo(f"calibrated on {len(measurements)} records -> {target} (use it: --calibration {target})")
+    step = calibration.step_time
+    fitted = f"{len(measurements)} records" if measurements else "the file's memory terms kept"
+    typer.echo(f"calibrated on {fitted}{f', step time on {step.records} runs' if step and step.records else ''} -> {target} (use it: --calibration {target})")
     for key, value in cal.calibration_document(calibration).items():
-        if key not in ("fitted_on", "schema"):
+        if key not in ("fitted_on", "schema", "step_time"):
             typer.echo(f"  {key}: {value}")
+    if step is not None:
+        typer.echo(f"  step_time: {stepfit.describe(step)}")
 
 
 @user_errors
@@ -142,8 +187,14 @@ def validate(
         "error_allocated": c.error("allocated"), "error_reserved": c.error("reserved"), "error_device": c.error("device"),
         "phase_errors": c.phase_errors(), "verdict_under_cap": c.verdict_under_cap(),
     } for c in comparisons]
+    from memplan.planning import stepfit
+
+    runs, _ = load_timed_runs(records)
+    steps = stepfit.pairs(runs, calibration_terms.step_time)
+    step_summary = stepfit.accuracy(steps)
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps({"records": rows, "summary": result}, indent=2))
+        typer.echo(json.dumps({"records": rows, "summary": result,
+                               "step_time": {"records": steps, "summary": step_summary}}, indent=2))
         return
     table = Table(title="estimate vs measured (GiB, max over ranks); error = (est - meas) / meas")
     for column in ("run", "model", "plan", "gpus", "status", "alloc meas", "alloc est", "err",
@@ -170,3 +221,21 @@ def validate(
     v = result["verdicts"]
     if v["count"]:
         out.print(f"verdicts under a VRAM cap: {v['correct']}/{v['count']} correct, {v['fits_that_ran_oom']} 'fits' that ran out of memory")
+    if steps:
+        _print_steps(out, steps, step_summary)
+
+
+def _print_steps(out, steps, summary) -> None:
+    """Predicted vs measured steady-state step time per run, then the rank and error metrics."""
+    table = Table(title="step time: predicted vs measured (steady state, seconds); error = (pred - meas) / meas")
+    for column in ("run", "model", "engine", "gpus", "card", "measured", "predicted", "err", "largest term"):
+        table.add_column(column, justify="left" if column in ("run", "model", "engine", "card", "largest term") else "right")
+    for r in steps:
+        top = max(r["terms"].items(), key=lambda kv: kv[1]) if r["terms"] else ("", 0.0)
+        table.add_row(r["run_id"][:8], r["model"], r["engine"], str(r["num_gpus"]), r["gpu"], f"{r['measured_s']:.3f}",
+                      f"{r['predicted_s']:.3f}", f"{(r['predicted_s'] - r['measured_s']) / r['measured_s'] * 100:+.0f}%",
+                      f"{top[0]} {top[1]:.3f}")
+    out.print(table)
+    rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
+    out.print(f"step time: Spearman {rho}, within 30% {summary['within_30']:.0%}, within 50% {summary['within_50']:.0%}, "
+              f"median measured/predicted {summary['median_ratio']:.2f} over {summary['runs']} runs")

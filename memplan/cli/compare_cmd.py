@@ -46,6 +46,8 @@ WIDE = typer.Option(False, "--wide", help="Every column, whatever the terminal w
 EXIT_CODE = typer.Option(False, "--exit-code", help="Exit 1 when no plan fits (for CI).")
 EMIT = typer.Option(None, "--emit-deepspeed", help="Write the chosen plan's DeepSpeed config (JSON) to this file.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
+DATASET = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1)
+PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0)
 SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
 CALIBRATION = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml).")
 
@@ -73,14 +75,16 @@ def _with_gpu(plan, gpu_name: str | None, vram: float | None = None):
     return plan.model_copy(update={"hardware": hardware})
 
 
-ZERO3_STEP_NOTE = ("ZeRO-3 step times are a lower bound: on H100s sa2va-1b measured about 2 s per steady ZeRO-3 "
-                   "step against 0.3-0.5 s for ZeRO-2, about 4x where memplan.planning.steptime predicts 1.2x "
-                   "(per-module parameter gathering; docs/benchmarks.md)")
+def _step_note(calibration) -> str:
+    """Where the step times come from: the calibrated mechanistic model, and how to see its terms."""
+    from memplan.planning.steptime import default_terms
 
-
-def _zero3_note(plans) -> list[str]:
-    """The measured caveat, when a shown plan runs ZeRO-3."""
-    return [ZERO3_STEP_NOTE] if any(p.engine.kind == "deepspeed" and p.engine.zero_stage == 3 for p in plans) else []
+    terms = calibration.step_time if calibration is not None and calibration.step_time else default_terms()
+    fitted = (f"terms fitted on {terms.records} probe runs ({', '.join(k for k in terms.efficiency if k != 'default')})"
+              if terms.records else "literature defaults (not fitted)")
+    return (f"step time: memplan.planning.steptime, per rank from mechanisms (compute per kernel class, framework "
+            f"calls, ZeRO-3 gathers, collectives, offload copies, CPU Adam); {fitted}; the terms of every plan are "
+            f"in --format json (step_breakdown_seconds); docs/benchmarks.md has its measured accuracy")
 
 
 def _print_only(report, output_format: ReportFormat, extra_json: dict | None, wide: bool) -> None:
@@ -235,6 +239,8 @@ def compare(
     emit_deepspeed: Optional[Path] = EMIT,
     choose: Optional[str] = CHOOSE,
     script: str = SCRIPT,
+    dataset_samples: Optional[int] = DATASET,
+    price: Optional[float] = PRICE,
 ) -> None:
     """Compare plans side by side: peak per GPU, verdict, host RAM, step time, what each gives up, advice."""
     from memplan.spec.loading import load_calibration
@@ -248,15 +254,15 @@ def compare(
         check_lora_rank(profile, plan)
         entries.append((profile, plan))
     reference = build_plan(DEFAULT_PLAN)
-    rows = build_rows(entries, reference, load_calibration(calibration))
+    cal = load_calibration(calibration)
+    rows = build_rows(entries, reference, cal, dataset_samples, price)
     first = rows[0]
     title = (f"memplan compare: {len(rows)} plans ({', '.join(sorted({r.profile.name for r in rows}))}); "
              f"step time and slowdown against {first.name}")
     notes = [f"gives up: against the official recipe ({DEFAULT_PLAN}: SAM2 {reference.inputs.sam2_resolution}, "
              f"LoRA r{reference.components.llm.lora.rank if reference.components.llm.lora else '-'}, mask decoder trained) "
              f"on the same model",
-             "step time: memplan.planning.steptime (FLOPs at 35% of the card's dense bf16 rate + communication, offload, "
-             "optimizer); for ranking plans, not a wall-clock promise",
+             _step_note(cal),
              "peak: what the card must hold, GiB per GPU (allocated + what the allocator cannot give back under "
              "pressure + CUDA context + NCCL: what an OOM is decided against; docs/methodology.md)"]
     same = [r.name for r in rows[1:] if r.plan.mode == first.plan.mode
@@ -264,7 +270,6 @@ def compare(
     if same:
         notes.append(f"{', '.join(same)}: peak within 0.1 GiB of {first.name}'s: what they change is not at the peak "
                      f"moment ({first.estimate.peak_phase.value}: {first.estimate.peak.moment.label})")
-    notes += _zero3_note([r.plan for r in rows])
     report = Report(title, rows, DEFAULT_PLAN, notes, kind="compare")
     chosen = None
     if emit_deepspeed is not None:  # refuse a bad choice before writing anything
@@ -295,6 +300,8 @@ def search(
     emit_deepspeed: Optional[Path] = EMIT,
     choose: Optional[str] = CHOOSE,
     script: str = SCRIPT,
+    dataset_samples: Optional[int] = DATASET,
+    price: Optional[float] = PRICE,
 ) -> None:
     """Search ZeRO stage, offload, checkpointing, micro-batch, SAM2 resolution, LoRA rank, decoder freezing,
     buckets and overlap for the plans that fit; print the Pareto front of time per sample vs fidelity."""
@@ -333,6 +340,7 @@ def search(
         f"model {profile.name}; base plan {result.base_plan.name}",
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
+        _step_note(cal),
     ]
     if not result.front:
         smallest = result.smallest
@@ -355,12 +363,11 @@ def search(
     front = sorted(result.front, key=lambda c: -c.fidelity)[:top]
     fastest = min(c.seconds_per_sample for c in result.front)
     rows = [build_row(profile, c.plan, result.base_plan, cal, fastest, c.estimate, c.step, c.knobs.to_dict(),
-                      with_advice=False) for c in front]
+                      with_advice=False, dataset_samples=dataset_samples, price=price) for c in front]
     if len(result.front) > top:
         notes.append(f"front has {len(result.front)} plans; showing the {top} most faithful (--top)")
     title = (f"memplan search: Pareto front of {len(result.front)} plans for {profile.name} on {gpus} x {vram_gib:g} GiB "
              f"(most faithful first; slowdown against the fastest)")
-    notes += _zero3_note([c.plan for c in front])
     from memplan.estimate.peak import estimate as run_estimate
 
     base_needed = run_estimate(profile, result.base_plan, cal).needed_bytes

@@ -65,6 +65,7 @@ def estimate(
     emit_deepspeed: Optional[Path] = typer.Option(
         None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
+    dataset_samples: Optional[int] = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1),
     wide: bool = typer.Option(False, "--wide", help="Every column, whatever the terminal width."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the plan does not fit (GPU or host RAM), for CI."),
 ) -> None:
@@ -93,17 +94,22 @@ def estimate(
     fits = result.verdict is Verdict.FITS and result.host_fits
     advice = None if fits else _advice(profile, the_plan, calibration_terms, result)
     advice_lines = story.advice_lines(advice) if advice else []
+    from memplan.planning.steptime import step_time
+    from memplan.report.steps import step_line, with_step_json
+
+    step = step_time(profile, the_plan, terms=calibration_terms.step_time)
     if output_format is OutputFormat.json:
         document = render.estimate_json(result, {"host_ram_source": host_note,
                                                  "advice": story.advice_json(advice) if advice else []})
-        typer.echo(render.with_stack_json(document, stack=stack_info, sinks=sinks))
+        typer.echo(with_step_json(render.with_stack_json(document, stack=stack_info, sinks=sinks), step, dataset_samples))
     elif output_format is OutputFormat.md:
         typer.echo(render.estimate_markdown(result, advice=advice_lines, host_note=host_note)
-                   + render.sinks_markdown(stack_info, sinks), nl=False)
+                   + render.sinks_markdown(stack_info, sinks) + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
         out = console()
         out.print(render.estimate_table(result, width=out.width, wide=wide, advice=advice_lines, host_note=host_note))
         out.print(render.sinks_text(stack_info, sinks))
+        out.print(step_line(step, dataset_samples))
     if emit_deepspeed is not None:
         from memplan.cli.compare_cmd import emit_config
 

@@ -297,6 +297,7 @@ def search(
     """
     started = time.perf_counter()
     space = space or SearchSpace()
+    step_terms = calibration.step_time if calibration is not None else None  # None: the shipped fit
     hardware = base_plan.hardware.model_copy(update={
         "num_gpus": num_gpus, "vram_gib": vram_gib,
         "host_ram_gib": host_ram_gib if host_ram_gib is not None else base_plan.hardware.host_ram_gib,
@@ -328,7 +329,7 @@ def search(
                 if engine is None:
                     engine = engines[(rb, ab, ov)] = builder.engine(zero, offload, rb, ab, ov)
                 work = builder.workload(mb, res, rank, dec, checkpointing)
-                seconds = time_step(work, engine, num_gpus, gpu).per_sample
+                seconds = time_step(work, engine, num_gpus, gpu, step_terms).per_sample
                 key = (res, rank, dec, mb)
                 score = fidelity_cache.get(key)
                 if score is None:
@@ -384,7 +385,7 @@ def search(
         result = estimates.get((group, point)) or estimate(profile, plan, calibration)
         work = builder.workload(knobs.micro_batch, knobs.sam2_resolution, knobs.lora_rank, knobs.decoder_trained,
                                 knobs.checkpointing)
-        step = time_step(work, plan.engine, num_gpus, gpu)
+        step = time_step(work, plan.engine, num_gpus, gpu, step_terms)
         score = fidelity_cache[(knobs.sam2_resolution, knobs.lora_rank, knobs.decoder_trained, knobs.micro_batch)]
         return Candidate(knobs, plan, result, step, score)
 

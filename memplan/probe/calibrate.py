@@ -229,5 +229,7 @@ def summary(comparisons: list[Comparison]) -> dict[str, Any]:
 def calibration_document(calibration: Calibration) -> dict[str, Any]:
     document = calibration.model_dump(mode="json", by_alias=True)
     document["schema"] = CALIBRATION_SCHEMA
+    if document.get("step_time") is None:
+        document.pop("step_time", None)
     return document
 

@@ -12,6 +12,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from memplan.probe.hostinfo import HOST_FACTS, host_facts
+
 LIBRARIES = ("transformers", "peft", "deepspeed")
 
 
@@ -49,10 +51,11 @@ def environment(device: Any, world_size: int) -> dict[str, Any]:
         "torch": torch.__version__,
         **{library: _version(library) for library in LIBRARIES},
         **_host(world_size),
+        **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width (memplan.probe.hostinfo)
     }
 
 
 def fallback_environment(world_size: int) -> dict[str, Any]:
     """The same keys with nothing measured but the host (no rank saved its environment)."""
     return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
-            **{library: None for library in LIBRARIES}, **_host(world_size)}
+            **{library: None for library in LIBRARIES}, **_host(world_size), **dict.fromkeys(HOST_FACTS)}

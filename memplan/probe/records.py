@@ -11,7 +11,8 @@ A record (all byte counts are ``int``)::
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
              max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],
              categories: {memplan.spec.vocabulary.Category value: bytes}, ...extras}],
-    summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase}
+    summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase,
+              steady_step_s (steady-state seconds per step, warm-up excluded: steady_step_seconds)}
 
 Extras beside the required fields: ``notes`` (what the built model lacks or changed), ``parameters``
 ({trainable, frozen} per component) and, per rank, ``status``, ``error``, ``step_phases`` (every
@@ -61,6 +62,29 @@ def summarize(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def warmup_steps(plan: dict[str, Any]) -> int:
+    """Steps before the steady state: the first (kernel selection, allocator growth, optimizer state);
+    under ZeRO-3 also the second, on which DeepSpeed records its parameter-fetch trace (the first
+    reset_step switches the coordinator to RECORD, the second to COMPLETE, and only then does it
+    prefetch: deepspeed/runtime/zero/partitioned_param_coordinator.py, reset_step)."""
+    engine = plan.get("engine") or {}
+    return 2 if engine.get("kind") == "deepspeed" and engine.get("zero_stage") == 3 else 1
+
+
+def steady_step_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> float | None:
+    """The slowest rank's median step time after warmup_steps(plan) (ranks wait for each other at every
+    collective); None when no rank ran past its warm-up."""
+    skip = warmup_steps(plan)
+    medians = []
+    for rank in ranks:
+        steps = [float(t) for t in rank.get("step_times_s") or [] if t is not None][skip:]
+        if steps:
+            steps.sort()
+            middle = len(steps) // 2
+            medians.append(steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2)
+    return max(medians) if medians else None
+
+
 def combine_status(ranks: list[dict[str, Any]]) -> tuple[str, str | None, dict[str, Any] | None]:
     """The record's (status, error, oom) from its ranks: oom beats error beats timeout beats ok."""
     status, error, oom = "ok", None, None
@@ -105,7 +129,7 @@ def make_record(
         "vram_cap_bytes": None if vram_cap_bytes is None else int(vram_cap_bytes),
         "environment": environment,
         "ranks": ranks,
-        "summary": summarize(ranks),
+        "summary": {**summarize(ranks), "steady_step_s": steady_step_seconds(ranks, plan)},
         "notes": list(notes),
         "parameters": parameters or {},
     }

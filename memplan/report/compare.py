@@ -41,6 +41,8 @@ class PlanRow:
     gives_up: GivesUp
     advice: Advice | None
     knobs: dict[str, Any] | None = None  # search candidates: the knob values
+    dataset_samples: int | None = None  # --dataset-samples: time (and --price: cost) per epoch
+    price: float | None = None  # per GPU-hour
 
     @property
     def name(self) -> str:
@@ -60,6 +62,15 @@ class PlanRow:
         mode = "" if self.plan.mode == "train" else " (forward only)"
         per_sample = f" ({self.step.per_sample:.2f}/sample)" if self.step.micro_batch > 1 else ""
         return f"{self.step.seconds:.2f} s{per_sample}{mode}"
+
+    def epoch_text(self) -> str:
+        seconds = self.step.epoch_seconds(self.dataset_samples) if self.dataset_samples else None
+        return "" if seconds is None else f"{seconds / 3600:.1f} h"
+
+    def cost_text(self) -> str:
+        if not self.dataset_samples or self.price is None:
+            return ""
+        return f"{self.step.epoch_cost(self.dataset_samples, self.price):,.2f}"
 
     def top_advice(self) -> str:
         if self.advice is None or self.fits:
@@ -85,6 +96,10 @@ class PlanRow:
             "phases_needed_bytes": phase_needed_bytes(e),
             "step_seconds": round(self.step.seconds, 4), "seconds_per_sample": round(self.step.per_sample, 4),
             "slowdown": round(self.slowdown, 4), "step_breakdown_seconds": {k: round(v, 4) for k, v in self.step.breakdown.items()},
+            "samples_per_s": round(self.step.samples_per_s, 4), "tokens_per_s": round(self.step.tokens_per_s, 1),
+            **({"epoch_seconds": round(self.step.epoch_seconds(self.dataset_samples), 1)} if self.dataset_samples else {}),
+            **({"epoch_cost": round(self.step.epoch_cost(self.dataset_samples, self.price), 2)}
+               if self.dataset_samples and self.price is not None else {}),
             "fidelity": self.fidelity, "sam2_resolution": self.plan.inputs.sam2_resolution,
             "trainable_params": lost.trainable[1], "reference_trainable_params": lost.trainable[0],
             "gives_up": lost.lines(),
@@ -109,22 +124,25 @@ class Report:
 
 def build_row(profile: Profile, plan: Plan, reference: Plan, calibration: Calibration | None,
               first_seconds: float | None = None, result: Estimate | None = None,
-              step: StepTime | None = None, knobs: dict[str, Any] | None = None, with_advice: bool = True) -> PlanRow:
+              step: StepTime | None = None, knobs: dict[str, Any] | None = None, with_advice: bool = True,
+              dataset_samples: int | None = None, price: float | None = None) -> PlanRow:
     result = result or estimate(profile, plan, calibration)
-    step = step or step_time(profile, plan, gpu_for(plan.hardware.gpu, plan.hardware.vram_gib))
+    step = step or step_time(profile, plan, gpu_for(plan.hardware.gpu, plan.hardware.vram_gib),
+                             calibration.step_time if calibration else None)
     slowdown = step.per_sample / first_seconds if first_seconds else 1.0
     fits = result.verdict is Verdict.FITS and result.host_fits
     advice = advise(profile, plan, calibration, result) if with_advice and not fits else None
     return PlanRow(profile, plan, result, step, slowdown, fidelity(plan, reference), gives_up(profile, plan, reference),
-                   advice, knobs)
+                   advice, knobs, dataset_samples, price)
 
 
-def build_rows(entries: list[tuple[Profile, Plan]], reference: Plan, calibration: Calibration | None) -> list[PlanRow]:
+def build_rows(entries: list[tuple[Profile, Plan]], reference: Plan, calibration: Calibration | None,
+               dataset_samples: int | None = None, price: float | None = None) -> list[PlanRow]:
     """Rows for plans side by side; slowdown is against the first plan."""
     rows: list[PlanRow] = []
     for profile, plan in entries:
         first = rows[0].step.per_sample if rows else None
-        rows.append(build_row(profile, plan, reference, calibration, first))
+        rows.append(build_row(profile, plan, reference, calibration, first, dataset_samples=dataset_samples, price=price))
     return rows
 
 
@@ -148,9 +166,17 @@ VERDICT = COLUMNS.index("verdict")
 SEARCH_LAST = "fidelity"  # a search shows only plans that fit: fidelity instead of advice
 
 
+def _epoch_columns(rows: list[PlanRow]) -> tuple[str, ...]:
+    """'epoch' with --dataset-samples, 'cost/epoch' with --price too."""
+    first = rows[0] if rows else None
+    if first is None or not first.dataset_samples:
+        return ()
+    return ("epoch", "cost/epoch") if first.price is not None else ("epoch",)
+
+
 def _columns(report: "Report") -> tuple[str, ...]:
     last = SEARCH_LAST if report.kind == "search" else COLUMNS[-1]
-    return (*COLUMNS[:-2], f"gives up (vs {report.reference})", last)
+    return (*COLUMNS[:-2], *_epoch_columns(report.rows), f"gives up (vs {report.reference})", last)
 
 
 def _cells(row: PlanRow, report: "Report") -> list[str]:
@@ -158,9 +184,10 @@ def _cells(row: PlanRow, report: "Report") -> list[str]:
 
     e = row.estimate
     last = f"{row.fidelity:.3f}" if report.kind == "search" else row.top_advice()
+    epoch = [row.epoch_text(), row.cost_text()][:len(_epoch_columns([row]))]
     return [row.name, _model(row), f"{e.num_gpus} x {format_gib(e.vram_bytes, 0)} {row.step.gpu}", _peak(row),
             saves_text(report, row), format_gib(e.headroom_bytes), row.verdict, _host(row), row.step_text(),
-            f"{row.slowdown:.2f}x", row.gives_up.text(), last]
+            f"{row.slowdown:.2f}x", *epoch, row.gives_up.text(), last]
 
 
 # ---------------------------------------------------------------- rich
@@ -174,7 +201,7 @@ def report_table(report: Report, *, width: int | None = None, wide: bool = False
 def report_table_wide(report: Report) -> Group:
     table = Table(title=report.title, show_lines=True)
     for column in _columns(report):
-        numeric = column in ("saves GiB", "headroom GiB", "slowdown", "step", SEARCH_LAST)
+        numeric = column in ("saves GiB", "headroom GiB", "slowdown", "step", "epoch", "cost/epoch", SEARCH_LAST)
         table.add_column(column, justify="right" if numeric else "left", overflow="fold",
                          max_width=34 if column.startswith("gives up") or column == "top advice" else None)
     for row in report.rows:

@@ -53,8 +53,7 @@ def views_line(estimate: "Estimate") -> str:
 
 LEGEND = ("needed = allocated + allocator (kept under pressure) + CUDA context + NCCL; "
           "less than device: cached blocks are freed first")
-ZERO3_NOTE = ("  ZeRO-3's slowdown is modelled, and a lower bound: measured steps ran about 4x ZeRO-2's on H100s "
-              "(docs/benchmarks.md)")
+
 
 
 def story_rows(estimate: "Estimate") -> dict[str, Any]:
@@ -89,9 +88,7 @@ def advice_lines(advice: "Advice", count: int = ADVICE_COUNT) -> list[str]:
             "no single change or pair fits: `memplan search` explores combinations"]
     head = (f"the {len(changes)} cheapest changes that fit ({len(advice.changes)} of {advice.tried} tried fit; "
             "more: `memplan search`):")
-    zero3 = any(c.plan.engine.kind == "deepspeed" and c.plan.engine.zero_stage == 3 for c in changes)
-    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1)),
-            *([ZERO3_NOTE] if zero3 else [])]
+    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1))]
 
 
 def advice_json(advice: "Advice", count: int = ADVICE_COUNT) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The calibration file's schema: the few terms `memplan calibrate` fits on probe records.
 
 Stored in profiles/calibration.yaml (schema memplan.calibration/1); memplan.estimate.overhead uses
-them to turn the allocated peak into the reserved, device and needed views.
+them to turn the allocated peak into the reserved, device and needed views. The optional ``step_time``
+section holds the step-time model's fitted terms (memplan/planning/steptime.py; absent: its defaults).
 """
 
 from __future__ import annotations
@@ -9,6 +10,37 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 CALIBRATION_SCHEMA = "memplan.calibration/1"
+
+
+class KernelEfficiency(BaseModel):
+    """Achieved / rated dense bf16 throughput of one card, per kernel class (memplan.planning.workload)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gemm: float = Field(default=0.35, gt=0, le=1)  # LLM matmuls, logits, projector, seg head
+    attention: float = Field(default=0.25, gt=0, le=1)  # the LLM's s^2 term (SDPA/flash kernels)
+    vision: float = Field(default=0.35, gt=0, le=1)  # the ViT
+    sam2: float = Field(default=0.20, gt=0, le=1)  # Hiera encoder and mask decoder
+
+
+class StepTimeTerms(BaseModel):
+    """The step-time model's fitted terms (`memplan calibrate`), with literature defaults.
+
+    ``efficiency`` is per card (catalogue name, memplan/profiles/gpus.yaml); a card without an entry
+    uses ``default``. The per-call, per-gather and CPU Adam terms are host and framework costs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    efficiency: dict[str, KernelEfficiency] = {"default": KernelEfficiency()}
+    module_call_s: float = Field(default=30e-6, ge=0, le=0.1)  # per module call per pass
+    zero3_fetch_s: float = Field(default=100e-6, ge=0, le=1)  # per ZeRO-3 parameter gather
+    cpu_adam_params_per_core_s: float = Field(default=5e7, gt=0)  # DeepSpeedCPUAdam, per host core
+    fitted_on: list[str] = []
+    records: int = 0  # records the fit used
+    in_sample: dict[str, float] = {}  # spearman, within_30, within_50, median_ratio on the fit's records
+
+    def for_card(self, name: str) -> KernelEfficiency:
+        return self.efficiency.get(name) or self.efficiency.get("default") or KernelEfficiency()
 
 
 class Calibration(BaseModel):
@@ -30,6 +62,7 @@ class Calibration(BaseModel):
     card: str | None = None
     versions: dict[str, str] = {}
     median_error: dict[str, float] = {}
+    step_time: StepTimeTerms | None = None  # None: StepTimeTerms() defaults
 
 
 DEFAULT = Calibration()

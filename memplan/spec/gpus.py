@@ -11,6 +11,7 @@ import difflib
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,6 +37,9 @@ class GpuSpec(BaseModel):
     pcie_lanes: int = Field(gt=0, le=16)
     nvlink_gbps: float = Field(ge=0)  # total (both directions), as datasheets quote it; 0: none
     nvlink_group: int = Field(default=1, ge=1)
+    # GPU-to-GPU topology: nvlink (every card of an nvlink_group on one NVLink/NVSwitch fabric),
+    # nvlink-bridge (pairs joined by a bridge, the rest over PCIe), pcie (peer traffic over PCIe only)
+    interconnect: Literal["nvlink", "nvlink-bridge", "pcie"] = "pcie"
     datasheet: str = Field(min_length=8)
     aliases: tuple[str, ...] = ()
 
@@ -44,10 +48,14 @@ class GpuSpec(BaseModel):
         """Host link bandwidth per direction, GB/s (gen x lanes)."""
         return PCIE_GBPS_PER_LANE[self.pcie_gen] * self.pcie_lanes
 
+    def link_kind(self, num_gpus: int) -> str:
+        """"nvlink" when ``num_gpus`` cards share one NVLink domain, else "pcie"."""
+        return "nvlink" if self.interconnect != "pcie" and self.nvlink_gbps and num_gpus <= self.nvlink_group else "pcie"
+
     def collective_gbps(self, num_gpus: int) -> float:
         """Per-direction bandwidth a ring collective over ``num_gpus`` cards gets, GB/s: NVLink when
         all of them share one NVLink domain (half the datasheet's bidirectional figure), else PCIe."""
-        if self.nvlink_gbps and num_gpus <= self.nvlink_group:
+        if self.link_kind(num_gpus) == "nvlink":
             return self.nvlink_gbps / 2
         return self.pcie_gbps
 

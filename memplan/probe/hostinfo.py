@@ -1,0 +1,64 @@
+"""The host facts a probe record carries for the step-time model: CPU cores and the GPUs' links.
+
+No torch: ``os`` for the cores, ``nvidia-smi`` for the links (absent or failing: None). Fields, added
+to the record's ``environment``:
+
+- host_cpus: logical CPUs this process may run on (os.sched_getaffinity, else os.cpu_count);
+- gpu_link: "nvlink" when ``nvidia-smi topo -m`` shows an NV# entry between two GPUs, "pcie" when it
+  shows only PIX/PXB/PHB/NODE/SYS, None with fewer than two GPUs or without nvidia-smi;
+- pcie_gen, pcie_width: the first GPU's current host link (nvidia-smi --query-gpu pcie.link.*).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from typing import Any
+
+
+HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width")
+
+
+def host_cpus() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _nvidia_smi(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def link_from_topology(text: str | None) -> str | None:
+    """"nvlink" | "pcie" | None from the matrix ``nvidia-smi topo -m`` prints (GPU rows only)."""
+    if not text:
+        return None
+    rows = [line.split() for line in text.splitlines() if re.match(r"^\s*GPU\d+\s", line)]
+    if len(rows) < 2:
+        return None
+    cells = [cell for row in rows for cell in row[1:len(rows) + 1] if cell != "X"]
+    if any(re.fullmatch(r"NV\d+", cell) for cell in cells):
+        return "nvlink"
+    return "pcie" if any(cell in ("PIX", "PXB", "PHB", "NODE", "SYS") for cell in cells) else None
+
+
+def host_link() -> tuple[int | None, int | None]:
+    """(PCIe generation, lanes) of the first GPU's current host link, or (None, None)."""
+    text = _nvidia_smi("--query-gpu=pcie.link.gen.current,pcie.link.width.current", "--format=csv,noheader")
+    try:
+        gen, width = (int(x) for x in text.splitlines()[0].split(","))
+    except (AttributeError, IndexError, ValueError):
+        return None, None
+    return gen, width
+
+
+def host_facts() -> dict[str, Any]:
+    gen, width = host_link()
+    return {"host_cpus": host_cpus(), "gpu_link": link_from_topology(_nvidia_smi("topo", "-m")),
+            "pcie_gen": gen, "pcie_width": width}
