@@ -287,7 +287,7 @@ CASES: list[Case] = [
     Case("calibrate-foreign-schema", "calibrate on a record of another schema", ("calibrate", "r.jsonl", "--out", "c.yaml"),
          ("r.jsonl:2", "schema 'memplan.probe/2' is not memplan.probe/1"),
          {"r.jsonl": jsonl(record(), record(schema="memplan.probe/2"))}),
-    Case("calibrate-no-ok-runs", "calibrate on OOM runs only", ("calibrate", "r.jsonl", "--out", "c.yaml"),
+    Case("calibrate-no-ok-runs", "calibrate on OOM runs only", ("calibrate", "r.jsonl", "--out", "c.yaml", "--all-sides"),
          ("no successful ('ok') runs",), {"r.jsonl": jsonl(record(status="oom"))}),
     Case("calibrate-out-directory", "calibrate --out a directory", ("calibrate", "r.jsonl", "--out", "outdir"),
          ("--out=outdir", "is a directory"), {"r.jsonl": jsonl(record()), "outdir": DIR}),
@@ -441,3 +441,41 @@ def problems(case: Case, outcome: Outcome) -> list[str]:
         if needle not in outcome.output:
             out.append(f"message lacks {needle!r}")
     return out
+
+RUNSET_HEAD = "schema: memplan.runset/1\nbatch: b\ncard: h200\n"
+PREDICTION = json.dumps({"schema": "memplan.prediction/1", "run_key": "b/a", "predicted": {}})
+CASES += [
+    # ---- cards as CUDA sees them (memplan/spec/cards.py)
+    Case("gpu-vram-above-card", "estimate --gpu rtx-3090 --vram 80", (E, "--gpu", "rtx-3090", "--vram", "80"),
+         ("hardware.vram_gib=80", "rtx-3090's 24 GiB", "23.70 GiB")),
+    Case("gpu-unknown", "estimate on an unknown --gpu", (E, "--gpu", "rtx-9090"), ("gpu='rtx-9090'", "closest: rtx-4090")),
+    Case("probe-vram-cap-card", "probe --vram-cap naming no card", ("probe", "--vram-cap", "rtx-9090"),
+         ("--vram-cap=rtx-9090", "closest: rtx-4090")),
+    # ---- the protocol: predict and score (memplan/cli/protocol_cmd.py)
+    Case("predict-missing", "predict a run set that does not exist", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("r.yaml", "file not found")),
+    Case("predict-schema", "predict a file of another schema", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("schema='x/1'", "memplan.runset/1"), {"r.yaml": "schema: x/1\n"}),
+    Case("predict-unknown-flag", "a planned run with an unknown flag", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("runs.0.flags", "unknown flag 'gpu_count'", "allowed: res"),
+         {"r.yaml": RUNSET_HEAD + "runs:\n  - {name: a, flags: {gpu_count: 2}}\n"}),
+    Case("predict-duplicate-run", "two planned runs with one name", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("name 'a' appears twice",), {"r.yaml": RUNSET_HEAD + "runs:\n  - {name: a}\n  - {name: a}\n"}),
+    Case("predict-unknown-card", "a run set on an unknown card", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("card='h300'", "closest: h200"), {"r.yaml": "schema: memplan.runset/1\nbatch: b\ncard: h300\nruns: [{name: a}]\n"}),
+    Case("predict-bad-cap", "a planned run capped at an unknown card", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("runs.a", "--vram-cap=rtx-9090"), {"r.yaml": RUNSET_HEAD + "runs:\n  - {name: a, vram_cap: rtx-9090}\n"}),
+    Case("predict-out-exists", "predict onto existing predictions", ("predict", "r.yaml", "--out", "p.jsonl"),
+         ("--out=p.jsonl", "exists", "--force"), {"r.yaml": RUNSET_HEAD + "runs:\n  - {name: a}\n", "p.jsonl": "x\n"}),
+    Case("score-not-json", "score a predictions file that is not JSON lines", ("score", "p.jsonl", "r.jsonl"),
+         ("p.jsonl:1", "not a JSON line"), {"p.jsonl": "xx\n"}),
+    Case("score-schema", "score a file of another schema", ("score", "p.jsonl", "r.jsonl"),
+         ("p.jsonl:1", "memplan.prediction/1"), {"p.jsonl": '{"a": 1}\n'}),
+    Case("score-records-missing", "score against a records file that does not exist", ("score", "p.jsonl", "r.jsonl"),
+         ("r.jsonl", "file not found"), {"p.jsonl": PREDICTION + "\n"}),
+    Case("calibrate-no-calibration-side", "calibrate on records none of which is on the calibration side",
+         ("calibrate", "r.jsonl", "--out", "c.yaml"), ("none of the 1 records is on the calibration side", "--all-sides"),
+         {"r.jsonl": jsonl(record())}),
+    Case("validate-side", "validate --side sideways", ("validate", "r.jsonl", "--side", "sideways"),
+         ("--side='sideways'", "calibration, held-out"), {"r.jsonl": record_with()}),
+]

@@ -155,7 +155,10 @@ def test_compare_gpu_swaps_the_card(tmp_path):
                                          "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)["plans"][0]
-    assert plan["gpu"] == "a100-80gb" and plan["vram_bytes"] == 80 * 1024**3 and plan["verdict"] == "fits"
+    from memplan.spec.gpus import get_gpu
+
+    cuda_total = get_gpu("a100-80gb").cuda_total_bytes  # what CUDA reports, not 80 GiB (issue 12)
+    assert plan["gpu"] == "a100-80gb" and plan["vram_bytes"] == cuda_total and plan["verdict"] == "fits"
 
 
 @pytest.mark.parametrize("args,needle", [

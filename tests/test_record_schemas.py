@@ -82,7 +82,7 @@ def test_current_calibration_schema_loads(tmp_path):
 def test_calibrate_writes_a_file_validate_reads_back(tmp_path):
     good = write_lines(tmp_path / "r.jsonl", line(), end="")
     out = tmp_path / "cal.yaml"
-    result = runner.invoke(app, ["calibrate", str(good), "--out", str(out)])
+    result = runner.invoke(app, ["calibrate", str(good), "--out", str(out), "--all-sides"])
     assert result.exit_code == 0, result.output
     assert load_calibration(out).fitted_on == [str(good)]
     result = runner.invoke(app, ["validate", str(good), "--calibration", str(out), "--format", "json"])

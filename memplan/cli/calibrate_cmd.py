@@ -118,22 +118,29 @@ def calibrate(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Where to write (default: a new calibration.yaml beside the first record file)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (--terms step-time updates it)."),
+    all_sides: bool = typer.Option(False, "--all-sides", help="Fit the memory terms on every record, held-out side "
+                                   "included (default: the calibration side only, memplan.planning.protocol.side_of)."),
     terms: CalibrateTerms = typer.Option(CalibrateTerms.all, "--terms",
                                          help="all | memory | step-time (step-time keeps the file's memory terms)."),
 ) -> None:
-    """Fit allocator, context and NCCL terms and the step-time terms on real probe records; use them with
-    --calibration FILE."""
+    """Fit allocator, context and NCCL terms (on the calibration side of the records: a third, fixed by each
+    run id's hash) and the step-time terms on real probe records; use them with --calibration FILE."""
+    from memplan.planning.protocol import fit_side
     from memplan.probe import calibrate as cal
 
     from memplan.planning import stepfit
     from memplan.spec.loading import load_calibration
 
     target = _writable_target(out or default_target(records), force)
-    measurements = load_measurements(records)
+    loaded = load_measurements(records)
+    measurements = [m for m in loaded if all_sides or fit_side(m.run_id, m.profile.name, m.status)]
     if terms is CalibrateTerms.step_time:  # keep the memory terms of the file being updated
         calibration = load_calibration(target) if target.exists() else load_calibration()
         measurements = []
     else:
+        if not measurements:
+            raise InputError(f"records: none of the {len(loaded)} records is on the calibration side "
+                             "(sha256(run_id) first byte < 85, not a tiny-* fixture, status ok/oom); --all-sides fits on all")
         calibration = cal.fit(measurements, [str(p) for p in records])
         result = cal.summary(cal.compare(measurements, calibration))
         calibration = calibration.model_copy(update={"median_error": {
@@ -156,7 +163,8 @@ def calibrate(
     except OSError as error:
         raise InputError(f"--out={target}: cannot write ({error.strerror})") from None
     step = calibration.step_time
-    fitted = f"{len(measurements)} records" if measurements else "the file's memory terms kept"
+    fitted = (f"{len(measurements)} of {len(loaded)} records{'' if all_sides else ' (calibration side)'}"
+              if measurements else "the file's memory terms kept")
     typer.echo(f"calibrated on {fitted}{f', step time on {step.records} runs' if step and step.records else ''} -> {target} (use it: --calibration {target})")
     for key, value in cal.calibration_document(calibration).items():
         if key not in ("fitted_on", "schema", "step_time"):
@@ -170,13 +178,21 @@ def validate(
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+    side: Optional[str] = typer.Option(None, "--side", help="Only records of this side: calibration or held-out "
+                                       "(fixed by each run id's hash, memplan.planning.protocol.side_of)."),
 ) -> None:
     """Estimate vs measured per record (allocated, reserved, device), then median and max error."""
+    from memplan.planning.protocol import SIDES, side_of
     from memplan.probe import calibrate as cal
     from memplan.spec.loading import load_calibration
 
+    if side is not None and side not in SIDES:
+        raise InputError(f"--side={shown(side)}: expected one of {', '.join(SIDES)}")
     calibration_terms = load_calibration(calibration)
-    comparisons = cal.compare(load_measurements(records), calibration_terms)
+    measurements = [m for m in load_measurements(records) if side is None or side_of(m.run_id) == side]
+    if not measurements:
+        raise InputError(f"--side={side}: no record of the given files is on that side")
+    comparisons = cal.compare(measurements, calibration_terms)
     result = cal.summary(comparisons)
     rows = [{
         "run_id": c.measured.run_id, "model": c.measured.profile.name, "plan": c.measured.plan.name,

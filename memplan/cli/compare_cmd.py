@@ -19,7 +19,8 @@ from typing import Optional
 
 import typer
 
-from memplan.cli.options import DEFAULT_PLAN, build_plan, check_lora_rank, console, fail, resolve_profile, user_errors
+from memplan.cli.options import (DEFAULT_PLAN, GPU_HELP, VRAM_HELP, build_plan, check_lora_rank, console, fail, resolve_profile,
+                                  user_errors)
 from memplan.spec.loading import PLANS_DIR, InputError
 
 SEED_DIR = PLANS_DIR / "seed"
@@ -38,7 +39,7 @@ EXTENSIONS = {ReportFormat.table: "md", ReportFormat.md: "md", ReportFormat.html
               ReportFormat.json: "json", ReportFormat.csv: "csv"}
 
 MODEL = typer.Option(None, "--model", "-m", help="Profile name or path; overrides each plan's own model.")
-GPU = typer.Option(None, "--gpu", help="GPU from the catalogue (profiles/gpus.yaml), e.g. rtx-3090, a100-80gb, h100-sxm.")
+GPU = typer.Option(None, "--gpu", help=GPU_HELP)
 FORMAT = typer.Option(ReportFormat.table, "--format", "-f", help="table, md, html, json or csv.")
 OUT = typer.Option(None, "--out", help="Write the report and its charts into this folder (default: print only).")
 FORCE = typer.Option(False, "--force", help="Overwrite report files that exist in --out.")
@@ -71,6 +72,9 @@ def _with_gpu(plan, gpu_name: str | None, vram: float | None = None):
     if gpu_name is None:
         return plan
     spec = get_gpu(gpu_name)
+    from memplan.spec.cards import check_vram
+
+    check_vram(gpu=spec.name, vram_gib=vram if vram is not None else spec.vram_gib)
     hardware = plan.hardware.model_copy(update={"gpu": spec.name, "vram_gib": vram if vram is not None else spec.vram_gib})
     return plan.model_copy(update={"hardware": hardware})
 
@@ -285,7 +289,7 @@ def compare(
 @user_errors
 def search(
     gpus: int = typer.Option(..., "--gpus", help="Number of GPUs (data parallel).", min=1, max=1024),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB (default: the --gpu card's)."),
+    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP + " Default: the --gpu card's."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path (default: the plan's, else sa2va-4b)."),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Base plan (default: the official recipe)."),
     gpu: Optional[str] = GPU,
@@ -321,6 +325,9 @@ def search(
 
     spec = get_gpu(gpu) if gpu else None
     vram_gib = vram if vram is not None else spec.vram_gib
+    from memplan.spec.cards import check_vram
+
+    check_vram(gpu=spec.name if spec else None, vram_gib=vram_gib)
     host_ram, host_note = host_ram_choice(host_ram, _plan_path(plan) if plan else None)
     base = build_plan(_plan_path(plan) if plan else None)
     profile = resolve_profile(model, base)

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import ADAPTER_DTYPE, ATTENTION, STACK, OneLineErrors, console, OffloadChoice, OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors
+from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, GPU_HELP, STACK, VRAM_HELP, OneLineErrors, console, OffloadChoice,
+                                  OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors)
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -43,7 +44,8 @@ def estimate(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
-    vram: Optional[float] = typer.Option(None, "--vram", help="VRAM per GPU in GiB."),
+    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
     host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
@@ -77,7 +79,7 @@ def estimate(
     from memplan.report import render, story
 
     host_ram, host_note = host_ram_choice(host_ram, plan)
-    the_plan = build_plan(plan, gpus=gpus, vram=vram, host_ram=host_ram, res=res, zero=zero, engine=engine,
+    the_plan = build_plan(plan, gpus=gpus, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
                           attention=attention, adapter_dtype=adapter_dtype)
@@ -150,7 +152,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     out.print(profiles_table(rows, width=out.width, wide=wide))
 
 
-from memplan.cli import calibrate_cmd, compare_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd, compare_cmd, protocol_cmd  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
 
@@ -159,6 +161,8 @@ app.command("search")(compare_cmd.search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
+app.command("predict")(protocol_cmd.predict)
+app.command("score")(protocol_cmd.score)
 app.add_typer(profile_app, name="profile", help="Import a Hugging Face config.json or compose a profile.")
 
 

@@ -16,6 +16,11 @@ from memplan.spec.profile import Profile
 
 DEFAULT_MODEL = "sa2va-4b"
 DEFAULT_PLAN = "sa2va-official"  # plans/sa2va-official.yaml: the official recipe
+VRAM_HELP = ("VRAM per GPU in GiB as CUDA reports it (torch.cuda.get_device_properties().total_memory), not the "
+             "marketing size: a 24 GB RTX 3090 is ~23.70 GiB, an RTX 4090 ~23.64, an A100 80GB ~79.14, an H100 80GB "
+             "79.18. With --gpu NAME the card's CUDA total is used (profiles/gpus.yaml).")
+GPU_HELP = ("Card from the catalogue (profiles/gpus.yaml: rtx-3090, rtx-4090, a100-80gb, h100-sxm, h200...): its "
+            "CUDA-visible total and its family's context decide the verdict.")
 
 
 class OutputFormat(str, Enum):
@@ -141,8 +146,18 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
         if llm.get("train") != "lora":
             raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
         _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
+    if flags.get("gpu") is not None and flags.get("vram") is None:  # --gpu alone: the whole card
+        from memplan.spec.gpus import get_gpu
+
+        card = get_gpu(flags["gpu"])
+        _set(overrides, "hardware.gpu", card.name)
+        _set(overrides, "hardware.vram_gib", card.vram_gib)
     merged = _deep_merge(document, overrides)
-    return plan_from_document(merged, printable(plan_file or DEFAULT_PLAN))
+    plan = plan_from_document(merged, printable(plan_file or DEFAULT_PLAN))
+    from memplan.spec.cards import check_vram
+
+    check_vram(gpu=plan.hardware.gpu, vram_gib=plan.hardware.vram_gib)
+    return plan
 
 
 def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:

@@ -138,8 +138,10 @@ def check_gpus(plan: Plan, device: str) -> None:
 
 def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                   out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
-                  command: str | None = None, ds_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the probe (in process for one GPU, under torchrun for several) and append its record."""
+                  command: str | None = None, ds_config: dict[str, Any] | None = None,
+                  vram_cap_card: str | None = None) -> dict[str, Any]:
+    """Run the probe (in process for one GPU, under torchrun for several) and append its record.
+    ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too)."""
     from memplan.probe.progress import ProbeProgress
 
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
@@ -150,14 +152,14 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
         with ProbeProgress(steps=steps, gpus=gpus) as progress:
             return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
                                 device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
-                                on_progress=progress.rank_result)
+                                vram_cap_card=vram_cap_card, on_progress=progress.rank_result)
     from memplan.probe.distributed import release_distributed
     from memplan.probe.records import append_record
     from memplan.probe.run import run_probe
 
     with ProbeProgress(steps=steps) as progress:
         record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                           command=command, ds_config=ds_config, on_phase=progress.phase)
+                           command=command, ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=progress.phase)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     release_distributed()
@@ -218,7 +220,9 @@ def probe_command(
     ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
     mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
-    vram_cap: Optional[float] = typer.Option(None, "--vram-cap", help="Emulate a card of this many GiB."),
+    vram_cap: Optional[str] = typer.Option(
+        None, "--vram-cap", help="Emulate a smaller card: GiB as CUDA reports them (24), or a card name (rtx-3090: its "
+        "CUDA-visible total, 23.70 GiB, less its family's context; profiles/gpus.yaml)."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="JSONL file the record is appended to."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is stopped."),
     device: DeviceChoice = typer.Option(DeviceChoice.cuda, "--device", help="cuda, or cpu (storage tracker)."),
@@ -227,17 +231,21 @@ def probe_command(
         "the one memplan builds from the plan; it must agree with the plan."),
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
+    from memplan.spec.cards import parse_vram_cap
+
+    cap = parse_vram_cap(vram_cap)
+    vram_cap_gib = cap.gib if cap else None
     the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
                           tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
                           ckpt=ckpt, mode=mode)
     require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
-    check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, timeout_s=timeout)
+    check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)
     check_gpus(the_plan, device.value)
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
-    record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap, out=out, timeout_s=timeout,
-                           device=device.value, ds_config=ds_config)
+    record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, out=out, timeout_s=timeout,
+                           device=device.value, ds_config=ds_config, vram_cap_card=cap.card if cap else None)
     if record["status"] not in STATUSES:
         raise InputError(f"status={record['status']!r}: the probe record's status must be one of {', '.join(STATUSES)}")
     render_result(record, out)

@@ -9,11 +9,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from memplan.estimate import activations, gradients, optimizer, overhead, weights
+from memplan.estimate.card import calibration_for_card
 from memplan.estimate.context import Context, build_context
 from memplan.estimate.overhead import Calibration
 from memplan.estimate.phases import PhaseMemory, Term, all_phases
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
+from memplan.spec.cards import card_capacity_bytes
 from memplan.spec.units import gib_to_bytes
 from memplan.spec.vocabulary import Category, Component, Phase, Verdict
 
@@ -35,6 +37,7 @@ class Estimate:
     needed_bytes: int = 0  # what the card must hold not to run out (overhead.needed_bytes)
     largest_block_bytes: int = 0  # the largest single tensor (activations.largest_block_bytes)
     deepspeed: bool = False  # engine.kind == deepspeed (a NCCL communicator even on one GPU)
+    context_source: str = ""  # which card family's context the device views use (memplan.estimate.card)
 
     @property
     def headroom_bytes(self) -> int:
@@ -87,6 +90,7 @@ class Estimate:
                 {"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
                 for t in self.breakdown()
             ],
+            **({"context_source": self.context_source} if self.context_source else {}),
         }
 
 
@@ -104,6 +108,9 @@ def host_bytes(ctx: Context, calibration: Calibration) -> int:
 def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = None) -> Estimate:
     """Pure: the same (profile, plan, calibration) always gives the same Estimate."""
     calibration = calibration or overhead.DEFAULT
+    context_source = ""
+    if plan.hardware.gpu:  # the named card's family context (memplan.estimate.card)
+        calibration, context_source = calibration_for_card(calibration, plan.hardware.gpu)
     ctx = build_context(profile, plan)
     phases = tuple(all_phases(ctx))
     peak = max(phases, key=lambda p: p.total)
@@ -115,7 +122,7 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         profile_name=profile.name,
         plan_name=plan.name,
         num_gpus=plan.hardware.num_gpus,
-        vram_bytes=gib_to_bytes(plan.hardware.vram_gib),
+        vram_bytes=card_capacity_bytes(gpu=plan.hardware.gpu, vram_gib=plan.hardware.vram_gib),
         host_ram_bytes=gib_to_bytes(plan.hardware.host_ram_gib),
         phases=phases,
         peak=peak,
@@ -127,5 +134,6 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         needed_bytes=needed,
         largest_block_bytes=block,
         deepspeed=deepspeed,
+        context_source=context_source,
     )
 

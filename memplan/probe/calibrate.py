@@ -167,10 +167,41 @@ def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
         outside = context + (nccl if uses_nccl(m.plan.hardware.num_gpus, ds) else 0)
         result = estimate(m.profile, m.plan, fitted)
         squeezed.append((m, result.peak_allocated_bytes, result.largest_block_bytes, outside))
+    fitted = fitted.model_copy(update=family_terms(ok, fitted))
     pressure = fit_pressure(squeezed)
     if pressure is None:
         return fitted
     return fitted.model_copy(update={"pressure_ratio": pressure[0], "pressure_block": pressure[1]})
+
+
+def family_of_card(card: str | None) -> str | None:
+    """The architecture family of a record's torch.cuda.get_device_name() (profiles/gpus.yaml), or None."""
+    from memplan.spec.gpus import match_device_name
+
+    spec = match_device_name(card)
+    return spec.family if spec else None
+
+
+def family_terms(ok: list[Measured], fitted: Calibration) -> dict[str, Any]:
+    """Calibration keyed by card family: the context (median device - reserved without NCCL) and the NCCL
+    extra (median with NCCL, less the context) of each family's uncapped runs; ``family``: the family
+    the top-level terms were fitted on (that of the first run, as ``card``)."""
+    from memplan.spec.calibration import FamilyTerms
+
+    by_family: dict[str, list[Measured]] = {}
+    for m in ok:
+        family = family_of_card(m.card)
+        if family:
+            by_family.setdefault(family, []).append(m)
+    families = {}
+    for family, runs in sorted(by_family.items()):
+        nccl = [uses_nccl(m.plan.hardware.num_gpus, m.plan.engine.kind == "deepspeed") for m in runs]
+        single = [m.device - m.reserved for m, n in zip(runs, nccl) if not n and m.device]
+        multi = [m.device - m.reserved for m, n in zip(runs, nccl) if n and m.device]
+        context = int(statistics.median(single)) if single else fitted.context_bytes
+        extra = max(0, int(statistics.median(multi)) - context) if multi else fitted.nccl_bytes
+        families[family] = FamilyTerms(context_bytes=context, nccl_bytes=extra, card=runs[0].card, records=len(runs))
+    return {"family": family_of_card(fitted.card), "families": families}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ class DeviceCap:
     device: torch.device
     cap: int | None
     outside: int = 0
+    # --vram-cap CARD: that card's family context (profiles/gpus.yaml `families`) replaces this card's
+    # own: the allocator gets cap - emulated context - NCCL, NCCL read as what lies outside the allocator
+    # beyond the context measured at start (0 without a process group). That NCCL reading also holds
+    # what the context grew by after start (kernels loaded lazily): pessimistic by that growth.
+    emulated_context: int | None = None
+    start_context: int = 0
 
     @property
     def active(self) -> bool:
@@ -34,12 +40,24 @@ class DeviceCap:
         free, total = torch.cuda.mem_get_info(self.device)
         outside = max(int(total - free) - int(torch.cuda.memory_reserved(self.device)), 0)
         self.outside = max(self.outside, outside)
-        torch.cuda.set_per_process_memory_fraction(min(max(self.cap - outside, 0) / total, 1.0), self.device)
+        if self.emulated_context is None:
+            share = self.cap - outside
+        else:
+            import torch.distributed as dist
+
+            grouped = dist.is_available() and dist.is_initialized()
+            nccl = max(outside - self.start_context, 0) if grouped else 0
+            share = self.cap - self.emulated_context - nccl
+        torch.cuda.set_per_process_memory_fraction(min(max(share, 0) / total, 1.0), self.device)
 
     def lift(self) -> None:
         if self.active:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
     def note(self) -> str:
+        if self.emulated_context is not None:
+            return (f"vram cap {self.cap} bytes (a catalogued card): allocator limited to the cap less the card's "
+                    f"context {self.emulated_context} bytes and NCCL (outside the allocator beyond this card's start "
+                    f"context {self.start_context}; largest outside seen {self.outside})")
         return (f"vram cap {self.cap} bytes: allocator limited to the cap less {self.outside} bytes outside it "
                 f"(CUDA context, NCCL, workspaces; largest seen)")

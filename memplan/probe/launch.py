@@ -136,7 +136,7 @@ def _wait(process: subprocess.Popen, limit_s: float | None, poll: Any) -> tuple[
 def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, steps: int = 3,
                  vram_cap_gib: float | None = None, device: str = "cuda", timeout_s: float | None = None,
                  command: str | None = None, ds_config: dict[str, Any] | None = None,
-                 on_progress: Any = None) -> dict[str, Any]:
+                 vram_cap_card: str | None = None, on_progress: Any = None) -> dict[str, Any]:
     """Run the probe on ``gpus`` processes under torchrun; append and return exactly one record.
 
     ``ds_config`` (a user's DeepSpeed config) replaces deepspeed_config(plan) and is kept in the record;
@@ -147,7 +147,7 @@ def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, st
         work = Path(tmp)
         spec = {"profile": profile.model_dump(mode="json"), "plan": plan.model_dump(mode="json"), "steps": steps,
                 "vram_cap_gib": vram_cap_gib, "device": device, "timeout_s": timeout_s, "command": command,
-                "work": str(work), "ds_config": ds_config}
+                "work": str(work), "ds_config": ds_config, "vram_cap_card": vram_cap_card}
         _write_json(work / "spec.json", spec)
         log_path = work / "torchrun.log"
         with open(log_path, "wb") as log:
@@ -160,6 +160,7 @@ def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, st
                                 returncode=returncode, timed_out=timed_out, log_text=log_text)
         if record["status"] == "error":
             record["log_tail"] = log_text[-4000:]
+        record = records.with_cap_card(record, vram_cap_card)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     records.append_record(out, record)
@@ -190,7 +191,7 @@ def worker(spec_path: Path) -> int:
 
     result = probe_run.measure_rank(profile, plan, steps=spec["steps"], vram_cap_gib=spec["vram_cap_gib"],
                                     device=spec["device"], timeout_s=spec["timeout_s"], on_update=save,
-                                    ds_config=spec.get("ds_config"))
+                                    ds_config=spec.get("ds_config"), vram_cap_card=spec.get("vram_cap_card"))
     if result.status != "ok" and world_size > 1:
         sys.stdout.flush()
         os._exit(FAILED_RANK_EXIT)  # peers may be blocked in a collective: let torchrun end them

@@ -14,7 +14,7 @@ A record (all byte counts are ``int``)::
     summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase,
               steady_step_s (steady-state seconds per step, warm-up excluded: steady_step_seconds)}
 
-Extras beside the required fields: ``notes`` (what the built model lacks or changed), ``parameters``
+Extras beside the required fields: ``vram_cap_card`` and ``context_bytes`` (records.with_cap_card), ``notes`` (what the built model lacks or changed), ``parameters``
 ({trainable, frozen} per component) and, per rank, ``status``, ``error``, ``step_phases`` (every
 step's phase readings; ``phases`` is their max) and ``device``.
 
@@ -133,6 +133,16 @@ def make_record(
         "notes": list(notes),
         "parameters": parameters or {},
     }
+
+
+def with_cap_card(record: dict[str, Any], vram_cap_card: str | None) -> dict[str, Any]:
+    """Set the record's ``vram_cap_card`` (the catalogued card --vram-cap emulated; None for a cap in GiB)
+    and ``context_bytes`` (the largest rank's device used - reserved at start: the CUDA context before
+    NCCL or any model, memplan.probe.run.start_context_bytes)."""
+    contexts = [rank.get("context_bytes") for rank in record.get("ranks", []) if rank.get("context_bytes")]
+    record["vram_cap_card"] = vram_cap_card
+    record["context_bytes"] = max(contexts) if contexts else None
+    return record
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> Path:

@@ -26,6 +26,7 @@ from memplan.probe.apply import parameter_counts
 from memplan.probe.build import DTYPES, make_batch
 from memplan.probe.cap import DeviceCap
 from memplan.probe.census import category_bytes
+from memplan.probe.context import emulated_context_bytes, start_context_bytes
 from memplan.probe.distributed import gather_objects, resolve_device, world
 from memplan.probe.engines import Engine, EngineSetup, make_engine
 from memplan.probe.environment import environment
@@ -84,6 +85,7 @@ class RankResult:
     oom: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)
+    context_bytes: int | None = None  # device used - reserved when the rank starts (CUDA context, before NCCL)
 
     def record_phase(self, phase: str, reading: dict[str, int], step: int | None) -> None:
         if step is not None:
@@ -103,6 +105,7 @@ class RankResult:
             "error_trace": self.error_trace, "oom": self.oom,
             "phases": self.phases, "step_phases": self.step_phases, "step_times_s": self.step_times_s,
             "categories": self.categories, "notes": self.notes, "parameters": self.parameters,
+            "context_bytes": self.context_bytes,
         }
 
 
@@ -227,7 +230,7 @@ def _run_phases(setup: EngineSetup, *, steps: int, run: _PhaseRunner) -> None:
 def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                  device: str = "cuda", timeout_s: float | None = None,
                  on_update: Callable[[RankResult], None] | None = None,
-                 ds_config: dict[str, Any] | None = None,
+                 ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None,
                  on_phase: Callable[[str, int | None], None] | None = None) -> RankResult:
     """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result.
 
@@ -243,8 +246,10 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
         result.status, result.error = "error", f"setup: {_one_line(error)}"
         return result
     result.device = str(torch_device)
+    result.context_bytes = start_context_bytes(torch_device)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = DeviceCap(torch_device, cap)
+    device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
+                           start_context=result.context_bytes or 0)
     run = _PhaseRunner(meter=Meter(torch_device, tracker), result=result, cap=device_cap, on_update=on_update,
                        on_phase=on_phase)
     setup = EngineSetup(profile=profile, plan=plan, device=torch_device, world_size=world_size, ds_config=ds_config)
@@ -290,7 +295,7 @@ def assemble_record(profile: Profile, plan: Plan, ranks: list[dict[str, Any]], *
 
 def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
               device: str = "cuda", timeout_s: float | None = None, command: str | None = None,
-              ds_config: dict[str, Any] | None = None,
+              ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None,
               on_phase: Callable[[str, int | None], None] | None = None) -> dict[str, Any]:
     """Measure ``plan`` on ``profile`` for real and return a ``memplan.probe/1`` record.
 
@@ -299,11 +304,13 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
     multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
     result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                          ds_config=ds_config, on_phase=on_phase)
+                          ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=on_phase)
     torch_device = torch.device(result.device)
     ranks = gather_ranks(result, torch_device)
-    return assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
-                           vram_cap_gib=vram_cap_gib, command=command)
+    record = assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),
+                             vram_cap_gib=vram_cap_gib, command=command)
+    return records.with_cap_card(record, vram_cap_card)
+
 
 
 __all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "requested_bytes", "RankResult"]

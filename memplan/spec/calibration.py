@@ -12,6 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field
 CALIBRATION_SCHEMA = "memplan.calibration/1"
 
 
+class FamilyTerms(BaseModel):
+    """Context and NCCL terms fitted on the records of one card family (calibration keyed by family)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    context_bytes: int = Field(ge=0)
+    nccl_bytes: int = Field(default=0, ge=0)
+    card: str | None = None  # the device name the records came from
+    records: int = Field(default=0, ge=0)  # uncapped records the terms were fitted on
+
+
 class KernelEfficiency(BaseModel):
     """Achieved / rated dense bf16 throughput of one card, per kernel class (memplan.planning.workload)."""
 
@@ -62,6 +73,8 @@ class Calibration(BaseModel):
     card: str | None = None
     versions: dict[str, str] = {}
     median_error: dict[str, float] = {}
+    family: str | None = None  # the card family the top-level terms were fitted on (e.g. hopper)
+    families: dict[str, FamilyTerms] = {}  # per-family context/NCCL; the estimate picks the plan's card's
     step_time: StepTimeTerms | None = None  # None: StepTimeTerms() defaults
 
 

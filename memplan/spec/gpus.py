@@ -42,6 +42,11 @@ class GpuSpec(BaseModel):
     interconnect: Literal["nvlink", "nvlink-bridge", "pcie"] = "pcie"
     datasheet: str = Field(min_length=8)
     aliases: tuple[str, ...] = ()
+    # the card as CUDA sees it (issue 12; memplan.spec.cards uses these)
+    family: str | None = None  # architecture family: a key of the catalogue's `families`
+    cuda_total_bytes: int | None = Field(default=None, gt=0)  # torch.cuda.get_device_properties().total_memory
+    cuda_total_source: str | None = None  # a record, a PyTorch OOM message, or "assumption: ..."
+    driver_reserved_bytes: int | None = Field(default=None, ge=0)  # nvidia-smi total - cuda_total_bytes
 
     @property
     def pcie_gbps(self) -> float:
@@ -76,6 +81,36 @@ def _catalogue(path: str = str(CATALOGUE_PATH)) -> dict[str, GpuSpec]:
         except ValidationError as error:
             raise InputError(describe_validation_error(error, f"{path}: gpus.{name}")) from None
     return gpus
+
+
+class FamilySpec(BaseModel):
+    """An architecture family's CUDA context: device used - reserved of one process without NCCL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    context_bytes: int = Field(gt=0)
+    source: str = Field(min_length=8)  # "measured: ..." or "assumption: ..."
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+
+@lru_cache(maxsize=4)
+def _families(path: str = str(CATALOGUE_PATH)) -> dict[str, FamilySpec]:
+    families: dict[str, FamilySpec] = {}
+    for name, fields in (read_document(Path(path)).get("families") or {}).items():
+        try:
+            families[name] = FamilySpec.model_validate({"name": name, **fields})
+        except ValidationError as error:
+            raise InputError(describe_validation_error(error, f"{path}: families.{name}")) from None
+    return families
+
+
+def get_family(name: str | None) -> FamilySpec | None:
+    """The catalogue's entry for an architecture family (None for an unknown or missing name)."""
+    return _families().get(name) if name else None
 
 
 def gpu_names() -> list[str]:
