@@ -12,7 +12,7 @@ from memplan.cli.main import app
 from memplan.spec.loading import CALIBRATION_PATH, PACKAGE_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDS = ROOT / "reports" / "probes" / "split" / "calibration.jsonl"
+RECORDS = ROOT / "reports" / "probes" / "h100-batch1.jsonl"
 runner = CliRunner()
 
 
