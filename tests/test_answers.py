@@ -189,3 +189,25 @@ def test_search_memory_chart_has_one_bar_per_plan_and_distinct_legends():
     assert len(ticks) == len(rows) == len(set(ticks))
     legend = [t.get_text() for t in charts.phase_figure(rows).axes[0].get_legend().get_texts()]
     assert len(legend) == len(rows) == len(set(legend))
+
+
+def test_the_printed_totals_add_up_to_the_printed_needed():
+    for args in ([], ["--gpus", "1"], ["--plan", "plans/seed/plan-b.yaml"], ["-m", "sa2va-26b", "--zero", "3"]):
+        plan = build_plan(*(args[1:2] if args[:1] == ["--plan"] else [None]), host_ram=256,
+                          **({"gpus": 1} if args == ["--gpus", "1"] else {}),
+                          **({"zero": 3} if "--zero" in args else {}))
+        result = estimate(resolve_profile(args[1] if args[:1] == ["-m"] else None, plan), plan, load_calibration())
+        text = _render(render.estimate_table(result, width=200), 200)
+        body = [line.strip("│ ").split("│") for line in text.splitlines() if line.startswith("│")]
+        hundredths = lambda cell: round(float(cell) * 100) if cell.strip() else 0  # noqa: E731
+        needed = next(row for row in body if row[0].strip() == "needed")
+        others = [row for row in body if row[0].strip() != "needed"]
+        assert sum(hundredths(row[-1]) for row in others) == hundredths(needed[-1]) == round(result.needed_bytes / GIB * 100)
+        assert sum(hundredths(cell) for cell in needed[1:-1]) == hundredths(needed[-1])
+
+
+def test_shown_parts_keep_the_sum():
+    parts = [int(0.004 * GIB)] * 3 + [int(1.006 * GIB)]
+    total = sum(parts)
+    shown = story.shown_parts(parts, total)
+    assert round(sum(float(s) for s in shown) * 100) == round(total / GIB * 100)

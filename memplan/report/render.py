@@ -82,6 +82,12 @@ def summary_lines(estimate: Estimate, host_note: str = "") -> list[str]:
     ]
 
 
+def _rows(components: list[Component], columns: list, cells: dict) -> tuple[list[list[int]], list[int]]:
+    """Bytes per (component row, column), and each column's sum."""
+    rows = [[sum(cells.get((component, k), 0) for k in members) for _, members in columns] for component in components]
+    return rows, [sum(column) for column in zip(*rows)] if rows else [0] * len(columns)
+
+
 def estimate_table(estimate: Estimate, *, width: int | None = None, wide: bool = False,
                    advice: Sequence[str] = (), host_note: str = "") -> Group:
     """The one-number table (grouped columns below WIDE_COLUMNS unless ``wide``), the verdict, the
@@ -95,18 +101,18 @@ def estimate_table(estimate: Estimate, *, width: int | None = None, wide: bool =
     for title, _ in columns:
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("total", justify="right", style="bold", no_wrap=True)
-    totals = [0] * len(columns)
-    for component in components:
-        row = [sum(cells.get((component, k), 0) for k in members) for _, members in columns]
-        totals = [a + b for a, b in zip(totals, row)]
-        table.add_row(component.value, *[format_gib(b) if b else "" for b in row], format_gib(sum(row)))
+    rows, totals = _rows(components, columns, cells)
+    overheads = story.overhead_rows(estimate)
+    totals[-1] += sum(value for _, value in overheads)
+    shown = story.shown_parts([sum(row) for row in rows] + [value for _, value in overheads], estimate.needed_bytes)
+    for component, row, text in zip(components, rows, shown):
+        table.add_row(component.value, *[format_gib(b) if b else "" for b in row], text)
     table.add_section()
-    for label, value in story.overhead_rows(estimate):
-        totals[-1] += value
-        table.add_row(OVERHEAD_LABELS.get(label, label), *[""] * (len(columns) - 1), format_gib(value),
-                      format_gib(value), style="dim")
+    for (label, value), text in zip(overheads, shown[len(rows):]):
+        table.add_row(OVERHEAD_LABELS.get(label, label), *[""] * (len(columns) - 1), text, text, style="dim")
     table.add_section()
-    table.add_row("needed", *[format_gib(b) for b in totals], format_gib(sum(totals)), style="bold")
+    table.add_row("needed", *story.shown_parts(totals, estimate.needed_bytes), format_gib(estimate.needed_bytes),
+                  style="bold")
     style = "bold green" if estimate.verdict is Verdict.FITS else "bold red"
     legend = story.LEGEND
     parts: list[Any] = [table, Text(verdict_text(estimate), style=style)]
@@ -120,16 +126,16 @@ def estimate_markdown(estimate: Estimate, *, advice: Sequence[str] = (), host_no
     components, columns, cells = _columns(estimate, grouped=False)
     head = "| component | " + " | ".join(title for title, _ in columns) + " | total |"
     rule = "|---|" + "---:|" * (len(columns) + 1)
-    rows, totals = [], [0] * len(columns)
-    for component in components:
-        row = [sum(cells.get((component, k), 0) for k in members) for _, members in columns]
-        totals = [a + b for a, b in zip(totals, row)]
-        rows.append(f"| {component.value} | " + " | ".join(format_gib(b) if b else "" for b in row)
-                    + f" | {format_gib(sum(row))} |")
-    for label, value in story.overhead_rows(estimate):
-        totals[-1] += value
-        rows.append(f"| {label} | " + " | " * (len(columns) - 1) + f"{format_gib(value)} | {format_gib(value)} |")
-    rows.append("| **needed** | " + " | ".join(format_gib(b) for b in totals) + f" | **{format_gib(sum(totals))}** |")
+    byte_rows, totals = _rows(components, columns, cells)
+    overheads = story.overhead_rows(estimate)
+    totals[-1] += sum(value for _, value in overheads)
+    shown = story.shown_parts([sum(row) for row in byte_rows] + [v for _, v in overheads], estimate.needed_bytes)
+    rows = [f"| {component.value} | " + " | ".join(format_gib(b) if b else "" for b in row) + f" | {text} |"
+            for component, row, text in zip(components, byte_rows, shown)]
+    rows += [f"| {label} | " + " | " * (len(columns) - 1) + f"{text} | {text} |"
+             for (label, _), text in zip(overheads, shown[len(byte_rows):])]
+    rows.append("| **needed** | " + " | ".join(story.shown_parts(totals, estimate.needed_bytes))
+                + f" | **{format_gib(estimate.needed_bytes)}** |")
     lines = [f"## {estimate.profile_name} / {estimate.plan_name}", "", f"**{verdict_text(estimate)}**", "",
              head, rule, *rows, ""]
     if advice:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memplan.estimate.overhead import uses_nccl
-from memplan.spec.units import format_gib
+from memplan.spec.units import GIB, format_gib
 
 if TYPE_CHECKING:
     from memplan.estimate.peak import Estimate
@@ -54,6 +54,19 @@ def views_line(estimate: "Estimate") -> str:
 LEGEND = ("needed = allocated + allocator (kept under pressure) + CUDA context + NCCL; "
           "less than device: cached blocks are freed first")
 
+
+
+def shown_parts(parts: list[int], total: int) -> list[str]:
+    """GiB texts (0.01) for ``parts`` that add up to the shown ``total`` (largest remainder: each part
+    rounded down, the hundredths left over go to the parts with the largest remainders), so a column of
+    rows sums to its total on the page as it does in bytes (parts must sum to total)."""
+    unit = GIB / 100
+    floors = [int(part // unit) for part in parts]
+    left = round(total / unit) - sum(floors)
+    order = sorted(range(len(parts)), key=lambda i: -(parts[i] / unit - floors[i]))
+    for i in order[:max(left, 0)]:
+        floors[i] += 1
+    return [f"{hundredths / 100:.2f}" for hundredths in floors]
 
 
 def story_rows(estimate: "Estimate") -> dict[str, Any]:
