@@ -288,7 +288,10 @@ def compare(
 
 @user_errors
 def search(
-    gpus: int = typer.Option(..., "--gpus", help="Number of GPUs (data parallel).", min=1, max=1024),
+    gpus: int = typer.Option(..., "--gpus", help="Number of GPUs (data parallel; per node with --engines).", min=1, max=1024),
+    engines: bool = typer.Option(False, "--engines", help="Compare ZeRO-1/2/3 and FSDP2/HSDP (with and without "
+                                 "offload) on 1..--max-nodes nodes of --gpus GPUs instead of searching knobs."),
+    max_nodes: int = typer.Option(64, "--max-nodes", help="Largest node count of --engines.", min=1, max=4096),
     vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP + " Default: the --gpu card's."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path (default: the plan's, else sa2va-4b)."),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Base plan (default: the official recipe)."),
@@ -333,6 +336,11 @@ def search(
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)
     cal = load_calibration(calibration)
+    if engines:
+        from memplan.cli.scale_cmd import engines_search
+
+        return engines_search(profile, base, gpus_per_node=gpus, vram_gib=vram_gib, max_nodes=max_nodes, gpu=spec,
+                              calibration=cal, output_format=output_format, out=out)
     result = run_search(profile, base, gpus, vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal)
     stats = result.stats
     hardware = result.base_plan.hardware

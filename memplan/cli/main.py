@@ -43,14 +43,16 @@ PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags overr
 def estimate(
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of GPUs (data parallel)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1."),
     vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
     host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all (params too, ZeRO-3)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed, pytorch or fsdp2."),
+    offload: Optional[OffloadChoice] = typer.Option(
+        None, "--offload", help="none | optimizer | all (params too, ZeRO-3; FSDP2: CPUOffloadPolicy)."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
     tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
@@ -66,6 +68,9 @@ def estimate(
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
     emit_deepspeed: Optional[Path] = typer.Option(
         None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
+    emit_fsdp: Optional[Path] = typer.Option(
+        None, "--emit-fsdp", help="Write this FSDP2 plan's accelerate config (YAML) to FILE, and the plan beside it."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files --emit-fsdp would write."),
     script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
     dataset_samples: Optional[int] = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1),
     wide: bool = typer.Option(False, "--wide", help="Every column, whatever the terminal width."),
@@ -79,7 +84,7 @@ def estimate(
     from memplan.report import render, story
 
     host_ram, host_note = host_ram_choice(host_ram, plan)
-    the_plan = build_plan(plan, gpus=gpus, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
+    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
                           offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
                           micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
                           attention=attention, adapter_dtype=adapter_dtype)
@@ -89,6 +94,13 @@ def estimate(
         from memplan.cli.compare_cmd import check_emittable
 
         check_emittable(the_plan, the_plan.name)
+    if emit_fsdp is not None:
+        from memplan.cli.emit_fsdp import check_targets, emit_fsdp as write_fsdp
+        from memplan.integrations.accelerate_fsdp import accelerate_plan, check_fsdp_plan
+
+        check_fsdp_plan(the_plan, the_plan.name)
+        check_targets(emit_fsdp, force=force)
+        the_plan = accelerate_plan(the_plan)  # estimate what accelerate will run
     calibration_terms = load_calibration(calibration)
     result = run_estimate(profile, the_plan, calibration_terms)
     sinks = find_sinks(profile, the_plan, calibration=calibration_terms)
@@ -119,6 +131,12 @@ def estimate(
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
                        err=True)
         emit_config(the_plan, model or the_plan.model or profile.name, the_plan.name, emit_deepspeed, script, the_plan.hardware.vram_gib)
+    if emit_fsdp is not None:
+        if result.verdict is not Verdict.FITS:
+            typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
+                       err=True)
+        write_fsdp(profile, the_plan, model=model or the_plan.model or profile.name, target=emit_fsdp, script=script,
+                   force=force)
     if exit_code and not fits:
         raise typer.Exit(code=1)
 

@@ -95,6 +95,8 @@ def plan_with_defaults(document: dict[str, Any]) -> dict[str, Any]:
     for key, value in document.items():
         if key == "components" and isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
+        elif key == "engine" and isinstance(value, dict) and value.get("kind") == "fsdp2":
+            base[key] = dict(value)  # DeepSpeed's defaults (zero_stage 2, ...) do not apply to FSDP2
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = _deep_merge(base[key], value)
         else:
@@ -118,6 +120,9 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
         # --engine pytorch replaces the plan's engine: its DeepSpeed knobs no longer apply
         document["engine"] = {k: v for k, v in document["engine"].items() if k not in DEEPSPEED_ONLY}
         document["engine"].update(zero_stage=0, offload_optimizer="none", offload_params="none")
+    if engine_flag == "fsdp2" and isinstance(document.get("engine"), dict):
+        # --engine fsdp2 replaces the plan's engine: keep only its FSDP2 section, if any
+        document["engine"] = {"fsdp": document["engine"]["fsdp"]} if "fsdp" in document["engine"] else {}
     overrides: dict[str, Any] = {}
     mapping = {
         "gpus": "hardware.num_gpus", "vram": "hardware.vram_gib", "host_ram": "hardware.host_ram_gib",
@@ -127,6 +132,15 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
         "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
         "precision": "precision.compute", "stack": "stack.kind", "adapter_dtype": "stack.adapter_dtype",
     }
+    nodes = flags.get("nodes")
+    if nodes is not None:
+        _set(overrides, "hardware.nodes", nodes)
+    if flags.get("gpus") is not None:  # --gpus is per node: num_gpus = nodes x gpus
+        nodes = nodes if nodes is not None else document.get("hardware", {}).get("nodes", 1)
+        flags = {**flags, "gpus": flags["gpus"] * nodes if isinstance(nodes, int) else flags["gpus"]}
+    elif nodes is not None:
+        per_node = document.get("hardware", {}).get("num_gpus", 1) // document.get("hardware", {}).get("nodes", 1)
+        _set(overrides, "hardware.num_gpus", per_node * nodes)
     for flag, path in mapping.items():
         value = flags.get(flag)
         if value is not None:
@@ -134,6 +148,14 @@ def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
     if flags.get("zero") is not None and flags.get("engine") is None:
         _set(overrides, "engine.kind", "deepspeed")
     offload = flags.get("offload")
+    offload = offload.value if isinstance(offload, Enum) else offload
+    fsdp2 = (engine_flag or (document.get("engine") or {}).get("kind")) == "fsdp2"
+    if offload is not None and fsdp2:
+        if offload not in ("none", "all"):
+            raise InputError(f"--offload={offload}: FSDP2's CPUOffloadPolicy moves parameters, gradients and the "
+                             "optimizer step to the host together; allowed with --engine fsdp2: none, all")
+        _set(overrides, "engine.fsdp.offload", offload == "all")
+        offload = None
     if offload is not None:
         offload = offload.value if isinstance(offload, Enum) else offload
         device = "nvme" if offload == "nvme" else "cpu"

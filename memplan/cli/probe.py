@@ -18,7 +18,9 @@ from typing import Any, Optional
 
 import typer
 
-from memplan.cli.options import OffloadChoice, build_plan, check_lora_rank, console, resolve_profile, user_errors
+from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, STACK, OffloadChoice, build_plan, check_lora_rank, console,
+                                  resolve_profile, user_errors)
+from memplan.probe.stacks import check_stack
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.probe.records import PHASE_FIELDS, STATUSES
@@ -139,13 +141,22 @@ def check_gpus(plan: Plan, device: str) -> None:
 def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                   out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
                   command: str | None = None, ds_config: dict[str, Any] | None = None,
-                  vram_cap_card: str | None = None) -> dict[str, Any]:
-    """Run the probe (in process for one GPU, under torchrun for several) and append its record.
+                  fake_world: int | None = None, vram_cap_card: str | None = None) -> dict[str, Any]:
+    """Run the probe (in process for one GPU or a fake world, under torchrun for several) and append its record.
     ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too)."""
     from memplan.probe.progress import ProbeProgress
 
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
     gpus = plan.hardware.num_gpus
+    if fake_world:
+        from memplan.probe.fake_world import run_fake_world
+
+        record = run_fake_world(profile, plan, world_size=fake_world, steps=steps, vram_cap_gib=vram_cap_gib,
+                                device=device, timeout_s=timeout_s, command=command)
+        from memplan.probe.records import append_record
+
+        append_record(out, record)
+        return record
     if gpus > 1:
         from memplan.probe.launch import launch_probe
 
@@ -206,11 +217,15 @@ def render_result(record: dict[str, Any], out: Path) -> None:
 def probe_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path; default sa2va-4b."),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs to run on (N > 1: torchrun)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node to run on (N > 1: torchrun)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes of the plan (with --fake-world: the HSDP mesh)."),
+    fake_world: Optional[int] = typer.Option(
+        None, "--fake-world", help="Run rank 0 of an N-rank FSDP2 job on one device (fake process group, "
+        "collectives are no-ops): the per-rank memory of N GPUs.", min=1, max=65536),
     res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed or pytorch."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed, pytorch or fsdp2."),
+    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all (fsdp2: CPUOffloadPolicy)."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
     tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
@@ -218,6 +233,9 @@ def probe_command(
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
     objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through SAM2."),
     ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
+    stack: Optional[str] = STACK,
+    attention: Optional[str] = ATTENTION,
+    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
     mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
     vram_cap: Optional[str] = typer.Option(
@@ -235,17 +253,26 @@ def probe_command(
 
     cap = parse_vram_cap(vram_cap)
     vram_cap_gib = cap.gib if cap else None
-    the_plan = build_plan(plan, gpus=gpus, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
+    if fake_world is not None and gpus is None:
+        gpus = max(fake_world // (nodes or 1), 1)
+    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
                           tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
-                          ckpt=ckpt, mode=mode)
+                          ckpt=ckpt, mode=mode, stack=stack, attention=attention, adapter_dtype=adapter_dtype)
     require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)
-    check_gpus(the_plan, device.value)
+    check_stack(profile, the_plan)
+    if fake_world is not None:
+        from memplan.probe.fake_world import check_fake_world
+
+        check_fake_world(the_plan, fake_world, deepspeed_config=deepspeed_config)
+    else:
+        check_gpus(the_plan, device.value)
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, out=out, timeout_s=timeout,
-                           device=device.value, ds_config=ds_config, vram_cap_card=cap.card if cap else None)
+                           device=device.value, ds_config=ds_config, fake_world=fake_world,
+                           vram_cap_card=cap.card if cap else None)
     if record["status"] not in STATUSES:
         raise InputError(f"status={record['status']!r}: the probe record's status must be one of {', '.join(STATUSES)}")
     render_result(record, out)

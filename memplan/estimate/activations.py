@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from memplan.estimate import attention
 from memplan.estimate import coefficients as k
+from memplan.estimate import fsdp
 from memplan.estimate import loss
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
@@ -54,13 +55,20 @@ def _llm_widths(ctx: Context) -> dict[str, int]:
             "heads": llm.num_heads}
 
 
+def _computed_weight_bytes(ctx: Context) -> int:
+    """Bytes per LLM weight element as the forward sees it (FSDP2: the all-gathered param_dtype)."""
+    if ctx.is_fsdp and ctx.plan.engine.fsdp.param_dtype is not None:
+        return fsdp.param_bytes(ctx, ctx.parts[Component.LLM].weight_bytes)
+    return ctx.parts[Component.LLM].weight_bytes
+
+
 def _upcast(ctx: Context) -> bool:
-    return ctx.parts[Component.LLM].weight_bytes == 4 and ctx.compute_bytes < 4
+    return _computed_weight_bytes(ctx) == 4 and ctx.compute_bytes < 4
 
 
 def residual_bytes(ctx: Context) -> int:
     """Bytes per element of the LLM's residual stream: fp32 when its weights are fp32."""
-    return ctx.parts[Component.LLM].weight_bytes
+    return _computed_weight_bytes(ctx)
 
 
 def _lora_table(ctx: Context) -> dict[str, int]:
@@ -70,6 +78,8 @@ def _lora_table(ctx: Context) -> dict[str, int]:
     module); dropout adds its own table."""
     dropout = bool(ctx.plan.components.llm.lora.dropout)
     fp32_adapters = ctx.parts[Component.LLM].trainable_bytes == 4 and ctx.compute_bytes < 4
+    if ctx.is_fsdp and ctx.plan.engine.fsdp.param_dtype == "compute":
+        fp32_adapters = False  # FSDP2 all-gathers the adapters in MixedPrecisionPolicy.param_dtype
     if _upcast(ctx) or (fp32_adapters and ctx.stack.autocast):  # autocast re-casts the fp32 input
         return k.LORA_UPCAST_DROPOUT if dropout else k.LORA_UPCAST
     table = dict(k.LORA_FP32 if fp32_adapters else k.LORA_BF16)

@@ -12,6 +12,7 @@ torch.nn.parallel.DistributedDataParallel, gradient_as_bucket_view=False).
 
 from __future__ import annotations
 
+from memplan.estimate import fsdp
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -65,8 +66,20 @@ def zero3_gathered_bytes(ctx: Context) -> int:
     return live * ctx.compute_bytes
 
 
+def hpz_secondary_bytes(ctx: Context) -> int:
+    """ZeRO++ hpZ (zero_hpz_partition_size = H > 1): after its first use every parameter keeps a
+    secondary partition over H ranks (one node) in its dtype, beside the primary 1/N one, for the
+    backward all-gather inside the node (deepspeed/runtime/zero/partition_parameters.py,
+    _partition_param_sec: ds_secondary_tensor of aligned numel // H); invalidated after each step."""
+    hpz = ctx.plan.engine.zero_hpz_partition_size
+    if not (ctx.is_deepspeed and ctx.zero_stage == 3 and hpz > 1):
+        return 0
+    total = sum(p.frozen * p.weight_bytes + p.trainable * p.trainable_bytes for p in ctx.parts.values())
+    return -(-total // hpz)
+
+
 def ddp_bucket_bytes(ctx: Context) -> int:
-    if ctx.is_deepspeed or ctx.num_gpus == 1 or not ctx.training:
+    if ctx.is_deepspeed or ctx.is_fsdp or ctx.num_gpus == 1 or not ctx.training:
         return 0
     return sum(p.trainable_held_bytes for p in ctx.parts.values())
 
@@ -86,6 +99,8 @@ def step_transient_bytes(ctx: Context) -> int:
             return 0
         return ctx.shard(4 * ctx.total_trainable, at_stage=1)
     if ctx.plan.optimizer.kind in ("adamw",) and ctx.plan.optimizer.foreach and not ctx.stack.fused_optimizer:
+        if ctx.is_fsdp:  # on the sharded parameters; on the host under CPUOffloadPolicy
+            return 0 if fsdp.offloaded(ctx) else sum(fsdp.sharded_trainable_bytes(ctx, c) for c in ctx.parts)
         return sum(p.trainable_held_bytes for p in ctx.parts.values())
     return 0
 
@@ -99,7 +114,10 @@ def init_transient_bytes(ctx: Context) -> int:
 
 
 def lm_head_grad_bytes(ctx: Context) -> int:
-    """Gradient of the trainable lm_head copy, produced at the very start of backward."""
+    """Gradient of the trainable lm_head copy, produced at the very start of backward (FSDP2: part of
+    its unit's reduce-scatter term, fsdp.reduce_scatter_bytes)."""
+    if ctx.is_fsdp:
+        return 0
     llm = ctx.profile.llm
     if llm is None or "lm_head" not in ctx.plan.components.llm.modules_to_save or not ctx.training:
         return 0

@@ -45,6 +45,7 @@ class Context:
     num_gpus: int = 1
     zero_stage: int = 0  # 0 for plain PyTorch
     is_deepspeed: bool = False
+    is_fsdp: bool = False  # engine.kind == fsdp2 (memplan.estimate.fsdp)
     training: bool = True
     compute_bytes: int = 2
     total_trainable: int = 0
@@ -171,6 +172,7 @@ def build_context(profile: Profile, plan: Plan) -> Context:
     return Context(
         profile=profile, plan=plan, parts=parts, num_gpus=plan.hardware.num_gpus,
         zero_stage=plan.engine.zero_stage if is_deepspeed else 0, is_deepspeed=is_deepspeed,
+        is_fsdp=plan.engine.kind == "fsdp2",
         training=plan.mode == "train", compute_bytes=DTYPE_BYTES[plan.precision.compute],
         total_trainable=sum(p.trainable for p in parts.values()), graph=_graph(parts, plan.mode == "train", behaviour),
         stack=behaviour,

@@ -11,6 +11,7 @@ With optimizer offload, the partitioned gradients are copied to pinned host memo
 
 from __future__ import annotations
 
+from memplan.estimate import fsdp
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -20,6 +21,8 @@ def gradient_bytes(ctx: Context, component: Component) -> int:
     part = ctx.parts[component]
     if not ctx.training or part.trainable == 0:
         return 0
+    if ctx.is_fsdp:
+        return fsdp.sharded_gradient_bytes(ctx, component)
     if not ctx.is_deepspeed:
         return part.trainable_held_bytes  # param.grad has its parameter's dtype
     grad_bytes = ctx.compute_bytes

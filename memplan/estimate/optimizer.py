@@ -9,6 +9,7 @@ Mixed precision keeps an fp32 master copy of each trainable parameter (4 bytes, 
 
 from __future__ import annotations
 
+from memplan.estimate import fsdp
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -48,6 +49,10 @@ def optimizer_state_bytes(ctx: Context, component: Component) -> int:
     """trainable x state bytes, / N from ZeRO-1; 0 on the GPU when offloaded."""
     if not ctx.training or _offloaded(ctx):
         return 0
+    if ctx.is_fsdp:
+        if _moments_like_params(ctx):
+            return 0 if fsdp.offloaded(ctx) else 2 * fsdp.sharded_trainable_bytes(ctx, component)
+        return fsdp.optimizer_state_bytes(ctx, component, state_bytes_per_param(ctx, component))
     part = ctx.parts[component]
     if _moments_like_params(ctx):
         return 2 * part.trainable_held_bytes

@@ -23,14 +23,16 @@ def uses_nccl(num_gpus: int, is_deepspeed: bool) -> bool:
     return num_gpus > 1 or is_deepspeed
 
 
-def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is_deepspeed: bool = False) -> int:
-    """nvidia-smi view: reserved + CUDA context (+ NCCL's communicator buffers, see uses_nccl)."""
-    nccl = calibration.nccl_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
+def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is_deepspeed: bool = False, *,
+                 nccl_extra_bytes: int = 0) -> int:
+    """nvidia-smi view: reserved + CUDA context (+ NCCL's communicator buffers, see uses_nccl; + the
+    extra communicators and inter-node buffers of memplan.estimate.multinode)."""
+    nccl = calibration.nccl_bytes + nccl_extra_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
     return peak_reserved + calibration.context_bytes + nccl
 
 
 def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: int, device: int, num_gpus: int,
-                 is_deepspeed: bool = False) -> int:
+                 is_deepspeed: bool = False, *, nccl_extra_bytes: int = 0) -> int:
     """Device memory a run needs not to run out:
     allocated x (1 + pressure_ratio) + pressure_block x largest block + context (+ NCCL).
 
@@ -42,15 +44,17 @@ def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: i
     device view (reserved + context + NCCL)."""
     if calibration.pressure_ratio is None:
         return device
-    nccl = calibration.nccl_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
+    nccl = calibration.nccl_bytes + nccl_extra_bytes if uses_nccl(num_gpus, is_deepspeed) else 0
     return (int(peak_allocated * (1 + calibration.pressure_ratio)) + int(calibration.pressure_block * largest_block)
             + calibration.context_bytes + nccl)
 
 
 def card_views(calibration: Calibration, peak_allocated: int, largest_block: int, num_gpus: int,
-               is_deepspeed: bool = False) -> tuple[int, int, int]:
-    """(reserved, device, needed) for an allocated peak: the three views above, in one place."""
+               is_deepspeed: bool = False, *, nccl_extra_bytes: int = 0) -> tuple[int, int, int]:
+    """(reserved, device, needed) for an allocated peak: the three views above, in one place.
+    ``is_deepspeed``: the engine sets up a process group even on one GPU (DeepSpeed, FSDP2)."""
     reserved = reserved_bytes(calibration, peak_allocated)
-    device = device_bytes(calibration, reserved, num_gpus, is_deepspeed)
-    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device, num_gpus, is_deepspeed)
+    device = device_bytes(calibration, reserved, num_gpus, is_deepspeed, nccl_extra_bytes=nccl_extra_bytes)
+    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device, num_gpus, is_deepspeed,
+                                          nccl_extra_bytes=nccl_extra_bytes)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from memplan.estimate import activations, gradients, optimizer, overhead, weights
+from memplan.estimate import activations, fsdp, gradients, multinode, optimizer, overhead, weights
 from memplan.estimate.card import calibration_for_card
 from memplan.estimate.context import Context, build_context
 from memplan.estimate.overhead import Calibration
@@ -36,7 +36,10 @@ class Estimate:
     calibration: Calibration = field(repr=False)
     needed_bytes: int = 0  # what the card must hold not to run out (overhead.needed_bytes)
     largest_block_bytes: int = 0  # the largest single tensor (activations.largest_block_bytes)
-    deepspeed: bool = False  # engine.kind == deepspeed (a NCCL communicator even on one GPU)
+    deepspeed: bool = False  # engine.kind deepspeed or fsdp2 (a NCCL communicator even on one GPU)
+    nodes: int = 1
+    host_pinned_bytes: int = 0  # pinned share of host_bytes (FSDP2 CPUOffloadPolicy), per node
+    nccl_extra_bytes: int = 0  # further communicators and inter-node buffers (multinode.nccl_extra_bytes)
     context_source: str = ""  # which card family's context the device views use (memplan.estimate.card)
 
     @property
@@ -90,19 +93,29 @@ class Estimate:
                 {"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
                 for t in self.breakdown()
             ],
+            **self._per_node(),
             **({"context_source": self.context_source} if self.context_source else {}),
         }
 
+    def _per_node(self) -> dict:
+        """Present for plans on several nodes or with pinned host memory: host_bytes is per node."""
+        if self.nodes == 1 and not self.host_pinned_bytes:
+            return {}
+        return {"per_node": {"nodes": self.nodes, "gpus_per_node": self.num_gpus // self.nodes,
+                             "host_bytes": self.host_bytes, "host_pinned_bytes": self.host_pinned_bytes}}
+
 
 def host_bytes(ctx: Context, calibration: Calibration) -> int:
-    """Node-wide host RAM: one process per GPU (base RSS each) plus offloaded optimizer state,
-    fp32 masters and gradients, and offloaded parameters (ZeRO-Offload, arXiv 2101.06840)."""
-    return (
-        ctx.num_gpus * calibration.host_base_bytes
-        + optimizer.host_optimizer_bytes(ctx)
-        + gradients.host_gradient_bytes(ctx)
-        + weights.host_weight_bytes(ctx)
-    )
+    """Host RAM of one node: one process per GPU of the node (base RSS each) plus the node's share of
+    offloaded optimizer state, fp32 masters and gradients, and offloaded parameters (ZeRO-Offload,
+    arXiv 2101.06840; each rank holds its 1/N partition, so a node holds 1/nodes of the whole), or
+    its ranks' FSDP2 CPUOffloadPolicy shards."""
+    per_node = ctx.plan.hardware.gpus_per_node
+    if ctx.is_fsdp:
+        state = optimizer.state_bytes_per_param(ctx, Component.LLM) if ctx.training else 0
+        return per_node * (calibration.host_base_bytes + fsdp.host_bytes_per_rank(ctx, state))
+    offloaded = optimizer.host_optimizer_bytes(ctx) + gradients.host_gradient_bytes(ctx) + weights.host_weight_bytes(ctx)
+    return per_node * calibration.host_base_bytes + multinode.share_per_node(ctx, offloaded)
 
 
 def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = None) -> Estimate:
@@ -115,9 +128,11 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     phases = tuple(all_phases(ctx))
     peak = max(phases, key=lambda p: p.total)
     allocated = peak.total + calibration.allocated_constant_bytes
-    deepspeed = plan.engine.kind == "deepspeed"
+    deepspeed = plan.engine.kind in ("deepspeed", "fsdp2")  # a process group even on one GPU
     block = activations.largest_block_bytes(ctx)
-    reserved, device, needed = overhead.card_views(calibration, allocated, block, plan.hardware.num_gpus, deepspeed)
+    nccl_extra = multinode.nccl_extra_bytes(ctx, calibration)
+    reserved, device, needed = overhead.card_views(calibration, allocated, block, plan.hardware.num_gpus, deepspeed,
+                                                   nccl_extra_bytes=nccl_extra)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,
@@ -134,6 +149,9 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         needed_bytes=needed,
         largest_block_bytes=block,
         deepspeed=deepspeed,
+        nodes=plan.hardware.nodes,
+        host_pinned_bytes=plan.hardware.gpus_per_node * fsdp.pinned_bytes_per_rank(ctx) if ctx.is_fsdp else 0,
+        nccl_extra_bytes=nccl_extra,
         context_source=context_source,
     )
 

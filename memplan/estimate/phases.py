@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from memplan.estimate import activations as act
-from memplan.estimate import buffers, gradients, optimizer, weights
+from memplan.estimate import buffers, fsdp, gradients, optimizer, weights
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Category, Component, Phase
 
@@ -109,7 +109,13 @@ class Shared:
         self.gradients = _group(*[(c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c)) for c in parts])
         bucket = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)))
         self.buckets, self.persistent_buckets = (EMPTY, bucket) if ctx.zero_stage == 3 else (bucket, EMPTY)
-        self.gathered = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)))
+        self.gathered = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
+                               (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
+        if ctx.is_fsdp:  # FSDP2: the root and the current/prefetched units unsharded, reduce-scatter in backward
+            self.gathered = _group(
+                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.root_unsharded_bytes(ctx)),
+                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.units_unsharded_bytes(ctx, after_forward=True)))
+            self.buckets = _group((Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_bytes(ctx)))
         items = [(c, Category.ACTIVATIONS, fn(ctx)) for c, fn in ACTIVATION_ORDER if c in parts]
         order = [c for c, _ in ACTIVATION_ORDER]
         self.activations = {}

@@ -8,6 +8,7 @@ count whole. Parameter offload (ZeRO-Infinity, arXiv 2104.07857) moves the parti
 
 from __future__ import annotations
 
+from memplan.estimate import fsdp
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -20,6 +21,8 @@ def _on_device(ctx: Context, num_bytes: int) -> int:
 
 def frozen_weight_bytes(ctx: Context, component: Component) -> int:
     """frozen parameters x bytes per parameter (compute dtype, fp32 after an upcast), / N at ZeRO-3."""
+    if ctx.is_fsdp:
+        return fsdp.sharded_weight_bytes(ctx, component, trainable=False)
     part = ctx.parts[component]
     return _on_device(ctx, part.frozen * part.weight_bytes)
 
@@ -27,6 +30,8 @@ def frozen_weight_bytes(ctx: Context, component: Component) -> int:
 def trainable_weight_bytes(ctx: Context, component: Component) -> int:
     """trainable parameters x bytes as the model holds them (LoRA A/B at the adapters' dtype,
     modules_to_save copies and fully trained weights at theirs: PartCounts.trainable_held_bytes)."""
+    if ctx.is_fsdp:
+        return fsdp.sharded_weight_bytes(ctx, component, trainable=True)
     part = ctx.parts[component]
     return _on_device(ctx, part.trainable_held_bytes)
 

@@ -107,7 +107,7 @@ def phase_needed_bytes(result: Estimate) -> dict[str, int]:
     for phase in result.phases:
         allocated = phase.total + cal.allocated_constant_bytes
         out[phase.phase.value] = overhead.card_views(cal, allocated, result.largest_block_bytes, result.num_gpus,
-                                                     result.deepspeed)[2]
+                                                     result.deepspeed, nccl_extra_bytes=result.nccl_extra_bytes)[2]
     return out
 
 

@@ -60,6 +60,7 @@ def category_bytes(model: torch.nn.Module, optimizer: Any, device: torch.device)
     totals = {category.value: 0 for category in CENSUS_CATEGORIES}
 
     def add(category: Category, tensor: torch.Tensor | None) -> None:
+        tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2's DTensor: this rank's shard
         if tensor is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != device.type:
             return
         key = _storage_key(tensor)

@@ -44,6 +44,10 @@ def ensure_distributed(device: torch.device) -> None:
 
     if dist.is_initialized():
         return
+    from memplan.probe.fake_world import fake_world_size, init_fake_world
+
+    if fake_world_size():  # memplan probe --fake-world N: rank 0 of N on a fake process group
+        return init_fake_world(fake_world_size())
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

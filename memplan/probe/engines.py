@@ -174,9 +174,16 @@ class EngineKind:
     process_group: bool = False
 
 
+def _fsdp2_start(model: Sa2VAProbeModel, setup: EngineSetup) -> Engine:
+    from memplan.probe.fsdp import fsdp2_engine  # FSDP2 (fully_shard per unit): memplan/probe/fsdp.py
+
+    return fsdp2_engine(model, setup)
+
+
 ENGINES: dict[str, EngineKind] = {
     "pytorch": EngineKind(start=pytorch_engine),
     "deepspeed": EngineKind(start=deepspeed_engine, build_context=deepspeed_build, process_group=True),
+    "fsdp2": EngineKind(start=_fsdp2_start, process_group=True),
 }
 
 

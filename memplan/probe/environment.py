@@ -14,7 +14,7 @@ from typing import Any
 
 from memplan.probe.hostinfo import HOST_FACTS, host_facts
 
-LIBRARIES = ("transformers", "peft", "deepspeed")
+LIBRARIES = ("transformers", "peft", "accelerate", "deepspeed")
 
 
 def _version(package: str) -> str | None:

@@ -6,7 +6,7 @@ A record (all byte counts are ``int``)::
     profile (Profile.model_dump(mode="json")), plan (Plan.model_dump(mode="json")),
     status: ok | oom | error | timeout, error: str | None,
     oom: {phase, rank, requested_bytes} | None, vram_cap_bytes: int | None,
-    environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, deepspeed,
+    environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, accelerate, deepspeed,
                   python, hostname, world_size},
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
              max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],

@@ -236,7 +236,14 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
 
     ``on_update(result)`` is called after every phase (the launcher saves partial results with it);
     ``ds_config`` replaces deepspeed_config(plan) (``memplan probe --deepspeed-config FILE``).
+    Stacks other than sa2va (Trainer, a custom loop) run in memplan.probe.stacks.
     """
+    if plan.stack.kind != "sa2va":
+        from memplan.probe.stacks import measure_stack_rank
+
+        return measure_stack_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device,
+                                  timeout_s=timeout_s, on_update=on_update, ds_config=ds_config,
+                                  vram_cap_card=vram_cap_card)
     rank, local_rank, world_size = world()
     result = RankResult(rank=rank, device=device)
     cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 COLORS = {
     Category.WEIGHTS: "#4c72b0", Category.TRAINABLE_WEIGHTS: "#64b5cd", Category.GRADIENTS: "#dd8452",
     Category.OPTIMIZER_STATE: "#c44e52", Category.MASTER_WEIGHTS: "#8172b3", Category.ACTIVATIONS: "#55a868",
-    Category.TRANSIENT: "#ccb974", Category.DEEPSPEED_BUFFERS: "#937860", Category.OVERHEAD: "#8c8c8c",
+    Category.TRANSIENT: "#ccb974", Category.DEEPSPEED_BUFFERS: "#937860", Category.FSDP_BUFFERS: "#a6761d", Category.OVERHEAD: "#8c8c8c",
 }
 PHASES = (Phase.INIT, Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
 MISSING = "matplotlib is not installed: charts skipped (pip install matplotlib, or '.[charts]')"

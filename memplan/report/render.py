@@ -26,7 +26,7 @@ WIDE_COLUMNS = 110  # below this many terminal columns the categories are groupe
 SHORT = {
     Category.WEIGHTS: "weights", Category.TRAINABLE_WEIGHTS: "trainable", Category.GRADIENTS: "grads",
     Category.OPTIMIZER_STATE: "optim", Category.MASTER_WEIGHTS: "master", Category.ACTIVATIONS: "activ",
-    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.OVERHEAD: "overhead",
+    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.FSDP_BUFFERS: "fsdp bufs", Category.OVERHEAD: "overhead",
 }
 GROUPS: dict[str, tuple[Category, ...]] = {  # the narrow table's columns
     "weights": (Category.WEIGHTS, Category.TRAINABLE_WEIGHTS),
@@ -79,9 +79,23 @@ def summary_lines(estimate: Estimate, host_note: str = "") -> list[str]:
         f"phases (allocated terms, GiB): {phases}",
         f"host RAM (node): {host}{'' if estimate.host_fits else ' (exceeds host RAM)'}"
         + (f" ({host_note})" if host_note else ""),
+        *_per_node_lines(estimate),
     ]
 
 
+def _per_node_lines(estimate: Estimate) -> list[str]:
+    """Multi-node plans and pinned host memory: what one node holds (host_bytes is already per node)."""
+    if estimate.nodes == 1 and not estimate.host_pinned_bytes:
+        return []
+    per_node = estimate.num_gpus // estimate.nodes
+    return [f"per node: {per_node} ranks of {estimate.num_gpus} on {estimate.nodes} node(s); host RAM "
+            f"{format_gib(estimate.host_bytes)} GiB of which pinned {format_gib(estimate.host_pinned_bytes)} GiB"]
+
+
+def _hardware(estimate: Estimate) -> str:
+    if estimate.nodes == 1:
+        return f"{estimate.num_gpus} GPU(s)"
+    return f"{estimate.nodes} nodes x {estimate.num_gpus // estimate.nodes} GPUs"
 def _rows(components: list[Component], columns: list, cells: dict) -> tuple[list[list[int]], list[int]]:
     """Bytes per (component row, column), and each column's sum."""
     rows = [[sum(cells.get((component, k), 0) for k in members) for _, members in columns] for component in components]
@@ -95,7 +109,7 @@ def estimate_table(estimate: Estimate, *, width: int | None = None, wide: bool =
     grouped = not wide and width is not None and width < WIDE_COLUMNS
     components, columns, cells = _columns(estimate, grouped)
     table = Table(title=f"{estimate.profile_name} / {estimate.plan_name}: GiB per GPU at "
-                        f"{estimate.peak_phase.value}, {estimate.num_gpus} GPU(s)",
+                        f"{estimate.peak_phase.value}, {_hardware(estimate)}",
                   box=box.SIMPLE_HEAD if grouped else box.HEAVY_HEAD)
     table.add_column("component", no_wrap=True)
     for title, _ in columns:

@@ -294,8 +294,9 @@ def load_profile(name_or_path: str) -> Profile:
 DEEPSPEED_ONLY = (
     "reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "contiguous_gradients",
     "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_max_live_parameters",
-    "stage3_max_reuse_distance", "zero3_init",
+    "stage3_max_reuse_distance", "zero3_init", "zero_hpz_partition_size",
 )
+REMOVED_IN_DEEPSPEED = ("mics_shard_size", "mics_hierarchical_params_gather")  # deepspeed/runtime/config.py
 
 
 def check_engine_options(document: dict[str, Any], where: str) -> None:
@@ -304,12 +305,22 @@ def check_engine_options(document: dict[str, Any], where: str) -> None:
     from memplan.spec.plan import Engine
 
     engine = document.get("engine")
-    if not isinstance(engine, dict) or engine.get("kind") != "pytorch":
+    if not isinstance(engine, dict):
+        return
+    for key in REMOVED_IN_DEEPSPEED:
+        if key in engine:
+            raise InputError(
+                f"{where}: engine.{key}={shown(engine[key])}: MiCS was removed in DeepSpeed 0.19 "
+                "(deepspeed/runtime/config.py, _REMOVED_ZERO_CONFIG_KEYS); use engine.zero_hpz_partition_size "
+                "or engine.kind=fsdp2 with fsdp.hsdp"
+            )
+    kind = engine.get("kind")
+    if kind not in ("pytorch", "fsdp2"):
         return
     for key in DEEPSPEED_ONLY:
         if key in engine and engine[key] != Engine.model_fields[key].default:
             raise InputError(
-                f"{where}: engine.{key}={shown(engine[key])}: a DeepSpeed option, but engine.kind=pytorch "
+                f"{where}: engine.{key}={shown(engine[key])}: a DeepSpeed option, but engine.kind={kind} "
                 "(remove it, or use engine.kind=deepspeed)"
             )
 

@@ -22,20 +22,82 @@ Training = Literal["frozen", "full", "lora"]
 
 
 class Hardware(Section):
-    num_gpus: int = Field(default=1, gt=0, le=1024)
+    """GPUs in all (``num_gpus``, the data-parallel world size) on ``nodes`` hosts of equal size.
+
+    A plan may give ``gpus_per_node`` instead of ``num_gpus`` (num_gpus = nodes x gpus_per_node);
+    host_ram_gib is per node (each node holds its own ranks' offloaded state and processes).
+    """
+
+    num_gpus: int = Field(default=1, gt=0, le=65536)
+    nodes: int = Field(default=1, gt=0, le=4096)
     vram_gib: float = Field(default=24.0, gt=0, le=4096)
     host_ram_gib: float = Field(default=256.0, gt=0, le=2**20)  # up to 1 PiB
     gpu: str | None = None  # a name from memplan.spec.gpus (step-time model); None: generic card
 
+    @model_validator(mode="before")
+    @classmethod
+    def _per_node(cls, data):
+        if not isinstance(data, dict) or "gpus_per_node" not in data:
+            return data
+        data = dict(data)
+        per_node = data.pop("gpus_per_node")
+        nodes = data.get("nodes", 1)
+        if not isinstance(per_node, int) or isinstance(per_node, bool) or per_node < 1:
+            raise ValueError(f"hardware.gpus_per_node={per_node!r} must be a positive integer")
+        if isinstance(nodes, int) and "num_gpus" in data and data["num_gpus"] != nodes * per_node:
+            raise ValueError(f"hardware.num_gpus={data['num_gpus']} != nodes({nodes}) x gpus_per_node({per_node})")
+        if isinstance(nodes, int):
+            data["num_gpus"] = nodes * per_node
+        return data
 
-class Engine(Section):
-    """Plain PyTorch (DDP across GPUs) or DeepSpeed ZeRO 0-3, with DeepSpeed's knobs and defaults.
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> "Hardware":
+        if self.num_gpus % self.nodes:
+            raise ValueError(f"hardware.num_gpus={self.num_gpus} is not a multiple of hardware.nodes={self.nodes}"
+                             " (nodes of equal size)")
+        return self
 
-    Defaults are DeepSpeed 0.19's (deepspeed/runtime/zero/config.py): buckets 5e8 elements,
-    stage-3 prefetch 5e7, persistence threshold 1e5, max live parameters 1e9.
+    @property
+    def gpus_per_node(self) -> int:
+        return self.num_gpus // self.nodes
+
+
+class Fsdp(Section):
+    """PyTorch FSDP2 (torch.distributed.fsdp.fully_shard) as memplan applies it: one unit per decoder
+    layer of the LLM and per layer of the vision tower (the transformers GradientCheckpointingLayer
+    modules), one per SAM2 encoder and decoder, and the root (embeddings, lm_head, projector, seg head).
+
+    - reshard_after_forward: free each unit's unsharded parameters after its forward (re-all-gather in
+      backward); the root is never resharded after forward (fully_shard's default for the root).
+    - param_dtype / reduce_dtype: MixedPrecisionPolicy (None: no cast; all-gather and reduce in the
+      parameters' own dtype). param_dtype "compute" is the plan's precision.compute.
+    - offload: CPUOffloadPolicy (sharded parameters, gradients and the optimizer step on the host).
+    - hsdp: shard within a node, replicate across nodes (a 2-D mesh (nodes, gpus_per_node)).
+    - embeddings_unit: embed_tokens and lm_head get their own units (torchtitan's layout); false: they
+      stay in the root, as accelerate's TRANSFORMER_BASED_WRAP leaves them.
+    - The sharded parameters are held in their original dtype: fp32 for trainable parameters when
+      precision.master_weights (the sharded fp32 parameter is the master), frozen ones in the compute dtype.
     """
 
-    kind: Literal["pytorch", "deepspeed"] = "deepspeed"
+    reshard_after_forward: bool = True
+    param_dtype: Literal["compute", "fp32"] | None = "compute"
+    reduce_dtype: Literal["compute", "fp32"] | None = "fp32"
+    offload: bool = False
+    hsdp: bool = False
+    embeddings_unit: bool = True
+
+
+class Engine(Section):
+    """Plain PyTorch (DDP across GPUs), DeepSpeed ZeRO 0-3 with DeepSpeed's knobs and defaults, or
+    PyTorch FSDP2 (``kind: fsdp2`` with the ``fsdp`` section).
+
+    Defaults are DeepSpeed 0.19's (deepspeed/runtime/zero/config.py): buckets 5e8 elements,
+    stage-3 prefetch 5e7, persistence threshold 1e5, max live parameters 1e9, hpZ partition size 1
+    (off). MiCS (mics_shard_size) was removed in DeepSpeed 0.19 (deepspeed/runtime/config.py,
+    _REMOVED_ZERO_CONFIG_KEYS) and is refused.
+    """
+
+    kind: Literal["pytorch", "deepspeed", "fsdp2"] = "deepspeed"
     zero_stage: int = Field(default=2, ge=0, le=3)
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
@@ -48,9 +110,29 @@ class Engine(Section):
     stage3_max_live_parameters: int = Field(default=1_000_000_000, ge=0)
     stage3_max_reuse_distance: int = Field(default=1_000_000_000, ge=0)
     zero3_init: bool = True  # build under deepspeed.zero.Init (partition at construction)
+    # ZeRO++ hpZ: a secondary copy of each parameter partitioned over this many ranks (one node)
+    zero_hpz_partition_size: int = Field(default=1, ge=1, le=4096)
+    fsdp: Fsdp | None = None  # kind fsdp2 only (None there: Fsdp's defaults)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Engine":
+        if self.kind == "fsdp2":
+            if "zero_stage" in self.model_fields_set and self.zero_stage != 0:
+                raise ValueError(f"engine.zero_stage={self.zero_stage}: a DeepSpeed option, but engine.kind=fsdp2 "
+                                 "(FSDP2 shards parameters, gradients and optimizer state: ZeRO-3's layout)")
+            for which in ("offload_optimizer", "offload_params"):
+                if getattr(self, which) != "none":
+                    raise ValueError(f"engine.{which}={getattr(self, which)}: a DeepSpeed option, but "
+                                     "engine.kind=fsdp2 (use engine.fsdp.offload: true, FSDP2's CPUOffloadPolicy)")
+            object.__setattr__(self, "zero_stage", 0)  # not a DeepSpeed stage: dumps and reloads as 0
+            if self.fsdp is None:
+                object.__setattr__(self, "fsdp", Fsdp())
+            return self
+        if self.fsdp is not None:
+            raise ValueError(f"engine.fsdp is set but engine.kind={self.kind} (needs engine.kind=fsdp2)")
+        if self.zero_hpz_partition_size > 1 and (self.kind != "deepspeed" or self.zero_stage != 3):
+            raise ValueError(f"engine.zero_hpz_partition_size={self.zero_hpz_partition_size} needs ZeRO-3 "
+                             f"(engine.kind=deepspeed, zero_stage=3), not {self.kind} stage {self.zero_stage}")
         if self.kind == "pytorch":
             if self.zero_stage != 0:
                 raise ValueError(f"engine.zero_stage={self.zero_stage} needs engine.kind=deepspeed, not pytorch")
@@ -206,6 +288,13 @@ class Plan(Section):
     stack: Stack = Stack()
     components: Components = Components()
     inputs: Inputs = Inputs()
+
+    @model_validator(mode="after")
+    def _groups_divide_world(self) -> "Plan":
+        hpz, gpus = self.engine.zero_hpz_partition_size, self.hardware.num_gpus
+        if hpz > 1 and gpus % hpz:
+            raise ValueError(f"engine.zero_hpz_partition_size={hpz} must divide hardware.num_gpus={gpus}")
+        return self
 
     @model_validator(mode="after")
     def _optimizer_matches_engine(self) -> "Plan":

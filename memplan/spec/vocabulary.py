@@ -20,6 +20,7 @@ class Category(str, Enum):
     ACTIVATIONS = "activations"  # tensors saved for backward (or live in inference)
     TRANSIENT = "transient_buffers"  # short-lived workspaces: logits/loss, recompute, optimizer temporaries
     DEEPSPEED_BUFFERS = "deepspeed_buffers"  # ZeRO buckets, prefetch, gathered parameters
+    FSDP_BUFFERS = "fsdp_buffers"  # FSDP2 unsharded (all-gathered) units, reduce-scatter buffers
     OVERHEAD = "overhead"  # allocator rounding, CUDA context (reserved/device views only)
 
 

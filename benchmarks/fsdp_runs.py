@@ -1,0 +1,85 @@
+"""The FSDP2 / fake-world GPU batch: one list of runs, read by the predictions (written first) and the batch.
+
+    python benchmarks/fsdp_predictions.py > reports/probes/fsdp-predictions.json   # commit before the runs
+    python benchmarks/fsdp_batch.py --out $OUT                                     # on one H200
+
+Each run is rank 0 of an N-rank job on one GPU (``memplan probe --fake-world N``), N from 2 to 1024, on
+two models (Qwen2.5-1.5B text-only, Sa2VA-1B = InternViT-300M + Qwen2.5-0.5B + SAM2), with and
+without CPU offload, one HSDP mesh and one DeepSpeed ZeRO-3 run on the fake group; then one real
+FSDP2 run through ``accelerate launch`` with the config ``--emit-fsdp`` wrote, under a VRAM cap the
+estimate says it fits. No torch is imported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+QWEN = {"model": "qwen2.5-1.5b", "flags": {"engine": "fsdp2", "text_len": 2048, "lora_rank": 64}}
+SA2VA = {"model": "sa2va-1b", "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2}}
+
+
+def _run(name: str, base: dict, world: int, **extra: Any) -> dict:
+    flags = {**base["flags"], **extra.pop("flags", {})}
+    return {"name": name, "model": base["model"], "fake_world": world, "flags": flags, **extra}
+
+
+RUNS: list[dict] = [
+    _run("qwen1.5b-fsdp-n2", QWEN, 2),
+    _run("qwen1.5b-fsdp-n8", QWEN, 8),
+    _run("qwen1.5b-fsdp-n64", QWEN, 64),
+    _run("qwen1.5b-fsdp-n256", QWEN, 256),
+    _run("qwen1.5b-fsdp-n1024", QWEN, 1024),
+    _run("qwen1.5b-fsdp-offload-n8", QWEN, 8, flags={"offload": "all"}),
+    _run("qwen1.5b-fsdp-offload-n1024", QWEN, 1024, flags={"offload": "all"}),
+    _run("qwen1.5b-fsdp-noreshard-n16", QWEN, 16, plan={"engine": {"kind": "fsdp2", "fsdp": {"reshard_after_forward": False}}}),
+    _run("sa2va1b-fsdp-n2", SA2VA, 2),
+    _run("sa2va1b-fsdp-n16", SA2VA, 16),
+    _run("sa2va1b-fsdp-n128", SA2VA, 128),
+    _run("sa2va1b-fsdp-n1024", SA2VA, 1024),
+    _run("sa2va1b-fsdp-offload-n16", SA2VA, 16, flags={"offload": "all"}),
+    _run("sa2va1b-hsdp-4x8", SA2VA, 32, nodes=4, plan={"engine": {"kind": "fsdp2", "fsdp": {"hsdp": True}}}),
+    _run("sa2va1b-zero3-n16", {"model": "sa2va-1b", "flags": {**SA2VA["flags"], "engine": None, "zero": 3}}, 16,
+         timeout=240),  # DeepSpeed ZeRO-3 on the fake group (deepspeed.initialize takes longer)
+]
+ACCELERATE = {"name": "sa2va1b-accelerate-fsdp2", "model": "sa2va-1b",
+              "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2, "gpus": 1}}
+TIMEOUT_S = 150  # per run; most take 20-40 s (imports, random init on the CPU, 2 steps)
+
+
+def plan_file(run: dict, directory: Path) -> Path | None:
+    """The run's plan document as a file (runs that need a section no flag sets), else None."""
+    if "plan" not in run:
+        return None
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{run['name']}.yaml"
+    path.write_text(yaml.safe_dump(run["plan"]), encoding="utf-8")
+    return path
+
+
+def plan_flags(run: dict) -> dict:
+    """build_plan keywords: --gpus is per node, so gpus = N / nodes."""
+    nodes = run.get("nodes", 1)
+    flags = {k: v for k, v in run["flags"].items() if v is not None}
+    return {**flags, "gpus": run["fake_world"] // nodes, "nodes": nodes}
+
+
+def cli_flags(run: dict) -> list[str]:
+    """`memplan probe` flags of a fake-world run."""
+    out = ["--fake-world", str(run["fake_world"])]
+    if run.get("nodes", 1) > 1:
+        out += ["--nodes", str(run["nodes"])]
+    for key, value in run["flags"].items():
+        if value is not None:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def build(run: dict, directory: Path):
+    """The Plan a run measures (the same build_plan the CLI uses)."""
+    from memplan.cli.options import build_plan
+
+    path = plan_file(run, directory)
+    return build_plan(str(path) if path else None, **plan_flags(run))

@@ -1,0 +1,249 @@
+"""PyTorch FSDP2 (``fully_shard``): sharded states, unsharded units, reduce-scatter buffers, per rank.
+
+Sources (torch 2.11-2.13, torch/distributed/fsdp/_fully_shard/):
+- _fsdp_param.py, FSDPParam._init_sharded_param: each parameter is chunked on dim 0 into S pieces
+  (S = the shard group: all GPUs, or one node's under HSDP), padded to ceil(dim0/S) rows per rank,
+  kept in its original dtype (``orig_dtype``) as a DTensor; on the CPU (pinned) under CPUOffloadPolicy.
+- _fsdp_param.py, init_dtype_attrs / _fsdp_api.py MixedPrecisionPolicy: the unsharded parameter is in
+  ``param_dtype`` (None: the original dtype), gradients are reduced in ``reduce_dtype``.
+- Units (memplan.probe.fsdp.shard_units, fsdp.unit_sizes here): every ViT and LLM decoder layer,
+  embed_tokens, lm_head, the SAM2 image encoder; the root holds the rest.
+- _fsdp_param_group.py, FSDPParamGroup.unshard / reshard: a unit (one fully_shard call) all-gathers
+  all its parameters at its pre-forward and frees them at post-forward when reshard_after_forward;
+  _fsdp_state.py, FSDPState._lazy_init sets the root's post_forward_mesh_info to None (the root
+  stays unsharded from forward to the end of backward). Forward all-gathers run on their own stream
+  and the next unit's is issued while the current one computes; in backward the next unit is
+  prefetched explicitly (FSDPParamGroup._backward_prefetch): two units unsharded at a time.
+- _fsdp_collectives.py, foreach_reduce: a unit's unsharded gradients (param_dtype) are copied into
+  one reduce-scatter input of the unit's trainable size in reduce_dtype, reduced to a shard and
+  accumulated into the sharded gradient (original dtype).
+- torch/distributed/_tools/fsdp2_mem_tracker.py names the same categories (sharded/unsharded param,
+  sharded/unsharded grad, all-gather, reduce-scatter, optimizer state).
+"""
+
+from __future__ import annotations
+
+from memplan.estimate.context import Context
+from memplan.spec.units import DTYPE_BYTES
+from memplan.spec.vocabulary import Component
+
+
+def shard_group(ctx: Context) -> int:
+    """S: ranks one parameter is sharded over: every GPU, or one node's GPUs under HSDP
+    (fully_shard over a 2-D mesh (replicate, shard), _fsdp_init.py _get_managed_states)."""
+    hardware = ctx.plan.hardware
+    return hardware.gpus_per_node if ctx.plan.engine.fsdp.hsdp else hardware.num_gpus
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _lora_shapes(ctx: Context, component: Component) -> list[tuple[int, int]]:
+    """(dim0, rest) of every LoRA matrix of a component: A is (r, d_in), B is (d_out, r) (peft
+    tuners/lora/layer.py, LoraLayer.update_layer)."""
+    part = ctx.plan.components.get(component)
+    if not ctx.plan.trains(component) or part.train != "lora":
+        return []
+    r = part.lora.rank
+    if component is Component.LLM and ctx.profile.llm is not None:
+        llm = ctx.profile.llm
+        targets = part.lora.targets
+        shapes = [(d_in, d_out) for name, d_in, d_out in llm.linear_shapes() if targets is None or name in targets]
+        return [shape for d_in, d_out in shapes for shape in ((r, d_in), (d_out, r))] * llm.num_layers
+    if component is Component.VISION and ctx.profile.vision is not None:
+        v = ctx.profile.vision
+        h, f = v.hidden_size, v.intermediate_size
+        shapes = [(h, 3 * h), (h, h), (h, f), (f, h)]
+        return [shape for d_in, d_out in shapes for shape in ((r, d_in), (d_out, r))] * v.num_layers
+    return []
+
+
+def sharded_trainable(ctx: Context, component: Component) -> int:
+    """Trainable elements this rank holds: ceil(dim0/S) x rest per LoRA matrix (the padding matters
+    once S exceeds the rank r: every rank holds a whole row of each A), P_t/S for the rest."""
+    part = ctx.parts[component]
+    if not ctx.training or not part.trainable:
+        return 0
+    s = shard_group(ctx)
+    lora = _lora_shapes(ctx, component)
+    lora_total = sum(d0 * rest for d0, rest in lora)
+    padded = sum(_ceil_div(d0, s) * rest for d0, rest in lora)
+    return padded + _ceil_div(part.trainable - lora_total, s)
+
+
+def sharded_trainable_bytes(ctx: Context, component: Component) -> int:
+    """This rank's trainable shard in bytes: its elements at the component's held width (adapters and
+    copies may differ in dtype: PartCounts.trainable_held_bytes), ceil."""
+    part = ctx.parts[component]
+    if not part.trainable:
+        return 0
+    return _ceil_div(sharded_trainable(ctx, component) * part.trainable_held_bytes, part.trainable)
+
+
+def sharded_frozen(ctx: Context, component: Component) -> int:
+    return _ceil_div(ctx.parts[component].frozen, shard_group(ctx))
+
+
+def param_bytes(ctx: Context, original: int) -> int:
+    """Bytes per element of an unsharded parameter: MixedPrecisionPolicy.param_dtype, else the original."""
+    dtype = ctx.plan.engine.fsdp.param_dtype
+    if dtype is None:
+        return original
+    return ctx.compute_bytes if dtype == "compute" else DTYPE_BYTES[dtype]
+
+
+def reduce_bytes(ctx: Context, original: int) -> int:
+    """Bytes per element of the reduce-scatter: reduce_dtype, else the unsharded gradient's (param) dtype."""
+    dtype = ctx.plan.engine.fsdp.reduce_dtype
+    if dtype is None:
+        return param_bytes(ctx, original)
+    return ctx.compute_bytes if dtype == "compute" else DTYPE_BYTES[dtype]
+
+
+def offloaded(ctx: Context) -> bool:
+    return ctx.plan.engine.fsdp.offload
+
+
+# --------------------------------------------------------------------------- sharded states (device)
+
+
+def sharded_weight_bytes(ctx: Context, component: Component, *, trainable: bool) -> int:
+    """Sharded parameters on the device: elements per rank x original bytes; 0 under CPUOffloadPolicy."""
+    if offloaded(ctx):
+        return 0
+    part = ctx.parts[component]
+    if trainable:
+        return sharded_trainable_bytes(ctx, component)
+    return sharded_frozen(ctx, component) * part.weight_bytes
+
+
+def sharded_gradient_bytes(ctx: Context, component: Component) -> int:
+    """Sharded gradients (the DTensor .grad of each sharded parameter) in the original dtype."""
+    if offloaded(ctx):
+        return 0
+    return sharded_trainable_bytes(ctx, component)
+
+
+def optimizer_state_bytes(ctx: Context, component: Component, per_param: int) -> int:
+    """torch.optim state on the sharded parameters (zeros_like(param): original dtype x moments)."""
+    if offloaded(ctx):
+        return 0
+    return sharded_trainable(ctx, component) * per_param
+
+
+# --------------------------------------------------------------------------- units and buffers
+
+
+def _layer_units(ctx: Context, component: Component) -> list[tuple[int, int]]:
+    """(frozen, trainable) elements of each decoder/ViT layer unit: attention + MLP + its norms + its LoRA."""
+    spec = ctx.profile.llm if component is Component.LLM else ctx.profile.vision
+    if spec is None or component not in ctx.parts:
+        return []
+    layer = spec.layer_params + spec.param_groups()["norms"] // spec.num_layers
+    lora = sum(d0 * rest for d0, rest in _lora_shapes(ctx, component)) // spec.num_layers
+    full = ctx.plan.trains(component) and ctx.plan.components.get(component).train == "full"
+    return [(0, layer) if full else (layer, lora)] * spec.num_layers
+
+
+def _embedding_units(ctx: Context) -> list[tuple[int, int]]:
+    """embed_tokens and lm_head (each with its peft modules_to_save copy) as units; one unit when tied."""
+    llm = ctx.profile.llm
+    if llm is None or Component.LLM not in ctx.parts:
+        return []
+    part = ctx.plan.components.llm
+    full = ctx.plan.trains(Component.LLM) and part.train == "full"
+    copies = set(part.modules_to_save) if ctx.plan.trains(Component.LLM) else set()
+    v_h = llm.embedding_params
+
+    def unit(names: tuple[str, ...]) -> tuple[int, int]:
+        if full:
+            return 0, v_h
+        return v_h, v_h * len(copies.intersection(names))
+
+    if llm.tie_word_embeddings:
+        return [unit(("embed_tokens", "lm_head"))]
+    return [unit(("embed_tokens",)), unit(("lm_head",))]
+
+
+def unit_sizes(ctx: Context) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """(frozen, trainable) elements of every non-root unit in forward order, and of the root.
+
+    Units, as memplan.probe.fsdp applies fully_shard (and torchtitan does for its LLMs): each ViT
+    layer; embed_tokens; each LLM decoder layer; lm_head (tied: one unit with embed_tokens); the
+    SAM2 image encoder. The root holds the rest (final norm, projector, seg head, SAM2 prompt encoder
+    and mask decoder, vision embeddings)."""
+    vision, llm = _layer_units(ctx, Component.VISION), _layer_units(ctx, Component.LLM)
+    embeddings = _embedding_units(ctx) if ctx.plan.engine.fsdp.embeddings_unit else []
+    units = [*vision, *embeddings[:1], *llm, *embeddings[1:]]
+    if Component.SAM2_ENCODER in ctx.parts:
+        units.append((ctx.parts[Component.SAM2_ENCODER].frozen, ctx.parts[Component.SAM2_ENCODER].trainable))
+    if not ctx.training:
+        units = [(f + t, 0) for f, t in units]
+    root_frozen = sum(p.frozen for p in ctx.parts.values()) - sum(u[0] for u in units)
+    root_trainable = sum(p.trainable for p in ctx.parts.values()) - sum(u[1] for u in units)
+    return units, (max(root_frozen, 0), max(root_trainable, 0))
+
+
+def _widths(ctx: Context) -> tuple[int, int]:
+    """(frozen, trainable) bytes per element of the unsharded parameters."""
+    frozen = ctx.parts[Component.LLM].weight_bytes if Component.LLM in ctx.parts else ctx.compute_bytes
+    trainable = ctx.parts[Component.LLM].trainable_bytes if Component.LLM in ctx.parts else ctx.compute_bytes
+    return param_bytes(ctx, frozen), param_bytes(ctx, trainable)
+
+
+def _unsharded(ctx: Context, unit: tuple[int, int]) -> int:
+    frozen_width, trainable_width = _widths(ctx)
+    return unit[0] * frozen_width + unit[1] * trainable_width
+
+
+def root_unsharded_bytes(ctx: Context) -> int:
+    """The root unit's unsharded parameters, alive from the first forward to the end of backward."""
+    return _unsharded(ctx, unit_sizes(ctx)[1])
+
+
+def units_unsharded_bytes(ctx: Context, *, after_forward: bool = False) -> int:
+    """Unsharded parameters of the non-root units at one moment: the largest pair of neighbours in
+    execution order (the current unit and the prefetched next one); all of them after forward when
+    reshard_after_forward is off."""
+    units, _ = unit_sizes(ctx)
+    sizes = [_unsharded(ctx, u) for u in units]
+    if after_forward and not ctx.plan.engine.fsdp.reshard_after_forward:
+        return sum(sizes)
+    return max([a + b for a, b in zip(sizes, sizes[1:])] + sizes[:1] or [0])
+
+
+def reduce_scatter_bytes(ctx: Context) -> int:
+    """Backward of the unit with the most trainable elements: its unsharded gradients (param dtype)
+    and the reduce-scatter input (reduce dtype) coexist in foreach_reduce, plus the output shard."""
+    if not ctx.training:
+        return 0
+    units, root = unit_sizes(ctx)
+    largest = max([u[1] for u in units] + [root[1]])
+    original = ctx.parts[Component.LLM].trainable_bytes if Component.LLM in ctx.parts else ctx.compute_bytes
+    rs = reduce_bytes(ctx, original)
+    return largest * (param_bytes(ctx, original) + rs) + _ceil_div(largest, shard_group(ctx)) * rs
+
+
+# --------------------------------------------------------------------------- host (CPUOffloadPolicy)
+
+
+def host_bytes_per_rank(ctx: Context, state_per_param: int) -> int:
+    """Pinned sharded parameters and gradients (CPUOffloadPolicy(pin_memory=True)) plus the optimizer
+    state on the host, per rank."""
+    if not offloaded(ctx):
+        return 0
+    total = 0
+    for component, part in ctx.parts.items():
+        total += sharded_frozen(ctx, component) * part.weight_bytes
+        total += 2 * sharded_trainable_bytes(ctx, component) + sharded_trainable(ctx, component) * state_per_param
+    return total
+
+
+def pinned_bytes_per_rank(ctx: Context) -> int:
+    """The pinned share of host_bytes_per_rank: sharded parameters and gradients (_fsdp_param.py
+    pins them when offload_policy.pin_memory, the default)."""
+    if not offloaded(ctx):
+        return 0
+    return sum(sharded_frozen(ctx, c) * p.weight_bytes + 2 * sharded_trainable_bytes(ctx, c)
+               for c, p in ctx.parts.items())

@@ -1,0 +1,102 @@
+"""Phase boundaries set from inside someone else's loop (Trainer callbacks, hooks), filed like the harness's.
+
+``PhaseClock.start(phase, step)`` resets the meter (torch.cuda.reset_peak_memory_stats, or the CPU
+StorageTracker's peak) and applies the VRAM cap; ``stop()`` reads it and files the reading in the
+RankResult (max over steps in ``phases``, every step in ``step_phases``), with the per-category
+bytes of the live tensors. A failure while a phase is open is reported in that phase.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from memplan.probe.run import RankResult
+from memplan.spec.vocabulary import Phase
+
+
+@dataclass
+class StackRankResult(RankResult):
+    """The harness's RankResult plus ``stack``: what the stack really did (see memplan.probe.stacks)."""
+
+    stack: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "stack": self.stack}
+
+
+@dataclass
+class PhaseClock:
+    """Opens and closes phases on a Meter and files their readings in a RankResult."""
+
+    meter: Any  # memplan.probe.run.Meter
+    result: Any  # memplan.probe.run.RankResult
+    cap: Any = None  # memplan.probe.run.DeviceCap
+    on_update: Callable[[Any], None] | None = None
+    categories: Callable[[], dict[str, int]] | None = None
+    current: tuple[Phase, int | None] | None = None
+    started: float = 0.0
+    durations: dict[tuple[str, int | None], float] = field(default_factory=dict)
+
+    def start(self, phase: Phase, step: int | None = None) -> None:
+        self.meter.reset()
+        if self.cap is not None:
+            self.cap.apply()
+        self.current = (phase, step)
+        self.started = time.perf_counter()
+
+    def stop(self) -> float:
+        """Close the open phase: read and file it; returns its seconds (0.0 if none was open)."""
+        if self.current is None:
+            return 0.0
+        phase, step = self.current
+        self.current = None
+        self.meter.synchronize()
+        elapsed = time.perf_counter() - self.started
+        self.durations[(phase.value, step)] = elapsed
+        self.file(phase, step)
+        if self.categories is not None:
+            self.result.record_categories(self.categories())
+        return elapsed
+
+    def switch(self, phase: Phase, step: int | None = None) -> float:
+        """Close the open phase and open ``phase``."""
+        elapsed = self.stop()
+        self.start(phase, step)
+        return elapsed
+
+    def file(self, phase: Phase, step: int | None) -> None:
+        try:
+            self.result.record_phase(phase.value, self.meter.read(), step)
+            if self.on_update is not None:
+                self.on_update(self.result)
+        except Exception:  # noqa: BLE001 - a failed read after an OOM must not hide the OOM
+            pass
+
+    def abort(self) -> str | None:
+        """On a failure: file the open phase's reading; returns its name (None: between phases)."""
+        if self.current is None:
+            return None
+        phase, step = self.current
+        self.current = None
+        self.file(phase, step)
+        return phase.value
+
+
+def step_seconds(clock: PhaseClock, steps: int) -> list[float]:
+    """Forward + backward + optimizer seconds of each step (rounded to microseconds)."""
+    out = []
+    for step in range(steps):
+        parts = [clock.durations.get((phase.value, step)) for phase in (Phase.FORWARD, Phase.BACKWARD,
+                                                                        Phase.OPTIMIZER_STEP)]
+        if all(part is not None for part in parts):
+            out.append(round(sum(parts), 6))
+    return out
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,50 @@
+"""The stack run sets (benchmarks/stacks/runset-*.yaml, run by benchmarks/run_runset.py): every planned
+run loads through the accuracy protocol, builds its plan, passes the probe's stack checks and estimates
+(no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memplan.cli.options import build_plan, resolve_profile
+from memplan.estimate.peak import estimate
+from memplan.planning.protocol import load_runset, resolve_plan_file
+from memplan.probe.stacks import check_stack
+
+STACKS = Path(__file__).resolve().parents[1] / "benchmarks" / "stacks"
+
+
+@pytest.mark.parametrize("name", ["runset-a.yaml", "runset-b.yaml"])
+def test_stack_run_sets_plan_check_and_estimate(name):
+    path = STACKS / name
+    runset = load_runset(path)
+    assert len(runset.runs) >= 17 and runset.card == "h200"
+    for run in runset.runs:
+        plan = build_plan(resolve_plan_file(path, run.plan), **run.flags)
+        profile = resolve_profile(run.model, plan)
+        check_stack(profile, plan)
+        assert plan.stack.kind in ("hf-trainer", "custom-loop")
+        assert estimate(profile, plan).peak_allocated_bytes > 0
+
+
+def test_run_sets_cover_the_issue():
+    """Trainer and the loop, LoRA and full, bf16 and fp32 weights, checkpointing on and off, eager and
+    SDPA, InternVL 1-13 tiles, Qwen2.5 0.5B-3B, ZeRO-2/3 and optimizer offload: at least 30 runs."""
+    plans = []
+    for name in ("runset-a.yaml", "runset-b.yaml"):
+        path = STACKS / name
+        for run in load_runset(path).runs:
+            plans.append((run, build_plan(resolve_plan_file(path, run.plan), **run.flags)))
+    assert len(plans) >= 30
+    seen = lambda test: any(test(run, plan) for run, plan in plans)  # noqa: E731
+    assert seen(lambda r, p: p.stack.kind == "custom-loop") and seen(lambda r, p: p.stack.kind == "hf-trainer")
+    assert seen(lambda r, p: p.components.llm.train == "full") and seen(lambda r, p: p.components.llm.train == "lora")
+    assert seen(lambda r, p: p.precision.weights_fp32) and seen(lambda r, p: not p.precision.weights_fp32)
+    assert seen(lambda r, p: p.components.llm.checkpointing) and seen(lambda r, p: not p.components.llm.checkpointing)
+    assert seen(lambda r, p: p.attention == "eager") and seen(lambda r, p: p.attention == "sdpa")
+    assert {p.inputs.tiles for r, p in plans if r.model.startswith("internvl")} >= {1, 6, 13}
+    assert {r.model for r, p in plans} >= {"qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "internvl2.5-1b", "internvl2.5-4b"}
+    engines = {(p.engine.zero_stage, p.engine.offload_optimizer) for r, p in plans if p.engine.kind == "deepspeed"}
+    assert engines >= {(2, "none"), (3, "none"), (2, "cpu"), (3, "cpu")}
