@@ -48,6 +48,14 @@ def test_rows_sum_to_the_number_the_verdict_uses(plan_name, gpus):
     assert "CUDA context" in labels and ("NCCL communicator" in labels) == (gpus > 1 or result.deepspeed)
 
 
+def test_rows_sum_across_nodes_too():
+    plan = build_plan(None, gpus=8, nodes=4, zero=3, host_ram=256)
+    result = estimate(resolve_profile(None, plan), plan, load_calibration())
+    rows = story.story_rows(result)
+    assert result.nccl_extra_bytes > 0
+    assert rows["allocated_terms_bytes"] + sum(r["bytes"] for r in rows["overheads"]) == result.needed_bytes
+
+
 def test_the_table_total_is_the_verdicts_number():
     *_, result = _quick_start()
     text = _render(render.estimate_table(result, width=200), 200)

@@ -30,7 +30,8 @@ def overhead_rows(estimate: "Estimate") -> list[tuple[str, int]]:
     """(label, bytes) rows between the allocated terms and needed_bytes; they sum exactly to it."""
     calibration = estimate.calibration
     context = calibration.context_bytes
-    nccl = calibration.nccl_bytes if uses_nccl(estimate.num_gpus, estimate.deepspeed) else 0
+    nccl = (calibration.nccl_bytes + estimate.nccl_extra_bytes  # + communicators across nodes (multinode)
+            if uses_nccl(estimate.num_gpus, estimate.deepspeed) else 0)
     constant = calibration.allocated_constant_bytes
     allocator = estimate.needed_bytes - estimate.peak_allocated_bytes - context - nccl
     rows = [("fitted constant (workspaces)", constant)] if constant else []
