@@ -40,7 +40,7 @@ def test_estimate_emits_config_and_plan_that_round_trip(tmp_path):
     assert config == deepspeed_config(plan)
     assert config["zero_optimization"]["stage"] == 3
     assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    flags = plan_from_flags(None, gpus=2, vram=24, zero=3, offload="optimizer")
+    flags = plan_from_flags(None, gpus=2, vram=24, zero=3, offload="optimizer", host_ram=256)  # conftest's machine RAM
     cal = load_calibration(None)
     assert estimate(load_profile("sa2va-1b"), plan, cal).to_dict() == estimate(load_profile("sa2va-1b"), flags, cal).to_dict()
     assert "deepspeed --num_gpus=2" in result.output

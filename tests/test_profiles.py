@@ -1,7 +1,6 @@
 """Every shipped profile loads, cites its source, adds up, and matches its published parameter counts.
 
-Published figures come from the Sa2VA model cards and README (magic-research/Sa2VA: the variants and
-their LLMs), the SAM2 README (facebookresearch/sam2: 38.9/46.0/80.8/224.4M)
+Published figures come from docs/sa2va-reference.md (the Sa2VA variants table and the SAM2 table)
 and, for the InternVL2.5 models memplan also ships, from their model cards (InternVL2.5-1B 938M,
 -4B 3.7B, -8B 8.1B). Published totals are rounded or truncated to the printed precision (SAM2-T:
 38,962,417 prints as 38.9M, Qwen2.5-VL-7B's ViT 676,550,144 as 677M), so a count matches when

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import GPU, MODEL, user_errors
+from memplan.cli.names import resolve_profile
 from memplan.cli.outputs import choose_row, emit_deepspeed, report_options, step_note, write_outputs
-from memplan.spec.flags import (DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_lora_rank, on_gpu, plan_argument,
-                                plan_from_flags, resolve_profile)
+from memplan.spec.flags import DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_lora_rank, on_gpu, plan_argument, plan_from_flags
 
 
 def _notes(rows, reference, calibration) -> list[str]:
@@ -63,7 +63,9 @@ def compare(
         chosen = choose_row(rows, report["choose"], default)
         check_emittable(chosen.plan, chosen.name)
     write_outputs(Report(title, rows, DEFAULT_PLAN, _notes(rows, reference, calibration), kind="compare"), report["output_format"],
-                  report["out"])
+                  report["out"], force=report["force"], wide=report["wide"])
     if chosen is not None:
         emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name,
                        target=report["emit_deepspeed_to"], script=report["script"], vram_gib=chosen.plan.hardware.vram_gib)
+    if report["exit_code"] and not any(row.fits for row in rows):
+        raise typer.Exit(code=1)

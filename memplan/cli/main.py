@@ -6,11 +6,10 @@ from typing import Optional
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import (CALIBRATION, DATASET, EMIT, EMIT_FSDP, FORCE_EMIT, MODEL, PLAN, SCRIPT, OneLineErrors, OutputFormat, console, plan_flags,
-                                 user_errors)
+from memplan.cli.options import (CALIBRATION, DATASET, EMIT, EMIT_FSDP, EXIT_CODE, FORCE_EMIT, MODEL, PLAN, SCRIPT, WIDE,
+                                 OneLineErrors, OutputFormat, console, plan_flags, user_errors)
 from memplan.cli.outputs import emit_deepspeed
 
 app = typer.Typer(
@@ -19,7 +18,21 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        import memplan  # the package's own __version__ (not a sub-package import)
+
+        typer.echo(f"memplan {memplan.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print memplan's version and exit.",
+                                       callback=_print_version, is_eager=True)) -> None:
+    """Peak-VRAM planner and feasibility checker for fine-tuning multimodal models (Sa2VA and kin)."""
 
 
 @app.command()
@@ -37,17 +50,22 @@ def estimate(
     force: bool = FORCE_EMIT,
     script: str = SCRIPT,
     dataset_samples: Optional[int] = DATASET,
+    wide: bool = WIDE,
+    exit_code: bool = EXIT_CODE,
     flags: dict,
 ) -> None:
-    """Estimate the peak memory per GPU of one plan, and say whether it fits."""
+    """Estimate the peak memory per GPU of one plan, say whether it fits, and if not what to change."""
+    from memplan.cli.host import host_ram_choice
+    from memplan.cli.names import resolve_profile
     from memplan.integrations.deepspeed import check_emittable
     from memplan.planning.evaluate import evaluate
-    from memplan.report import render
+    from memplan.report import render, story
     from memplan.report.steps import step_line, with_step_json
-    from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
+    from memplan.spec.flags import check_lora_rank, plan_from_flags
     from memplan.spec.loading import load_calibration
 
-    the_plan = plan_from_flags(plan, **flags)
+    host_ram, host_note = host_ram_choice(flags["host_ram"], plan)
+    the_plan = plan_from_flags(plan, **{**flags, "host_ram": host_ram})
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     if emit_deepspeed_to is not None:
@@ -60,18 +78,23 @@ def estimate(
         check_targets(emit_fsdp_to, force=force)
         the_plan = accelerate_plan(the_plan)  # estimate what accelerate will run
     evaluation = evaluate(profile, the_plan, calibration=load_calibration(calibration), reference=the_plan,
-                          with_advice=False, with_sinks=True)
-    result, step = evaluation.estimate, evaluation.step
+                          with_advice=True, with_sinks=True)  # advice only when it does not fit
+    result, step, advice = evaluation.estimate, evaluation.step, evaluation.advice
+    advice_lines = story.advice_lines(advice) if advice else []
     if output_format is OutputFormat.json:
-        typer.echo(with_step_json(render.with_stack_json(render.estimate_json(result), stack=evaluation.stack,
-                                                         sinks=evaluation.sinks), step, dataset_samples))
+        document = render.estimate_json(result, {"host_ram_source": host_note,
+                                                 "advice": story.advice_json(advice) if advice else []})
+        typer.echo(with_step_json(render.with_stack_json(document, stack=evaluation.stack, sinks=evaluation.sinks),
+                                  step, dataset_samples))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(evaluation.stack, evaluation.sinks)
+        typer.echo(render.estimate_markdown(result, advice=advice_lines, host_note=host_note)
+                   + render.sinks_markdown(evaluation.stack, evaluation.sinks)
                    + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
-        console().print(render.estimate_table(result))
-        console().print(render.sinks_text(evaluation.stack, evaluation.sinks))
-        console().print(step_line(step, dataset_samples))
+        out = console()
+        out.print(render.estimate_table(result, width=out.width, wide=wide, advice=advice_lines, host_note=host_note))
+        out.print(render.sinks_text(evaluation.stack, evaluation.sinks))
+        out.print(step_line(step, dataset_samples))
     if emit_deepspeed_to is not None:
         if result.verdict is not Verdict.FITS:
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
@@ -86,14 +109,18 @@ def estimate(
                        err=True)
         emit_fsdp(profile, the_plan, model=model or the_plan.model or profile.name, target=emit_fsdp_to, script=script,
                   force=force)
+    if exit_code and not evaluation.fits:
+        raise typer.Exit(code=1)
 
 
 @app.command("profiles")
 @user_errors
-def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f")) -> None:
+def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+                  wide: bool = WIDE) -> None:
     """List shipped profiles with their parameter counts per component."""
     import json
 
+    from memplan.report.profiles_table import profiles_table
     from memplan.spec.loading import load_profile, profile_names
 
     rows = []
@@ -104,20 +131,8 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="memplan profiles (parameters)")
-    for column in ("name", "total", "llm", "vision", "projector", "sam2", "seg head"):
-        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
-    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=70)
-
-    def millions(count: int | None) -> str:
-        return f"{count / 1e6:,.1f}M" if count else ""
-
-    for row in rows:
-        c = row["components"]
-        sam2 = (c.get("sam2_encoder") or 0) + (c.get("sam2_decoder") or 0)
-        table.add_row(row["name"], millions(row["total_params"]), millions(c.get("llm")), millions(c.get("vision")),
-                      millions(c.get("projector")), millions(sam2), millions(c.get("seg_head")), row["description"])
-    console().print(table)
+    out = console()
+    out.print(profiles_table(rows, width=out.width, wide=wide))
 
 
 from memplan.cli import calibrate_cmd, protocol_cmd  # noqa: E402

@@ -31,13 +31,16 @@ class OffloadChoice(str, Enum):
 
 
 def console():
-    """A rich Console; when stdout is not a terminal, wide enough for the tables (>= 140 columns)."""
-    import shutil
+    """A rich Console: the terminal's width; when stdout is not a terminal, $COLUMNS if set, else 140
+    (tables adapt to the width: memplan.report.render, memplan.report.compare)."""
+    import os
 
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else max(140, shutil.get_terminal_size((140, 24)).columns)
-    return Console(width=width)
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 140)
 
 
 def fail(message: str) -> None:
@@ -104,6 +107,9 @@ EMIT = typer.Option(None, "--emit-deepspeed",
 EMIT_FSDP = typer.Option(None, "--emit-fsdp",
                          help="Write this FSDP2 plan's accelerate config (YAML) to FILE, and the plan beside it.")
 FORCE_EMIT = typer.Option(False, "--force", help="Overwrite files --emit-fsdp would write.")
+WIDE = typer.Option(False, "--wide", help="Every column, whatever the terminal width.")
+EXIT_CODE = typer.Option(False, "--exit-code", help="Exit 1 when the plan (compare, search: every plan) does not fit "
+                         "(GPU or host RAM), for CI.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
 DATASET = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1)
 PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 import sys
 from enum import Enum
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,13 +22,30 @@ import typer
 from memplan.cli.options import FAKE_WORLD, MODEL, PLAN, console, plan_flags, user_errors
 from memplan.probe.records import PHASE_FIELDS, STATUSES
 from memplan.probe.stacks import check_stack
-from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
+from memplan.cli.names import resolve_profile
+from memplan.spec.flags import check_lora_rank, plan_from_flags
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 from memplan.spec.vocabulary import Phase
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
+PROBE_INSTALL = "pip install 'memplan[probe]'"
+
+
+def missing_probe_packages(plan: Plan) -> list[str]:
+    """The packages a probe of ``plan`` imports that are not installed (torch, transformers, peft;
+    deepspeed for a DeepSpeed engine), found without importing them."""
+    needed = ["torch", "transformers", "peft"] + (["deepspeed"] if plan.engine.kind == "deepspeed" else [])
+    return [name for name in needed if find_spec(name) is None]
+
+
+def require_probe_packages(plan: Plan) -> None:
+    """One line and exit 2 when the probe cannot run here: which packages are missing, how to install."""
+    missing = missing_probe_packages(plan)
+    if missing:
+        raise InputError(f"memplan probe runs the plan with {', '.join(missing)}, not installed here: "
+                         f"{PROBE_INSTALL} (on a CUDA machine keep its own torch build)")
 
 
 class DeviceChoice(str, Enum):
@@ -128,6 +146,8 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
                   fake_world: int | None = None, vram_cap_card: str | None = None) -> dict[str, Any]:
     """Run the probe (in process for one GPU or a fake world, under torchrun for several) and append its record.
     ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too)."""
+    from memplan.probe.progress import ProbeProgress
+
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
     gpus = plan.hardware.num_gpus
     if fake_world:
@@ -142,15 +162,17 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
     if gpus > 1:
         from memplan.probe.launch import launch_probe
 
-        return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
-                            device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
-                            vram_cap_card=vram_cap_card)
+        with ProbeProgress(steps=steps, gpus=gpus) as progress:
+            return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
+                                device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
+                                vram_cap_card=vram_cap_card, on_progress=progress.rank_result)
     from memplan.probe.distributed import release_distributed
     from memplan.probe.records import append_record
     from memplan.probe.run import run_probe
 
-    record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                       command=command, ds_config=ds_config, vram_cap_card=vram_cap_card)
+    with ProbeProgress(steps=steps) as progress:
+        record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
+                           command=command, ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=progress.phase)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     release_distributed()
@@ -221,6 +243,7 @@ def probe_command(
     if fake_world is not None and flags["gpus"] is None:
         flags = {**flags, "gpus": max(fake_world // (flags["nodes"] or 1), 1)}
     the_plan = plan_from_flags(plan, **flags)
+    require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import console, user_errors
-from memplan.spec.loading import PROFILES_DIR, InputError, read_document, shown
+from memplan.spec.loading import PACKAGE_ROOT, InputError, read_document, shown
 
 profile_app = typer.Typer(
     help="Create model profiles: import a Hugging Face config.json, or compose components.",
@@ -20,13 +20,16 @@ profile_app = typer.Typer(
     add_completion=False,
 )
 
-_OUT_HELP = "Where to write the profile YAML (default: profiles/NAME.yaml)."
+_OUT_HELP = "Where to write the profile YAML (default: ./NAME.yaml; never inside the installed package)."
 _FORCE_HELP = "Overwrite an existing file."
 
 
 def _out_path(out: Optional[Path], name: str, force: bool) -> Path:
     """The target file; refused early (before any model is built) if it exists without --force."""
-    path = out if out is not None else PROFILES_DIR / f"{name}.yaml"
+    path = out if out is not None else Path(f"{name}.yaml")
+    if PACKAGE_ROOT.resolve() in path.resolve().parents:
+        raise InputError(f"--out={path}: inside the installed memplan package; write it elsewhere "
+                         "(use it with -m PATH)")
     if path.is_dir():
         raise InputError(f"--out={path}: is a directory, expected a file path for the profile YAML")
     if path.exists() and not force:
@@ -107,7 +110,7 @@ def import_command(
                          f"({type(error).__name__}: {reason})") from None
     _render(result.profile, result.measured)
     hf_import.write_profile(result.profile, path, overwrite=True)
-    typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class})")
+    typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class}); use it: memplan estimate -m {path}")
 
 
 @profile_app.command("compose")

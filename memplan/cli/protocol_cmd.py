@@ -10,7 +10,8 @@ from typing import Any, List, Optional
 import typer
 
 from memplan.cli.options import OutputFormat, console, user_errors
-from memplan.spec.flags import check_lora_rank, plan_from_flags, resolve_profile
+from memplan.cli.names import resolve_profile
+from memplan.spec.flags import check_lora_rank, plan_from_flags
 from memplan.planning.protocol import (PREDICTION_SCHEMA, PlannedRun, RunSet, calibration_hash, estimator_revision,
                                        load_runset, plan_fingerprint, read_predictions, resolve_plan_file)
 from memplan.spec.loading import InputError

@@ -36,7 +36,7 @@ def matrix_table(cells, title: str) -> Table:
 
 
 def engines_search(profile: Profile, base: Plan, *, gpus_per_node: int, vram_gib: float, max_nodes: int,
-                   gpu, calibration, output_format, out: Path) -> None:
+                   gpu, calibration, output_format, out: Path | None, force: bool = False, wide: bool = False) -> None:
     from memplan.cli.outputs import ReportFormat, write_outputs
     from memplan.planning.evaluate import evaluate
     from memplan.planning.scale import fewest_nodes, sweep
@@ -59,4 +59,4 @@ def engines_search(profile: Profile, base: Plan, *, gpus_per_node: int, vram_gib
                     base.name, notes, kind="engines")
     if not rows:
         typer.echo(f"no engine fits on up to {max_nodes} nodes of {gpus_per_node} x {vram_gib:g} GiB")
-    write_outputs(report, output_format, out, extra_json={"cells": [c.to_dict() for c in cells]})
+    write_outputs(report, output_format, out, extra_json={"cells": [c.to_dict() for c in cells]}, force=force, wide=wide)

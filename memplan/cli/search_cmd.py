@@ -10,7 +10,8 @@ import typer
 
 from memplan.cli.options import GPU, HOST_RAM, MODEL, PLAN, VRAM, fail, user_errors
 from memplan.cli.outputs import ReportFormat, choose_row, emit_deepspeed, report_options, step_note, write_outputs
-from memplan.spec.flags import check_lora_rank, plan_argument, plan_from_flags, resolve_profile
+from memplan.cli.names import resolve_profile
+from memplan.spec.flags import check_lora_rank, plan_argument, plan_from_flags
 
 
 def _stats_note(stats) -> str:
@@ -20,7 +21,7 @@ def _stats_note(stats) -> str:
             f"(a faster feasible plan is at least as faithful)")
 
 
-def _nothing_fits(result, *, gpus: int, vram_gib: float, output_format: ReportFormat) -> None:
+def _nothing_fits(result, *, gpus: int, vram_gib: float, output_format: ReportFormat, exit_code: bool) -> None:
     """The smallest achievable peak and what dominates it (text, and JSON with --format json)."""
     from memplan.spec.units import format_gib
 
@@ -38,6 +39,8 @@ def _nothing_fits(result, *, gpus: int, vram_gib: float, output_format: ReportFo
                                "smallest_needed_bytes": e.needed_bytes, "smallest_plan": smallest.name,
                                "dominant": {"component": lead.component.value, "category": lead.category.value,
                                             "bytes": lead.bytes}}, indent=2))
+    if exit_code:
+        raise typer.Exit(code=1)
 
 
 @user_errors
@@ -58,8 +61,9 @@ def search(
 ) -> None:
     """Search ZeRO stage, offload, checkpointing, micro-batch, SAM2 resolution, LoRA rank, decoder freezing,
     buckets and overlap for the plans that fit; print the Pareto front of time per sample vs fidelity."""
+    from memplan.cli.host import host_ram_choice
     from memplan.integrations.deepspeed import check_emittable
-    from memplan.planning.evaluate import evaluate_front
+    from memplan.planning.evaluate import evaluate, evaluate_front
     from memplan.planning.search import search as run_search
     from memplan.report.compare import Report
     from memplan.spec.cards import check_vram
@@ -75,6 +79,7 @@ def search(
     spec = get_gpu(gpu) if gpu else None
     vram_gib = vram if vram is not None else spec.vram_gib
     check_vram(gpu=spec.name if spec else None, vram_gib=vram_gib)
+    host_ram, host_note = host_ram_choice(host_ram, plan_argument(plan) if plan else None)
     base = plan_from_flags(plan_argument(plan) if plan else None)
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)
@@ -84,17 +89,19 @@ def search(
         from memplan.cli.scale_cmd import engines_search
 
         engines_search(profile, base, gpus_per_node=gpus, vram_gib=vram_gib, max_nodes=max_nodes, gpu=spec,
-                       calibration=cal, output_format=output_format, out=report["out"])
+                       calibration=cal, output_format=output_format, out=report["out"], force=report["force"],
+                       wide=report["wide"])
         return
     result = run_search(profile, base, num_gpus=gpus, vram_gib=vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal)
     if not result.front:
-        _nothing_fits(result, gpus=gpus, vram_gib=vram_gib, output_format=output_format)
+        _nothing_fits(result, gpus=gpus, vram_gib=vram_gib, output_format=output_format, exit_code=report["exit_code"])
         return
     stats, hardware = result.stats, result.base_plan.hardware
     assumed = "" if (spec or base.hardware.gpu) else " (nearest catalogued VRAM; pass --gpu)"
     notes = [
         _stats_note(stats),
-        f"hardware: {gpus} x {vram_gib:g} GiB {result.gpu.name}{assumed}, host RAM {hardware.host_ram_gib:g} GiB; "
+        f"hardware: {gpus} x {vram_gib:g} GiB {result.gpu.name}{assumed}, host RAM {hardware.host_ram_gib:g} GiB "
+        f"({host_note}); "
         f"model {profile.name}; base plan {result.base_plan.name}",
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
@@ -111,8 +118,10 @@ def search(
     chosen = choose_row(rows, report["choose"], 0) if report["emit_deepspeed_to"] is not None else None
     if chosen is not None:
         check_emittable(chosen.plan, chosen.name)
-    write_outputs(Report(title, rows, result.base_plan.name, notes, kind="search"), output_format, report["out"],
-                  extra_json=extra)
+    base_needed = evaluate(profile, result.base_plan, calibration=cal, reference=result.base_plan,
+                           with_advice=False).estimate.needed_bytes
+    write_outputs(Report(title, rows, result.base_plan.name, notes, kind="search", baseline_needed_bytes=base_needed),
+                  output_format, report["out"], extra_json=extra, force=report["force"], wide=report["wide"])
     if chosen is not None:
         emit_deepspeed(chosen.plan, model=model or chosen.profile.name, name=chosen.name,
                        target=report["emit_deepspeed_to"], script=report["script"], vram_gib=vram_gib)

@@ -22,6 +22,20 @@ from memplan.spec.hyperparameters import BETAS, EPSILON, GRADIENT_CLIPPING, LEAR
 from memplan.spec.plan import Plan
 
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+# What each variable does (printed above the launch line; docs/launch.md says more):
+NCCL_ENV_WHY = {
+    "NCCL_NVLS_ENABLE": "NCCL's NVLink SHARP (multicast) algorithms off: they reserve extra device memory "
+                        "per communicator and need NVSwitch multicast support",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "PyTorch symmetric memory without multicast objects",
+    "NVSHMEM_DISABLE_NVLS": "NVSHMEM (used by some PyTorch collectives) without NVLink SHARP",
+}
+
+
+def launch_comment() -> str:
+    """The shell comment printed above a launch line: what its environment variables do, and why."""
+    lines = [f"#   {key}={NCCL_ENV[key]}: {why}" for key, why in NCCL_ENV_WHY.items()]
+    return "\n".join(["# NVLink multicast kept off, as on the machines memplan was measured on "
+                      "(drop these where multicast works and memory is not tight):", *lines])
 
 
 def _offload(device: str, *, with_buffers: bool = False) -> dict[str, Any]:
@@ -103,7 +117,7 @@ def launch_command(plan: Plan, script: str, *, args: str = "") -> str:
     """The shell line that starts ``script`` on ``plan.hardware.num_gpus`` GPUs of one host.
 
     DeepSpeed engines use the ``deepspeed`` launcher, plain PyTorch uses ``torchrun``; both get the
-    NCCL settings that keep NVLink multicast off (NCCL_ENV).
+    NCCL settings that keep NVLink multicast off (launch_comment says why; docs/launch.md).
     """
     gpus = plan.hardware.num_gpus
     env = " ".join(f"{key}={value}" for key, value in NCCL_ENV.items())

@@ -53,11 +53,21 @@ def _png(figure) -> bytes:
 
 
 def _labels(rows: list["Evaluation"]) -> list[str]:
-    return [row.name if len(row.name) <= 22 else row.name[:20] + ".." for row in rows]
+    """One distinct label per plan: its name when every name is short and unique, else '#i name..'
+    (search names share long prefixes: truncated alone they would all read the same)."""
+    names = [row.name for row in rows]
+    if len(set(names)) == len(names) and all(len(name) <= 22 for name in names):
+        return names
+    return [f"#{i} {name if len(name) <= 18 else name[:16] + '..'}" for i, name in enumerate(names, 1)]
 
 
 def memory_by_category(rows: list["Evaluation"]) -> bytes:
     """Stacked bars (GiB) of the peak moment per category, plus overhead up to the device view."""
+    return _png(memory_figure(rows))
+
+
+def memory_figure(rows: list["Evaluation"]):
+    """The figure of memory_by_category: one bar per plan at x = 0, 1, ... (never merged by label)."""
     plt = _pyplot()
     per_row = []
     for row in rows:
@@ -68,13 +78,14 @@ def memory_by_category(rows: list["Evaluation"]) -> bytes:
         per_row.append(cells)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 3), 4.8))
     labels = _labels(rows)
+    positions = list(range(len(rows)))
     bottoms = [0.0] * len(rows)
     colors = {**{category.value: color for category, color in COLORS.items()}, OVERHEAD: OVERHEAD_COLOR}
     for name, color in colors.items():
         heights = [cells.get(name, 0) / GIB for cells in per_row]
         if not any(heights):
             continue
-        axes.bar(labels, heights, bottom=bottoms, color=color, label=name, width=0.6)
+        axes.bar(positions, heights, bottom=bottoms, color=color, label=name, width=0.6)
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     for i, row in enumerate(rows):
         vram = row.estimate.vram_bytes / GIB
@@ -84,12 +95,18 @@ def memory_by_category(rows: list["Evaluation"]) -> bytes:
     axes.set_ylabel("GiB per GPU (needed on the card, peak moment)")
     axes.set_title("Memory by category at each plan's peak (dashed: VRAM)")
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.set_xticks(positions, labels)
     axes.tick_params(axis="x", labelrotation=20, labelsize=8)
-    return _png(figure)
+    return figure
 
 
 def phase_timeline(rows: list["Evaluation"]) -> bytes:
     """Device view (GiB) at each phase of a step, one line per plan, with each plan's VRAM."""
+    return _png(phase_figure(rows))
+
+
+def phase_figure(rows: list["Evaluation"]):
+    """The figure of phase_timeline: one line and one distinct legend entry per plan."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     names = [p.value for p in PHASES]
@@ -111,7 +128,7 @@ def phase_timeline(rows: list["Evaluation"]) -> bytes:
     axes.set_ylabel("GiB per GPU (needed on the card)")
     axes.set_title("Phase timeline of one training step")
     axes.legend(fontsize=7)
-    return _png(figure)
+    return figure
 
 
 def render_all(rows: list["Evaluation"], prefix: str) -> dict[str, tuple[str, bytes]]:

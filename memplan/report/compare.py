@@ -42,7 +42,8 @@ def top_advice(row: Evaluation) -> str:
     best = row.advice.top()
     if best is None:
         return "no single change or pair fits: try `memplan search`"
-    return (f"{best.label}: {format_gib(best.estimate.needed_bytes)} GiB, "
+    saves = row.estimate.needed_bytes - best.estimate.needed_bytes
+    return (f"{best.label} saves {format_gib(saves)} GiB (needs {format_gib(best.estimate.needed_bytes)}), "
             f"{best.slowdown:.2f}x time, gives up {best.gives_up}")
 
 
@@ -84,6 +85,7 @@ class Report:
     reference: str  # name of the reference recipe
     notes: list[str] = field(default_factory=list)
     kind: str = "compare"  # compare | search: names the files written
+    baseline_needed_bytes: int | None = None  # what "saves" is against (None: the first row)
 
 
 # ---------------------------------------------------------------- cells shared by every format
@@ -100,8 +102,9 @@ def _model(row: Evaluation) -> str:
     return f"{row.profile.name} ({row.plan.mode})" if row.plan.mode != "train" else row.profile.name
 
 
-COLUMNS = ("plan", "model", "GPUs", "peak/GPU GiB (phase)", "headroom GiB", "verdict", "host RAM GiB",
+COLUMNS = ("plan", "model", "GPUs", "peak/GPU GiB (phase)", "saves GiB", "headroom GiB", "verdict", "host RAM GiB",
            "step", "slowdown", "gives up", "top advice")
+VERDICT = COLUMNS.index("verdict")
 SEARCH_LAST = "fidelity"  # a search shows only plans that fit: fidelity instead of advice
 
 
@@ -118,26 +121,35 @@ def _columns(report: "Report") -> tuple[str, ...]:
     return (*COLUMNS[:-2], *_epoch_columns(report.rows), f"gives up (vs {report.reference})", last)
 
 
-def _cells(row: Evaluation, kind: str = "compare") -> list[str]:
+def _cells(row: Evaluation, report: "Report") -> list[str]:
+    from memplan.report.layout import saves_text
+
     e = row.estimate
-    last = f"{row.fidelity:.3f}" if kind == "search" else top_advice(row)
+    last = f"{row.fidelity:.3f}" if report.kind == "search" else top_advice(row)
     epoch = [epoch_text(row), cost_text(row)][:len(_epoch_columns([row]))]
     return [row.name, _model(row), f"{e.num_gpus} x {format_gib(e.vram_bytes, 0)} {row.step.gpu}", _peak(row),
-            format_gib(e.headroom_bytes), row.outcome, _host(row), step_text(row), f"{row.slowdown:.2f}x",
-            *epoch, row.gives_up.text(), last]
+            saves_text(report, row), format_gib(e.headroom_bytes), row.outcome, _host(row), step_text(row),
+            f"{row.slowdown:.2f}x", *epoch, row.gives_up.text(), last]
 
 
 # ---------------------------------------------------------------- rich
-def report_table(report: Report) -> Group:
+def report_table(report: Report, *, width: int | None = None, wide: bool = False) -> Group:
+    """The report for a terminal of ``width`` columns (memplan.report.layout); every column when wide."""
+    from memplan.report.layout import compact_table
+
+    return compact_table(report, width=width, wide=wide)
+
+
+def report_table_wide(report: Report) -> Group:
     table = Table(title=report.title, show_lines=True)
     for column in _columns(report):
-        numeric = column in ("headroom GiB", "slowdown", "step", "epoch", "cost/epoch", SEARCH_LAST)
+        numeric = column in ("saves GiB", "headroom GiB", "slowdown", "step", "epoch", "cost/epoch", SEARCH_LAST)
         table.add_column(column, justify="right" if numeric else "left", overflow="fold",
                          max_width=34 if column.startswith("gives up") or column == "top advice" else None)
     for row in report.rows:
-        cells = _cells(row, report.kind)
+        cells = _cells(row, report)
         style = "green" if row.fits else "red"
-        cells[5] = f"[bold {style}]{cells[5]}[/]"
+        cells[VERDICT] = f"[bold {style}]{cells[VERDICT]}[/]"
         table.add_row(*cells)
     lines = [Text(note) for note in report.notes]
     return Group(table, *lines)
@@ -178,8 +190,8 @@ def report_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     columns = _columns(report)
     out += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in report.rows:
-        cells = [_md_escape(c) for c in _cells(row, report.kind)]
-        cells[5] = f"**{cells[5]}**"
+        cells = [_md_escape(c) for c in _cells(row, report)]
+        cells[VERDICT] = f"**{cells[VERDICT]}**"
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     for row in report.rows:
@@ -207,9 +219,9 @@ def report_html(report: Report, charts: dict[str, bytes] | None = None) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in _columns(report))
     body = []
     for row in report.rows:
-        cells = _cells(row, report.kind)
+        cells = _cells(row, report)
         tds = [f"<td>{esc(c)}</td>" for c in cells]
-        tds[5] = f"<td class=\"{'fits' if row.fits else 'oom'}\">{esc(cells[5])}</td>"
+        tds[VERDICT] = f"<td class=\"{'fits' if row.fits else 'oom'}\">{esc(cells[VERDICT])}</td>"
         body.append("<tr>" + "".join(tds) + "</tr>")
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(report.title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{esc(report.title)}</h1>",
@@ -230,12 +242,16 @@ def report_html(report: Report, charts: dict[str, bytes] | None = None) -> str:
 
 # ---------------------------------------------------------------- JSON, CSV
 def report_json(report: Report, extra: dict[str, Any] | None = None) -> str:
+    from memplan.report.layout import saves_bytes
+
+    plans = [{**row_dict(row), "saves_bytes": saves_bytes(report, row)} for row in report.rows]
     document = {"title": report.title, "reference": report.reference, "notes": report.notes,
-                "plans": [row_dict(row) for row in report.rows], **(extra or {})}
+                "plans": plans, **(extra or {})}
     return json.dumps(document, indent=2)
 
 
-CSV_FIELDS = ("plan", "model", "mode", "num_gpus", "gpu", "verdict", "host_fits", "device_bytes",
+CSV_FIELDS = ("plan", "model", "mode", "num_gpus", "gpu", "verdict", "host_fits", "device_bytes", "needed_bytes",
+              "saves_bytes",
               "peak_allocated_bytes", "vram_bytes", "headroom_bytes", "peak_phase", "host_bytes", "host_ram_bytes",
               "step_seconds", "seconds_per_sample", "slowdown", "fidelity", "sam2_resolution", "trainable_params",
               "gives_up", "top_advice")
@@ -246,7 +262,9 @@ def report_csv(report: Report) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in report.rows:
-        record = row_dict(row)
+        from memplan.report.layout import saves_bytes
+
+        record = {**row_dict(row), "saves_bytes": saves_bytes(report, row)}
         record["gives_up"] = "; ".join(record["gives_up"])
         record["top_advice"] = top_advice(row)
         writer.writerow({k: record.get(k) for k in CSV_FIELDS})

@@ -7,6 +7,7 @@ the CLI prints it on one line and exits with code 2.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import json
 import math
 import reprlib
@@ -21,7 +22,17 @@ from memplan.spec.calibration import CALIBRATION_SCHEMA, DEFAULT, Calibration
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # memplan/: profiles and plans ship inside the package
+
+
+def _package_root() -> Path:
+    """memplan/ as installed (profiles and plans ship inside it as package data, pyproject.toml
+    [tool.setuptools.package-data]), found through importlib.resources so a wheel, pipx or editable
+    install resolves the same files; a non-filesystem loader falls back to this module's folder."""
+    root = importlib.resources.files("memplan")
+    return root if isinstance(root, Path) else Path(__file__).resolve().parents[1]
+
+
+PACKAGE_ROOT = _package_root()
 PROFILES_DIR = PACKAGE_ROOT / "profiles"
 COMPONENTS_DIR = PROFILES_DIR / "components"
 PLANS_DIR = PACKAGE_ROOT / "plans"
@@ -188,6 +199,11 @@ def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> 
     files = _profile_files()
     if name_or_path in files:
         return files[name_or_path]
+    from memplan.spec.aliases import profile_aliases
+
+    alias = profile_aliases().get(name_or_path.strip().lower())
+    if alias is not None:
+        return files[alias]
     close = difflib.get_close_matches(name_or_path, list(files), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else f"; see `memplan profiles` ({len(files)} known)"
     raise InputError(f"{field}={shown(name_or_path)}: unknown {kind}{hint}")
@@ -226,7 +242,7 @@ def _component_fields(document: dict[str, Any], slot: str, *, where: str, depth:
         if document.get(slot) is None:
             raise InputError(f"{where}: has no {slot} component")
         return _component_mapping(document[slot], slot, where=where, depth=depth)
-    fields = {k: v for k, v in document.items() if k not in ("name", "source", "description")}
+    fields = {k: v for k, v in document.items() if k not in ("name", "source", "description", "aliases")}
     return _component_mapping(fields, slot, where=where, depth=depth)
 
 
@@ -237,6 +253,9 @@ def profile_from_document(document: dict[str, Any], where: str) -> Profile:
                          "expected a mapping of keys (key: value)")
     document = dict(document)
     check_finite(document, where)
+    aliases = document.pop("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise InputError(f"{where}: aliases={shown(aliases)}: expected a list of names (Hugging Face repo ids)")
     kind = document.get("kind")
     if kind is not None:
         if not isinstance(kind, str) or kind not in SLOT_BY_KIND:
@@ -350,21 +369,29 @@ def plan_path(path: str | Path) -> Path:
     return path  # read_document says what is wrong with it
 
 
+def read_plan_document(path: Path) -> dict[str, Any]:
+    """A plan file's mapping with its ``from:`` chain merged in; a DeepSpeed JSON config becomes the
+    engine section of a plan on the official recipe (memplan.spec.inherit)."""
+    from memplan.spec import inherit
+
+    document = read_document(path)
+    if inherit.is_deepspeed_config(document, path):
+        document = inherit.plan_from_deepspeed(document, printable(path), InputError)
+    document.setdefault("name", path.stem)
+    return inherit.resolve_base(document, path, read=read_document, locate=plan_path, fail=InputError,
+                                deepspeed_only=DEEPSPEED_ONLY)
+
+
 def load_plan(path: str | Path) -> Plan:
     path = plan_path(path)
-    document = read_document(path)
-    document.setdefault("name", path.stem)
-    return plan_from_document(document, printable(path))
+    return plan_from_document(read_plan_document(path), printable(path))
 
 
 def plan_document(path: str | Path | None) -> dict[str, Any]:
-    """The raw mapping of a plan file (for layering CLI flags on top before validation)."""
+    """The raw mapping of a plan file, inheritance resolved (for layering CLI flags on top before validation)."""
     if path is None:
         return {}
-    path = plan_path(path)
-    document = read_document(path)
-    document.setdefault("name", path.stem)
-    return document
+    return read_plan_document(plan_path(path))
 
 
 def load_calibration(path: str | Path | None = None):

@@ -3,7 +3,7 @@
 A profile is a small YAML file in ``profiles/`` (a whole model) or ``profiles/components/`` (one part).
 Each component spec below knows its parameter count, split by module kind, from the same formulas
 the transformers modeling files imply (sources cited per method). ``tests/test_profiles.py`` checks
-the totals against the published parameter counts and, where transformers is installed, against the
+the totals against docs/sa2va-reference.md and, where transformers is installed, against the
 instantiated modules on the meta device.
 """
 
