@@ -66,6 +66,17 @@ def test_a_pytorch_child_drops_the_bases_deepspeed_knobs(tmp_path):
     assert (plan.engine.kind, plan.engine.zero_stage, plan.engine.overlap_comm) == ("pytorch", 0, None)
 
 
+
+def test_an_fsdp2_child_keeps_none_of_the_bases_deepspeed_engine(tmp_path):
+    """from: the (DeepSpeed) official recipe with engine.kind fsdp2: the same plan as --engine fsdp2."""
+    from memplan.spec.flags import plan_from_flags
+
+    path = tmp_path / "fsdp.yaml"
+    path.write_text("from: sa2va-official\nengine: {kind: fsdp2}\n")
+    plan = load_plan(path)
+    assert plan.engine == plan_from_flags(None, engine="fsdp2").engine
+
+
 @pytest.mark.parametrize("text, message", [
     ("from: 3\n", "from=3: expected the name or path"),
     ("from: no-such-plan\n", "no such file or shipped plan"),

@@ -14,6 +14,7 @@ from typing import Any
 from memplan.spec.loading import (DEEPSPEED_ONLY, PLANS_DIR, InputError, load_profile, plan_document,
                                   plan_from_document, printable)
 from memplan.spec.cards import check_vram
+from memplan.spec.inherit import deep_merge  # noqa: F401 (the one deep merge; re-exported for planning/tests)
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
@@ -31,14 +32,6 @@ FLAG_PATHS = {
     "precision": "precision.compute", "stack": "stack.kind", "adapter_dtype": "stack.adapter_dtype",
 }
 FLAGS = (*FLAG_PATHS, "nodes", "offload", "lora_rank")
-
-
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``top`` merged in, mapping by mapping; any other value in ``top`` wins."""
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

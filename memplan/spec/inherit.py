@@ -38,10 +38,13 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _engine_for_child(base: dict[str, Any], child: dict[str, Any], deepspeed_only: tuple[str, ...]) -> dict[str, Any]:
-    """A pytorch child of a DeepSpeed base keeps none of the base's DeepSpeed knobs."""
+    """A pytorch child of a DeepSpeed base keeps none of the base's DeepSpeed knobs; an fsdp2 child of
+    another engine keeps only the base's fsdp section (as --engine fsdp2 does, memplan.spec.flags)."""
     engine, child_engine = base.get("engine"), child.get("engine")
     if not (isinstance(engine, dict) and isinstance(child_engine, dict)):
         return base
+    if child_engine.get("kind") == "fsdp2" and engine.get("kind") != "fsdp2":
+        return {**base, "engine": {"fsdp": engine["fsdp"]} if "fsdp" in engine else {}}
     if child_engine.get("kind") != "pytorch" or engine.get("kind") == "pytorch":
         return base
     kept = {k: v for k, v in engine.items() if k not in deepspeed_only}
