@@ -38,7 +38,7 @@ class Run:
     timeout: int = 420
     cap: float | None = None  # --vram-cap for this run (the batch's --vram-cap otherwise)
     env: dict = field(default_factory=dict)  # e.g. a MEMPLAN_PROBE_FAULT for the fault demos
-    plan_flags: dict = field(default_factory=dict)  # build_plan keywords of a verdict run (its estimate)
+    plan_flags: dict = field(default_factory=dict)  # plan_from_flags keywords of a verdict run (its estimate)
 
 
 def _r(name: str, model: str | None, *flags: str, gpus: int = 1, timeout: int = 420, cap: float | None = None,
@@ -50,7 +50,7 @@ EMITTED = "reports/emitted"
 
 
 def emitted(name: str, gpus: int, cap: float, timeout: int = 420) -> Run:
-    """Train with a DeepSpeed config `memplan search --emit-deepspeed` wrote (issue 5), under --vram-cap."""
+    """Train with a DeepSpeed config `memplan search --emit-deepspeed` wrote, under --vram-cap."""
     return _r(f"emitted-{name}", None, "--plan", f"{EMITTED}/{name}.plan.yaml", "--deepspeed-config",
               f"{EMITTED}/{name}.json", gpus=gpus, timeout=timeout, cap=cap)
 
@@ -87,7 +87,7 @@ RUN_SETS: dict[str, list[Run]] = {
         _r("1b-z2-4k-nockpt-t8", "sa2va-1b", *Z(2), "--text-len", "4096", "--tiles", "8", "--no-ckpt"),
         _r("1b-z0-2k-t4-o3", "sa2va-1b", *Z(0), "--text-len", "2048", "--tiles", "4", "--objects", "3"),
     ],
-    # The rest of issue 4's plan space, for the next device session: checkpointing on, LoRA ranks,
+    # The rest of the plan space: checkpointing on, LoRA ranks,
     # full fine-tuning of a small LLM, shapes, the fp32-upcast recipe on plain PyTorch, 2B/4B/8B.
     "sweep": [
         _r("1b-z2-4k-ckpt", "sa2va-1b", *Z(2), "--text-len", "4096", "--ckpt"),
@@ -104,7 +104,7 @@ RUN_SETS: dict[str, list[Run]] = {
         _r("4b-z3-off-4gpu", "sa2va-4b", *Z(3), "--offload", "optimizer", "--text-len", "4096", "--ckpt", gpus=4, timeout=540),
         _r("8b-z3-4gpu", "sa2va-8b", *Z(3), "--text-len", "4096", "--ckpt", gpus=4, timeout=560),
     ],
-    # Issue 5: the config search emits for Sa2VA-8B on 4 x 24 GiB, trained under a 24 GiB cap; issue 6:
+    # The config search emits for Sa2VA-8B on 4 x 24 GiB, trained under a 24 GiB cap; and
     # a rank that dies mid-backward in a 2-GPU ZeRO-2 run.
     "emitted": [
         emitted("sa2va-8b-4x24", gpus=4, cap=24, timeout=560),
@@ -136,9 +136,9 @@ VERDICT_COUNTS = {"verdicts3": 8}
 def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # noqa: C901
                  axes: str = "verdicts") -> list[Run]:
     """Single-GPU Sa2VA-1B/2B plans whose estimated device peak (on a card of ``cap_gib``) lies within
-    +-band of the cap, spread evenly over the band: the verdict test of issue 4. Each is probed with
+    +-band of the cap, spread evenly over the band: the verdict test. Each is probed with
     --vram-cap CAP and must fit iff it is estimated to."""
-    from memplan.cli.options import build_plan
+    from memplan.spec.flags import plan_from_flags
     from memplan.estimate.peak import estimate
     from memplan.spec.loading import load_calibration, load_profile
     from memplan.probe.shapes import ProbeBuildError, input_shapes
@@ -152,7 +152,7 @@ def verdict_runs(cap_gib: float = 24.0, band: float = 0.15, count: int = 16,  # 
                 ("z2", "pt"), texts, (True, False), tile_counts, object_counts, resolutions):
             flags = dict(gpus=1, vram=cap_gib, text_len=text, ckpt=ckpt, tiles=tiles, res=res, objects=objects,
                          **({"zero": 2} if engine == "z2" else {"engine": "pytorch"}))
-            plan = build_plan(None, **flags)
+            plan = plan_from_flags(None, **flags)
             try:
                 input_shapes(profile, plan)
             except ProbeBuildError:  # image tokens do not fit in the text: the probe refuses it

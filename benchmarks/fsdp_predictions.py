@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fsdp_runs import ACCELERATE, RUNS, build  # noqa: E402
 
-from memplan.cli.options import build_plan  # noqa: E402
+from memplan.spec.flags import plan_from_flags  # noqa: E402
 from memplan.estimate.peak import estimate  # noqa: E402
 from memplan.integrations.accelerate_fsdp import accelerate_plan  # noqa: E402
 from memplan.spec.loading import load_calibration, load_profile  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
             result = estimate(load_profile(run["model"]), build(run, Path(tmp)), calibration)
             runs.append({"name": run["name"], "model": run["model"], "fake_world": run["fake_world"],
                          "nodes": run.get("nodes", 1), "flags": run["flags"], **predicted(result)})
-    plan = accelerate_plan(build_plan(None, **ACCELERATE["flags"]))
+    plan = accelerate_plan(plan_from_flags(None, **ACCELERATE["flags"]))
     result = estimate(load_profile(ACCELERATE["model"]), plan, calibration)
     accelerate = {"name": ACCELERATE["name"], "model": ACCELERATE["model"], "flags": ACCELERATE["flags"],
                   "vram_cap_gib": accelerate_cap(result), **predicted(result)}

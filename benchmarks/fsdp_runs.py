@@ -60,7 +60,7 @@ def plan_file(run: dict, directory: Path) -> Path | None:
 
 
 def plan_flags(run: dict) -> dict:
-    """build_plan keywords: --gpus is per node, so gpus = N / nodes."""
+    """plan_from_flags keywords: --gpus is per node, so gpus = N / nodes."""
     nodes = run.get("nodes", 1)
     flags = {k: v for k, v in run["flags"].items() if v is not None}
     return {**flags, "gpus": run["fake_world"] // nodes, "nodes": nodes}
@@ -78,8 +78,8 @@ def cli_flags(run: dict) -> list[str]:
 
 
 def build(run: dict, directory: Path):
-    """The Plan a run measures (the same build_plan the CLI uses)."""
-    from memplan.cli.options import build_plan
+    """The Plan a run measures (the same plan_from_flags the CLI uses)."""
+    from memplan.spec.flags import plan_from_flags
 
     path = plan_file(run, directory)
-    return build_plan(str(path) if path else None, **plan_flags(run))
+    return plan_from_flags(str(path) if path else None, **plan_flags(run))

@@ -18,7 +18,7 @@ import itertools
 
 import yaml
 
-from memplan.cli.options import build_plan
+from memplan.spec.flags import plan_from_flags
 from memplan.estimate.peak import estimate
 from memplan.probe.shapes import ProbeBuildError, input_shapes
 from memplan.spec.loading import load_calibration, load_profile
@@ -50,7 +50,7 @@ def candidates(card: str) -> list[tuple[float, dict]]:
                 ("pt", "z2"), AXES["text_len"], (True, False), AXES["tiles"], AXES["objects"], AXES["res"]):
             flags = {**({"zero": 2} if engine == "z2" else {"engine": "pytorch"}), "text_len": text, "ckpt": ckpt,
                      "tiles": tiles, "objects": objects, "res": res}
-            plan = build_plan(None, gpus=1, gpu=card, **flags)
+            plan = plan_from_flags(None, gpus=1, gpu=card, **flags)
             try:
                 input_shapes(profile, plan)
             except ProbeBuildError:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import VERDICT_COUNTS, verdict_runs  # noqa: E402
 
-from memplan.cli.options import build_plan  # noqa: E402
+from memplan.spec.flags import plan_from_flags  # noqa: E402
 from memplan.estimate.peak import estimate  # noqa: E402
 from memplan.spec.loading import load_calibration, load_profile  # noqa: E402
 
@@ -27,7 +27,7 @@ def main() -> None:
     calibration = load_calibration(None)
     runs = []
     for run in verdict_runs(cap, axes=axes, count=VERDICT_COUNTS.get(axes, 16)):
-        result = estimate(load_profile(run.model), build_plan(None, **run.plan_flags), calibration)
+        result = estimate(load_profile(run.model), plan_from_flags(None, **run.plan_flags), calibration)
         runs.append({"name": run.name, "model": run.model, "flags": run.flags, "device_bytes": result.device_bytes,
                      "needed_bytes": result.needed_bytes, "verdict": result.verdict.value})
     print(json.dumps({"set": axes, "cap_gib": cap, "pressure_ratio": calibration.pressure_ratio,

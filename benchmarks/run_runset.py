@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def fallback_record(runset, run, runset_path: Path, status: str, error: str) -> dict:
     """A minimal memplan.probe/1 record for a run that wrote none."""
-    from memplan.cli.options import resolve_profile
+    from memplan.spec.flags import resolve_profile
     from memplan.cli.protocol_cmd import planned_plan
     from memplan.probe import records
 

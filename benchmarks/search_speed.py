@@ -1,4 +1,4 @@
-"""Speed of `memplan search` (issue 5): candidates decided per second on the seed's case and others.
+"""Speed of `memplan search`: candidates decided per second on the seed's case and others.
 
 Run: python benchmarks/search_speed.py [--repeats 3]
 Prints a Markdown table (machine, candidates, full memory estimates, median seconds).
@@ -25,11 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from memplan.cli.options import build_plan, resolve_profile
+    from memplan.spec.flags import plan_from_flags, resolve_profile
     from memplan.estimate.peak import estimate
     from memplan.planning.search import search
 
-    base0 = build_plan(None)
+    base0 = plan_from_flags(None)
     profile0 = resolve_profile("sa2va-4b")
     start = time.perf_counter()
     for _ in range(200):
@@ -40,12 +40,12 @@ def main() -> None:
           f"estimate(): {per_estimate * 1e6:.0f} us")
     print("| case | candidates | full estimates | front | median s (of {}) |\n|---|---:|---:|---:|---:|".format(args.repeats))
     for label, plan_file, model, gpus, vram, host in CASES:
-        base = build_plan(str(plan_file) if plan_file else None)
+        base = plan_from_flags(str(plan_file) if plan_file else None)
         profile = resolve_profile(model, base)
         times, result = [], None
         for _ in range(args.repeats):
             started = time.perf_counter()
-            result = search(profile, base, gpus, vram, host_ram_gib=host)
+            result = search(profile, base, num_gpus=gpus, vram_gib=vram, host_ram_gib=host)
             times.append(time.perf_counter() - started)
         stats = result.stats
         print(f"| {label} | {stats.candidates:,} | {stats.estimated:,} | {len(result.front)} | {statistics.median(times):.2f} |")

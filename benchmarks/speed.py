@@ -1,4 +1,4 @@
-"""Speed of the estimate path (issue 2): end-to-end CLI vs importing torch+transformers, and the
+"""Speed of the estimate path: end-to-end CLI vs importing torch+transformers, and the
 pure estimate function in plans per second.
 
 Run: python benchmarks/speed.py [--repeats 5]
@@ -28,12 +28,12 @@ def wall(cmd: list[str], repeats: int) -> float:
 
 
 def plans_per_second(seconds: float = 2.0) -> tuple[float, int]:
-    from memplan.cli.options import build_plan
+    from memplan.spec.flags import plan_from_flags
     from memplan.estimate.peak import estimate
     from memplan.spec.loading import load_profile
 
     profile = load_profile("sa2va-4b")
-    plans = [build_plan(None, gpus=g, zero=z, res=r) for g in (1, 2, 4, 8) for z in (0, 1, 2, 3) for r in (512, 768, 1024)]
+    plans = [plan_from_flags(None, gpus=g, zero=z, res=r) for g in (1, 2, 4, 8) for z in (0, 1, 2, 3) for r in (512, 768, 1024)]
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for plan in plans:

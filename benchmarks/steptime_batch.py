@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Steady-state step times on one H200 for the step-time model (issue 14), against predictions committed first.
+"""Steady-state step times on one H200 for the step-time model, against predictions committed first.
 
     python benchmarks/steptime_batch.py --predict      # here, before the runs: writes PREDICTIONS (commit it)
     python benchmarks/steptime_batch.py                # on the GPU machine: records under $OUT, table last
@@ -29,7 +29,7 @@ STEPS = 5
 BUDGET_S = 480  # start no run after this many seconds (the device allows 600 per command)
 TINY = "tests/fixtures/profiles/tiny-sa2va.yaml"
 
-# name, model, build_plan keywords (memplan.cli.options.build_plan), timeout_s; cheap runs first
+# name, model, plan_from_flags keywords (memplan.spec.flags.plan_from_flags), timeout_s; cheap runs first
 RUNS: list[dict] = [
     {"name": "tiny-zero3", "model": TINY, "plan": {"text_len": 256, "tiles": 2, "res": 256, "objects": 3,
                                                    "lora_rank": 8, "zero": 3}, "timeout": 150},
@@ -52,7 +52,7 @@ def probe_flags(run: dict, device: str = "cuda") -> list[str]:
 
 def predict() -> dict:
     """The calibrated model's step time for every run on one H200 (16 host cores), with its terms."""
-    from memplan.cli.options import build_plan
+    from memplan.spec.flags import plan_from_flags
     from memplan.planning.steptime import default_terms, step_time
     from memplan.spec.gpus import get_gpu
     from memplan.spec.loading import CALIBRATION_PATH, load_profile
@@ -62,8 +62,8 @@ def predict() -> dict:
            "steps": STEPS, "runs": {}}
     for run in RUNS:
         profile = load_profile(run["model"])
-        plan = build_plan(None, gpus=1, vram=gpu.vram_gib, **run["plan"])
-        step = step_time(profile, plan, gpu, default_terms(), host_cores=16)
+        plan = plan_from_flags(None, gpus=1, vram=gpu.vram_gib, **run["plan"])
+        step = step_time(profile, plan, gpu, terms=default_terms(), host_cores=16)
         out["runs"][run["name"]] = {"predicted_s": round(step.seconds, 4),
                                     "terms": {k: round(v, 4) for k, v in step.breakdown.items() if v}}
     return out

@@ -54,13 +54,13 @@ def main() -> int:
         for case in CASES:
             outcome = run_case(case, Path(tmp) / case.id)
             wrong = problems(case, outcome)
-            if wrong and not (case.usage and not one_line_usage) and not case.known_bug:
+            if wrong and not (case.usage and not one_line_usage):
                 failures.append((case.id, wrong))
             shown = outcome.lines[0] if len(outcome.lines) == 1 else " / ".join(outcome.lines)[:200]
             if not outcome.lines and outcome.exception is not None:
                 shown = f"(nothing printed; uncaught {type(outcome.exception).__name__}: {outcome.exception})"
             files = ", ".join(f"`{name}`" for name in case.files) or ""
-            what = case.what + (f" (**open:** {case.known_bug})" if case.known_bug else "")
+            what = case.what
             rows.append(f"| {case.command} | {cell(what)} | `{cell(' '.join(['memplan', *case.args]))}` "
                         f"| {files} | `{cell(shown)}` | {outcome.exit_code} |")
     for case_id, wrong in failures:
@@ -73,10 +73,6 @@ def main() -> int:
         "\nThe rows of flag-parsing errors (typer/click usage errors) show typer's multi-line box until\n"
         "memplan/cli/main.py builds its app with `typer.Typer(cls=memplan.cli.options.OneLineErrors)`;\n"
         "tests/test_bad_input.py marks those cases xfail(strict=True) until then.\n")
-    open_bugs = [case for case in CASES if case.known_bug]
-    if open_bugs:
-        usage_note += (f"\n{len(open_bugs)} rows marked **open** are known gaps in files this work did not own "
-                       "(tests/test_bad_input.py marks them xfail(strict=True)).\n")
     table = ["| command | input | command line | files | message | exit |", "|---|---|---|---|---|---|", *rows]
     DOC.write_text(HEADER + f"{len(CASES)} cases.{usage_note}\n" + "\n".join(table) + "\n\n"
                    + fuzz_section(previous) + "\n", encoding="utf-8")

@@ -1,5 +1,13 @@
 import pytest
 
+MACHINE_RAM_GIB = 256.0  # what the CLI reads as this machine's RAM in tests (memplan.cli.host)
+
+
+@pytest.fixture(autouse=True)
+def fixed_machine_ram(monkeypatch):
+    """The CLI takes host RAM from the machine when not given; tests must not depend on the machine."""
+    monkeypatch.setattr("memplan.cli.host.machine_host_ram_gib", lambda: MACHINE_RAM_GIB)
+
 from memplan.spec.plan import Plan
 from memplan.spec.profile import LLMSpec, Profile
 

@@ -11,8 +11,6 @@ ONE_LINE_USAGE = app_has_one_line_usage_errors()
 
 def _param(case):
     marks = []
-    if case.known_bug:
-        marks.append(pytest.mark.xfail(strict=True, reason=case.known_bug))
     if case.usage and not ONE_LINE_USAGE:
         marks.append(pytest.mark.xfail(strict=True, reason="usage errors print typer's multi-line box until "
                                        "memplan/cli/main.py builds the app with typer.Typer(cls=OneLineErrors)"))

@@ -21,7 +21,7 @@ def test_readme_command():
     result = invoke("estimate", "--gpus", "4", "--vram", "24", "--res", "512")
     assert result.exit_code == 0, result.output
     assert "FITS" in result.output or "OOM" in result.output
-    assert "peak phase" in result.output
+    assert "peak: backward" in result.output and "cheapest changes that fit" in result.output
 
 
 @pytest.mark.parametrize("name", profile_names())

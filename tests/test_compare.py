@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from memplan.planning.advice import advise, diagnose
-from memplan.cli.compare_cmd import SEED_PLANS
-from memplan.cli.options import build_plan
+from memplan.spec.flags import SEED_PLANS
+from memplan.spec.flags import plan_from_flags
 from memplan.estimate.peak import estimate
 from memplan.spec.loading import load_profile
 from memplan.spec.vocabulary import Category, Verdict
@@ -68,7 +68,7 @@ def test_oom_plans_carry_advice_and_slowdown_is_against_the_first(compare_json):
 
 @pytest.mark.parametrize("name", SEED_PLANS)
 def test_advice_changes_fit_when_re_estimated(name):
-    plan = build_plan(str(SEED / f"{name}.yaml"))
+    plan = plan_from_flags(str(SEED / f"{name}.yaml"))
     profile = load_profile(plan.model)
     advice = advise(profile, plan)
     if advice.fits:
@@ -86,7 +86,7 @@ def test_advice_changes_fit_when_re_estimated(name):
 
 
 def test_advice_pairs_when_no_single_change_fits():
-    plan = build_plan(str(SEED / "baseline.yaml"), vram=14)  # far below the baseline's peak
+    plan = plan_from_flags(str(SEED / "baseline.yaml"), vram=14)  # far below the baseline's peak
     profile = load_profile(plan.model)
     advice = advise(profile, plan)
     assert advice.tried > 12
@@ -95,7 +95,7 @@ def test_advice_pairs_when_no_single_change_fits():
 
 
 def test_diagnosis_names_phase_term_and_overflow():
-    plan = build_plan(str(SEED / "baseline.yaml"), vram=16)
+    plan = plan_from_flags(str(SEED / "baseline.yaml"), vram=16)
     result = estimate(load_profile(plan.model), plan)
     lines = diagnose(result)
     assert lines[0].startswith("OOM by ") and result.peak_phase.value in lines[0]

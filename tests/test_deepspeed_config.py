@@ -11,8 +11,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from memplan.cli.compare_cmd import compare, search
-from memplan.cli.options import build_plan
+from memplan.cli.compare_cmd import compare
+from memplan.cli.search_cmd import search
+from memplan.spec.flags import plan_from_flags
 from memplan.integrations.deepspeed import deepspeed_config, launch_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,14 +48,14 @@ def check_golden(name: str, config: dict) -> None:
 
 @pytest.mark.parametrize("name", sorted(TRAINING_PLANS))
 def test_config_matches_golden(name):
-    check_golden(name, deepspeed_config(build_plan(str(TRAINING_PLANS[name]))))
+    check_golden(name, deepspeed_config(plan_from_flags(str(TRAINING_PLANS[name]))))
 
 
 def test_seed_configs_follow_the_plans():
-    baseline = deepspeed_config(build_plan(str(TRAINING_PLANS["baseline"])))
+    baseline = deepspeed_config(plan_from_flags(str(TRAINING_PLANS["baseline"])))
     zero = baseline["zero_optimization"]
     assert zero["stage"] == 2 and zero["offload_optimizer"]["device"] == "cpu" and zero["overlap_comm"] is True
-    plan_b = deepspeed_config(build_plan(str(TRAINING_PLANS["plan-b"])))["zero_optimization"]
+    plan_b = deepspeed_config(plan_from_flags(str(TRAINING_PLANS["plan-b"])))["zero_optimization"]
     assert plan_b["stage"] == 3 and plan_b["offload_param"]["device"] == "cpu"
     assert plan_b["offload_optimizer"]["device"] == "cpu"
 
@@ -69,7 +70,7 @@ def deepspeed_config_class():
 
 @pytest.mark.parametrize("name", sorted(TRAINING_PLANS))
 def test_deepspeed_parses_config(deepspeed_config_class, name):
-    plan = build_plan(str(TRAINING_PLANS[name]))
+    plan = plan_from_flags(str(TRAINING_PLANS[name]))
     parsed = deepspeed_config_class(deepspeed_config(plan))
     assert parsed.zero_optimization_stage == plan.engine.zero_stage
     assert parsed.train_micro_batch_size_per_gpu == plan.inputs.micro_batch
@@ -85,7 +86,7 @@ def test_compare_emits_chosen_config(tmp_path):
     assert result.exit_code == 0, result.output
     emitted = json.loads(target.read_text())
     check_golden("plan-b", emitted)
-    plan = build_plan(str(TRAINING_PLANS["plan-b"]))
+    plan = plan_from_flags(str(TRAINING_PLANS["plan-b"]))
     assert launch_command(plan, "train.py", args=f"--deepspeed {target}") in result.stdout
     assert "deepspeed --num_gpus=4" in result.stdout
 

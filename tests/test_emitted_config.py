@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from memplan.cli.main import app
-from memplan.cli.options import build_plan
+from memplan.spec.flags import plan_from_flags
 from memplan.cli.probe import load_deepspeed_config
 from memplan.integrations.deepspeed import deepspeed_config
 from memplan.estimate.peak import estimate
@@ -40,7 +40,7 @@ def test_estimate_emits_config_and_plan_that_round_trip(tmp_path):
     assert config == deepspeed_config(plan)
     assert config["zero_optimization"]["stage"] == 3
     assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    flags = build_plan(None, gpus=2, vram=24, zero=3, offload="optimizer")
+    flags = plan_from_flags(None, gpus=2, vram=24, zero=3, offload="optimizer", host_ram=256)  # conftest's machine RAM
     cal = load_calibration(None)
     assert estimate(load_profile("sa2va-1b"), plan, cal).to_dict() == estimate(load_profile("sa2va-1b"), flags, cal).to_dict()
     assert "deepspeed --num_gpus=2" in result.output
@@ -74,7 +74,7 @@ def test_shipped_emitted_pairs_agree():
 
 
 def test_probe_refuses_a_config_that_disagrees_with_the_plan(tmp_path):
-    plan = build_plan(None, zero=2)
+    plan = plan_from_flags(None, zero=2)
     config = deepspeed_config(plan)
     config["zero_optimization"]["stage"] = 3
     path = tmp_path / "ds.json"
@@ -89,8 +89,8 @@ def test_probe_refuses_a_config_that_disagrees_with_the_plan(tmp_path):
 
 
 def test_probe_config_offload_must_match(tmp_path):
-    plan = build_plan(None, zero=3)
-    config = deepspeed_config(build_plan(None, zero=3, offload="optimizer"))
+    plan = plan_from_flags(None, zero=3)
+    config = deepspeed_config(plan_from_flags(None, zero=3, offload="optimizer"))
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(config))
     with pytest.raises(InputError, match=r"offload_optimizer.device is 'cpu' but the plan gives None"):
@@ -102,9 +102,9 @@ def test_probe_config_offload_must_match(tmp_path):
 
 def test_probe_config_needs_a_deepspeed_training_plan(tmp_path):
     path = tmp_path / "ds.json"
-    path.write_text(json.dumps(deepspeed_config(build_plan(None))))
+    path.write_text(json.dumps(deepspeed_config(plan_from_flags(None))))
     with pytest.raises(InputError, match="engine.kind=deepspeed"):
-        load_deepspeed_config(path, build_plan(None, engine="pytorch"))
+        load_deepspeed_config(path, plan_from_flags(None, engine="pytorch"))
 
 
 class _FakeCuda:
@@ -162,7 +162,7 @@ def test_missing_deepspeed_is_a_recorded_error(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
     profile = load_profile(str(ROOT / "tests" / "fixtures" / "profiles" / "tiny-sa2va.yaml"))
-    plan = build_plan(None, gpus=1, zero=2, lora_rank=8, text_len=256, tiles=2, res=256, objects=2)
+    plan = plan_from_flags(None, gpus=1, zero=2, lora_rank=8, text_len=256, tiles=2, res=256, objects=2)
     result = probe_run.measure_rank(profile, plan, steps=1, device="cpu")
     release_distributed()
     assert result.status == "error"

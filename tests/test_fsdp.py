@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memplan.cli.main import app
-from memplan.cli.options import build_plan
+from memplan.spec.flags import plan_from_flags
 from memplan.estimate import fsdp, multinode
 from memplan.estimate.context import build_context
 from memplan.estimate.peak import estimate
@@ -23,7 +23,7 @@ TINY = Path(__file__).parent / "fixtures" / "profiles" / "tiny-sa2va.yaml"
 
 
 def fsdp_plan(**flags) -> Plan:
-    return build_plan(None, engine="fsdp2", **flags)
+    return plan_from_flags(None, engine="fsdp2", **flags)
 
 
 def category(result, name: Category) -> int:
@@ -34,7 +34,7 @@ def category(result, name: Category) -> int:
 
 
 def test_nodes_times_gpus_per_node():
-    plan = build_plan(None, nodes=4, gpus=8)
+    plan = plan_from_flags(None, nodes=4, gpus=8)
     assert (plan.hardware.num_gpus, plan.hardware.nodes, plan.hardware.gpus_per_node) == (32, 4, 8)
     assert Plan.model_validate({"hardware": {"nodes": 2, "gpus_per_node": 4}}).hardware.num_gpus == 8
     with pytest.raises(ValueError, match=r"num_gpus=6 != nodes\(2\) x gpus_per_node\(4\)"):
@@ -105,14 +105,14 @@ def test_cpu_offload_moves_states_to_pinned_host_memory():
 
 def test_offloaded_zero_state_is_shared_among_nodes():
     profile = load_profile("sa2va-8b")
-    one, four = (estimate(profile, build_plan(None, zero=3, offload="all", nodes=n, gpus=8)) for n in (1, 4))
+    one, four = (estimate(profile, plan_from_flags(None, zero=3, offload="all", nodes=n, gpus=8)) for n in (1, 4))
     base = 8 * one.calibration.host_base_bytes
     assert abs((one.host_bytes - base) / (four.host_bytes - base) - 4) < 0.01
 
 
 def test_inter_node_and_extra_groups_add_nccl_bytes():
     profile = load_profile("sa2va-8b")
-    one, two = (estimate(profile, build_plan(None, zero=3, nodes=n, gpus=16 // n)) for n in (1, 2))
+    one, two = (estimate(profile, plan_from_flags(None, zero=3, nodes=n, gpus=16 // n)) for n in (1, 2))
     assert two.device_bytes - one.device_bytes == multinode.INTER_NODE_BUFFER_BYTES
     hpz = Plan.model_validate({**two_plan(), "engine": {"zero_stage": 3, "zero_hpz_partition_size": 8}})
     result = estimate(profile, hpz)
@@ -120,12 +120,12 @@ def test_inter_node_and_extra_groups_add_nccl_bytes():
 
 
 def two_plan() -> dict:
-    return build_plan(None, zero=3, nodes=2, gpus=8).model_dump(mode="json")
+    return plan_from_flags(None, zero=3, nodes=2, gpus=8).model_dump(mode="json")
 
 
 def test_hpz_keeps_a_secondary_partition():
     profile = load_profile("sa2va-8b")
-    plain = build_context(profile, build_plan(None, zero=3, gpus=8))
+    plain = build_context(profile, plan_from_flags(None, zero=3, gpus=8))
     hpz = build_context(profile, Plan.model_validate({**plain.plan.model_dump(mode="json"),
                                                       "engine": {"zero_stage": 3, "zero_hpz_partition_size": 8}}))
     from memplan.estimate.buffers import hpz_secondary_bytes
@@ -238,7 +238,7 @@ def test_engine_sweep_covers_every_choice_and_node_count():
     from memplan.planning.scale import ENGINE_CHOICES, fewest_nodes, node_counts, sweep
 
     profile = load_profile("sa2va-26b")
-    cells = sweep(profile, build_plan(None), gpus_per_node=8, vram_gib=24, max_nodes=64)
+    cells = sweep(profile, plan_from_flags(None), gpus_per_node=8, vram_gib=24, max_nodes=64)
     assert node_counts(64) == (1, 2, 4, 8, 16, 32, 64)
     assert len(cells) == len(ENGINE_CHOICES) * 7 - 2  # HSDP needs two nodes
     by = {(c.choice, c.nodes): c for c in cells}

@@ -1,6 +1,6 @@
 """Every shipped profile loads, cites its source, adds up, and matches its published parameter counts.
 
-Published figures come from ../shared/reference/sa2va.md (the Sa2VA variants table and the SAM2 table)
+Published figures come from docs/sa2va-reference.md (the Sa2VA variants table and the SAM2 table)
 and, for the InternVL2.5 models memplan also ships, from their model cards (InternVL2.5-1B 938M,
 -4B 3.7B, -8B 8.1B). Published totals are rounded or truncated to the printed precision (SAM2-T:
 38,962,417 prints as 38.9M, Qwen2.5-VL-7B's ViT 676,550,144 as 677M), so a count matches when
@@ -22,7 +22,7 @@ UNITS = {"K": 10**3, "M": 10**6, "B": 10**9}
 # name: {"total": ..., "llm": ..., "vision": ...}; "vision" is the tower as published: InternViT
 # alone, the Qwen towers with their merger (transformers' `visual` module holds it).
 PUBLISHED: dict[str, dict[str, str]] = {
-    # sa2va.md "Variants"
+    # the Sa2VA variants and their published totals (model cards)
     "sa2va-1b": {"total": "1.03B", "llm": "0.494B", "vision": "304M"},
     "sa2va-4b": {"total": "3.63B", "llm": "3.09B", "vision": "304M"},
     "sa2va-8b": {"total": "8.32B", "llm": "7.74B", "vision": "304M"},
@@ -37,7 +37,7 @@ PUBLISHED: dict[str, dict[str, str]] = {
     "internvl2.5-1b": {"total": "938M", "vision": "304M"},
     "internvl2.5-4b": {"total": "3.7B", "vision": "304M"},
     "internvl2.5-8b": {"total": "8.1B", "llm": "7.74B", "vision": "304M"},
-    # components: sa2va.md "Components" and the LLM column of "Variants"
+    # components: the component model cards and config.json files (InternViT, Qwen2.5, SAM2)
     "internvit-300m": {"total": "304M"},
     "internvit-6b": {"total": "5.54B"},
     "qwen2.5-vl-vit": {"total": "669M"},
@@ -59,7 +59,7 @@ PUBLISHED: dict[str, dict[str, str]] = {
     "sam2-hiera-large": {"total": "224.4M", "trunk": "212.15M"},
 }
 
-# sa2va.md "Variants": LLM layers / hidden / heads / kv / mlp / vocab, tied head
+# the Sa2VA variants (model cards, config.json): LLM layers / hidden / heads / kv / mlp / vocab, tied head
 SA2VA_LLM = {
     "sa2va-1b": (24, 896, 14, 2, 4864, 151674, True),
     "sa2va-4b": (36, 2048, 16, 2, 11008, 151674, True),

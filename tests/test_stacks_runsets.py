@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memplan.cli.options import build_plan, resolve_profile
+from memplan.spec.flags import plan_from_flags, resolve_profile
 from memplan.estimate.peak import estimate
 from memplan.planning.protocol import load_runset, resolve_plan_file
 from memplan.probe.stacks import check_stack
@@ -22,7 +22,7 @@ def test_stack_run_sets_plan_check_and_estimate(name):
     runset = load_runset(path)
     assert len(runset.runs) >= 17 and runset.card == "h200"
     for run in runset.runs:
-        plan = build_plan(resolve_plan_file(path, run.plan), **run.flags)
+        plan = plan_from_flags(resolve_plan_file(path, run.plan), **run.flags)
         profile = resolve_profile(run.model, plan)
         check_stack(profile, plan)
         assert plan.stack.kind in ("hf-trainer", "custom-loop")
@@ -36,7 +36,7 @@ def test_run_sets_cover_the_issue():
     for name in ("runset-a.yaml", "runset-b.yaml"):
         path = STACKS / name
         for run in load_runset(path).runs:
-            plans.append((run, build_plan(resolve_plan_file(path, run.plan), **run.flags)))
+            plans.append((run, plan_from_flags(resolve_plan_file(path, run.plan), **run.flags)))
     assert len(plans) >= 30
     seen = lambda test: any(test(run, plan) for run, plan in plans)  # noqa: E731
     assert seen(lambda r, p: p.stack.kind == "custom-loop") and seen(lambda r, p: p.stack.kind == "hf-trainer")

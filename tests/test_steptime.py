@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from memplan.cli.options import build_plan
+from memplan.spec.flags import plan_from_flags
 from memplan.planning import stepfit
 from memplan.planning.steptime import (COLLECTIVE_LATENCY_S, DDP_BUCKET_BYTES, LINK_EFFICIENCY, PINNED_EFFICIENCY, TERMS, step_time,
                                        time_step, workload)
@@ -63,20 +63,20 @@ def test_checkpointing_recomputes_one_forward(tiny_llm):
 
 def test_kernel_classes_partition_the_flops_and_attention_is_quadratic():
     profile = load_profile("sa2va-1b")
-    plan = build_plan(None, gpus=1, vram=80)
+    plan = plan_from_flags(None, gpus=1, vram=80)
     work = workload(profile, plan)
     assert sum(work.kernel_flops.values()) == pytest.approx(work.total_flops)
-    longer = workload(profile, build_plan(None, gpus=1, vram=80, text_len=2 * plan.inputs.text_tokens))
+    longer = workload(profile, plan_from_flags(None, gpus=1, vram=80, text_len=2 * plan.inputs.text_tokens))
     assert longer.kernel_flops["attention"] == pytest.approx(4 * work.kernel_flops["attention"])
     assert longer.kernel_flops["vision"] == pytest.approx(work.kernel_flops["vision"])
 
 
 def test_compute_term_is_flops_over_rated_rate_times_efficiency():
     profile = load_profile("sa2va-4b")
-    plan = build_plan(None, gpus=1, vram=80, mode="inference")
+    plan = plan_from_flags(None, gpus=1, vram=80, mode="inference")
     gpu = get_gpu("a100-80gb")
     terms = StepTimeTerms(efficiency={"default": KernelEfficiency(gemm=0.5, attention=0.25, vision=0.4, sam2=0.1)})
-    step = step_time(profile, plan, gpu, terms)
+    step = step_time(profile, plan, gpu, terms=terms)
     work = workload(profile, plan)
     assert step.breakdown["gemm"] == pytest.approx(work.kernel_flops["gemm"] / (312e12 * 0.5))
     assert step.breakdown["sam2"] == pytest.approx(work.kernel_flops["sam2"] / (312e12 * 0.1))
@@ -89,7 +89,7 @@ def test_compute_term_is_flops_over_rated_rate_times_efficiency():
 def test_zero3_gather_bytes_double_with_the_parameters():
     """2x parameters -> 2x gathered elements (every tensor above the threshold doubles in count)."""
     profile = load_profile("sa2va-1b")
-    work = workload(profile, build_plan(None, gpus=2, vram=80, zero=3))
+    work = workload(profile, plan_from_flags(None, gpus=2, vram=80, zero=3))
     doubled = dataclasses.replace(work, modules={
         c: m._replace(tensors=tuple((n, 2 * k) for n, k in m.tensors)) for c, m in work.modules.items()})
     count, elements = work.gathers(100_000)
@@ -103,55 +103,56 @@ def test_zero3_gather_bytes_double_with_the_parameters():
 def test_zero3_bytes_term_over_the_link_and_prefetch_overlap():
     profile = load_profile("sa2va-8b")
     gpu = get_gpu("rtx-3090")  # 4 GPUs: PCIe
-    plan = build_plan(None, gpus=4, vram=24, zero=3)
+    plan = plan_from_flags(None, gpus=4, vram=24, zero=3)
     work = workload(profile, plan)
     no_prefetch = plan.engine.model_copy(update={"stage3_prefetch_bucket_size": 0})
     terms = StepTimeTerms(zero3_fetch_s=0.0)
-    step = time_step(work, no_prefetch, 4, gpu, terms)
+    step = time_step(work, no_prefetch, num_gpus=4, gpu=gpu, terms=terms)
     count, elements = work.gathers(plan.engine.stage3_param_persistence_threshold)
     link = gpu.pcie_gbps * 1e9 * LINK_EFFICIENCY
     assert step.breakdown["zero3_gather"] == pytest.approx(3 / 4 * elements * 2 / link + count * COLLECTIVE_LATENCY_S)
-    prefetched = time_step(work, plan.engine, 4, gpu, terms)
+    prefetched = time_step(work, plan.engine, num_gpus=4, gpu=gpu, terms=terms)
     assert prefetched.breakdown["zero3_gather"] < step.breakdown["zero3_gather"]
 
 
 def test_offload_copies_and_cpu_adam_scale_with_partition_and_cores():
     profile = load_profile("sa2va-4b")
     gpu = get_gpu("h100-sxm")
-    plan = build_plan(None, gpus=2, vram=80, offload="optimizer")
+    plan = plan_from_flags(None, gpus=2, vram=80, offload="optimizer")
     work = workload(profile, plan)
-    one = time_step(work, plan.engine, 2, gpu, TERMS_DEFAULT, host_cores=16)
-    more = time_step(work, plan.engine, 2, gpu, TERMS_DEFAULT, host_cores=32)
-    four = time_step(work, plan.engine, 4, gpu, TERMS_DEFAULT, host_cores=32)
+    one = time_step(work, plan.engine, num_gpus=2, gpu=gpu, terms=TERMS_DEFAULT, host_cores=16)
+    more = time_step(work, plan.engine, num_gpus=2, gpu=gpu, terms=TERMS_DEFAULT, host_cores=32)
+    four = time_step(work, plan.engine, num_gpus=4, gpu=gpu, terms=TERMS_DEFAULT, host_cores=32)
     partition = work.trainable / 2
     assert one.breakdown["offload_copy"] == pytest.approx(6 * partition / (gpu.pcie_gbps * 1e9 * PINNED_EFFICIENCY))
     assert one.breakdown["cpu_adam"] == pytest.approx(partition / (TERMS_DEFAULT.cpu_adam_params_per_core_s * 8))
     assert more.breakdown["cpu_adam"] == pytest.approx(one.breakdown["cpu_adam"] / 2)
     assert four.breakdown["offload_copy"] == pytest.approx(one.breakdown["offload_copy"] / 2)
-    params = time_step(work, build_plan(None, gpus=2, vram=80, zero=3, offload="all").engine, 2, gpu, TERMS_DEFAULT)
+    params = time_step(work, plan_from_flags(None, gpus=2, vram=80, zero=3, offload="all").engine, num_gpus=2, gpu=gpu,
+                       terms=TERMS_DEFAULT)
     assert params.breakdown["param_offload"] > 0
 
 
 def test_ddp_all_reduce_is_twice_the_reduce_scatter_and_pcie_is_slower():
     profile = load_profile("sa2va-8b")
     gpu = get_gpu("rtx-3090")
-    ddp = build_plan(None, gpus=4, vram=24, engine="pytorch", zero=0)
-    zero2 = build_plan(None, gpus=4, vram=24, zero=2).engine.model_copy(update={"overlap_comm": False})
+    ddp = plan_from_flags(None, gpus=4, vram=24, engine="pytorch", zero=0)
+    zero2 = plan_from_flags(None, gpus=4, vram=24, zero=2).engine.model_copy(update={"overlap_comm": False})
     work = workload(profile, ddp)
     no_overlap = dataclasses.replace(work, backward_flops=0.0, recompute_flops=0.0)
-    a = time_step(no_overlap, ddp.engine, 4, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
-    b = time_step(no_overlap, zero2, 4, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
+    a = time_step(no_overlap, ddp.engine, num_gpus=4, gpu=gpu, terms=TERMS_DEFAULT).breakdown["grad_sync"]
+    b = time_step(no_overlap, zero2, num_gpus=4, gpu=gpu, terms=TERMS_DEFAULT).breakdown["grad_sync"]
     grad_bytes = work.trainable * 2
     link = gpu.pcie_gbps * 1e9 * LINK_EFFICIENCY
     launches = math.ceil(grad_bytes / DDP_BUCKET_BYTES) - math.ceil(work.trainable / zero2.reduce_bucket_size)
     assert a - b == pytest.approx(3 / 4 * grad_bytes / link + launches * COLLECTIVE_LATENCY_S)
-    nvlink = time_step(no_overlap, zero2, 2, gpu, TERMS_DEFAULT).breakdown["grad_sync"]
+    nvlink = time_step(no_overlap, zero2, num_gpus=2, gpu=gpu, terms=TERMS_DEFAULT).breakdown["grad_sync"]
     assert nvlink < b  # 2 x 3090 over the bridge, 4 over PCIe
 
 
 def test_throughput_epoch_and_cost():
     profile = load_profile("sa2va-1b")
-    plan = build_plan(None, gpus=4, vram=80, micro_batch=2)
+    plan = plan_from_flags(None, gpus=4, vram=80, micro_batch=2)
     step = step_time(profile, plan, get_gpu("h100-sxm"))
     assert step.samples_per_s == pytest.approx(8 / step.seconds)
     assert step.tokens_per_s == pytest.approx(8 * plan.inputs.text_tokens / step.seconds)
@@ -189,7 +190,7 @@ def test_split_rule_is_sha256_first_byte():
 def _records(profile, plans, terms, factor):
     out = []
     for index, plan in enumerate(plans):
-        predicted = step_time(profile, plan, get_gpu("h100-sxm"), terms).seconds
+        predicted = step_time(profile, plan, get_gpu("h100-sxm"), terms=terms).seconds
         out.append({"run_id": f"r{index}", "status": "ok", "profile": profile.model_dump(mode="json"),
                     "plan": plan.model_dump(mode="json"), "environment": {"gpu_name": "NVIDIA H100 80GB HBM3"},
                     "vram_cap_bytes": None,
@@ -199,7 +200,7 @@ def _records(profile, plans, terms, factor):
 
 def test_rank_check_on_records():
     profile = load_profile("sa2va-1b")
-    plans = [build_plan(None, gpus=2, vram=80, **kw) for kw in ({}, {"zero": 3, "offload": "all"}, {"micro_batch": 4})]
+    plans = [plan_from_flags(None, gpus=2, vram=80, **kw) for kw in ({}, {"zero": 3, "offload": "all"}, {"micro_batch": 4})]
     records = _records(profile, plans, TERMS_DEFAULT, 2.5) + [{"run_id": "bad", "status": "oom", "ranks": []}]
     check = stepfit.rank_check(records, TERMS_DEFAULT)
     assert check.spearman == pytest.approx(1.0) and check.median_ratio == pytest.approx(2.5)
@@ -212,7 +213,7 @@ def test_fit_recovers_known_terms():
     profile = load_profile("sa2va-1b")
     truth = StepTimeTerms(efficiency={"default": KernelEfficiency(gemm=0.2, attention=0.25, vision=0.35, sam2=0.2)},
                           module_call_s=150e-6, zero3_fetch_s=500e-6)
-    plans = [build_plan(None, gpus=g, vram=80, **kw) for g in (1, 2) for kw in (
+    plans = [plan_from_flags(None, gpus=g, vram=80, **kw) for g in (1, 2) for kw in (
         {}, {"zero": 3}, {"text_len": 8192}, {"micro_batch": 4}, {"zero": 3, "micro_batch": 8, "text_len": 8192})]
     runs, _ = stepfit.timed_runs(_records(profile, plans, truth, 1.0))
     fitted = stepfit.fit(runs, StepTimeTerms())
@@ -247,7 +248,7 @@ def test_validate_reports_step_time(tmp_path):
     from memplan.cli.main import app
 
     profile = load_profile("sa2va-1b")
-    plan = build_plan(None, gpus=1, vram=80)
+    plan = plan_from_flags(None, gpus=1, vram=80)
     records = _records(profile, [plan], TERMS_DEFAULT, 1.0)
     records[0].update({"schema": "memplan.probe/1", "summary": {"peak_allocated_bytes": 2**34, "peak_reserved_bytes": 2**34,
                        "peak_device_bytes": 2**34, "peak_host_bytes": 2**33, "peak_phase": "backward"}})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memplan.probe.calibrate import compare, fit_pressure, load_measurements, summary
-from memplan.cli.options import build_plan
+from memplan.spec.flags import plan_from_flags
 from memplan.estimate.peak import estimate
 from memplan.estimate import overhead
 from memplan.estimate.overhead import Calibration
@@ -22,15 +22,15 @@ GIB = 2**30
 
 def test_needed_bytes_formula():
     cal = Calibration(pressure_ratio=0.05, pressure_block=0.5, context_bytes=GIB, nccl_bytes=GIB)
-    assert overhead.needed_bytes(cal, 20 * GIB, 4 * GIB, 99 * GIB, 1, False) == int(21 * GIB) + 2 * GIB + GIB
-    assert overhead.needed_bytes(cal, 20 * GIB, 4 * GIB, 99 * GIB, 1, True) == int(21 * GIB) + 2 * GIB + 2 * GIB
+    assert overhead.needed_bytes(cal, 20 * GIB, 4 * GIB, device=99 * GIB, num_gpus=1, is_deepspeed=False) == int(21 * GIB) + 2 * GIB + GIB
+    assert overhead.needed_bytes(cal, 20 * GIB, 4 * GIB, device=99 * GIB, num_gpus=1, is_deepspeed=True) == int(21 * GIB) + 2 * GIB + 2 * GIB
     unfitted = Calibration()
-    assert overhead.needed_bytes(unfitted, 20 * GIB, 4 * GIB, 25 * GIB, 1, False) == 25 * GIB
+    assert overhead.needed_bytes(unfitted, 20 * GIB, 4 * GIB, device=25 * GIB, num_gpus=1, is_deepspeed=False) == 25 * GIB
 
 
 def test_verdict_and_headroom_follow_needed_bytes():
     cal = load_calibration(None)
-    plan = build_plan(None, gpus=1, vram=24, text_len=4096, tiles=4, ckpt=True)
+    plan = plan_from_flags(None, gpus=1, vram=24, text_len=4096, tiles=4, ckpt=True)
     result = estimate(load_profile("sa2va-1b"), plan, cal)
     assert result.needed_bytes < result.device_bytes  # the allocator gives cached blocks back under pressure
     assert result.headroom_bytes == result.vram_bytes - result.needed_bytes

@@ -88,31 +88,51 @@ def load_timed_runs(paths: List[Path]):
     return timed_runs(seen.values())
 
 
-def _writable_target(target: Path) -> Path:
+def default_target(records: List[Path]) -> Path:
+    """A new file beside the first record file: calibration.yaml, else calibration-2.yaml, -3 ..."""
+    folder = records[0].parent if records else Path(".")
+    for index in range(1, 1000):
+        candidate = folder / ("calibration.yaml" if index == 1 else f"calibration-{index}.yaml")
+        if not candidate.exists():
+            return candidate
+    raise InputError(f"--out: {folder} holds calibration.yaml .. calibration-999.yaml; pass --out FILE")
+
+
+def _writable_target(target: Path, force: bool) -> Path:
+    """Never the shipped calibration; an existing file only with --force."""
+    from memplan.spec.loading import CALIBRATION_PATH
+
     if target.is_dir():
         raise InputError(f"--out={target}: is a directory, expected a file path for the calibration YAML")
+    if target.resolve() == CALIBRATION_PATH.resolve():
+        raise InputError(f"--out={target}: is the calibration memplan ships; write elsewhere and pass it with "
+                         "--calibration FILE")
+    if target.exists() and not force:
+        raise InputError(f"--out={target}: exists; pass --force to overwrite")
     return target
 
 
 @user_errors
 def calibrate(
+    *,
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default profiles/calibration.yaml)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Where to write (default: a new calibration.yaml beside the first record file)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (--terms step-time updates it)."),
     all_sides: bool = typer.Option(False, "--all-sides", help="Fit the memory terms on every record, held-out side "
                                    "included (default: the calibration side only, memplan.planning.protocol.side_of)."),
     terms: CalibrateTerms = typer.Option(CalibrateTerms.all, "--terms",
                                          help="all | memory | step-time (step-time keeps the file's memory terms)."),
 ) -> None:
     """Fit allocator, context and NCCL terms (on the calibration side of the records: a third, fixed by each
-    run id's hash) and the step-time terms on real probe records; estimates use them."""
+    run id's hash) and the step-time terms on real probe records; use them with --calibration FILE."""
     from memplan.planning.protocol import fit_side
     from memplan.probe import calibrate as cal
-    from memplan.spec.loading import CALIBRATION_PATH
 
     from memplan.planning import stepfit
     from memplan.spec.loading import load_calibration
 
-    target = _writable_target(out or CALIBRATION_PATH)
+    target = _writable_target(out or default_target(records), force)
     loaded = load_measurements(records)
     measurements = [m for m in loaded if all_sides or fit_side(m.run_id, m.profile.name, m.status)]
     if terms is CalibrateTerms.step_time:  # keep the memory terms of the file being updated
@@ -146,7 +166,7 @@ def calibrate(
     step = calibration.step_time
     fitted = (f"{len(measurements)} of {len(loaded)} records{'' if all_sides else ' (calibration side)'}"
               if measurements else "the file's memory terms kept")
-    typer.echo(f"calibrated on {fitted}{f', step time on {step.records} runs' if step and step.records else ''} -> {target}")
+    typer.echo(f"calibrated on {fitted}{f', step time on {step.records} runs' if step and step.records else ''} -> {target} (use it: --calibration {target})")
     for key, value in cal.calibration_document(calibration).items():
         if key not in ("fitted_on", "schema", "step_time"):
             typer.echo(f"  {key}: {value}")
@@ -154,15 +174,29 @@ def calibrate(
         typer.echo(f"  step_time: {stepfit.describe(step)}")
 
 
+def _category_table(rows: list[dict], gib, pct) -> Table:
+    """Per record with a census of live tensors: each category measured vs estimated."""
+    table = Table(title="estimate vs census of live tensors per category (GiB, max over ranks and phases)")
+    for column in ("run", "plan", "category", "measured", "estimated", "err"):
+        table.add_column(column, justify="left" if column in ("run", "plan", "category") else "right")
+    for r in rows:
+        for category, cell in r["categories"].items():
+            table.add_row(r["run_id"][:8], r["plan"], category, gib(cell["measured_bytes"]), gib(cell["estimated_bytes"]),
+                          pct(cell["error"]))
+    return table
+
+
 @user_errors
 def validate(
+    *,
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
     side: Optional[str] = typer.Option(None, "--side", help="Only records of this side: calibration or held-out "
                                        "(fixed by each run id's hash, memplan.planning.protocol.side_of)."),
 ) -> None:
-    """Estimate vs measured per record (allocated, reserved, device), then median and max error."""
+    """Estimate vs measured per record (allocated, reserved, device; per category where the record has a
+    census), then median and max error."""
     from memplan.planning.protocol import SIDES, side_of
     from memplan.probe import calibrate as cal
     from memplan.spec.loading import load_calibration
@@ -183,6 +217,8 @@ def validate(
         "measured_device_bytes": c.measured.device, "estimated_device_bytes": c.estimate.device_bytes,
         "error_allocated": c.error("allocated"), "error_reserved": c.error("reserved"), "error_device": c.error("device"),
         "phase_errors": c.phase_errors(), "verdict_under_cap": c.verdict_under_cap(),
+        "categories": {category.value: {"measured_bytes": measured, "estimated_bytes": estimated, "error": error}
+                       for category, (estimated, measured, error) in c.category_errors().items()},
     } for c in comparisons]
     from memplan.planning import stepfit
 
@@ -215,6 +251,12 @@ def validate(
         s = result[kind]
         if s["count"]:
             out.print(f"{kind}: median |error| {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}% over {s['count']} runs")
+    censused = [r for r in rows if r["categories"]]
+    if censused:
+        out.print(_category_table(censused, gib, pct))
+        for category, s in result["categories"].items():
+            out.print(f"{category}: median |error| {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}% "
+                      f"over {s['count']} censused runs")
     v = result["verdicts"]
     if v["count"]:
         out.print(f"verdicts under a VRAM cap: {v['correct']}/{v['count']} correct, {v['fits_that_ran_oom']} 'fits' that ran out of memory")

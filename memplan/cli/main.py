@@ -6,11 +6,11 @@ from typing import Optional
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from memplan.spec.vocabulary import Verdict
-from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, GPU_HELP, STACK, VRAM_HELP, OneLineErrors, console, OffloadChoice,
-                                  OutputFormat, build_plan, check_lora_rank, resolve_profile, user_errors)
+from memplan.cli.options import (CALIBRATION, DATASET, EMIT, EMIT_FSDP, EXIT_CODE, FORCE_EMIT, MODEL, PLAN, SCRIPT, WIDE,
+                                 OneLineErrors, OutputFormat, console, plan_flags, user_errors)
+from memplan.cli.outputs import emit_deepspeed
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -18,110 +18,109 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 
-MODEL = typer.Option(None, "--model", "-m", help="Profile name (see `memplan profiles`) or path; default sa2va-4b.")
-PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
+def _print_version(value: bool) -> None:
+    if value:
+        import memplan  # the package's own __version__ (not a sub-package import)
+
+        typer.echo(f"memplan {memplan.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print memplan's version and exit.",
+                                       callback=_print_version, is_eager=True)) -> None:
+    """Peak-VRAM planner and feasibility checker for fine-tuning multimodal models (Sa2VA and kin)."""
 
 
 @app.command()
 @user_errors
+@plan_flags("gpus", "nodes", "vram", "gpu", "host_ram", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
+            "micro_batch", "objects", "ckpt", "mode", "stack", "attention", "adapter_dtype")
 def estimate(
+    *,
     model: Optional[str] = MODEL,
     plan: Optional[str] = PLAN,
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus)."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1."),
-    vram: Optional[float] = typer.Option(None, "--vram", help=VRAM_HELP),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help=GPU_HELP),
-    host_ram: Optional[float] = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB."),
-    res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
-    zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed, pytorch or fsdp2."),
-    offload: Optional[OffloadChoice] = typer.Option(
-        None, "--offload", help="none | optimizer | all (params too, ZeRO-3; FSDP2: CPUOffloadPolicy)."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
-    tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="LLM sequence length in tokens (image tokens included)."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
-    objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder."),
-    ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
-    stack: Optional[str] = STACK,
-    attention: Optional[str] = ATTENTION,
-    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml)."),
+    calibration: Optional[str] = CALIBRATION,
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),
-    emit_deepspeed: Optional[Path] = typer.Option(
-        None, "--emit-deepspeed", help="Write this plan's DeepSpeed config (JSON) to FILE, and the plan beside it."),
-    emit_fsdp: Optional[Path] = typer.Option(
-        None, "--emit-fsdp", help="Write this FSDP2 plan's accelerate config (YAML) to FILE, and the plan beside it."),
-    force: bool = typer.Option(False, "--force", help="Overwrite files --emit-fsdp would write."),
-    script: str = typer.Option("train.py", "--script", help="Training script named in the printed launch command."),
-    dataset_samples: Optional[int] = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1),
+    emit_deepspeed_to: Optional[Path] = EMIT,
+    emit_fsdp_to: Optional[Path] = EMIT_FSDP,
+    force: bool = FORCE_EMIT,
+    script: str = SCRIPT,
+    dataset_samples: Optional[int] = DATASET,
+    wide: bool = WIDE,
+    exit_code: bool = EXIT_CODE,
+    flags: dict,
 ) -> None:
-    """Estimate the peak memory per GPU of one plan, and say whether it fits."""
-    from memplan.estimate.peak import estimate as run_estimate
-    from memplan.planning.sinks import find_sinks, stack_summary
+    """Estimate the peak memory per GPU of one plan, say whether it fits, and if not what to change."""
+    from memplan.cli.host import host_ram_choice
+    from memplan.cli.names import resolve_profile
+    from memplan.integrations.deepspeed import check_emittable
+    from memplan.planning.evaluate import evaluate
+    from memplan.report import render, story
+    from memplan.report.steps import step_line, with_step_json
+    from memplan.spec.flags import check_lora_rank, plan_from_flags
     from memplan.spec.loading import load_calibration
-    from memplan.report import render
 
-    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, vram=vram, gpu=gpu, host_ram=host_ram, res=res, zero=zero, engine=engine,
-                          offload=offload, lora_rank=lora_rank, tiles=tiles, frames=frames, text_len=text_len,
-                          micro_batch=micro_batch, objects=objects, ckpt=ckpt, mode=mode, stack=stack,
-                          attention=attention, adapter_dtype=adapter_dtype)
+    host_ram, host_note = host_ram_choice(flags["host_ram"], plan)
+    the_plan = plan_from_flags(plan, **{**flags, "host_ram": host_ram})
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
-    if emit_deepspeed is not None:
-        from memplan.cli.compare_cmd import check_emittable
-
+    if emit_deepspeed_to is not None:
         check_emittable(the_plan, the_plan.name)
-    if emit_fsdp is not None:
-        from memplan.cli.emit_fsdp import check_targets, emit_fsdp as write_fsdp
+    if emit_fsdp_to is not None:
+        from memplan.cli.emit_fsdp import check_targets
         from memplan.integrations.accelerate_fsdp import accelerate_plan, check_fsdp_plan
 
         check_fsdp_plan(the_plan, the_plan.name)
-        check_targets(emit_fsdp, force=force)
+        check_targets(emit_fsdp_to, force=force)
         the_plan = accelerate_plan(the_plan)  # estimate what accelerate will run
-    the_calibration = load_calibration(calibration)
-    result = run_estimate(profile, the_plan, the_calibration)
-    sinks = find_sinks(profile, the_plan, calibration=the_calibration)
-    stack_info = stack_summary(profile, the_plan)
-    from memplan.planning.steptime import step_time
-    from memplan.report.steps import step_line, with_step_json
-
-    step = step_time(profile, the_plan, terms=the_calibration.step_time)
+    evaluation = evaluate(profile, the_plan, calibration=load_calibration(calibration), reference=the_plan,
+                          with_advice=True, with_sinks=True)  # advice only when it does not fit
+    result, step, advice = evaluation.estimate, evaluation.step, evaluation.advice
+    advice_lines = story.advice_lines(advice) if advice else []
     if output_format is OutputFormat.json:
-        typer.echo(with_step_json(render.with_stack_json(render.estimate_json(result), stack=stack_info, sinks=sinks),
+        document = render.estimate_json(result, {"host_ram_source": host_note,
+                                                 "advice": story.advice_json(advice) if advice else []})
+        typer.echo(with_step_json(render.with_stack_json(document, stack=evaluation.stack, sinks=evaluation.sinks),
                                   step, dataset_samples))
     elif output_format is OutputFormat.md:
-        typer.echo(render.estimate_markdown(result) + render.sinks_markdown(stack_info, sinks)
+        typer.echo(render.estimate_markdown(result, advice=advice_lines, host_note=host_note)
+                   + render.sinks_markdown(evaluation.stack, evaluation.sinks)
                    + f"\n{step_line(step, dataset_samples)}\n", nl=False)
     else:
-        console().print(render.estimate_table(result))
-        console().print(render.sinks_text(stack_info, sinks))
-        console().print(step_line(step, dataset_samples))
-    if emit_deepspeed is not None:
-        from memplan.cli.compare_cmd import emit_config
+        out = console()
+        out.print(render.estimate_table(result, width=out.width, wide=wide, advice=advice_lines, host_note=host_note))
+        out.print(render.sinks_text(evaluation.stack, evaluation.sinks))
+        out.print(step_line(step, dataset_samples))
+    if emit_deepspeed_to is not None:
+        if result.verdict is not Verdict.FITS:
+            typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
+                       err=True)
+        emit_deepspeed(the_plan, model=model or the_plan.model or profile.name, name=the_plan.name,
+                       target=emit_deepspeed_to, script=script, vram_gib=the_plan.hardware.vram_gib)
+    if emit_fsdp_to is not None:
+        from memplan.cli.emit_fsdp import emit_fsdp
 
         if result.verdict is not Verdict.FITS:
             typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
                        err=True)
-        emit_config(the_plan, model or the_plan.model or profile.name, the_plan.name, emit_deepspeed, script, the_plan.hardware.vram_gib)
-    if emit_fsdp is not None:
-        if result.verdict is not Verdict.FITS:
-            typer.echo(f"warning: {the_plan.name} does not fit ({result.verdict.value}); the config is written anyway",
-                       err=True)
-        write_fsdp(profile, the_plan, model=model or the_plan.model or profile.name, target=emit_fsdp, script=script,
-                   force=force)
+        emit_fsdp(profile, the_plan, model=model or the_plan.model or profile.name, target=emit_fsdp_to, script=script,
+                  force=force)
+    if exit_code and not evaluation.fits:
+        raise typer.Exit(code=1)
 
 
 @app.command("profiles")
 @user_errors
-def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f")) -> None:
+def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+                  wide: bool = WIDE) -> None:
     """List shipped profiles with their parameter counts per component."""
     import json
 
+    from memplan.report.profiles_table import profiles_table
     from memplan.spec.loading import load_profile, profile_names
 
     rows = []
@@ -132,28 +131,18 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="memplan profiles (parameters)")
-    for column in ("name", "total", "llm", "vision", "projector", "sam2", "seg head"):
-        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
-    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=70)
-
-    def millions(count: int | None) -> str:
-        return f"{count / 1e6:,.1f}M" if count else ""
-
-    for row in rows:
-        c = row["components"]
-        sam2 = (c.get("sam2_encoder") or 0) + (c.get("sam2_decoder") or 0)
-        table.add_row(row["name"], millions(row["total_params"]), millions(c.get("llm")), millions(c.get("vision")),
-                      millions(c.get("projector")), millions(sam2), millions(c.get("seg_head")), row["description"])
-    console().print(table)
+    out = console()
+    out.print(profiles_table(rows, width=out.width, wide=wide))
 
 
-from memplan.cli import calibrate_cmd, compare_cmd, protocol_cmd  # noqa: E402
+from memplan.cli import calibrate_cmd, protocol_cmd  # noqa: E402
+from memplan.cli.compare_cmd import compare  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
+from memplan.cli.search_cmd import search  # noqa: E402
 
-app.command("compare")(compare_cmd.compare)
-app.command("search")(compare_cmd.search)
+app.command("compare")(compare)
+app.command("search")(search)
 app.command("probe")(probe_command)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)

@@ -1,26 +1,20 @@
-"""Shared CLI plumbing: flags layered over a plan file, errors as one line with exit code 2."""
+"""Shared CLI plumbing: the options (each declared once), errors as one line with exit code 2.
+
+Plans are built from the flag values by memplan.spec.flags.plan_from_flags."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+import typing
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 import typer.core
 
-from memplan.spec.loading import DEEPSPEED_ONLY, InputError, load_profile, plan_document, plan_from_document, printable
-from memplan.spec.plan import Plan
-from memplan.spec.profile import Profile
-
-DEFAULT_MODEL = "sa2va-4b"
-DEFAULT_PLAN = "sa2va-official"  # plans/sa2va-official.yaml: the official recipe
-VRAM_HELP = ("VRAM per GPU in GiB as CUDA reports it (torch.cuda.get_device_properties().total_memory), not the "
-             "marketing size: a 24 GB RTX 3090 is ~23.70 GiB, an RTX 4090 ~23.64, an A100 80GB ~79.14, an H100 80GB "
-             "79.18. With --gpu NAME the card's CUDA total is used (profiles/gpus.yaml).")
-GPU_HELP = ("Card from the catalogue (profiles/gpus.yaml: rtx-3090, rtx-4090, a100-80gb, h100-sxm, h200...): its "
-            "CUDA-visible total and its family's context decide the verdict.")
+from memplan.spec.loading import InputError
 
 
 class OutputFormat(str, Enum):
@@ -37,13 +31,16 @@ class OffloadChoice(str, Enum):
 
 
 def console():
-    """A rich Console; when stdout is not a terminal, wide enough for the tables (>= 140 columns)."""
-    import shutil
+    """A rich Console: the terminal's width; when stdout is not a terminal, $COLUMNS if set, else 140
+    (tables adapt to the width: memplan.report.render, memplan.report.compare)."""
+    import os
 
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else max(140, shutil.get_terminal_size((140, 24)).columns)
-    return Console(width=width)
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 140)
 
 
 def fail(message: str) -> None:
@@ -67,138 +64,98 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def plan_with_defaults(document: dict[str, Any]) -> dict[str, Any]:
-    """The recipe defaults, with each section of the document merged in. A component named in the
-    document replaces the recipe's entry for it whole (so `llm: {train: frozen}` means frozen)."""
-    base = Plan().model_dump(mode="python", exclude_none=True)
-    for key, value in document.items():
-        if key == "components" and isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        elif key == "engine" and isinstance(value, dict) and value.get("kind") == "fsdp2":
-            base[key] = dict(value)  # DeepSpeed's defaults (zero_stage 2, ...) do not apply to FSDP2
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = _deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
+# ---------------------------------------------------------------- options, each declared once
+VRAM_HELP = ("VRAM per GPU in GiB as CUDA reports it (torch.cuda.get_device_properties().total_memory), not the "
+             "marketing size: a 24 GB RTX 3090 is ~23.70 GiB, an RTX 4090 ~23.64, an A100 80GB ~79.14, an H100 80GB "
+             "79.18. With --gpu NAME the card's CUDA total is used (profiles/gpus.yaml).")
+GPU_HELP = ("Card from the catalogue (profiles/gpus.yaml: rtx-3090, rtx-4090, a100-80gb, h100-sxm, h200...): its "
+            "CUDA-visible total and its family's context decide the verdict.")
+MODEL = typer.Option(None, "--model", "-m",
+                     help="Profile name (see `memplan profiles`) or path; default: the plan's model, else sa2va-4b.")
+PLAN = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it).")
+GPU = typer.Option(None, "--gpu", help=GPU_HELP)
+CALIBRATION = typer.Option(None, "--calibration", help="Calibration file (default profiles/calibration.yaml).")
+SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
+GPUS = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus; the probe runs N > 1 "
+                    "under torchrun).")
+NODES = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1 (probe --fake-world: the "
+                     "HSDP mesh).")
+FAKE_WORLD = typer.Option(None, "--fake-world", help="Run rank 0 of an N-rank FSDP2 job on one device (fake process "
+                          "group, collectives are no-ops): the per-rank memory of N GPUs.", min=1, max=65536)
+VRAM = typer.Option(None, "--vram", help=VRAM_HELP)
+HOST_RAM = typer.Option(None, "--host-ram", help="Host RAM of the node in GiB.")
+RES = typer.Option(None, "--res", help="SAM2 input resolution (pixels).")
+ZERO = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3.")
+ENGINE = typer.Option(None, "--engine", help="deepspeed, pytorch or fsdp2.")
+OFFLOAD = typer.Option(None, "--offload", help="none | optimizer | all (params too, ZeRO-3; FSDP2: CPUOffloadPolicy).")
+LORA_RANK = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM.")
+TILES = typer.Option(None, "--tiles", help="448px tiles per image (InternVL: up to 12 + thumbnail).")
+FRAMES = typer.Option(None, "--frames", help="Video frames (one tile each).")
+TEXT_LEN = typer.Option(None, "--text-len", help="LLM sequence length in tokens (image tokens included).")
+MICRO_BATCH = typer.Option(None, "--micro-batch", help="Samples per GPU per step.")
+OBJECTS = typer.Option(None, "--objects", help="Masks per sample through the SAM2 decoder.")
+CKPT = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM.")
+MODE = typer.Option(None, "--mode", help="train or inference.")
 STACK = typer.Option(None, "--stack", help="Training stack: sa2va (the official recipe's wiring), hf-trainer, "
                      "accelerate or custom-loop; sets the stack's memory behaviours (docs/methodology.md).")
 ATTENTION = typer.Option(None, "--attention", help="eager, sdpa or flash (eager keeps the s x s probabilities).")
 ADAPTER_DTYPE = typer.Option(None, "--adapter-dtype", help="LoRA adapters in fp32 (peft's default) or compute "
                              "(bf16; autocast_adapter_dtype=False). Default: the stack's.")
+EMIT = typer.Option(None, "--emit-deepspeed",
+                    help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
+                         "and the plan beside it.")
+EMIT_FSDP = typer.Option(None, "--emit-fsdp",
+                         help="Write this FSDP2 plan's accelerate config (YAML) to FILE, and the plan beside it.")
+FORCE_EMIT = typer.Option(False, "--force", help="Overwrite files --emit-fsdp would write.")
+WIDE = typer.Option(False, "--wide", help="Every column, whatever the terminal width.")
+EXIT_CODE = typer.Option(False, "--exit-code", help="Exit 1 when the plan (compare, search: every plan) does not fit "
+                         "(GPU or host RAM), for CI.")
+CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
+DATASET = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1)
+PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0)
+
+# The plan flags (memplan.spec.flags.FLAGS): the type of each and its option
+PLAN_FLAGS: dict[str, tuple[Any, Any]] = {
+    "gpus": (Optional[int], GPUS), "nodes": (Optional[int], NODES), "vram": (Optional[float], VRAM), "gpu": (Optional[str], GPU),
+    "host_ram": (Optional[float], HOST_RAM),
+    "res": (Optional[int], RES), "zero": (Optional[int], ZERO), "engine": (Optional[str], ENGINE),
+    "offload": (Optional[OffloadChoice], OFFLOAD), "lora_rank": (Optional[int], LORA_RANK),
+    "tiles": (Optional[int], TILES), "frames": (Optional[int], FRAMES), "text_len": (Optional[int], TEXT_LEN),
+    "micro_batch": (Optional[int], MICRO_BATCH), "objects": (Optional[int], OBJECTS), "ckpt": (Optional[bool], CKPT),
+    "mode": (Optional[str], MODE), "stack": (Optional[str], STACK), "attention": (Optional[str], ATTENTION),
+    "adapter_dtype": (Optional[str], ADAPTER_DTYPE),
+}
 
 
-def build_plan(plan_file: str | None = None, **flags: Any) -> Plan:
-    """A Plan from an optional plan file and CLI flags (None = not given). Flags win."""
-    document = plan_with_defaults(plan_document(plan_file or DEFAULT_PLAN))
-    engine_flag = flags.get("engine")
-    engine_flag = engine_flag.value if isinstance(engine_flag, Enum) else engine_flag
-    if engine_flag == "pytorch" and isinstance(document.get("engine"), dict):
-        # --engine pytorch replaces the plan's engine: its DeepSpeed knobs no longer apply
-        document["engine"] = {k: v for k, v in document["engine"].items() if k not in DEEPSPEED_ONLY}
-        document["engine"].update(zero_stage=0, offload_optimizer="none", offload_params="none")
-    if engine_flag == "fsdp2" and isinstance(document.get("engine"), dict):
-        # --engine fsdp2 replaces the plan's engine: keep only its FSDP2 section, if any
-        document["engine"] = {"fsdp": document["engine"]["fsdp"]} if "fsdp" in document["engine"] else {}
-    overrides: dict[str, Any] = {}
-    mapping = {
-        "gpus": "hardware.num_gpus", "vram": "hardware.vram_gib", "host_ram": "hardware.host_ram_gib",
-        "gpu": "hardware.gpu", "res": "inputs.sam2_resolution", "tiles": "inputs.tiles",
-        "text_len": "inputs.text_tokens", "micro_batch": "inputs.micro_batch", "objects": "inputs.objects",
-        "frames": "inputs.frames", "zero": "engine.zero_stage", "engine": "engine.kind",
-        "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
-        "precision": "precision.compute", "stack": "stack.kind", "adapter_dtype": "stack.adapter_dtype",
-    }
-    nodes = flags.get("nodes")
-    if nodes is not None:
-        _set(overrides, "hardware.nodes", nodes)
-    if flags.get("gpus") is not None:  # --gpus is per node: num_gpus = nodes x gpus
-        nodes = nodes if nodes is not None else document.get("hardware", {}).get("nodes", 1)
-        flags = {**flags, "gpus": flags["gpus"] * nodes if isinstance(nodes, int) else flags["gpus"]}
-    elif nodes is not None:
-        per_node = document.get("hardware", {}).get("num_gpus", 1) // document.get("hardware", {}).get("nodes", 1)
-        _set(overrides, "hardware.num_gpus", per_node * nodes)
-    for flag, path in mapping.items():
-        value = flags.get(flag)
-        if value is not None:
-            _set(overrides, path, value.value if isinstance(value, Enum) else value)
-    if flags.get("zero") is not None and flags.get("engine") is None:
-        _set(overrides, "engine.kind", "deepspeed")
-    offload = flags.get("offload")
-    offload = offload.value if isinstance(offload, Enum) else offload
-    fsdp2 = (engine_flag or (document.get("engine") or {}).get("kind")) == "fsdp2"
-    if offload is not None and fsdp2:
-        if offload not in ("none", "all"):
-            raise InputError(f"--offload={offload}: FSDP2's CPUOffloadPolicy moves parameters, gradients and the "
-                             "optimizer step to the host together; allowed with --engine fsdp2: none, all")
-        _set(overrides, "engine.fsdp.offload", offload == "all")
-        offload = None
-    if offload is not None:
-        offload = offload.value if isinstance(offload, Enum) else offload
-        device = "nvme" if offload == "nvme" else "cpu"
-        _set(overrides, "engine.offload_optimizer", "none" if offload == "none" else device)
-        _set(overrides, "engine.offload_params", device if offload in ("all", "nvme") else "none")
-        if offload in ("all", "nvme") and flags.get("zero") is None:
-            _set(overrides, "engine.zero_stage", 3)
-    if flags.get("lora_rank") is not None:
-        llm = document["components"]["llm"]
-        if llm.get("train") != "lora":
-            raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
-        _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
-    if flags.get("gpu") is not None and flags.get("vram") is None:  # --gpu alone: the whole card
-        from memplan.spec.gpus import get_gpu
+def option_group(table: dict[str, tuple[Any, Any]], names: tuple[str, ...], *, into: str,
+                 after: str | None = None) -> Callable:
+    """Decorator: the command gets the named options of ``table`` ({name: (type, typer option)})
+    after its parameter ``after`` (else last), and receives their values as one dict, ``into``."""
 
-        card = get_gpu(flags["gpu"])
-        _set(overrides, "hardware.gpu", card.name)
-        _set(overrides, "hardware.vram_gib", card.vram_gib)
-    merged = _deep_merge(document, overrides)
-    plan = plan_from_document(merged, printable(plan_file or DEFAULT_PLAN))
-    from memplan.spec.cards import check_vram
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+        hints = {k: v for k, v in typing.get_type_hints(fn).items() if k != into}
+        own = [p for p in signature.parameters.values() if p.name != into]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == after), len(own))
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=table[name][1],
+                                   annotation=table[name][0]) for name in names]
 
-    check_vram(gpu=plan.hardware.gpu, vram_gib=plan.hardware.vram_gib)
-    return plan
+        @functools.wraps(fn)
+        def command(**kwargs):
+            group = {name: kwargs.pop(name) for name in names}
+            return fn(**kwargs, **{into: group})
+
+        command.__signature__ = signature.replace(parameters=[*own[:at], *added, *own[at:]])
+        command.__annotations__ = {**hints, **{name: table[name][0] for name in names}}
+        return command
+
+    return decorate
 
 
-def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
-    """--model wins, then the plan's own model, then the documented default (sa2va-4b)."""
-    return load_profile(name or (plan.model if plan else None) or DEFAULT_MODEL)
-
-
-def check_lora_rank(profile: Profile, plan: Plan) -> None:
-    """LoRA rank above a wrapped layer's narrowest width is rejected (the update could not be low-rank)."""
-    for slot, spec in (("llm", profile.llm), ("vision", profile.vision)):
-        part = getattr(plan.components, slot)
-        if spec is None or part.train != "lora" or part.lora is None:
-            continue
-        if slot == "llm":
-            narrowest = min(min(d_in, d_out) for _, d_in, d_out in spec.linear_shapes())
-        else:  # the vision tower's qkv, proj, fc1, fc2
-            narrowest = min(spec.hidden_size, spec.intermediate_size)
-        if part.lora.rank > narrowest:
-            raise InputError(
-                f"components.{slot}.lora.rank={part.lora.rank}: above the narrowest wrapped layer width "
-                f"({narrowest}) of {profile.name}; allowed: 1..{narrowest}"
-            )
+def plan_flags(*names: str) -> Callable:
+    """The named plan flags as options after --plan, handed to the command as ``flags`` (a dict for
+    memplan.spec.flags.plan_from_flags)."""
+    return option_group(PLAN_FLAGS, names, into="flags", after="plan")
 
 
 class OneLineErrors(typer.core.TyperGroup):

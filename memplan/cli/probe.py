@@ -1,7 +1,8 @@
 """``memplan probe``: run a plan for real on this machine's GPU(s) and record the measured memory.
 
-The plan comes from the shared flags (memplan.cli.options.build_plan); the probe adds --steps,
---vram-cap, --out, --timeout, --device and --deepspeed-config. One GPU runs in this process; --gpus N > 1 relaunches under torchrun
+The plan comes from the shared plan flags (memplan.cli.options, built by memplan.spec.flags.plan_from_flags);
+the probe adds --steps, --vram-cap, --out, --timeout, --device and --deepspeed-config. One GPU runs in
+this process; --gpus N > 1 relaunches under torchrun
 (memplan.probe.launch). Exit codes: 0 when a record was written with status ok or oom (an OOM is a
 result), 1 for status error/timeout, 2 for bad input (one line, no traceback).
 torch is imported only when the probe runs.
@@ -12,21 +13,39 @@ from __future__ import annotations
 import shlex
 import sys
 from enum import Enum
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from memplan.cli.options import (ADAPTER_DTYPE, ATTENTION, STACK, OffloadChoice, build_plan, check_lora_rank, console,
-                                  resolve_profile, user_errors)
+from memplan.cli.options import FAKE_WORLD, MODEL, PLAN, console, plan_flags, user_errors
+from memplan.probe.records import PHASE_FIELDS, STATUSES
 from memplan.probe.stacks import check_stack
+from memplan.cli.names import resolve_profile
+from memplan.spec.flags import check_lora_rank, plan_from_flags
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
-from memplan.probe.records import PHASE_FIELDS, STATUSES
 from memplan.spec.profile import Profile
 from memplan.spec.vocabulary import Phase
 
 DEFAULT_OUT = Path("reports/probes/probes.jsonl")
+PROBE_INSTALL = "pip install 'memplan[probe]'"
+
+
+def missing_probe_packages(plan: Plan) -> list[str]:
+    """The packages a probe of ``plan`` imports that are not installed (torch, transformers, peft;
+    deepspeed for a DeepSpeed engine), found without importing them."""
+    needed = ["torch", "transformers", "peft"] + (["deepspeed"] if plan.engine.kind == "deepspeed" else [])
+    return [name for name in needed if find_spec(name) is None]
+
+
+def require_probe_packages(plan: Plan) -> None:
+    """One line and exit 2 when the probe cannot run here: which packages are missing, how to install."""
+    missing = missing_probe_packages(plan)
+    if missing:
+        raise InputError(f"memplan probe runs the plan with {', '.join(missing)}, not installed here: "
+                         f"{PROBE_INSTALL} (on a CUDA machine keep its own torch build)")
 
 
 class DeviceChoice(str, Enum):
@@ -127,6 +146,8 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
                   fake_world: int | None = None, vram_cap_card: str | None = None) -> dict[str, Any]:
     """Run the probe (in process for one GPU or a fake world, under torchrun for several) and append its record.
     ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too)."""
+    from memplan.probe.progress import ProbeProgress
+
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
     gpus = plan.hardware.num_gpus
     if fake_world:
@@ -141,15 +162,17 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
     if gpus > 1:
         from memplan.probe.launch import launch_probe
 
-        return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
-                            device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
-                            vram_cap_card=vram_cap_card)
+        with ProbeProgress(steps=steps, gpus=gpus) as progress:
+            return launch_probe(profile, plan, gpus=gpus, out=out, steps=steps, vram_cap_gib=vram_cap_gib,
+                                device=device, timeout_s=timeout_s, command=command, ds_config=ds_config,
+                                vram_cap_card=vram_cap_card, on_progress=progress.rank_result)
     from memplan.probe.distributed import release_distributed
     from memplan.probe.records import append_record
     from memplan.probe.run import run_probe
 
-    record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                       command=command, ds_config=ds_config, vram_cap_card=vram_cap_card)
+    with ProbeProgress(steps=steps) as progress:
+        record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
+                           command=command, ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=progress.phase)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     release_distributed()
@@ -193,29 +216,13 @@ def render_result(record: dict[str, Any], out: Path) -> None:
 
 
 @user_errors
+@plan_flags("gpus", "nodes", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
+            "micro_batch", "objects", "ckpt", "stack", "attention", "adapter_dtype", "mode")
 def probe_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Profile name or path; default sa2va-4b."),
-    plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan YAML/JSON file (flags override it)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node to run on (N > 1: torchrun)."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes of the plan (with --fake-world: the HSDP mesh)."),
-    fake_world: Optional[int] = typer.Option(
-        None, "--fake-world", help="Run rank 0 of an N-rank FSDP2 job on one device (fake process group, "
-        "collectives are no-ops): the per-rank memory of N GPUs.", min=1, max=65536),
-    res: Optional[int] = typer.Option(None, "--res", help="SAM2 input resolution (pixels)."),
-    zero: Optional[int] = typer.Option(None, "--zero", help="DeepSpeed ZeRO stage 0-3."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="deepspeed, pytorch or fsdp2."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="none | optimizer | all (fsdp2: CPUOffloadPolicy)."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank of the LLM."),
-    tiles: Optional[int] = typer.Option(None, "--tiles", help="448px tiles per image."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Video frames (one tile each)."),
-    text_len: Optional[int] = typer.Option(None, "--text-len", help="LLM sequence length in tokens."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Samples per GPU per step."),
-    objects: Optional[int] = typer.Option(None, "--objects", help="Masks per sample through SAM2."),
-    ckpt: Optional[bool] = typer.Option(None, "--ckpt/--no-ckpt", help="Gradient checkpointing of the LLM."),
-    stack: Optional[str] = STACK,
-    attention: Optional[str] = ATTENTION,
-    adapter_dtype: Optional[str] = ADAPTER_DTYPE,
-    mode: Optional[str] = typer.Option(None, "--mode", help="train or inference."),
+    *,
+    model: Optional[str] = MODEL,
+    plan: Optional[str] = PLAN,
+    fake_world: Optional[int] = FAKE_WORLD,
     steps: int = typer.Option(3, "--steps", help="Training steps to run and record (>= 1)."),
     vram_cap: Optional[str] = typer.Option(
         None, "--vram-cap", help="Emulate a smaller card: GiB as CUDA reports them (24), or a card name (rtx-3090: its "
@@ -226,17 +233,17 @@ def probe_command(
     deepspeed_config: Optional[Path] = typer.Option(
         None, "--deepspeed-config", help="Train with this DeepSpeed JSON config (e.g. one memplan emitted) instead of "
         "the one memplan builds from the plan; it must agree with the plan."),
+    flags: dict,
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
     from memplan.spec.cards import parse_vram_cap
 
     cap = parse_vram_cap(vram_cap)
     vram_cap_gib = cap.gib if cap else None
-    if fake_world is not None and gpus is None:
-        gpus = max(fake_world // (nodes or 1), 1)
-    the_plan = build_plan(plan, gpus=gpus, nodes=nodes, res=res, zero=zero, engine=engine, offload=offload, lora_rank=lora_rank,
-                          tiles=tiles, frames=frames, text_len=text_len, micro_batch=micro_batch, objects=objects,
-                          ckpt=ckpt, mode=mode, stack=stack, attention=attention, adapter_dtype=adapter_dtype)
+    if fake_world is not None and flags["gpus"] is None:
+        flags = {**flags, "gpus": max(fake_world // (flags["nodes"] or 1), 1)}
+    the_plan = plan_from_flags(plan, **flags)
+    require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)

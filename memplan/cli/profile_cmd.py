@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from memplan.cli.options import console, user_errors
-from memplan.spec.loading import PROFILES_DIR, InputError, read_document, shown
+from memplan.spec.loading import PACKAGE_ROOT, InputError, read_document, shown
 
 profile_app = typer.Typer(
     help="Create model profiles: import a Hugging Face config.json, or compose components.",
@@ -20,13 +20,16 @@ profile_app = typer.Typer(
     add_completion=False,
 )
 
-_OUT_HELP = "Where to write the profile YAML (default: profiles/NAME.yaml)."
+_OUT_HELP = "Where to write the profile YAML (default: ./NAME.yaml; never inside the installed package)."
 _FORCE_HELP = "Overwrite an existing file."
 
 
 def _out_path(out: Optional[Path], name: str, force: bool) -> Path:
     """The target file; refused early (before any model is built) if it exists without --force."""
-    path = out if out is not None else PROFILES_DIR / f"{name}.yaml"
+    path = out if out is not None else Path(f"{name}.yaml")
+    if PACKAGE_ROOT.resolve() in path.resolve().parents:
+        raise InputError(f"--out={path}: inside the installed memplan package; write it elsewhere "
+                         "(use it with -m PATH)")
     if path.is_dir():
         raise InputError(f"--out={path}: is a directory, expected a file path for the profile YAML")
     if path.exists() and not force:
@@ -42,7 +45,7 @@ _SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num
 _NESTED = ("text_config", "llm_config", "vision_config", "backbone_config")
 
 
-def check_config_shapes(config: dict, where: str, prefix: str = "", depth: int = 0) -> None:
+def check_config_shapes(config: dict, where: str, *, prefix: str = "", depth: int = 0) -> None:
     """Positive integer widths, layers and vocabulary (an int or a square [n, n] pair for sizes)."""
     for key in _SHAPE_FIELDS:
         if key not in config or config[key] is None:
@@ -54,7 +57,7 @@ def check_config_shapes(config: dict, where: str, prefix: str = "", depth: int =
     if depth < 3:
         for key in _NESTED:
             if isinstance(config.get(key), dict):
-                check_config_shapes(config[key], where, f"{prefix}{key}.", depth + 1)
+                check_config_shapes(config[key], where, prefix=f"{prefix}{key}.", depth=depth + 1)
             elif key in config and config[key] is not None:
                 raise InputError(f"{where}: {prefix}{key}={shown(config[key])}: expected a mapping")
 
@@ -83,6 +86,7 @@ def _render(profile, measured=None) -> None:
 @profile_app.command("import")
 @user_errors
 def import_command(
+    *,
     config: Path = typer.Argument(..., help="A Hugging Face config.json (no weights are read or downloaded)."),
     name: Optional[str] = typer.Option(None, "--name", help="Profile name (default: the config's folder name)."),
     out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
@@ -106,12 +110,13 @@ def import_command(
                          f"({type(error).__name__}: {reason})") from None
     _render(result.profile, result.measured)
     hf_import.write_profile(result.profile, path, overwrite=True)
-    typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class})")
+    typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class}); use it: memplan estimate -m {path}")
 
 
 @profile_app.command("compose")
 @user_errors
 def compose_command(
+    *,
     vision: Optional[str] = typer.Option(None, "--vision", help="Vision tower: a component name or YAML path."),
     llm: Optional[str] = typer.Option(None, "--llm", help="LLM: a component name or YAML path."),
     sam2: Optional[str] = typer.Option(None, "--sam2", help="SAM2: a component name or YAML path."),

@@ -9,7 +9,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from memplan.cli.options import OutputFormat, build_plan, check_lora_rank, console, resolve_profile, user_errors
+from memplan.cli.options import OutputFormat, console, user_errors
+from memplan.cli.names import resolve_profile
+from memplan.spec.flags import check_lora_rank, plan_from_flags
 from memplan.planning.protocol import (PREDICTION_SCHEMA, PlannedRun, RunSet, calibration_hash, estimator_revision,
                                        load_runset, plan_fingerprint, read_predictions, resolve_plan_file)
 from memplan.spec.loading import InputError
@@ -27,7 +29,7 @@ def planned_plan(runset: RunSet, run: PlannedRun, runset_path: Path):
         hardware = {"vram": cap.gib}
     else:
         hardware = {"gpu": cap.card}
-    return build_plan(resolve_plan_file(runset_path, run.plan), gpus=run.gpus, **run.flags, **hardware)
+    return plan_from_flags(resolve_plan_file(runset_path, run.plan), gpus=run.gpus, **run.flags, **hardware)
 
 
 def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict[str, Any]]:
@@ -63,6 +65,7 @@ def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict
 
 @user_errors
 def predict(
+    *,
     runset: Path = typer.Argument(..., help="Run set file (YAML/JSON, schema memplan.runset/1)."),
     out: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL to write (commit it before the batch runs)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
@@ -131,6 +134,7 @@ def _summary_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
 
 @user_errors
 def score(
+    *,
     predictions: Path = typer.Argument(..., help="Predictions JSONL (`memplan predict`)."),
     records: List[Path] = typer.Argument(..., help="Probe record files (JSONL) of the batch."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, json or md."),

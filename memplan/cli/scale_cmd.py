@@ -36,17 +36,19 @@ def matrix_table(cells, title: str) -> Table:
 
 
 def engines_search(profile: Profile, base: Plan, *, gpus_per_node: int, vram_gib: float, max_nodes: int,
-                   gpu, calibration, output_format, out: Path) -> None:
-    from memplan.cli.compare_cmd import ReportFormat, _write_outputs
+                   gpu, calibration, output_format, out: Path | None, force: bool = False, wide: bool = False) -> None:
+    from memplan.cli.outputs import ReportFormat, write_outputs
+    from memplan.planning.evaluate import evaluate
     from memplan.planning.scale import fewest_nodes, sweep
-    from memplan.report.compare import Report, build_row
+    from memplan.report.compare import Report
 
     cells = sweep(profile, base, gpus_per_node=gpus_per_node, vram_gib=vram_gib, max_nodes=max_nodes, gpu=gpu,
                   calibration=calibration)
     chosen = fewest_nodes(cells)
     fastest = min((c.step.per_sample for c in chosen), default=None)
-    rows = [build_row(profile, c.plan, base, calibration, fastest, c.estimate, c.step, {"engine": c.choice,
-                      "nodes": c.nodes}, with_advice=False) for c in chosen]
+    rows = [evaluate(profile, c.plan, calibration=calibration, reference=base, baseline_seconds=fastest,
+                     result=c.estimate, step=c.step, knobs={"engine": c.choice, "nodes": c.nodes}, with_advice=False)
+            for c in chosen]
     notes = [f"{len(cells)} estimates ({profile.name}, {gpus_per_node} GPUs of {vram_gib:g} GiB per node, host RAM "
              f"{base.hardware.host_ram_gib:g} GiB per node); rows: each engine's fitting plan on the fewest nodes",
              "FSDP2 step time is ZeRO-3's with the same offload (same collectives; memplan/planning/scale.py)"]
@@ -57,4 +59,4 @@ def engines_search(profile: Profile, base: Plan, *, gpus_per_node: int, vram_gib
                     base.name, notes, kind="engines")
     if not rows:
         typer.echo(f"no engine fits on up to {max_nodes} nodes of {gpus_per_node} x {vram_gib:g} GiB")
-    _write_outputs(report, output_format, out, {"cells": [c.to_dict() for c in cells]})
+    write_outputs(report, output_format, out, extra_json={"cells": [c.to_dict() for c in cells]}, force=force, wide=wide)

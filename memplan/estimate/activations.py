@@ -36,12 +36,10 @@ def vision_tiles(ctx: Context) -> int:
 
 
 def image_tokens(ctx: Context) -> int:
-    """LLM tokens the images occupy: 256 per 448px tile (1024 patches / pixel-shuffle 4)."""
-    v, p = ctx.profile.vision, ctx.profile.projector
-    if v is None:
+    """LLM tokens the images occupy: tiles x Profile.image_tokens_per_tile (256 per 448px InternVL tile)."""
+    if ctx.profile.vision is None:
         return 0
-    merge = p.merge_factor if p else 4
-    return vision_tiles(ctx) * v.patches_per_tile // merge
+    return vision_tiles(ctx) * ctx.profile.image_tokens_per_tile
 
 
 # ---------------------------------------------------------------- LLM

@@ -49,7 +49,7 @@ VIT_FROZEN = {"h": 12, "ffn": 2, "heads": 4}
 VIT_FULL = {"h": 20, "ffn": 4, "heads": 4}
 
 # HF ForCausalLMLoss over the full vocabulary, per token per vocabulary entry (measured with a
-# live-storage tracker, tests/test_census.py): the forward keeps bf16 logits (2) and their fp32
+# live-storage tracker, memplan/probe/tracker.py): the forward keeps bf16 logits (2) and their fp32
 # copy (4) while log_softmax writes its fp32 output (4, saved): peak 10 V, 4 V kept after the
 # loss; backward adds the nll gradient and log_softmax's input gradient, fp32: 8 V more.
 LOGITS_FORWARD_PEAK = 10

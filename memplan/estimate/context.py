@@ -60,7 +60,7 @@ class Context:
         return num_bytes
 
 
-def _trainable_count(profile: Profile, plan: Plan, component: Component, total: int) -> tuple[int, int]:
+def _trainable_count(profile: Profile, plan: Plan, component: Component, *, total: int) -> tuple[int, int]:
     """(frozen, trainable) parameters of one component under its ComponentPlan.
 
     LoRA: the base stays frozen, adapters r*(d_in+d_out) per wrapped linear are trained; each
@@ -99,7 +99,7 @@ def embeddings_in_place(profile: Profile, plan: Plan) -> int:
     return modules * profile.llm.embedding_params
 
 
-def _copies(profile: Profile, plan: Plan, component: Component, trainable: int) -> int:
+def _copies(profile: Profile, plan: Plan, component: Component, *, trainable: int) -> int:
     """Trainable parameters that are copies or base weights rather than adapters: everything of a
     fully trained component, the modules_to_save copies (or in-place embeddings) of a LoRA LLM."""
     part = plan.components.get(component)
@@ -164,9 +164,9 @@ def build_context(profile: Profile, plan: Plan) -> Context:
     parts: dict[Component, PartCounts] = {}
     for name, total in profile.component_params_cached.items():
         component = _COMPONENTS[name]
-        frozen, trainable = _trainable_count(profile, plan, component, total)
+        frozen, trainable = _trainable_count(profile, plan, component, total=total)
         weight_bytes, adapter_bytes, copy_bytes = _dtype_bytes(plan, component, behaviour)
-        copies = _copies(profile, plan, component, trainable) if trainable else 0
+        copies = _copies(profile, plan, component, trainable=trainable) if trainable else 0
         parts[component] = PartCounts(total, frozen, trainable, weight_bytes, adapter_bytes, copies, copy_bytes)
     is_deepspeed = plan.engine.kind == "deepspeed"
     return Context(

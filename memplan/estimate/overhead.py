@@ -23,7 +23,7 @@ def uses_nccl(num_gpus: int, is_deepspeed: bool) -> bool:
     return num_gpus > 1 or is_deepspeed
 
 
-def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is_deepspeed: bool = False, *,
+def device_bytes(calibration: Calibration, peak_reserved: int, *, num_gpus: int, is_deepspeed: bool = False,
                  nccl_extra_bytes: int = 0) -> int:
     """nvidia-smi view: reserved + CUDA context (+ NCCL's communicator buffers, see uses_nccl; + the
     extra communicators and inter-node buffers of memplan.estimate.multinode)."""
@@ -31,8 +31,8 @@ def device_bytes(calibration: Calibration, peak_reserved: int, num_gpus: int, is
     return peak_reserved + calibration.context_bytes + nccl
 
 
-def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: int, device: int, num_gpus: int,
-                 is_deepspeed: bool = False, *, nccl_extra_bytes: int = 0) -> int:
+def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: int, *, device: int, num_gpus: int,
+                 is_deepspeed: bool = False, nccl_extra_bytes: int = 0) -> int:
     """Device memory a run needs not to run out:
     allocated x (1 + pressure_ratio) + pressure_block x largest block + context (+ NCCL).
 
@@ -49,12 +49,13 @@ def needed_bytes(calibration: Calibration, peak_allocated: int, largest_block: i
             + calibration.context_bytes + nccl)
 
 
-def card_views(calibration: Calibration, peak_allocated: int, largest_block: int, num_gpus: int,
-               is_deepspeed: bool = False, *, nccl_extra_bytes: int = 0) -> tuple[int, int, int]:
+def card_views(calibration: Calibration, peak_allocated: int, largest_block: int, *, num_gpus: int,
+               is_deepspeed: bool = False, nccl_extra_bytes: int = 0) -> tuple[int, int, int]:
     """(reserved, device, needed) for an allocated peak: the three views above, in one place.
     ``is_deepspeed``: the engine sets up a process group even on one GPU (DeepSpeed, FSDP2)."""
     reserved = reserved_bytes(calibration, peak_allocated)
-    device = device_bytes(calibration, reserved, num_gpus, is_deepspeed, nccl_extra_bytes=nccl_extra_bytes)
-    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device, num_gpus, is_deepspeed,
-                                          nccl_extra_bytes=nccl_extra_bytes)
+    device = device_bytes(calibration, reserved, num_gpus=num_gpus, is_deepspeed=is_deepspeed,
+                          nccl_extra_bytes=nccl_extra_bytes)
+    return reserved, device, needed_bytes(calibration, peak_allocated, largest_block, device=device,
+                                          num_gpus=num_gpus, is_deepspeed=is_deepspeed, nccl_extra_bytes=nccl_extra_bytes)
 

@@ -57,6 +57,11 @@ class Estimate:
         return self.host_bytes <= self.host_ram_bytes
 
     @property
+    def fits(self) -> bool:
+        """The plan fits: on the card (verdict FITS) and in the node's host RAM."""
+        return self.verdict is Verdict.FITS and self.host_fits
+
+    @property
     def peak_phase(self) -> Phase:
         return self.peak.phase
 
@@ -105,6 +110,32 @@ class Estimate:
                              "host_bytes": self.host_bytes, "host_pinned_bytes": self.host_pinned_bytes}}
 
 
+def phase_needed_bytes(result: Estimate) -> dict[str, int]:
+    """What the card must hold at every phase's allocated peak, as the verdict sees the peak
+    (overhead.needed_bytes; the device view where no pressure ratio is fitted)."""
+    cal: Calibration = result.calibration
+    out = {}
+    for phase in result.phases:
+        allocated = phase.total + cal.allocated_constant_bytes
+        out[phase.phase.value] = overhead.card_views(cal, allocated, result.largest_block_bytes,
+                                                     num_gpus=result.num_gpus, is_deepspeed=result.deepspeed,
+                                                     nccl_extra_bytes=result.nccl_extra_bytes)[2]
+    return out
+
+
+def category_bytes(result: Estimate) -> dict[Category, int]:
+    """Bytes per Category, each at its largest over the phases' peak moments: what a census of the
+    live tensors taken at every phase (max over steps) sees (memplan.probe.census)."""
+    out: dict[Category, int] = {}
+    for phase in result.phases:
+        sums: dict[Category, int] = defaultdict(int)
+        for term in phase.moment.terms:
+            sums[term.category] += term.bytes
+        for category, value in sums.items():
+            out[category] = max(out.get(category, 0), value)
+    return out
+
+
 def host_bytes(ctx: Context, calibration: Calibration) -> int:
     """Host RAM of one node: one process per GPU of the node (base RSS each) plus the node's share of
     offloaded optimizer state, fp32 masters and gradients, and offloaded parameters (ZeRO-Offload,
@@ -131,8 +162,8 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     deepspeed = plan.engine.kind in ("deepspeed", "fsdp2")  # a process group even on one GPU
     block = activations.largest_block_bytes(ctx)
     nccl_extra = multinode.nccl_extra_bytes(ctx, calibration)
-    reserved, device, needed = overhead.card_views(calibration, allocated, block, plan.hardware.num_gpus, deepspeed,
-                                                   nccl_extra_bytes=nccl_extra)
+    reserved, device, needed = overhead.card_views(calibration, allocated, block, num_gpus=plan.hardware.num_gpus,
+                                                   is_deepspeed=deepspeed, nccl_extra_bytes=nccl_extra)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,

@@ -15,12 +15,27 @@ the Sa2VA recipe (memplan/spec/hyperparameters.py: AdamW lr 4e-5, weight decay 0
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any
 
 from memplan.spec.hyperparameters import BETAS, EPSILON, GRADIENT_CLIPPING, LEARNING_RATE, WEIGHT_DECAY
 from memplan.spec.plan import Plan
 
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+# What each variable does (printed above the launch line; docs/launch.md says more):
+NCCL_ENV_WHY = {
+    "NCCL_NVLS_ENABLE": "NCCL's NVLink SHARP (multicast) algorithms off: they reserve extra device memory "
+                        "per communicator and need NVSwitch multicast support",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "PyTorch symmetric memory without multicast objects",
+    "NVSHMEM_DISABLE_NVLS": "NVSHMEM (used by some PyTorch collectives) without NVLink SHARP",
+}
+
+
+def launch_comment() -> str:
+    """The shell comment printed above a launch line: what its environment variables do, and why."""
+    lines = [f"#   {key}={NCCL_ENV[key]}: {why}" for key, why in NCCL_ENV_WHY.items()]
+    return "\n".join(["# NVLink multicast kept off, as on the machines memplan was measured on "
+                      "(drop these where multicast works and memory is not tight):", *lines])
 
 
 def _offload(device: str, *, with_buffers: bool = False) -> dict[str, Any]:
@@ -102,7 +117,7 @@ def launch_command(plan: Plan, script: str, *, args: str = "") -> str:
     """The shell line that starts ``script`` on ``plan.hardware.num_gpus`` GPUs of one host.
 
     DeepSpeed engines use the ``deepspeed`` launcher, plain PyTorch uses ``torchrun``; both get the
-    NCCL settings that keep NVLink multicast off (NCCL_ENV).
+    NCCL settings that keep NVLink multicast off (launch_comment says why; docs/launch.md).
     """
     gpus = plan.hardware.num_gpus
     env = " ".join(f"{key}={value}" for key, value in NCCL_ENV.items())
@@ -110,3 +125,39 @@ def launch_command(plan: Plan, script: str, *, args: str = "") -> str:
     if plan.engine.kind == "deepspeed":
         return f"{env} deepspeed --num_gpus={gpus} {tail}"
     return f"{env} torchrun --standalone --nproc_per_node={gpus} {tail}"
+
+
+def check_emittable(plan: Plan, name: str) -> None:
+    """A DeepSpeed training config exists only for mode=train on engine.kind=deepspeed (InputError otherwise)."""
+    from memplan.spec.loading import InputError
+
+    if plan.mode != "train":
+        raise InputError(f"--emit-deepspeed: plan {name!r} is mode={plan.mode}; a DeepSpeed training config needs mode=train")
+    if plan.engine.kind != "deepspeed":
+        raise InputError(f"--emit-deepspeed: plan {name!r} uses engine.kind={plan.engine.kind}, not deepspeed")
+
+
+def plan_path_for(config: Path) -> Path:
+    """Where --emit-deepspeed puts the plan beside its config: ds.json -> ds.plan.yaml."""
+    return config.with_name(config.stem + ".plan.yaml")
+
+
+def write_config(plan: Plan, *, model: str, name: str, target: Path) -> Path:
+    """Write the plan's DeepSpeed config to ``target`` and, beside it, the plan it was made for
+    (with its model named); return the plan file. An unwritable target is an InputError."""
+    import json
+
+    import yaml
+
+    from memplan.spec.loading import InputError
+
+    plan_file = plan_path_for(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(deepspeed_config(plan), indent=2) + "\n", encoding="utf-8")
+        plan_data = plan.model_copy(update={"model": model}).model_dump(mode="json")
+        plan_file.write_text(f"# memplan plan {name}: the plan {target.name} was emitted for\n"
+                             + yaml.safe_dump(plan_data, sort_keys=False), encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"--emit-deepspeed={target}: cannot write ({error.strerror or error})") from None
+    return plan_file

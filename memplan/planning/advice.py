@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from memplan.estimate.peak import Estimate, estimate
-from memplan.estimate import overhead
-from memplan.estimate.overhead import Calibration
-from memplan.planning.fidelity import fidelity
+from memplan.estimate.peak import Estimate, estimate, phase_needed_bytes
+from memplan.planning.fidelity import fidelity, gives_up
+from memplan.spec.calibration import Calibration
+from memplan.spec.flags import deep_merge
 from memplan.spec.gpus import GpuSpec, gpu_for
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
@@ -55,7 +55,7 @@ class Change:
 
     @property
     def fits(self) -> bool:
-        return self.estimate.verdict is Verdict.FITS and self.estimate.host_fits
+        return self.estimate.fits
 
     def line(self) -> str:
         return (f"{self.label}: needs {format_gib(self.estimate.needed_bytes)} GiB "
@@ -79,7 +79,7 @@ class Advice:
 
     @property
     def fits(self) -> bool:
-        return self.estimate.verdict is Verdict.FITS and self.estimate.host_fits
+        return self.estimate.fits
 
     def by_slowdown(self) -> list[Change]:
         return sorted(self.changes, key=lambda c: (c.slowdown, c.fidelity_loss, c.tokens_lost, c.needs_hardware))
@@ -99,18 +99,6 @@ class Advice:
 
 
 # ---------------------------------------------------------------- diagnosis
-def phase_needed_bytes(result: Estimate) -> dict[str, int]:
-    """What the card must hold at every phase's allocated peak, as the verdict sees the peak
-    (overhead.needed_bytes; the device view where no pressure ratio is fitted)."""
-    cal: Calibration = result.calibration
-    out = {}
-    for phase in result.phases:
-        allocated = phase.total + cal.allocated_constant_bytes
-        out[phase.phase.value] = overhead.card_views(cal, allocated, result.largest_block_bytes, result.num_gpus,
-                                                     result.deepspeed, nccl_extra_bytes=result.nccl_extra_bytes)[2]
-    return out
-
-
 def diagnose(result: Estimate) -> list[str]:
     """Where the plan overflows: phase, moment, the largest terms, each phase over the VRAM, host RAM."""
     lines = []
@@ -141,28 +129,32 @@ def diagnose(result: Estimate) -> list[str]:
 
 
 # ---------------------------------------------------------------- candidate changes
-Modifier = Callable[[Plan, Profile], "tuple[str, dict[str, Any], bool] | None"]
+class Proposal(NamedTuple):
+    """A candidate change: its label, the nested plan update, the knob it touches (two changes of
+    one knob are never paired) and whether it needs new hardware."""
+
+    label: str
+    update: dict[str, Any]
+    knob: str
+    needs_hardware: bool = False
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+Modifier = Callable[[Plan, Profile], "Proposal | None"]
+PLACEMENT = "parameter placement"  # ZeRO stage and parameter offload: where the parameters live
 
 
 def apply(plan: Plan, update: dict[str, Any]) -> Plan:
     """A validated copy of ``plan`` with a nested update merged in."""
-    return Plan.model_validate(_merge(plan.model_dump(), update))
+    return Plan.model_validate(deep_merge(plan.model_dump(), update))
 
 
 def _zero_up(plan: Plan, profile: Profile):
     engine = plan.engine
     if engine.kind == "pytorch":
-        return "DeepSpeed ZeRO-1", {"engine": {"kind": "deepspeed", "zero_stage": 1}}, False
+        return Proposal("DeepSpeed ZeRO-1", {"engine": {"kind": "deepspeed", "zero_stage": 1}}, PLACEMENT)
     if engine.zero_stage >= 3:
         return None
-    return f"ZeRO-{engine.zero_stage + 1}", {"engine": {"zero_stage": engine.zero_stage + 1}}, False
+    return Proposal(f"ZeRO-{engine.zero_stage + 1}", {"engine": {"zero_stage": engine.zero_stage + 1}}, PLACEMENT)
 
 
 def _optimizer_offload(plan: Plan, profile: Profile):
@@ -170,36 +162,31 @@ def _optimizer_offload(plan: Plan, profile: Profile):
         return None
     stage = max(plan.engine.zero_stage, 1) if plan.engine.kind == "deepspeed" else 1
     label = "optimizer offload to CPU" + (f" (ZeRO-{stage})" if stage != plan.engine.zero_stage else "")
-    return label, {"engine": {"kind": "deepspeed", "zero_stage": stage, "offload_optimizer": "cpu"}}, False
+    return Proposal(label, {"engine": {"kind": "deepspeed", "zero_stage": stage, "offload_optimizer": "cpu"}},
+                    "optimizer placement")
 
 
 def _param_offload(plan: Plan, profile: Profile):
     if plan.engine.offload_params != "none":
         return None
     label = "parameter offload to CPU" + (" (ZeRO-3)" if plan.engine.zero_stage != 3 else "")
-    return label, {"engine": {"kind": "deepspeed", "zero_stage": 3, "offload_params": "cpu"}}, False
+    return Proposal(label, {"engine": {"kind": "deepspeed", "zero_stage": 3, "offload_params": "cpu"}}, PLACEMENT)
 
 
 def _checkpointing(plan: Plan, profile: Profile):
     if plan.mode != "train" or plan.components.llm.checkpointing or plan.components.llm.train == "frozen":
         return None
-    return "LLM gradient checkpointing on", {"components": {"llm": {"checkpointing": True}}}, False
+    return Proposal("LLM gradient checkpointing on", {"components": {"llm": {"checkpointing": True}}}, "llm checkpointing")
 
 
 def _resolution(target: int) -> Modifier:
     def change(plan: Plan, profile: Profile):
         if plan.inputs.sam2_resolution <= target or profile.sam2 is None:
             return None
-        return (f"SAM2 {plan.inputs.sam2_resolution}->{target}", {"inputs": {"sam2_resolution": target}}, False)
+        return Proposal(f"SAM2 {plan.inputs.sam2_resolution}->{target}", {"inputs": {"sam2_resolution": target}},
+                        "sam2 resolution")
     change.__name__ = f"_resolution_{target}"
     return change
-
-
-def _tokens_per_tile(profile: Profile) -> int:
-    if profile.vision is None:
-        return 0
-    merge = profile.projector.merge_factor if profile.projector else 4
-    return profile.vision.patches_per_tile // merge
 
 
 def _fewer_tiles(plan: Plan, profile: Profile):
@@ -207,25 +194,25 @@ def _fewer_tiles(plan: Plan, profile: Profile):
     if tiles <= 1 or profile.vision is None:
         return None
     fewer = (tiles - 1) // 2 + 1  # 12 + thumbnail -> 6 + thumbnail
-    tokens = max(plan.inputs.text_tokens - (tiles - fewer) * _tokens_per_tile(profile), 1)
-    return (f"tiles {tiles}->{fewer}", {"inputs": {"tiles": fewer, "text_tokens": tokens}}, False)
+    tokens = max(plan.inputs.text_tokens - (tiles - fewer) * profile.image_tokens_per_tile, 1)
+    return Proposal(f"tiles {tiles}->{fewer}", {"inputs": {"tiles": fewer, "text_tokens": tokens}}, "tiles")
 
 
 def _shorter_text(plan: Plan, profile: Profile):
-    image = (plan.inputs.tiles + plan.inputs.frames) * _tokens_per_tile(profile)
+    image = (plan.inputs.tiles + plan.inputs.frames) * profile.image_tokens_per_tile if profile.vision else 0
     text = plan.inputs.text_tokens - image
     if text < 128:
         return None
     shorter = image + text // 2
-    return (f"text {text}->{text // 2} tokens (sequence {plan.inputs.text_tokens}->{shorter})",
-            {"inputs": {"text_tokens": shorter}}, False)
+    return Proposal(f"text {text}->{text // 2} tokens (sequence {plan.inputs.text_tokens}->{shorter})",
+                    {"inputs": {"text_tokens": shorter}}, "text tokens")
 
 
 def _micro_batch(plan: Plan, profile: Profile):
     if plan.inputs.micro_batch <= 1:
         return None
     smaller = plan.inputs.micro_batch // 2
-    return f"micro-batch {plan.inputs.micro_batch}->{smaller}", {"inputs": {"micro_batch": smaller}}, False
+    return Proposal(f"micro-batch {plan.inputs.micro_batch}->{smaller}", {"inputs": {"micro_batch": smaller}}, "micro-batch")
 
 
 def _lora_rank(plan: Plan, profile: Profile):
@@ -233,14 +220,14 @@ def _lora_rank(plan: Plan, profile: Profile):
     if plan.mode != "train" or llm.train != "lora" or llm.lora is None or llm.lora.rank < 16:
         return None
     rank = llm.lora.rank // 2
-    return (f"LoRA r{llm.lora.rank}->r{rank}",
-            {"components": {"llm": {"lora": {"rank": rank, "alpha": max(llm.lora.alpha // 2, 1)}}}}, False)
+    return Proposal(f"LoRA r{llm.lora.rank}->r{rank}",
+                    {"components": {"llm": {"lora": {"rank": rank, "alpha": max(llm.lora.alpha // 2, 1)}}}}, "lora rank")
 
 
 def _freeze_decoder(plan: Plan, profile: Profile):
     if plan.mode != "train" or plan.components.sam2_decoder.train == "frozen" or profile.sam2 is None:
         return None
-    return "SAM2 mask decoder frozen", {"components": {"sam2_decoder": {"train": "frozen"}}}, False
+    return Proposal("SAM2 mask decoder frozen", {"components": {"sam2_decoder": {"train": "frozen"}}}, "sam2 decoder")
 
 
 def _buckets(plan: Plan, profile: Profile):
@@ -249,34 +236,35 @@ def _buckets(plan: Plan, profile: Profile):
         return None
     if engine.reduce_bucket_size <= SMALL_BUCKET and engine.allgather_bucket_size <= SMALL_BUCKET:
         return None
-    return ("reduce/allgather buckets 5e7",
-            {"engine": {"reduce_bucket_size": min(engine.reduce_bucket_size, SMALL_BUCKET),
-                        "allgather_bucket_size": min(engine.allgather_bucket_size, SMALL_BUCKET)}}, False)
+    return Proposal("reduce/allgather buckets 5e7",
+                    {"engine": {"reduce_bucket_size": min(engine.reduce_bucket_size, SMALL_BUCKET),
+                                "allgather_bucket_size": min(engine.allgather_bucket_size, SMALL_BUCKET)}}, "buckets")
 
 
 def _overlap_off(plan: Plan, profile: Profile):
     if plan.mode != "train" or plan.engine.kind != "deepspeed" or not plan.engine.overlap:
         return None
-    return "overlap_comm off", {"engine": {"overlap_comm": False}}, False
+    return Proposal("overlap_comm off", {"engine": {"overlap_comm": False}}, "overlap_comm")
 
 
 def _more_gpus(plan: Plan, profile: Profile):
     n = plan.hardware.num_gpus
-    return f"{2 * n} GPUs (was {n})", {"hardware": {"num_gpus": 2 * n}}, True
+    return Proposal(f"{2 * n} GPUs (was {n})", {"hardware": {"num_gpus": 2 * n}}, "num_gpus", needs_hardware=True)
 
 
 def _param_offload_off(plan: Plan, profile: Profile):
     """Only when host RAM overflows: parameters back on the GPU (ZeRO-3 keeps them sharded)."""
     if plan.engine.offload_params == "none":
         return None
-    return "parameter offload off", {"engine": {"offload_params": "none"}}, False
+    return Proposal("parameter offload off", {"engine": {"offload_params": "none"}}, PLACEMENT)
 
 
 def _optimizer_offload_off(plan: Plan, profile: Profile):
     """Only when host RAM overflows: optimizer state back on the GPU."""
     if plan.engine.offload_optimizer == "none":
         return None
-    return "optimizer offload off", {"engine": {"offload_optimizer": "none", "offload_params": "none"}}, False
+    return Proposal("optimizer offload off", {"engine": {"offload_optimizer": "none", "offload_params": "none"}},
+                    "optimizer placement")
 
 
 HOST_MODIFIERS: tuple[Modifier, ...] = (_param_offload_off, _optimizer_offload_off)
@@ -288,58 +276,63 @@ MODIFIERS: tuple[Modifier, ...] = (
 
 
 # ---------------------------------------------------------------- advice
-def _evaluate(profile: Profile, original: Plan, label: str, plan: Plan, needs_hardware: bool,
-              calibration: Calibration | None, base_seconds: float, base_fidelity: float, gpu: GpuSpec) -> Change:
-    from memplan.planning.fidelity import gives_up
+class _Base(NamedTuple):
+    """The original plan's per-sample step time and fidelity, and the card it is timed on."""
 
+    seconds: float
+    fidelity: float
+    gpu: GpuSpec
+
+
+def _evaluate(profile: Profile, original: Plan, proposal: Proposal, *, plan: Plan, calibration: Calibration | None,
+              base: _Base) -> Change:
+    """``plan`` (``original`` with ``proposal`` applied) re-estimated, timed and scored against ``original``."""
     result = estimate(profile, plan, calibration)
-    seconds = step_time(profile, plan, gpu).per_sample
+    seconds = step_time(profile, plan, base.gpu).per_sample
     lost = gives_up(profile, plan, original)
     tokens_lost = max(original.inputs.text_tokens - plan.inputs.text_tokens, 0)
     text = lost.text()
-    if needs_hardware:
+    if proposal.needs_hardware:
         text = f"needs {plan.hardware.num_gpus - original.hardware.num_gpus} more GPUs" + ("" if text == "nothing" else f"; {text}")
-    return Change(label, plan, result, seconds, seconds / base_seconds if base_seconds else 1.0,
-                  round(base_fidelity - fidelity(plan, original), 6), tokens_lost, text, needs_hardware)
+    return Change(proposal.label, plan, result, seconds, seconds / base.seconds if base.seconds else 1.0,
+                  round(base.fidelity - fidelity(plan, original), 6), tokens_lost, text, proposal.needs_hardware)
 
 
-def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None,
-           result: Estimate | None = None, *, pairs: bool = True) -> Advice:
+def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None, *,
+           result: Estimate | None = None, pairs: bool = True) -> Advice:
     """Diagnose ``plan`` and, when it does not fit (GPU or host), find the changes that make it fit."""
     result = result or estimate(profile, plan, calibration)
     diagnosis = diagnose(result)
-    if result.verdict is Verdict.FITS and result.host_fits:
+    if result.fits:
         return Advice(result, diagnosis)
     gpu = gpu_for(plan.hardware.gpu, plan.hardware.vram_gib)
-    base_seconds = step_time(profile, plan, gpu).per_sample
-    base_fidelity = fidelity(plan, plan)
+    base = _Base(step_time(profile, plan, gpu).per_sample, fidelity(plan, plan), gpu)
     modifiers = MODIFIERS + (HOST_MODIFIERS if not result.host_fits else ())
-    singles: list[tuple[str, dict[str, Any], bool]] = []
+    singles: list[Proposal] = []
     evaluated: list[Change] = []
     for modifier in modifiers:
         proposal = modifier(plan, profile)
         if proposal is None:
             continue
-        label, update, hardware = proposal
         try:
-            changed = apply(plan, update)
+            changed = apply(plan, proposal.update)
         except ValueError:  # outside what a plan allows (e.g. more than 1024 GPUs)
             continue
         singles.append(proposal)
-        evaluated.append(_evaluate(profile, plan, label, changed, hardware, calibration, base_seconds, base_fidelity, gpu))
+        evaluated.append(_evaluate(profile, plan, proposal, plan=changed, calibration=calibration, base=base))
     tried = len(evaluated)
     fitting = [c for c in evaluated if c.fits]
     if pairs and len(fitting) < MIN_FITTING:
-        software = [(s, c) for s, c in zip(singles, evaluated) if not s[2] and not c.fits]
+        software = [(s, c) for s, c in zip(singles, evaluated) if not s.needs_hardware and not c.fits]
         for (first, _), (second, _) in itertools.combinations(software, 2):
-            if _conflict(first[0], second[0]):
+            if first.knob == second.knob:  # two resolutions; ZeRO up and parameter offload's ZeRO-3
                 continue
             try:
-                changed = apply(apply(plan, first[1]), second[1])
+                changed = apply(apply(plan, first.update), second.update)
             except ValueError:
                 continue
-            label = f"{first[0]} + {second[0]}"
-            change = _evaluate(profile, plan, label, changed, False, calibration, base_seconds, base_fidelity, gpu)
+            pair = Proposal(f"{first.label} + {second.label}", {}, first.knob)
+            change = _evaluate(profile, plan, pair, plan=changed, calibration=calibration, base=base)
             tried += 1
             if change.fits:
                 fitting.append(change)
@@ -347,16 +340,3 @@ def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None,
         diagnosis.append(f"no single change{' or pair' if pairs else ''} of the {len(singles)} tried fits; "
                          f"`memplan search` explores combinations")
     return Advice(result, diagnosis, fitting, tried)
-
-
-def _knob(label: str) -> str:
-    if label.startswith("SAM2 ") and "->" in label:
-        return "resolution"
-    if label.startswith(("ZeRO-", "parameter offload", "DeepSpeed ZeRO")):
-        return "zero stage"
-    return label
-
-
-def _conflict(first: str, second: str) -> bool:
-    """Two changes of the same knob (two resolutions; ZeRO up and parameter offload's ZeRO-3)."""
-    return _knob(first) == _knob(second)

@@ -32,7 +32,7 @@ def _rank(plan: Plan) -> int | None:
     return llm.lora.rank if llm.train == "lora" and llm.lora else None
 
 
-def score_values(resolution: int, rank: int | None, decoder_trained: bool, micro_batch: int,
+def score_values(resolution: int, rank: int | None, *, decoder_trained: bool, micro_batch: int,
                  reference: Plan) -> float:
     """The score from the four knobs (the search calls this without building a Plan)."""
     ref_rank = _rank(reference)
@@ -50,8 +50,9 @@ def fidelity(plan: Plan, reference: Plan) -> float:
     """Fidelity of ``plan`` to ``reference`` in [0, 1] (see the module docstring)."""
     if plan.mode != "train":
         return 0.0
-    return score_values(plan.inputs.sam2_resolution, _rank(plan), plan.components.sam2_decoder.train != "frozen",
-                        plan.inputs.micro_batch, reference)
+    return score_values(plan.inputs.sam2_resolution, _rank(plan),
+                        decoder_trained=plan.components.sam2_decoder.train != "frozen",
+                        micro_batch=plan.inputs.micro_batch, reference=reference)
 
 
 @dataclass(frozen=True)

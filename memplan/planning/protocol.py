@@ -30,7 +30,7 @@ PREDICTION_SCHEMA = "memplan.prediction/1"
 CALIBRATION_SIDE_BELOW = 85  # first byte of sha256(run_id) below this: calibration (85/256 = 33%)
 SIDES = ("calibration", "held-out")
 
-# probe flags a planned run may set: build_plan keyword -> `memplan probe` option
+# probe flags a planned run may set: plan_from_flags keyword -> `memplan probe` option
 PROBE_FLAGS = {
     "res": "--res", "zero": "--zero", "engine": "--engine", "offload": "--offload", "lora_rank": "--lora-rank",
     "tiles": "--tiles", "frames": "--frames", "text_len": "--text-len", "micro_batch": "--micro-batch",
@@ -65,7 +65,7 @@ class PlannedRun(BaseModel):
     name: str
     model: str | None = None  # profile name or path; None: the plan file's model (else sa2va-4b)
     plan: str | None = None  # plan file; flags override it
-    flags: dict[str, Any] = {}  # build_plan keywords: res, zero, engine, offload, ckpt, text_len, ...
+    flags: dict[str, Any] = {}  # plan_from_flags keywords: res, zero, engine, offload, ckpt, text_len, ...
     gpus: int = Field(default=1, ge=1, le=64)
     vram_cap: float | str | None = None  # GiB as CUDA reports them, or a card name (rtx-3090)
     timeout_s: int = Field(default=120, ge=10, le=3600)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memplan.estimate.overhead import Calibration
 from memplan.estimate.peak import Estimate, estimate
 from memplan.planning.steptime import StepTime, time_step, workload
+from memplan.spec.calibration import Calibration
 from memplan.spec.gpus import GpuSpec, gpu_for
 from memplan.spec.plan import Engine, Fsdp, Plan
 from memplan.spec.profile import Profile
@@ -115,7 +115,7 @@ def sweep(profile: Profile, base: Plan, *, gpus_per_node: int, vram_gib: float, 
                 continue
             plan = plan_for(base, choice, nodes=nodes, gpus_per_node=gpus_per_node, vram_gib=vram_gib)
             group = gpus_per_node if choice.startswith("hsdp") else plan.hardware.num_gpus
-            step = time_step(work, timed_engine(plan.engine), group, gpu)
+            step = time_step(work, timed_engine(plan.engine), num_gpus=group, gpu=gpu)
             cells.append(Cell(choice, nodes, plan, estimate(profile, plan, calibration), step))
     return cells
 

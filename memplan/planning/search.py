@@ -36,78 +36,18 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from memplan.estimate.peak import Estimate, estimate
-from memplan.estimate.overhead import Calibration
+from memplan.spec.calibration import Calibration
 from memplan.planning.fidelity import score_values
+from memplan.planning.space import Knobs, SearchSpace
 from memplan.spec.gpus import GpuSpec, gpu_for
 from memplan.spec.plan import Engine, Hardware, LoRA, Optimizer, Plan
 from memplan.spec.profile import Profile
 from memplan.planning.steptime import StepTime, Workload, time_step, workload
-from memplan.spec.units import gib_to_bytes
-from memplan.spec.vocabulary import Verdict
 
 # Step times within 2% of each other count as equal: the step-time model cannot rank them, so a
 # front point is dropped when a more faithful feasible plan is at most 2% slower.
 TIME_TOLERANCE = 0.02
 OFFLOADS = {"none": ("none", "none"), "optimizer": ("cpu", "none"), "all": ("cpu", "cpu")}
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The knobs and their values (memory-monotone knobs listed smallest first)."""
-
-    zero_offload: tuple[tuple[int, str], ...] = (
-        (0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
-        (3, "none"), (3, "optimizer"), (3, "all"),
-    )
-    checkpointing: tuple[bool, ...] = (True, False)
-    micro_batch: tuple[int, ...] = (1, 2, 4)
-    sam2_resolution: tuple[int, ...] = (512, 768, 1024)
-    lora_rank: tuple[int, ...] = (16, 32, 64, 128, 256)
-    decoder_trained: tuple[bool, ...] = (False, True)
-    reduce_bucket_size: tuple[int, ...] = (50_000_000, 200_000_000, 500_000_000)
-    allgather_bucket_size: tuple[int, ...] = (50_000_000, 200_000_000, 500_000_000)
-    overlap_comm: tuple[bool, ...] = (False, True)
-
-    def size(self) -> int:
-        return (len(self.zero_offload) * len(self.checkpointing) * len(self.micro_batch)
-                * len(self.sam2_resolution) * len(self.lora_rank) * len(self.decoder_trained)
-                * len(self.reduce_bucket_size) * len(self.allgather_bucket_size) * len(self.overlap_comm))
-
-
-@dataclass(frozen=True)
-class Knobs:
-    zero_stage: int
-    offload: str
-    checkpointing: bool
-    micro_batch: int
-    sam2_resolution: int
-    lora_rank: int | None
-    decoder_trained: bool
-    reduce_bucket_size: int
-    allgather_bucket_size: int
-    overlap_comm: bool
-
-    def name(self) -> str:
-        def short(n: int) -> str:
-            mantissa, exponent = f"{n:.0e}".split("e")
-            return f"{mantissa}e{int(exponent)}"
-
-        rank = f"-r{self.lora_rank}" if self.lora_rank else ""
-        return (f"z{self.zero_stage}-{self.offload}-{'ckpt' if self.checkpointing else 'nockpt'}-mb{self.micro_batch}"
-                f"-sam{self.sam2_resolution}{rank}-{'dec' if self.decoder_trained else 'decfrozen'}"
-                f"-rb{short(self.reduce_bucket_size)}-ab{short(self.allgather_bucket_size)}"
-                f"-{'ov' if self.overlap_comm else 'noov'}")
-
-    def describe(self) -> str:
-        rank = f"LoRA r{self.lora_rank}, " if self.lora_rank else ""
-        return (f"search candidate: ZeRO-{self.zero_stage}, offload {self.offload}, LLM checkpointing "
-                f"{'on' if self.checkpointing else 'off'}, micro-batch {self.micro_batch}, SAM2 {self.sam2_resolution}, "
-                f"{rank}mask decoder {'trained' if self.decoder_trained else 'frozen'}, buckets "
-                f"{self.reduce_bucket_size:.0e}/{self.allgather_bucket_size:.0e}, overlap_comm "
-                f"{'on' if self.overlap_comm else 'off'}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -136,11 +76,6 @@ class SearchStats:
     dominated: int = 0  # cannot join the front: a faster feasible candidate is at least as faithful
     feasible: int | None = None  # known only for an exhaustive search
     seconds: float = 0.0
-
-    @property
-    def evaluated(self) -> int:
-        """Candidates decided: every one enumerated was scored and classified."""
-        return self.candidates
 
 
 @dataclass(frozen=True)
@@ -192,7 +127,7 @@ class _Lattice:
 class _Builder:
     """Plans for candidates: nested sections built (validated) once per distinct value."""
 
-    def __init__(self, profile: Profile, base: Plan, hardware: Hardware, space: SearchSpace):
+    def __init__(self, profile: Profile, base: Plan, *, hardware: Hardware, space: SearchSpace):
         self.profile, self.base, self.space = profile, base, space
         self.hardware = hardware
         self._engines: dict[tuple, Engine] = {}
@@ -204,7 +139,7 @@ class _Builder:
         self._opt_plain = Optimizer(kind="adamw", foreach=base_opt.foreach) if base_opt.kind == "cpu_adam" else base_opt
         self._opt_offload = base_opt
 
-    def engine(self, zero: int, offload: str, reduce: int, allgather: int, overlap: bool) -> Engine:
+    def engine(self, zero: int, offload: str, *, reduce: int, allgather: int, overlap: bool) -> Engine:
         key = (zero, offload, reduce, allgather, overlap)
         engine = self._engines.get(key)
         if engine is None:
@@ -239,8 +174,8 @@ class _Builder:
         return inputs
 
     def plan(self, knobs: Knobs) -> Plan:
-        engine = self.engine(knobs.zero_stage, knobs.offload, knobs.reduce_bucket_size,
-                             knobs.allgather_bucket_size, knobs.overlap_comm)
+        engine = self.engine(knobs.zero_stage, knobs.offload, reduce=knobs.reduce_bucket_size,
+                             allgather=knobs.allgather_bucket_size, overlap=knobs.overlap_comm)
         optimizer = self._opt_offload if engine.offload_optimizer != "none" else self._opt_plain
         return self.base.model_copy(update={
             "name": knobs.name(), "description": knobs.describe(), "hardware": self.hardware, "engine": engine, "optimizer": optimizer,
@@ -248,7 +183,8 @@ class _Builder:
             "inputs": self.inputs(knobs.micro_batch, knobs.sam2_resolution),
         })
 
-    def workload(self, micro_batch: int, resolution: int, rank: int | None, decoder: bool, checkpointing: bool) -> Workload:
+    def workload(self, micro_batch: int, resolution: int, *, rank: int | None, decoder: bool,
+                 checkpointing: bool) -> Workload:
         key = (micro_batch, resolution, rank, decoder, checkpointing)
         work = self._workloads.get(key)
         if work is None:
@@ -280,9 +216,9 @@ def _decoders(profile: Profile, base: Plan, space: SearchSpace) -> tuple[bool, .
 def search(
     profile: Profile,
     base_plan: Plan,
+    *,
     num_gpus: int,
     vram_gib: float,
-    *,
     host_ram_gib: float | None = None,
     gpu: GpuSpec | None = None,
     space: SearchSpace | None = None,
@@ -304,9 +240,7 @@ def search(
         "gpu": gpu.name if gpu else base_plan.hardware.gpu})
     gpu = gpu or gpu_for(hardware.gpu, vram_gib)
     base = base_plan.model_copy(update={"mode": "train", "hardware": hardware})
-    builder = _Builder(profile, base, hardware, space)
-    vram_bytes = gib_to_bytes(vram_gib)
-    host_bytes = gib_to_bytes(hardware.host_ram_gib)
+    builder = _Builder(profile, base, hardware=hardware, space=space)
 
     ranks = _ranks(profile, base, space)
     resolutions = _resolutions(profile, base, space)
@@ -327,13 +261,13 @@ def search(
                 mb, res, rank, dec, rb, ab, ov = (axis[i] for axis, i in zip(memory_axes, point))
                 engine = engines.get((rb, ab, ov))
                 if engine is None:
-                    engine = engines[(rb, ab, ov)] = builder.engine(zero, offload, rb, ab, ov)
-                work = builder.workload(mb, res, rank, dec, checkpointing)
-                seconds = time_step(work, engine, num_gpus, gpu, step_terms).per_sample
+                    engine = engines[(rb, ab, ov)] = builder.engine(zero, offload, reduce=rb, allgather=ab, overlap=ov)
+                work = builder.workload(mb, res, rank=rank, decoder=dec, checkpointing=checkpointing)
+                seconds = time_step(work, engine, num_gpus=num_gpus, gpu=gpu, terms=step_terms).per_sample
                 key = (res, rank, dec, mb)
                 score = fidelity_cache.get(key)
                 if score is None:
-                    score = fidelity_cache[key] = score_values(res, rank, dec, mb, base)
+                    score = fidelity_cache[key] = score_values(res, rank, decoder_trained=dec, micro_batch=mb, reference=base)
                 scored.append((seconds, -score, group, point))
     stats = SearchStats(candidates=len(scored))
     scored.sort()
@@ -357,7 +291,7 @@ def search(
         result = estimate(profile, builder.plan(knobs_of(group, point)), calibration)
         stats.estimated += 1
         estimates[(group, point)] = result
-        ok = result.verdict is Verdict.FITS and result.host_bytes <= host_bytes and result.needed_bytes <= vram_bytes
+        ok = result.fits
         lattices[group].add(point, ok)
         return ok
 
@@ -383,9 +317,9 @@ def search(
         knobs = knobs_of(group, point)
         plan = builder.plan(knobs)
         result = estimates.get((group, point)) or estimate(profile, plan, calibration)
-        work = builder.workload(knobs.micro_batch, knobs.sam2_resolution, knobs.lora_rank, knobs.decoder_trained,
-                                knobs.checkpointing)
-        step = time_step(work, plan.engine, num_gpus, gpu, step_terms)
+        work = builder.workload(knobs.micro_batch, knobs.sam2_resolution, rank=knobs.lora_rank,
+                                decoder=knobs.decoder_trained, checkpointing=knobs.checkpointing)
+        step = time_step(work, plan.engine, num_gpus=num_gpus, gpu=gpu, terms=step_terms)
         score = fidelity_cache[(knobs.sam2_resolution, knobs.lora_rank, knobs.decoder_trained, knobs.micro_batch)]
         return Candidate(knobs, plan, result, step, score)
 

@@ -1,6 +1,6 @@
 """Fit the step-time model's terms on probe records and check it against them. No torch.
 
-Each record gives a measured steady-state step (memplan.probe.records.steady_step_seconds: warm-up
+Each record gives a measured steady-state step (memplan.spec.record.steady_step_seconds: warm-up
 excluded, the slowest rank) and, through its profile and plan dumps, the model's terms. The model is
 linear in seven coefficients once the overlap terms are held fixed: the inverse efficiency of each
 kernel class on the record's card, ``module_call_s``, ``zero3_fetch_s`` and the inverse CPU Adam rate.
@@ -21,11 +21,11 @@ from typing import Any, Iterable
 
 from memplan.planning.steptime import HOST_CORES_PER_GPU, StepTime, time_step
 from memplan.planning.workload import KERNEL_CLASSES, Workload, workload
-from memplan.probe.records import steady_step_seconds
 from memplan.spec.calibration import KernelEfficiency, StepTimeTerms
 from memplan.spec.gpus import GpuSpec, gpu_for, match_device_name
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
+from memplan.spec.record import steady_step_seconds
 
 RIDGE = 0.02
 MIN_SHARE = 0.10
@@ -52,7 +52,7 @@ class TimedRun:
     capped: bool = False  # ran under --vram-cap (the allocator squeezed: frees and retries)
 
     def predict(self, terms: StepTimeTerms | None = None) -> StepTime:
-        return time_step(self.work, self.plan.engine, self.plan.hardware.num_gpus, self.gpu, terms,
+        return time_step(self.work, self.plan.engine, num_gpus=self.plan.hardware.num_gpus, gpu=self.gpu, terms=terms,
                          host_cores=self.host_cores, foreach=self.plan.optimizer.foreach)
 
 

@@ -143,7 +143,7 @@ def compute_terms(work: Workload, gpu: GpuSpec, terms: StepTimeTerms) -> dict[st
     return out
 
 
-def zero3_terms(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms,
+def zero3_terms(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms,
                 compute_s: float) -> dict[str, float]:
     """ZeRO-3 gathers (count x latency + exposed bytes) and parameter offload copies."""
     gathers, elements = work.gathers(engine.stage3_param_persistence_threshold)
@@ -157,7 +157,7 @@ def zero3_terms(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, ter
     return {"zero3_gather": hooks + gathers * COLLECTIVE_LATENCY_S + exposed, "param_offload": offload}
 
 
-def sync_terms(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, backward_s: float) -> dict[str, float]:
+def sync_terms(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, backward_s: float) -> dict[str, float]:
     """Gradient reduction (exposed part) and ZeRO-1/2's parameter all-gather after the step."""
     n = num_gpus
     if not work.training or not work.trainable or n == 1:
@@ -181,7 +181,7 @@ def sync_terms(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, back
     return {"grad_sync": max(0.0, reduce_s - hidden), "param_allgather": post}
 
 
-def optimizer_terms(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms, *,
+def optimizer_terms(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms,
                     host_cores: int | None, foreach: bool = True) -> dict[str, float]:
     """The optimizer step: CPU Adam with its PCIe copies (ZeRO-Offload), or a memory-bound GPU step."""
     out = {"offload_copy": 0.0, "cpu_adam": 0.0, "gpu_optimizer": 0.0}
@@ -201,7 +201,7 @@ def optimizer_terms(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec,
     return out
 
 
-def time_step(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms | None = None, *,
+def time_step(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms | None = None,
               host_cores: int | None = None, foreach: bool = True) -> StepTime:
     """Seconds of one step on one rank: the sum of TERMS (memplan.planning.steptime docstring)."""
     terms = terms or default_terms()
@@ -215,22 +215,23 @@ def time_step(work: Workload, engine: Engine, num_gpus: int, gpu: GpuSpec, terms
     breakdown = dict(computed)
     deepspeed = engine.kind == "deepspeed"
     if deepspeed and engine.zero_stage == 3:
-        breakdown.update(zero3_terms(work, engine, num_gpus, gpu, terms, compute_s))
+        breakdown.update(zero3_terms(work, engine, num_gpus=num_gpus, gpu=gpu, terms=terms, compute_s=compute_s))
     else:
         breakdown.update({"zero3_gather": 0.0, "param_offload": 0.0})
-    breakdown.update(sync_terms(work, engine, num_gpus, gpu, compute_s * backward_share))
-    breakdown.update(optimizer_terms(work, engine, num_gpus, gpu, terms, host_cores=host_cores, foreach=foreach))
+    breakdown.update(sync_terms(work, engine, num_gpus=num_gpus, gpu=gpu, backward_s=compute_s * backward_share))
+    breakdown.update(optimizer_terms(work, engine, num_gpus=num_gpus, gpu=gpu, terms=terms, host_cores=host_cores,
+                                     foreach=foreach))
     step = StepTime(sum(breakdown.values()), breakdown, work.micro_batch, gpu.name, work.total_flops,
                     num_gpus, work.tokens)
     return step
 
 
-def step_time(profile: Profile, plan: Plan, gpu: GpuSpec | None = None, terms: StepTimeTerms | None = None, *,
+def step_time(profile: Profile, plan: Plan, gpu: GpuSpec | None = None, *, terms: StepTimeTerms | None = None,
               host_cores: int | None = None) -> StepTime:
     """Seconds per step of ``plan`` on its GPU (plan.hardware.gpu, or the catalogued card whose VRAM is
     nearest the plan's)."""
     gpu = gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib)
-    return time_step(workload(profile, plan), plan.engine, plan.hardware.num_gpus, gpu, terms,
+    return time_step(workload(profile, plan), plan.engine, num_gpus=plan.hardware.num_gpus, gpu=gpu, terms=terms,
                      host_cores=host_cores, foreach=plan.optimizer.foreach)
 
 

@@ -112,7 +112,7 @@ class Workload:
 
 
 # ---------------------------------------------------------------- FLOPs per component
-def _dense(p_matmul: float, p_trained: float, tokens: float, graph: bool, recompute: bool,
+def _dense(p_matmul: float, p_trained: float, tokens: float, *, graph: bool, recompute: bool,
            attention_forward: float = 0.0) -> Flops:
     """Forward 2PT (+ attention); backward 2PT activation grads + 2 P_t T weight grads (+ 2x the
     attention) on the gradient path; recompute one more forward when checkpointed."""
@@ -142,8 +142,9 @@ def _llm_flops(ctx: Context, with_attention: bool = True) -> Flops:
     tokens = inputs.micro_batch * inputs.text_tokens
     attention = _llm_attention(ctx) if with_attention else 0.0
     graph = ctx.graph.get(Component.LLM, False)
-    body = _dense(layers + adapters, body_trained, tokens, graph, part.checkpointing, attention)
-    logits = _dense(head, head_trained, tokens, graph, False)
+    body = _dense(layers + adapters, body_trained, tokens, graph=graph, recompute=part.checkpointing,
+                  attention_forward=attention)
+    logits = _dense(head, head_trained, tokens, graph=graph, recompute=False)
     return Flops(body.forward + logits.forward, body.backward + logits.backward, body.recompute)
 
 
@@ -155,15 +156,15 @@ def _vision_flops(ctx: Context) -> Flops:
     attention = v.num_layers * tiles * 4 * s * s * v.hidden_size  # bidirectional
     part = ctx.parts[Component.VISION]
     return _dense(groups["attention"] + groups["mlp"], part.trainable, tiles * s,
-                  ctx.graph.get(Component.VISION, False), ctx.plan.components.vision.checkpointing, attention)
+                  graph=ctx.graph.get(Component.VISION, False), recompute=ctx.plan.components.vision.checkpointing,
+                  attention_forward=attention)
 
 
 def _projector_flops(ctx: Context) -> Flops:
-    v, p, inputs = ctx.profile.vision, ctx.profile.projector, ctx.plan.inputs
-    per_tile = v.patches_per_tile // p.merge_factor if v else 256
-    tokens = inputs.micro_batch * (inputs.tiles + inputs.frames) * per_tile
+    inputs = ctx.plan.inputs
+    tokens = inputs.micro_batch * (inputs.tiles + inputs.frames) * ctx.profile.image_tokens_per_tile
     part = ctx.parts[Component.PROJECTOR]
-    return _dense(part.total, part.trainable, tokens, ctx.graph.get(Component.PROJECTOR, False), False)
+    return _dense(part.total, part.trainable, tokens, graph=ctx.graph.get(Component.PROJECTOR, False), recompute=False)
 
 
 def _sam2_encoder_flops(ctx: Context) -> Flops:
@@ -191,14 +192,15 @@ def _sam2_decoder_flops(ctx: Context) -> Flops:
     inputs = ctx.plan.inputs
     tokens = inputs.micro_batch * inputs.objects * (inputs.sam2_resolution // 16) ** 2
     part = ctx.parts[Component.SAM2_DECODER]
-    return _dense(part.total, part.trainable, tokens, ctx.graph.get(Component.SAM2_DECODER, False), False)
+    return _dense(part.total, part.trainable, tokens, graph=ctx.graph.get(Component.SAM2_DECODER, False),
+                  recompute=False)
 
 
 def _seg_head_flops(ctx: Context) -> Flops:
     inputs = ctx.plan.inputs
     part = ctx.parts[Component.SEG_HEAD]
     return _dense(part.total, part.trainable, inputs.micro_batch * inputs.objects,
-                  ctx.graph.get(Component.SEG_HEAD, False), False)
+                  graph=ctx.graph.get(Component.SEG_HEAD, False), recompute=False)
 
 
 FLOP_COUNTERS = {

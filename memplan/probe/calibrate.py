@@ -8,8 +8,10 @@ Fitted terms (memplan/estimate/overhead.py, Calibration):
   DeepSpeed, which creates its process group even on one GPU);
 - allocated_constant_bytes: median of (measured - analytic) peak allocated: what every run holds
   beyond the model (cuBLAS/cuDNN workspaces, RNG state, small buffers); one number for all runs;
-- host_base_bytes: median host RSS per process of runs without offload.
-No per-configuration factor is fitted: the same five numbers apply to every plan.
+- host_base_bytes: median host RSS per process of runs without offload;
+- pressure_ratio, pressure_block: from runs under --vram-cap, the share of allocated memory and of the
+  largest block the allocator cannot give back under pressure (fit_pressure).
+No per-configuration factor is fitted: the same eight numbers apply to every plan.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from memplan.estimate.peak import Estimate, estimate
+from memplan.estimate.peak import Estimate, category_bytes, estimate
 from memplan.estimate.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, uses_nccl
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
+from memplan.spec.record import ProbeRecord
+from memplan.spec.vocabulary import Category
 
 
 @dataclass(frozen=True)
@@ -39,44 +43,37 @@ class Measured:
     reserved: int
     device: int
     host: int
-    phases: dict[str, int]
+    phases: dict[str, int]  # allocated peak per phase (Phase value), max over ranks
+    categories: dict[Category, int] | None  # the census of live tensors; None where the probe took none
     vram_cap_bytes: int | None
     card: str | None
     versions: dict[str, str]
 
 
-def _max_over_ranks(record: dict[str, Any], key: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for rank in record.get("ranks", []):
-        for phase, values in rank.get("phases", {}).items():
-            value = values.get(key)
-            if value is not None:
-                out[phase] = max(out.get(phase, 0), int(value))
-    return out
-
-
 def measured_from_record(record: dict[str, Any], source: str) -> Measured:
+    """A record read into the typed ProbeRecord (memplan.spec.record), reduced to what the estimate
+    predicts: peaks from the summary (else the max over phases and ranks), allocated bytes per phase,
+    and bytes per category where the probe took a census."""
     try:
         profile = Profile.model_validate(record["profile"])
         plan = Plan.model_validate(record["plan"])
     except Exception as error:  # noqa: BLE001 - any mismatch is a foreign/old record
         raise InputError(f"{source}: run {record.get('run_id')}: profile/plan do not validate: "
                          f"{str(error).splitlines()[0]}") from None
-    summary = record.get("summary") or {}
-    allocated = _max_over_ranks(record, "max_allocated_bytes")
-    reserved = _max_over_ranks(record, "max_reserved_bytes")
-    device = _max_over_ranks(record, "device_used_bytes")
-    host = _max_over_ranks(record, "host_rss_bytes")
+    typed = ProbeRecord.model_validate({**record, "summary": record.get("summary") or {}})
+    summary = typed.summary
+    allocated = typed.by_phase("max_allocated_bytes")
     return Measured(
-        run_id=str(record.get("run_id")), source=source, status=record.get("status", "error"),
-        profile=profile, plan=plan,
-        allocated=int(summary.get("peak_allocated_bytes") or max(allocated.values(), default=0)),
-        reserved=int(summary.get("peak_reserved_bytes") or max(reserved.values(), default=0)),
-        device=int(summary.get("peak_device_bytes") or max(device.values(), default=0)),
-        host=max(host.values(), default=0), phases=allocated,
-        vram_cap_bytes=record.get("vram_cap_bytes"),
-        card=(record.get("environment") or {}).get("gpu_name"),
-        versions={k: str(v) for k, v in (record.get("environment") or {}).items()
+        run_id=str(typed.run_id), source=source, status=typed.status, profile=profile, plan=plan,
+        allocated=summary.peak_allocated_bytes or max(allocated.values(), default=0),
+        reserved=summary.peak_reserved_bytes or max(typed.by_phase("max_reserved_bytes").values(), default=0),
+        device=summary.peak_device_bytes or max(typed.by_phase("device_used_bytes").values(), default=0),
+        host=max(typed.by_phase("host_rss_bytes").values(), default=0),
+        phases={phase.value: value for phase, value in allocated.items()},
+        categories=typed.categories(),
+        vram_cap_bytes=typed.vram_cap_bytes,
+        card=typed.environment.get("gpu_name"),
+        versions={k: str(v) for k, v in typed.environment.items()
                   if k in ("driver", "cuda", "torch", "transformers", "peft", "deepspeed") and v},
     )
 
@@ -226,6 +223,16 @@ class Comparison:
                 out[phase.phase.value] = (predicted - measured) / measured
         return out
 
+    def category_errors(self) -> dict[Category, tuple[int, int, float | None]]:
+        """Per censused Category: (estimated, measured, relative error); the estimate at each
+        category's largest over the phases (memplan.estimate.peak.category_bytes). Empty without a census."""
+        if not self.measured.categories:
+            return {}
+        predicted = category_bytes(self.estimate)
+        return {category: (predicted.get(category, 0), measured,
+                           (predicted.get(category, 0) - measured) / measured if measured else None)
+                for category, measured in self.measured.categories.items()}
+
     def verdict_under_cap(self) -> tuple[str, str] | None:
         """(predicted, measured) verdicts when the run had a VRAM cap: OOM if the device view exceeds it
         (the probe's cap limits the allocator to the cap less what lies outside it, as a real card does)."""
@@ -251,6 +258,14 @@ def summary(comparisons: list[Comparison]) -> dict[str, Any]:
                   and (e := c.error(kind)) is not None]
         out[kind] = {"median_abs_error": statistics.median(errors) if errors else None,
                      "max_abs_error": max(errors) if errors else None, "count": len(errors)}
+    by_category: dict[Category, list[float]] = {}
+    for c in ok:
+        for category, (_, _, error) in c.category_errors().items():
+            if error is not None:
+                by_category.setdefault(category, []).append(abs(error))
+    out["categories"] = {category.value: {"median_abs_error": statistics.median(errors),
+                                          "max_abs_error": max(errors), "count": len(errors)}
+                         for category, errors in by_category.items()}
     verdicts = [v for c in comparisons if (v := c.verdict_under_cap())]
     out["verdicts"] = {"count": len(verdicts), "correct": sum(p == m for p, m in verdicts),
                        "fits_that_ran_oom": sum(p == "fits" and m == "oom" for p, m in verdicts)}

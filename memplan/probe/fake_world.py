@@ -67,17 +67,20 @@ def run_fake_world(profile: Profile, plan: Plan, *, world_size: int, steps: int 
     from memplan.probe.distributed import release_distributed
     from memplan.probe.run import run_probe
 
-    previous = os.environ.get(FAKE_WORLD_ENV)
+    # init_fake_world sets RANK/LOCAL_RANK: restore them, or a later Trainer/accelerate in this
+    # process reads RANK and tries an env:// rendezvous
+    previous = {name: os.environ.get(name) for name in (FAKE_WORLD_ENV, "RANK", "LOCAL_RANK")}
     os.environ[FAKE_WORLD_ENV] = str(world_size)
     try:
         record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device,
                            timeout_s=timeout_s, command=command)
     finally:
         release_distributed()
-        if previous is None:
-            os.environ.pop(FAKE_WORLD_ENV, None)
-        else:
-            os.environ[FAKE_WORLD_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     record["fake_world"] = world_size
     record["notes"] = [*record.get("notes", []), f"fake world: rank 0 of {world_size} measured alone; "
                        "collectives were no-ops (sizes real, values not)"]

@@ -116,13 +116,31 @@ def compose_record(work: Path, profile: Profile, plan: Plan, *, gpus: int, vram_
     )
 
 
+def _wait(process: subprocess.Popen, limit_s: float | None, poll: Any) -> tuple[int | None, bool]:
+    """(return code, timed out): wait up to ``limit_s``, calling ``poll()`` about once a second; past
+    the limit the process group is killed."""
+    import time
+
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            return process.wait(timeout=1.0 if remaining is None else max(min(1.0, remaining), 0.01)), False
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                _kill_group(process)
+                return process.returncode, True
+            poll()
+
+
 def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, steps: int = 3,
                  vram_cap_gib: float | None = None, device: str = "cuda", timeout_s: float | None = None,
                  command: str | None = None, ds_config: dict[str, Any] | None = None,
-                 vram_cap_card: str | None = None) -> dict[str, Any]:
+                 vram_cap_card: str | None = None, on_progress: Any = None) -> dict[str, Any]:
     """Run the probe on ``gpus`` processes under torchrun; append and return exactly one record.
 
-    ``ds_config`` (a user's DeepSpeed config) replaces deepspeed_config(plan) and is kept in the record.
+    ``ds_config`` (a user's DeepSpeed config) replaces deepspeed_config(plan) and is kept in the record;
+    ``on_progress(rank-0 partial result or None)`` is called about once a second while the ranks run.
     """
     command = command if command is not None else " ".join(sys.argv)
     with tempfile.TemporaryDirectory(prefix="memplan-probe-") as tmp:
@@ -135,13 +153,8 @@ def launch_probe(profile: Profile, plan: Plan, *, gpus: int, out: str | Path, st
         with open(log_path, "wb") as log:
             process = subprocess.Popen(torchrun_command(work / "spec.json", gpus), env=worker_environment(),
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            timed_out = False
-            try:
-                returncode = process.wait(timeout=timeout_s + START_GRACE_S if timeout_s else None)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(process)
-                returncode = process.returncode
+            returncode, timed_out = _wait(process, timeout_s + START_GRACE_S if timeout_s else None,
+                                          lambda: on_progress(_read_json(work / "rank-0.json")) if on_progress else None)
         log_text = log_path.read_text(encoding="utf-8", errors="replace")
         record = compose_record(work, profile, plan, gpus=gpus, vram_cap_gib=vram_cap_gib, command=command,
                                 returncode=returncode, timed_out=timed_out, log_text=log_text)

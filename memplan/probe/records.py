@@ -32,10 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from memplan.spec.loading import InputError
+from memplan.spec.loading import InputError, read_file_bytes
+from memplan.spec.record import SCHEMA, STATUSES, steady_step_seconds, warmup_steps  # noqa: F401 (re-exported)
 
-SCHEMA = "memplan.probe/1"
-STATUSES = ("ok", "oom", "error", "timeout")
 PHASE_FIELDS = ("max_allocated_bytes", "max_reserved_bytes", "device_used_bytes", "host_rss_bytes")
 SUMMARY_FIELDS = {
     "peak_allocated_bytes": "max_allocated_bytes",
@@ -60,29 +59,6 @@ def summarize(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     peak = max(readings, key=lambda item: int(item[1].get("max_allocated_bytes") or 0), default=(None, {}))
     summary["peak_phase"] = peak[0]
     return summary
-
-
-def warmup_steps(plan: dict[str, Any]) -> int:
-    """Steps before the steady state: the first (kernel selection, allocator growth, optimizer state);
-    under ZeRO-3 also the second, on which DeepSpeed records its parameter-fetch trace (the first
-    reset_step switches the coordinator to RECORD, the second to COMPLETE, and only then does it
-    prefetch: deepspeed/runtime/zero/partitioned_param_coordinator.py, reset_step)."""
-    engine = plan.get("engine") or {}
-    return 2 if engine.get("kind") == "deepspeed" and engine.get("zero_stage") == 3 else 1
-
-
-def steady_step_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> float | None:
-    """The slowest rank's median step time after warmup_steps(plan) (ranks wait for each other at every
-    collective); None when no rank ran past its warm-up."""
-    skip = warmup_steps(plan)
-    medians = []
-    for rank in ranks:
-        steps = [float(t) for t in rank.get("step_times_s") or [] if t is not None][skip:]
-        if steps:
-            steps.sort()
-            middle = len(steps) // 2
-            medians.append(steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2)
-    return max(medians) if medians else None
 
 
 def combine_status(ranks: list[dict[str, Any]]) -> tuple[str, str | None, dict[str, Any] | None]:
@@ -198,18 +174,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Every record of a JSONL file. A torn last line (no final newline: a writer killed mid-line) is
     skipped with a warning; any other bad line raises an InputError naming path:line."""
     path = Path(path)
-    try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
-    if not exists:
-        raise InputError(f"{path}: file not found")
-    if is_dir:
-        raise InputError(f"{path}: is a directory, expected a JSONL file of probe records")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    data = read_file_bytes(path, name=str(path), expected="a JSONL file of probe records")
     lines = data.split(b"\n")
     torn_allowed = not data.endswith(b"\n")  # only an unterminated last line can be torn
     while lines and not lines[-1].strip():

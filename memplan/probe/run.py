@@ -139,10 +139,13 @@ class _PhaseRunner:
     """Runs a phase between a reset and a read of the meter, files the reading, wraps failures."""
 
     def __init__(self, *, meter: Meter, result: RankResult, cap: DeviceCap,
-                 on_update: Callable[[RankResult], None] | None = None) -> None:
-        self.meter, self.result, self.on_update, self.cap = meter, result, on_update, cap
+                 on_update: Callable[[RankResult], None] | None = None,
+                 on_phase: Callable[[str, int | None], None] | None = None) -> None:
+        self.meter, self.result, self.on_update, self.cap, self.on_phase = meter, result, on_update, cap, on_phase
 
     def __call__(self, phase: Phase, function: Callable[[], Any], step: int | None = None) -> tuple[Any, float]:
+        if self.on_phase is not None:
+            self.on_phase(phase.value, step)  # progress (memplan.probe.progress)
         self.meter.reset()
         self.cap.apply()
         faults.at_phase(phase, step)
@@ -227,7 +230,8 @@ def _run_phases(setup: EngineSetup, *, steps: int, run: _PhaseRunner) -> None:
 def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                  device: str = "cuda", timeout_s: float | None = None,
                  on_update: Callable[[RankResult], None] | None = None,
-                 ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None) -> RankResult:
+                 ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None,
+                 on_phase: Callable[[str, int | None], None] | None = None) -> RankResult:
     """Build, apply, and run ``steps`` steps on this rank; every failure is filed in the result.
 
     ``on_update(result)`` is called after every phase (the launcher saves partial results with it);
@@ -253,7 +257,8 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
     device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
                            start_context=result.context_bytes or 0)
-    run = _PhaseRunner(meter=Meter(torch_device, tracker), result=result, cap=device_cap, on_update=on_update)
+    run = _PhaseRunner(meter=Meter(torch_device, tracker), result=result, cap=device_cap, on_update=on_update,
+                       on_phase=on_phase)
     setup = EngineSetup(profile=profile, plan=plan, device=torch_device, world_size=world_size, ds_config=ds_config)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), _alarm(timeout_s):
@@ -297,7 +302,8 @@ def assemble_record(profile: Profile, plan: Plan, ranks: list[dict[str, Any]], *
 
 def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
               device: str = "cuda", timeout_s: float | None = None, command: str | None = None,
-              ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None) -> dict[str, Any]:
+              ds_config: dict[str, Any] | None = None, vram_cap_card: str | None = None,
+              on_phase: Callable[[str, int | None], None] | None = None) -> dict[str, Any]:
     """Measure ``plan`` on ``profile`` for real and return a ``memplan.probe/1`` record.
 
     Under torchrun every rank measures itself and the per-rank results are all-gathered, so every
@@ -305,7 +311,7 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
     multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
     result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
-                          ds_config=ds_config, vram_cap_card=vram_cap_card)
+                          ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=on_phase)
     torch_device = torch.device(result.device)
     ranks = gather_ranks(result, torch_device)
     record = assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2]),

@@ -31,9 +31,7 @@ def input_shapes(profile: Profile, plan: Plan) -> Shapes:
     """Shapes of one micro-batch; raises ProbeBuildError when the image tokens overflow the sequence."""
     inputs = plan.inputs
     images = inputs.tiles + inputs.frames if profile.vision else 0
-    qwen_merger = profile.vision is not None and profile.vision.architecture != "internvit"
-    merge = profile.projector.merge_factor if profile.projector else (4 if qwen_merger else 1)
-    per_image = profile.vision.patches_per_tile // merge if profile.vision else 0
+    per_image = profile.image_tokens_per_tile if profile.vision else 0
     objects = inputs.objects if profile.sam2 or profile.seg_head else 0
     if profile.llm and images * per_image + objects + 1 > inputs.text_tokens:
         raise ProbeBuildError(

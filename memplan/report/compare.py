@@ -16,97 +16,64 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memplan.planning.advice import Advice, advise, phase_needed_bytes
-from memplan.estimate.peak import Estimate, estimate
-from memplan.estimate.overhead import Calibration
-from memplan.planning.fidelity import GivesUp, fidelity, gives_up
-from memplan.spec.gpus import gpu_for
-from memplan.spec.plan import Plan
-from memplan.spec.profile import Profile
-from memplan.planning.steptime import StepTime, step_time
+from memplan.planning.evaluate import Evaluation
 from memplan.spec.units import format_gib
-from memplan.spec.vocabulary import Verdict
+
+def step_text(row: Evaluation) -> str:
+    mode = "" if row.plan.mode == "train" else " (forward only)"
+    per_sample = f" ({row.step.per_sample:.2f}/sample)" if row.step.micro_batch > 1 else ""
+    return f"{row.step.seconds:.2f} s{per_sample}{mode}"
 
 
-@dataclass(frozen=True)
-class PlanRow:
-    """One plan in a report: its estimate, step time, what it gives up, and advice when OOM."""
+def epoch_text(row: Evaluation) -> str:
+    seconds = row.step.epoch_seconds(row.dataset_samples) if row.dataset_samples else None
+    return "" if seconds is None else f"{seconds / 3600:.1f} h"
 
-    profile: Profile
-    plan: Plan
-    estimate: Estimate
-    step: StepTime
-    slowdown: float  # time per sample / the first row's
-    fidelity: float  # against the reference recipe
-    gives_up: GivesUp
-    advice: Advice | None
-    knobs: dict[str, Any] | None = None  # search candidates: the knob values
-    dataset_samples: int | None = None  # --dataset-samples: time (and --price: cost) per epoch
-    price: float | None = None  # per GPU-hour
 
-    @property
-    def name(self) -> str:
-        return self.plan.name
+def cost_text(row: Evaluation) -> str:
+    if not row.dataset_samples or row.price is None:
+        return ""
+    return f"{row.step.epoch_cost(row.dataset_samples, row.price):,.2f}"
 
-    @property
-    def fits(self) -> bool:
-        return self.estimate.verdict is Verdict.FITS and self.estimate.host_fits
 
-    @property
-    def verdict(self) -> str:
-        if self.estimate.verdict is Verdict.OOM:
-            return "OOM"
-        return "FITS" if self.estimate.host_fits else "HOST OOM"
+def top_advice(row: Evaluation) -> str:
+    if row.advice is None or row.fits:
+        return ""
+    best = row.advice.top()
+    if best is None:
+        return "no single change or pair fits: try `memplan search`"
+    saves = row.estimate.needed_bytes - best.estimate.needed_bytes
+    return (f"{best.label} saves {format_gib(saves)} GiB (needs {format_gib(best.estimate.needed_bytes)}), "
+            f"{best.slowdown:.2f}x time, gives up {best.gives_up}")
 
-    def step_text(self) -> str:
-        mode = "" if self.plan.mode == "train" else " (forward only)"
-        per_sample = f" ({self.step.per_sample:.2f}/sample)" if self.step.micro_batch > 1 else ""
-        return f"{self.step.seconds:.2f} s{per_sample}{mode}"
 
-    def epoch_text(self) -> str:
-        seconds = self.step.epoch_seconds(self.dataset_samples) if self.dataset_samples else None
-        return "" if seconds is None else f"{seconds / 3600:.1f} h"
-
-    def cost_text(self) -> str:
-        if not self.dataset_samples or self.price is None:
-            return ""
-        return f"{self.step.epoch_cost(self.dataset_samples, self.price):,.2f}"
-
-    def top_advice(self) -> str:
-        if self.advice is None or self.fits:
-            return ""
-        best = self.advice.top()
-        if best is None:
-            return "no single change or pair fits: try `memplan search`"
-        return (f"{best.label}: {format_gib(best.estimate.needed_bytes)} GiB, "
-                f"{best.slowdown:.2f}x time, gives up {best.gives_up}")
-
-    def to_dict(self) -> dict[str, Any]:
-        e = self.estimate
-        lost = self.gives_up
-        return {
-            "plan": self.name, "description": self.plan.description, "model": self.profile.name,
-            "mode": self.plan.mode, "num_gpus": e.num_gpus, "gpu": self.step.gpu,
-            "verdict": e.verdict.value, "host_fits": e.host_fits,
-            "device_bytes": e.device_bytes, "needed_bytes": e.needed_bytes, "peak_allocated_bytes": e.peak_allocated_bytes,
-            "peak_reserved_bytes": e.peak_reserved_bytes, "vram_bytes": e.vram_bytes,
-            "headroom_bytes": e.headroom_bytes, "peak_phase": e.peak_phase.value,
-            "peak_moment": e.peak.moment.label, "host_bytes": e.host_bytes, "host_ram_bytes": e.host_ram_bytes,
-            "phases_needed_bytes": phase_needed_bytes(e),
-            "step_seconds": round(self.step.seconds, 4), "seconds_per_sample": round(self.step.per_sample, 4),
-            "slowdown": round(self.slowdown, 4), "step_breakdown_seconds": {k: round(v, 4) for k, v in self.step.breakdown.items()},
-            "samples_per_s": round(self.step.samples_per_s, 4), "tokens_per_s": round(self.step.tokens_per_s, 1),
-            **({"epoch_seconds": round(self.step.epoch_seconds(self.dataset_samples), 1)} if self.dataset_samples else {}),
-            **({"epoch_cost": round(self.step.epoch_cost(self.dataset_samples, self.price), 2)}
-               if self.dataset_samples and self.price is not None else {}),
-            "fidelity": self.fidelity, "sam2_resolution": self.plan.inputs.sam2_resolution,
-            "trainable_params": lost.trainable[1], "reference_trainable_params": lost.trainable[0],
-            "gives_up": lost.lines(),
-            "breakdown": [{"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
-                          for t in e.breakdown()],
-            "advice": self.advice.to_dict() if self.advice and not self.fits else None,
-            **({"knobs": self.knobs} if self.knobs else {}),
-        }
+def row_dict(row: Evaluation) -> dict[str, Any]:
+    """One plan of the JSON report: bytes as integers."""
+    e = row.estimate
+    lost = row.gives_up
+    return {
+        "plan": row.name, "description": row.plan.description, "model": row.profile.name,
+        "mode": row.plan.mode, "num_gpus": e.num_gpus, "gpu": row.step.gpu,
+        "verdict": e.verdict.value, "host_fits": e.host_fits,
+        "device_bytes": e.device_bytes, "needed_bytes": e.needed_bytes, "peak_allocated_bytes": e.peak_allocated_bytes,
+        "peak_reserved_bytes": e.peak_reserved_bytes, "vram_bytes": e.vram_bytes,
+        "headroom_bytes": e.headroom_bytes, "peak_phase": e.peak_phase.value,
+        "peak_moment": e.peak.moment.label, "host_bytes": e.host_bytes, "host_ram_bytes": e.host_ram_bytes,
+        "phases_needed_bytes": row.phase_needed_bytes,
+        "step_seconds": round(row.step.seconds, 4), "seconds_per_sample": round(row.step.per_sample, 4),
+        "slowdown": round(row.slowdown, 4), "step_breakdown_seconds": {k: round(v, 4) for k, v in row.step.breakdown.items()},
+        "samples_per_s": round(row.step.samples_per_s, 4), "tokens_per_s": round(row.step.tokens_per_s, 1),
+        **({"epoch_seconds": round(row.step.epoch_seconds(row.dataset_samples), 1)} if row.dataset_samples else {}),
+        **({"epoch_cost": round(row.step.epoch_cost(row.dataset_samples, row.price), 2)}
+           if row.dataset_samples and row.price is not None else {}),
+        "fidelity": row.fidelity, "sam2_resolution": row.plan.inputs.sam2_resolution,
+        "trainable_params": lost.trainable[1], "reference_trainable_params": lost.trainable[0],
+        "gives_up": lost.lines(),
+        "breakdown": [{"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
+                      for t in e.breakdown()],
+        "advice": row.advice.to_dict() if row.advice and not row.fits else None,
+        **({"knobs": row.knobs} if row.knobs else {}),
+    }
 
 
 @dataclass
@@ -114,56 +81,34 @@ class Report:
     """A titled list of rows with notes (the search's statistics, what was assumed)."""
 
     title: str
-    rows: list[PlanRow]
+    rows: list[Evaluation]
     reference: str  # name of the reference recipe
     notes: list[str] = field(default_factory=list)
     kind: str = "compare"  # compare | search: names the files written
-
-
-def build_row(profile: Profile, plan: Plan, reference: Plan, calibration: Calibration | None,
-              first_seconds: float | None = None, result: Estimate | None = None,
-              step: StepTime | None = None, knobs: dict[str, Any] | None = None, with_advice: bool = True,
-              dataset_samples: int | None = None, price: float | None = None) -> PlanRow:
-    result = result or estimate(profile, plan, calibration)
-    step = step or step_time(profile, plan, gpu_for(plan.hardware.gpu, plan.hardware.vram_gib),
-                             calibration.step_time if calibration else None)
-    slowdown = step.per_sample / first_seconds if first_seconds else 1.0
-    fits = result.verdict is Verdict.FITS and result.host_fits
-    advice = advise(profile, plan, calibration, result) if with_advice and not fits else None
-    return PlanRow(profile, plan, result, step, slowdown, fidelity(plan, reference), gives_up(profile, plan, reference),
-                   advice, knobs, dataset_samples, price)
-
-
-def build_rows(entries: list[tuple[Profile, Plan]], reference: Plan, calibration: Calibration | None,
-               dataset_samples: int | None = None, price: float | None = None) -> list[PlanRow]:
-    """Rows for plans side by side; slowdown is against the first plan."""
-    rows: list[PlanRow] = []
-    for profile, plan in entries:
-        first = rows[0].step.per_sample if rows else None
-        rows.append(build_row(profile, plan, reference, calibration, first, dataset_samples=dataset_samples, price=price))
-    return rows
+    baseline_needed_bytes: int | None = None  # what "saves" is against (None: the first row)
 
 
 # ---------------------------------------------------------------- cells shared by every format
-def _peak(row: PlanRow) -> str:
+def _peak(row: Evaluation) -> str:
     return f"{format_gib(row.estimate.needed_bytes)} ({row.estimate.peak_phase.value})"
 
 
-def _host(row: PlanRow) -> str:
+def _host(row: Evaluation) -> str:
     e = row.estimate
     return f"{format_gib(e.host_bytes, 1)}/{format_gib(e.host_ram_bytes, 0)}"
 
 
-def _model(row: PlanRow) -> str:
+def _model(row: Evaluation) -> str:
     return f"{row.profile.name} ({row.plan.mode})" if row.plan.mode != "train" else row.profile.name
 
 
-COLUMNS = ("plan", "model", "GPUs", "peak/GPU GiB (phase)", "headroom GiB", "verdict", "host RAM GiB",
+COLUMNS = ("plan", "model", "GPUs", "peak/GPU GiB (phase)", "saves GiB", "headroom GiB", "verdict", "host RAM GiB",
            "step", "slowdown", "gives up", "top advice")
+VERDICT = COLUMNS.index("verdict")
 SEARCH_LAST = "fidelity"  # a search shows only plans that fit: fidelity instead of advice
 
 
-def _epoch_columns(rows: list[PlanRow]) -> tuple[str, ...]:
+def _epoch_columns(rows: list[Evaluation]) -> tuple[str, ...]:
     """'epoch' with --dataset-samples, 'cost/epoch' with --price too."""
     first = rows[0] if rows else None
     if first is None or not first.dataset_samples:
@@ -176,26 +121,35 @@ def _columns(report: "Report") -> tuple[str, ...]:
     return (*COLUMNS[:-2], *_epoch_columns(report.rows), f"gives up (vs {report.reference})", last)
 
 
-def _cells(row: PlanRow, kind: str = "compare") -> list[str]:
+def _cells(row: Evaluation, report: "Report") -> list[str]:
+    from memplan.report.layout import saves_text
+
     e = row.estimate
-    last = f"{row.fidelity:.3f}" if kind == "search" else row.top_advice()
-    epoch = [row.epoch_text(), row.cost_text()][:len(_epoch_columns([row]))]
+    last = f"{row.fidelity:.3f}" if report.kind == "search" else top_advice(row)
+    epoch = [epoch_text(row), cost_text(row)][:len(_epoch_columns([row]))]
     return [row.name, _model(row), f"{e.num_gpus} x {format_gib(e.vram_bytes, 0)} {row.step.gpu}", _peak(row),
-            format_gib(e.headroom_bytes), row.verdict, _host(row), row.step_text(), f"{row.slowdown:.2f}x",
-            *epoch, row.gives_up.text(), last]
+            saves_text(report, row), format_gib(e.headroom_bytes), row.outcome, _host(row), step_text(row),
+            f"{row.slowdown:.2f}x", *epoch, row.gives_up.text(), last]
 
 
 # ---------------------------------------------------------------- rich
-def report_table(report: Report) -> Group:
+def report_table(report: Report, *, width: int | None = None, wide: bool = False) -> Group:
+    """The report for a terminal of ``width`` columns (memplan.report.layout); every column when wide."""
+    from memplan.report.layout import compact_table
+
+    return compact_table(report, width=width, wide=wide)
+
+
+def report_table_wide(report: Report) -> Group:
     table = Table(title=report.title, show_lines=True)
     for column in _columns(report):
-        numeric = column in ("headroom GiB", "slowdown", "step", "epoch", "cost/epoch", SEARCH_LAST)
+        numeric = column in ("saves GiB", "headroom GiB", "slowdown", "step", "epoch", "cost/epoch", SEARCH_LAST)
         table.add_column(column, justify="right" if numeric else "left", overflow="fold",
                          max_width=34 if column.startswith("gives up") or column == "top advice" else None)
     for row in report.rows:
-        cells = _cells(row, report.kind)
+        cells = _cells(row, report)
         style = "green" if row.fits else "red"
-        cells[5] = f"[bold {style}]{cells[5]}[/]"
+        cells[VERDICT] = f"[bold {style}]{cells[VERDICT]}[/]"
         table.add_row(*cells)
     lines = [Text(note) for note in report.notes]
     return Group(table, *lines)
@@ -206,7 +160,7 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def advice_lines(row: PlanRow) -> list[str]:
+def advice_lines(row: Evaluation) -> list[str]:
     """Diagnosis and both rankings of the advice, as plain text lines."""
     if row.advice is None:
         return []
@@ -219,7 +173,7 @@ def advice_lines(row: PlanRow) -> list[str]:
     return lines
 
 
-def _advice_markdown(row: PlanRow) -> list[str]:
+def _advice_markdown(row: Evaluation) -> list[str]:
     advice = row.advice
     out = [f"- {line}" for line in advice.diagnosis]
     if advice.changes:
@@ -236,8 +190,8 @@ def report_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     columns = _columns(report)
     out += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in report.rows:
-        cells = [_md_escape(c) for c in _cells(row, report.kind)]
-        cells[5] = f"**{cells[5]}**"
+        cells = [_md_escape(c) for c in _cells(row, report)]
+        cells[VERDICT] = f"**{cells[VERDICT]}**"
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     for row in report.rows:
@@ -265,9 +219,9 @@ def report_html(report: Report, charts: dict[str, bytes] | None = None) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in _columns(report))
     body = []
     for row in report.rows:
-        cells = _cells(row, report.kind)
+        cells = _cells(row, report)
         tds = [f"<td>{esc(c)}</td>" for c in cells]
-        tds[5] = f"<td class=\"{'fits' if row.fits else 'oom'}\">{esc(cells[5])}</td>"
+        tds[VERDICT] = f"<td class=\"{'fits' if row.fits else 'oom'}\">{esc(cells[VERDICT])}</td>"
         body.append("<tr>" + "".join(tds) + "</tr>")
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(report.title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{esc(report.title)}</h1>",
@@ -288,12 +242,16 @@ def report_html(report: Report, charts: dict[str, bytes] | None = None) -> str:
 
 # ---------------------------------------------------------------- JSON, CSV
 def report_json(report: Report, extra: dict[str, Any] | None = None) -> str:
+    from memplan.report.layout import saves_bytes
+
+    plans = [{**row_dict(row), "saves_bytes": saves_bytes(report, row)} for row in report.rows]
     document = {"title": report.title, "reference": report.reference, "notes": report.notes,
-                "plans": [row.to_dict() for row in report.rows], **(extra or {})}
+                "plans": plans, **(extra or {})}
     return json.dumps(document, indent=2)
 
 
-CSV_FIELDS = ("plan", "model", "mode", "num_gpus", "gpu", "verdict", "host_fits", "device_bytes",
+CSV_FIELDS = ("plan", "model", "mode", "num_gpus", "gpu", "verdict", "host_fits", "device_bytes", "needed_bytes",
+              "saves_bytes",
               "peak_allocated_bytes", "vram_bytes", "headroom_bytes", "peak_phase", "host_bytes", "host_ram_bytes",
               "step_seconds", "seconds_per_sample", "slowdown", "fidelity", "sam2_resolution", "trainable_params",
               "gives_up", "top_advice")
@@ -304,8 +262,10 @@ def report_csv(report: Report) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in report.rows:
-        record = row.to_dict()
+        from memplan.report.layout import saves_bytes
+
+        record = {**row_dict(row), "saves_bytes": saves_bytes(report, row)}
         record["gives_up"] = "; ".join(record["gives_up"])
-        record["top_advice"] = row.top_advice()
+        record["top_advice"] = top_advice(row)
         writer.writerow({k: record.get(k) for k in CSV_FIELDS})
     return buffer.getvalue()

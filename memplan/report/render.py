@@ -1,24 +1,44 @@
-"""Render an Estimate as a rich table, Markdown or JSON. Bytes become GiB only here."""
+"""Render an Estimate as a rich table, Markdown or JSON. Bytes become GiB only here.
+
+The table tells one number story (memplan.report.story): the component rows, then the allocator,
+CUDA context and NCCL rows, sum to what the card must hold, the number the verdict compares with the
+VRAM. Narrower than WIDE_COLUMNS, categories are grouped into fewer columns; ``wide=True`` shows all.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from typing import Any, Sequence
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from memplan.estimate.peak import Estimate
+from memplan.report import story
 from memplan.spec.units import format_gib
 from memplan.spec.vocabulary import Category, Component, Verdict
 
+WIDE_COLUMNS = 110  # below this many terminal columns the categories are grouped
 
+OVERHEAD = "overhead"  # the overhead column: allocator, CUDA context, NCCL (not a Category: rows of story.overhead_rows)
 SHORT = {
     Category.WEIGHTS: "weights", Category.TRAINABLE_WEIGHTS: "trainable", Category.GRADIENTS: "grads",
     Category.OPTIMIZER_STATE: "optim", Category.MASTER_WEIGHTS: "master", Category.ACTIVATIONS: "activ",
-    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.FSDP_BUFFERS: "fsdp bufs", Category.OVERHEAD: "overhead",
+    Category.TRANSIENT: "transient", Category.DEEPSPEED_BUFFERS: "ds bufs", Category.FSDP_BUFFERS: "fsdp bufs",
+    OVERHEAD: "overhead",
 }
+GROUPS: dict[str, tuple[Category | str, ...]] = {  # the narrow table's columns
+    "weights": (Category.WEIGHTS, Category.TRAINABLE_WEIGHTS),
+    "grad+opt": (Category.GRADIENTS, Category.OPTIMIZER_STATE, Category.MASTER_WEIGHTS),
+    "activ": (Category.ACTIVATIONS, Category.TRANSIENT),
+    "other": (Category.DEEPSPEED_BUFFERS, Category.FSDP_BUFFERS, OVERHEAD),
+}
+OVERHEAD_LABELS = {"allocator (kept under pressure)": "allocator", "allocator (reserved - allocated)": "allocator",
+                   "fitted constant (workspaces)": "constant", "CUDA context": "CUDA context",
+                   "NCCL communicator": "NCCL"}
 
 
 def _matrix(estimate: Estimate) -> tuple[list[Component], list[Category], dict[tuple[Component, Category], int]]:
@@ -30,28 +50,37 @@ def _matrix(estimate: Estimate) -> tuple[list[Component], list[Category], dict[t
     return components, categories, cells
 
 
+def _columns(estimate: Estimate, grouped: bool) -> tuple[list[Component], list[tuple[str, tuple[Category, ...]]], dict]:
+    """(component rows, [(column title, categories summed in it)], cells); the last column is overhead."""
+    components, categories, cells = _matrix(estimate)
+    if grouped:
+        columns = [(title, members) for title, members in GROUPS.items() if any(k in categories for k in members)]
+        if not any(title == "other" for title, _ in columns):
+            columns.append(("other", (OVERHEAD,)))
+    else:
+        columns = [(SHORT[k], (k,)) for k in categories]
+        columns.append((SHORT[OVERHEAD], (OVERHEAD,)))
+    return components, columns, cells
+
+
 def verdict_text(estimate: Estimate) -> str:
     margin = format_gib(abs(estimate.headroom_bytes))
+    needs = f"needs {format_gib(estimate.needed_bytes)} of {format_gib(estimate.vram_bytes)} GiB per GPU"
     if estimate.verdict is Verdict.FITS:
-        return f"FITS with {margin} GiB to spare"
-    return f"OOM by {margin} GiB"
+        return f"FITS with {margin} GiB to spare ({needs})"
+    return f"OOM by {margin} GiB ({needs})"
 
 
-def summary_lines(estimate: Estimate) -> list[str]:
-    dominant = ", ".join(
-        f"{t.component.value} {t.category.value} {format_gib(t.bytes)} GiB" for t in estimate.dominant(3)
-    )
+def summary_lines(estimate: Estimate, host_note: str = "") -> list[str]:
+    dominant = ", ".join(f"{t.component.value} {t.category.value} {format_gib(t.bytes)}" for t in estimate.dominant(3))
     phases = "  ".join(f"{p.phase.value} {format_gib(p.total)}" for p in estimate.phases)
     host = f"{format_gib(estimate.host_bytes)} of {format_gib(estimate.host_ram_bytes)} GiB"
     return [
-        f"peak phase: {estimate.peak_phase.value} ({estimate.peak.moment.label}); dominated by {dominant}",
-        f"per GPU: allocated {format_gib(estimate.peak_allocated_bytes)} GiB, reserved "
-        f"{format_gib(estimate.peak_reserved_bytes)} GiB, device (nvidia-smi, roomy card) "
-        f"{format_gib(estimate.device_bytes)} GiB; needs {format_gib(estimate.needed_bytes)} GiB of "
-        f"{format_gib(estimate.vram_bytes)} GiB (cached blocks given back under pressure), "
-        f"headroom {format_gib(estimate.headroom_bytes)} GiB",
-        f"phases (allocated GiB): {phases}",
-        f"host RAM (node): {host}{'' if estimate.host_fits else '  (exceeds host RAM)'}",
+        f"peak: {estimate.peak_phase.value} ({estimate.peak.moment.label}); largest: {dominant} GiB",
+        story.views_line(estimate),
+        f"phases (allocated terms, GiB): {phases}",
+        f"host RAM (node): {host}{'' if estimate.host_fits else ' (exceeds host RAM)'}"
+        + (f" ({host_note})" if host_note else ""),
         *_per_node_lines(estimate),
     ]
 
@@ -69,43 +98,71 @@ def _hardware(estimate: Estimate) -> str:
     if estimate.nodes == 1:
         return f"{estimate.num_gpus} GPU(s)"
     return f"{estimate.nodes} nodes x {estimate.num_gpus // estimate.nodes} GPUs"
+def _rows(components: list[Component], columns: list, cells: dict) -> tuple[list[list[int]], list[int]]:
+    """Bytes per (component row, column), and each column's sum."""
+    rows = [[sum(cells.get((component, k), 0) for k in members) for _, members in columns] for component in components]
+    return rows, [sum(column) for column in zip(*rows)] if rows else [0] * len(columns)
 
 
-def estimate_table(estimate: Estimate) -> Group:
-    components, categories, cells = _matrix(estimate)
-    table = Table(title=f"{estimate.profile_name} / {estimate.plan_name}: peak per GPU (GiB) at "
-                        f"{estimate.peak_phase.value}, {_hardware(estimate)}")
-    table.add_column("component")
-    for category in categories:
-        table.add_column(SHORT[category], justify="right")
-    table.add_column("total", justify="right", style="bold")
-    for component in components:
-        row = [cells.get((component, k), 0) for k in categories]
-        table.add_row(component.value, *[format_gib(b) if b else "" for b in row], format_gib(sum(row)))
-    totals = [sum(cells.get((c, k), 0) for c in components) for k in categories]
-    table.add_row("total", *[format_gib(b) for b in totals], format_gib(sum(totals)), style="bold")
+def estimate_table(estimate: Estimate, *, width: int | None = None, wide: bool = False,
+                   advice: Sequence[str] = (), host_note: str = "") -> Group:
+    """The one-number table (grouped columns below WIDE_COLUMNS unless ``wide``), the verdict, the
+    advice lines and the summary."""
+    grouped = not wide and width is not None and width < WIDE_COLUMNS
+    components, columns, cells = _columns(estimate, grouped)
+    table = Table(title=f"{estimate.profile_name} / {estimate.plan_name}: GiB per GPU at "
+                        f"{estimate.peak_phase.value}, {_hardware(estimate)}",
+                  box=box.SIMPLE_HEAD if grouped else box.HEAVY_HEAD)
+    table.add_column("component", no_wrap=True)
+    for title, _ in columns:
+        table.add_column(title, justify="right", no_wrap=True)
+    table.add_column("total", justify="right", style="bold", no_wrap=True)
+    rows, totals = _rows(components, columns, cells)
+    overheads = story.overhead_rows(estimate)
+    totals[-1] += sum(value for _, value in overheads)
+    shown = story.shown_parts([sum(row) for row in rows] + [value for _, value in overheads], estimate.needed_bytes)
+    for component, row, text in zip(components, rows, shown):
+        table.add_row(component.value, *[format_gib(b) if b else "" for b in row], text)
+    table.add_section()
+    for (label, value), text in zip(overheads, shown[len(rows):]):
+        table.add_row(OVERHEAD_LABELS.get(label, label), *[""] * (len(columns) - 1), text, text, style="dim")
+    table.add_section()
+    table.add_row("needed", *story.shown_parts(totals, estimate.needed_bytes), format_gib(estimate.needed_bytes),
+                  style="bold")
     style = "bold green" if estimate.verdict is Verdict.FITS else "bold red"
-    return Group(table, Text(verdict_text(estimate), style=style), *[Text(line) for line in summary_lines(estimate)])
+    legend = story.LEGEND
+    parts: list[Any] = [table, Text(verdict_text(estimate), style=style)]
+    parts += [Text(line, style="yellow" if i == 0 else "") for i, line in enumerate(advice)]
+    parts += [Text(line) for line in summary_lines(estimate, host_note)]
+    parts.append(Text(legend, style="dim"))
+    return Group(*parts)
 
 
-def estimate_markdown(estimate: Estimate) -> str:
-    components, categories, cells = _matrix(estimate)
-    head = "| component | " + " | ".join(k.value for k in categories) + " | total |"
-    rule = "|---|" + "---:|" * (len(categories) + 1)
-    rows = []
-    for component in components:
-        row = [cells.get((component, k), 0) for k in categories]
-        rows.append(f"| {component.value} | " + " | ".join(format_gib(b) if b else "" for b in row)
-                    + f" | {format_gib(sum(row))} |")
-    totals = [sum(cells.get((c, k), 0) for c in components) for k in categories]
-    rows.append("| **total** | " + " | ".join(format_gib(b) for b in totals) + f" | **{format_gib(sum(totals))}** |")
+def estimate_markdown(estimate: Estimate, *, advice: Sequence[str] = (), host_note: str = "") -> str:
+    components, columns, cells = _columns(estimate, grouped=False)
+    head = "| component | " + " | ".join(title for title, _ in columns) + " | total |"
+    rule = "|---|" + "---:|" * (len(columns) + 1)
+    byte_rows, totals = _rows(components, columns, cells)
+    overheads = story.overhead_rows(estimate)
+    totals[-1] += sum(value for _, value in overheads)
+    shown = story.shown_parts([sum(row) for row in byte_rows] + [v for _, v in overheads], estimate.needed_bytes)
+    rows = [f"| {component.value} | " + " | ".join(format_gib(b) if b else "" for b in row) + f" | {text} |"
+            for component, row, text in zip(components, byte_rows, shown)]
+    rows += [f"| {label} | " + " | " * (len(columns) - 1) + f"{text} | {text} |"
+             for (label, _), text in zip(overheads, shown[len(byte_rows):])]
+    rows.append("| **needed** | " + " | ".join(story.shown_parts(totals, estimate.needed_bytes))
+                + f" | **{format_gib(estimate.needed_bytes)}** |")
     lines = [f"## {estimate.profile_name} / {estimate.plan_name}", "", f"**{verdict_text(estimate)}**", "",
-             head, rule, *rows, "", *[f"- {line}" for line in summary_lines(estimate)]]
+             head, rule, *rows, ""]
+    if advice:
+        lines += [advice[0], "", *[f"{line.strip()}" for line in advice[1:]], ""]
+    lines += [f"- {line}" for line in summary_lines(estimate, host_note)]
     return "\n".join(lines) + "\n"
 
 
-def estimate_json(estimate: Estimate) -> str:
-    return json.dumps(estimate.to_dict(), indent=2)
+def estimate_json(estimate: Estimate, extra: dict[str, Any] | None = None) -> str:
+    """The JSON contract (Estimate.to_dict), the rows that sum to needed_bytes, and ``extra``."""
+    return json.dumps({**estimate.to_dict(), "needed_rows": story.story_rows(estimate), **(extra or {})}, indent=2)
 
 
 def _stack_line(stack: dict) -> str:

@@ -7,6 +7,7 @@ the CLI prints it on one line and exits with code 2.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import json
 import math
 import reprlib
@@ -21,7 +22,17 @@ from memplan.spec.calibration import CALIBRATION_SCHEMA, DEFAULT, Calibration
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # memplan/: profiles and plans ship inside the package
+
+
+def _package_root() -> Path:
+    """memplan/ as installed (profiles and plans ship inside it as package data, pyproject.toml
+    [tool.setuptools.package-data]), found through importlib.resources so a wheel, pipx or editable
+    install resolves the same files; a non-filesystem loader falls back to this module's folder."""
+    root = importlib.resources.files("memplan")
+    return root if isinstance(root, Path) else Path(__file__).resolve().parents[1]
+
+
+PACKAGE_ROOT = _package_root()
 PROFILES_DIR = PACKAGE_ROOT / "profiles"
 COMPONENTS_DIR = PROFILES_DIR / "components"
 PLANS_DIR = PACKAGE_ROOT / "plans"
@@ -123,9 +134,9 @@ def check_finite(document: Any, where: str) -> None:
             stack.extend((value, f"{at}.{printable(key)}" if at else printable(key)) for key, value in items)
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
-    name = printable(path)
+def read_file_bytes(path: Path, *, name: str, expected: str) -> bytes:
+    """The bytes of a file; a path that is unusable, missing, a directory or unreadable is an
+    InputError naming it (``name``) and what was ``expected`` there."""
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError) as error:  # a name too long, a NUL byte
@@ -133,13 +144,21 @@ def read_document(path: Path) -> dict[str, Any]:
     if not exists:
         raise InputError(f"{name}: file not found")
     if is_dir:
-        raise InputError(f"{name}: is a directory, expected a YAML or JSON file")
+        raise InputError(f"{name}: is a directory, expected {expected}")
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+        return path.read_bytes()
     except OSError as error:
         raise InputError(f"{name}: cannot read ({error.strerror})") from None
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping; every I/O, encoding or syntax problem becomes an InputError."""
+    name = printable(path)
+    raw = read_file_bytes(path, name=name, expected="a YAML or JSON file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=YAML_LOADER)
     except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as error:
@@ -180,12 +199,17 @@ def _resolve(name_or_path: str, kind: str = "profile", field: str = "model") -> 
     files = _profile_files()
     if name_or_path in files:
         return files[name_or_path]
+    from memplan.spec.aliases import profile_aliases
+
+    alias = profile_aliases().get(name_or_path.strip().lower())
+    if alias is not None:
+        return files[alias]
     close = difflib.get_close_matches(name_or_path, list(files), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else f"; see `memplan profiles` ({len(files)} known)"
     raise InputError(f"{field}={shown(name_or_path)}: unknown {kind}{hint}")
 
 
-def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[str, Any]:
+def _component_mapping(value: Any, slot: str, *, where: str, depth: int) -> dict[str, Any]:
     """A component slot holds a name (of a component profile), or a mapping with optional 'from'."""
     if isinstance(value, str):
         value = {"from": value}
@@ -203,7 +227,7 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
         if base_kind is not None and base_kind != slot:
             raise InputError(f"{where}: {slot}={shown(base)} is a {shown(base_kind)} component; "
                              f"a {slot} slot needs kind={slot!r}")
-        base_fields = _component_fields(base_doc, slot, str(base), depth + 1)
+        base_fields = _component_fields(base_doc, slot, where=str(base), depth=depth + 1)
         value = {**base_fields, **value}
     value.setdefault("kind", slot)
     if value["kind"] != slot:
@@ -211,15 +235,15 @@ def _component_mapping(value: Any, slot: str, where: str, depth: int) -> dict[st
     return value
 
 
-def _component_fields(document: dict[str, Any], slot: str, where: str, depth: int) -> dict[str, Any]:
+def _component_fields(document: dict[str, Any], slot: str, *, where: str, depth: int) -> dict[str, Any]:
     """Fields of a component profile file, without its name/source/description."""
     kind = document.get("kind")
     if kind is None:  # a whole-model profile used as a component source: take its slot
         if document.get(slot) is None:
             raise InputError(f"{where}: has no {slot} component")
-        return _component_mapping(document[slot], slot, where, depth)
-    fields = {k: v for k, v in document.items() if k not in ("name", "source", "description")}
-    return _component_mapping(fields, slot, where, depth)
+        return _component_mapping(document[slot], slot, where=where, depth=depth)
+    fields = {k: v for k, v in document.items() if k not in ("name", "source", "description", "aliases")}
+    return _component_mapping(fields, slot, where=where, depth=depth)
 
 
 def profile_from_document(document: dict[str, Any], where: str) -> Profile:
@@ -229,6 +253,9 @@ def profile_from_document(document: dict[str, Any], where: str) -> Profile:
                          "expected a mapping of keys (key: value)")
     document = dict(document)
     check_finite(document, where)
+    aliases = document.pop("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise InputError(f"{where}: aliases={shown(aliases)}: expected a list of names (Hugging Face repo ids)")
     kind = document.get("kind")
     if kind is not None:
         if not isinstance(kind, str) or kind not in SLOT_BY_KIND:
@@ -238,7 +265,7 @@ def profile_from_document(document: dict[str, Any], where: str) -> Profile:
         document = {**head, slot: document}
     for slot in COMPONENT_SLOTS:
         if slot in document and document[slot] is not None:
-            document[slot] = _component_mapping(document[slot], slot, where, 0)
+            document[slot] = _component_mapping(document[slot], slot, where=where, depth=0)
     document.setdefault("name", Path(where).stem)
     try:
         profile = Profile.model_validate(document)
@@ -342,21 +369,29 @@ def plan_path(path: str | Path) -> Path:
     return path  # read_document says what is wrong with it
 
 
+def read_plan_document(path: Path) -> dict[str, Any]:
+    """A plan file's mapping with its ``from:`` chain merged in; a DeepSpeed JSON config becomes the
+    engine section of a plan on the official recipe (memplan.spec.inherit)."""
+    from memplan.spec import inherit
+
+    document = read_document(path)
+    if inherit.is_deepspeed_config(document, path):
+        document = inherit.plan_from_deepspeed(document, printable(path), InputError)
+    document.setdefault("name", path.stem)
+    return inherit.resolve_base(document, path, read=read_document, locate=plan_path, fail=InputError,
+                                deepspeed_only=DEEPSPEED_ONLY)
+
+
 def load_plan(path: str | Path) -> Plan:
     path = plan_path(path)
-    document = read_document(path)
-    document.setdefault("name", path.stem)
-    return plan_from_document(document, printable(path))
+    return plan_from_document(read_plan_document(path), printable(path))
 
 
 def plan_document(path: str | Path | None) -> dict[str, Any]:
-    """The raw mapping of a plan file (for layering CLI flags on top before validation)."""
+    """The raw mapping of a plan file, inheritance resolved (for layering CLI flags on top before validation)."""
     if path is None:
         return {}
-    path = plan_path(path)
-    document = read_document(path)
-    document.setdefault("name", path.stem)
-    return document
+    return read_plan_document(plan_path(path))
 
 
 def load_calibration(path: str | Path | None = None):

@@ -3,7 +3,7 @@
 A profile is a small YAML file in ``profiles/`` (a whole model) or ``profiles/components/`` (one part).
 Each component spec below knows its parameter count, split by module kind, from the same formulas
 the transformers modeling files imply (sources cited per method). ``tests/test_profiles.py`` checks
-the totals against ../shared/reference/sa2va.md and, where transformers is installed, against the
+the totals against docs/sa2va-reference.md and, where transformers is installed, against the
 instantiated modules on the meta device.
 """
 
@@ -19,6 +19,16 @@ class Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ComponentSpecBase(Spec):
+    """A model part: parameters per module kind (``param_groups``), and their sum."""
+
+    def param_groups(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def param_count(self) -> int:
+        return sum(self.param_groups().values())
+
+
 def _linear(d_in: int, d_out: int, bias: bool = True) -> int:
     """nn.Linear parameters: d_in*d_out weights (+ d_out bias)."""
     return d_in * d_out + (d_out if bias else 0)
@@ -29,7 +39,7 @@ def _norm(dim: int, kind: str) -> int:
     return 2 * dim if kind == "layernorm" else dim
 
 
-class LLMSpec(Spec):
+class LLMSpec(ComponentSpecBase):
     """A decoder-only LLM (Qwen2/2.5, Qwen3, Llama, InternLM2 as Llama with split wqkv)."""
 
     kind: Literal["llm"] = "llm"
@@ -106,9 +116,6 @@ class LLMSpec(Spec):
             "lm_head": 0 if self.tie_word_embeddings else self.vocab_size * h,
         }
 
-    def param_count(self) -> int:
-        return sum(self.param_groups().values())
-
     @cached_property
     def layer_params(self) -> int:
         """Parameters of one decoder layer's attention and MLP (what one layer gathers or casts)."""
@@ -130,7 +137,7 @@ class LLMSpec(Spec):
         return self.num_layers * rank * total
 
 
-class VisionSpec(Spec):
+class VisionSpec(ComponentSpecBase):
     """A ViT vision tower: InternViT (300M/6B), Qwen2.5-VL or Qwen3-VL vision blocks.
 
     Its projector/merger is a separate ProjectorSpec so that the two can be frozen apart.
@@ -179,9 +186,6 @@ class VisionSpec(Spec):
             "embeddings": embeddings,
         }
 
-    def param_count(self) -> int:
-        return sum(self.param_groups().values())
-
     @cached_property
     def layer_params(self) -> int:
         """Parameters of one ViT layer's attention and MLP."""
@@ -198,7 +202,7 @@ class VisionSpec(Spec):
         return self.patches_per_tile + (1 if self.cls_token else 0)
 
 
-class ProjectorSpec(Spec):
+class ProjectorSpec(ComponentSpecBase):
     """Vision-to-LLM projector after a 2x2 pixel shuffle/merge (InternVL mlp1, Qwen-VL merger).
 
     InternVL mlp1: LayerNorm(4C) -> Linear(4C, h) -> GELU -> Linear(h, h).
@@ -233,11 +237,8 @@ class ProjectorSpec(Spec):
             "deepstack": self.deepstack_mergers * self._one(self.merged_size),
         }
 
-    def param_count(self) -> int:
-        return sum(self.param_groups().values())
 
-
-class Sam2Spec(Spec):
+class Sam2Spec(ComponentSpecBase):
     """SAM2 with a Hiera trunk (facebookresearch/sam2 sam2/modeling/backbones/hieradet.py).
 
     The mask decoder, prompt encoder and memory modules share one architecture across sizes;
@@ -294,9 +295,6 @@ class Sam2Spec(Spec):
     def decoder_param_count(self) -> int:
         return self.mask_decoder_params + self.prompt_encoder_params
 
-    def param_count(self) -> int:
-        return self.encoder_param_count() + self.decoder_param_count()
-
     def param_groups(self) -> dict[str, int]:
         return {
             **{f"trunk_{k}": v for k, v in self.trunk_groups().items()},
@@ -307,7 +305,7 @@ class Sam2Spec(Spec):
         }
 
 
-class SegHeadSpec(Spec):
+class SegHeadSpec(ComponentSpecBase):
     """Sa2VA text_hidden_fcs: Linear(h, h) -> ReLU -> Linear(h, out)."""
 
     kind: Literal["seg_head"] = "seg_head"
@@ -316,9 +314,6 @@ class SegHeadSpec(Spec):
 
     def param_groups(self) -> dict[str, int]:
         return {"seg_head": _linear(self.input_size, self.input_size) + _linear(self.input_size, self.output_size)}
-
-    def param_count(self) -> int:
-        return sum(self.param_groups().values())
 
 
 ComponentSpec = Annotated[
@@ -385,3 +380,17 @@ class Profile(Spec):
 
     def param_count(self) -> int:
         return sum(self.component_params_cached.values())
+
+    @property
+    def image_tokens_per_tile(self) -> int:
+        """LLM tokens one 448px tile (or video frame) becomes: the ViT's patches over the projector's
+        merge ((448/14)^2 / 4 = 256 for InternVL's 2x2 pixel shuffle, modeling_internvl_chat.py
+        pixel_shuffle). Without a projector, the merge the tower does itself: the Qwen-VL vision
+        models end in their own 2x2 merger (4), InternViT in none (1). Without a vision tower: 256."""
+        if self.vision is None:
+            return 256
+        if self.projector is not None:
+            merge = self.projector.merge_factor
+        else:
+            merge = 1 if self.vision.architecture == "internvit" else 4
+        return self.vision.patches_per_tile // merge

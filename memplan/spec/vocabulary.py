@@ -21,7 +21,6 @@ class Category(str, Enum):
     TRANSIENT = "transient_buffers"  # short-lived workspaces: logits/loss, recompute, optimizer temporaries
     DEEPSPEED_BUFFERS = "deepspeed_buffers"  # ZeRO buckets, prefetch, gathered parameters
     FSDP_BUFFERS = "fsdp_buffers"  # FSDP2 unsharded (all-gathered) units, reduce-scatter buffers
-    OVERHEAD = "overhead"  # allocator rounding, CUDA context (reserved/device views only)
 
 
 class Component(str, Enum):

@@ -105,7 +105,7 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
         with tracker if tracker is not None else contextlib.nullcontext(), harness._alarm(timeout_s):
             clock.start(Phase.INIT)
             info = _run_stack(profile, plan, steps=steps, device=torch_device, clock=clock, ds_config=ds_config)
-        _describe(result, info, clock, steps, plan)
+        _describe(result, info, clock, steps=steps, plan=plan)
     except Exception as error:  # noqa: BLE001 - every failure is a result, filed in its phase
         phase = clock.abort() or "setup"
         harness._file_failure(result, harness.PhaseFailure(phase, error))
@@ -142,7 +142,7 @@ def _run_stack(profile: Profile, plan: Plan, *, steps: int, device: Any, clock: 
                            categories=category_bytes, make_optimizer=make_optimizer)
 
 
-def _describe(result: Any, info: dict[str, Any], clock: Any, steps: int, plan: Plan) -> None:
+def _describe(result: Any, info: dict[str, Any], clock: Any, *, steps: int, plan: Plan) -> None:
     """Notes, parameter counts, step times and the ``stack`` block of what really ran."""
     from memplan.probe.stacks.models import input_grad_hooks, parameter_counts
     from memplan.probe.stacks.phases import step_seconds
