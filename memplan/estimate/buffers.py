@@ -47,6 +47,41 @@ def largest_module_params(ctx: Context) -> int:
     return max(candidates)
 
 
+def zero3_gathers_in_place(ctx: Context) -> bool:
+    """ZeRO-3 on a partition group of one rank gathers nothing: when every parameter's partition world
+    size is 1, all_gather_coalesced returns a NoGatherCoalescedHandle that points param.data at the
+    partition itself (param.ds_tensor.data.to(device), no copy on the same device;
+    deepspeed/runtime/zero/partition_parameters.py, all_gather_coalesced and NoGatherCoalescedHandle),
+    so the forward's "gathered" parameters cost no memory beside the partitions.
+
+    Applied to the transformers stacks (hf-trainer, accelerate, custom-loop), where it was found
+    (Trainer's 1-GPU ZeRO-3 forwards, reports/probes/h200-stacks-b.jsonl). Not to the sa2va harness:
+    its 1-GPU ZeRO-3 record (reports/probes/h100-batch1.jsonl) measures the forward as the gathered
+    term predicts, and its 2-GPU ZeRO-3 forwards run 1.2-1.5 GiB under the estimate with that term,
+    so the harness holds memory of that size that the estimate does not name; until it is found the
+    harness keeps its estimate (docs/stacks.md, 9)."""
+    stack = ctx.stack
+    return (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.num_gpus == 1
+            and stack is not None and stack.kind != "sa2va")
+
+
+def zero3_persistent_gradients(ctx: Context) -> bool:
+    """ZeRO-3 without optimizer offload keeps its gradient partitions in one flat buffer allocated at
+    initialize and never freed: _setup_for_real_optimizer makes grad_partitions_flat_buffer =
+    torch.zeros(sum of partition_numel, gradient_accumulation_dtype, self.device), self.device the GPU
+    unless the optimizer is offloaded (deepspeed/runtime/zero/stage3.py). So this rank's gradient
+    partition (P_t/N in the compute dtype) is resident from init through every forward.
+
+    Applied to the transformers stacks, where it was found (h200-stacks-b.jsonl: Trainer's ZeRO-3
+    full fine-tune measures 2.9 GiB above the estimate at init and in the forward, its gradient
+    partition). Not to the sa2va harness: on its records the extra term moves the 2-GPU
+    checkpointed ZeRO-3 peak further over (13.50 -> 13.83 GiB vs 13.14 measured), since its backward
+    peak is already over there (docs/stacks.md, 10)."""
+    stack = ctx.stack
+    return (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.training and ctx.plan.engine.offload_optimizer == "none"
+            and stack is not None and stack.kind != "sa2va")
+
+
 def zero3_gathered_bytes(ctx: Context) -> int:
     """ZeRO-3 working set of all-gathered parameters, in the compute dtype.
 
@@ -55,7 +90,7 @@ def zero3_gathered_bytes(ctx: Context) -> int:
     reuses, that keeps up to stage3_max_live_parameters (default 1e9) gathered
     (deepspeed/runtime/zero/partitioned_param_coordinator.py). Working set = min(max live, all
     parameters the step touches, largest module + prefetch bucket when reuse is off)."""
-    if not (ctx.is_deepspeed and ctx.zero_stage == 3):
+    if not (ctx.is_deepspeed and ctx.zero_stage == 3) or zero3_gathers_in_place(ctx):
         return 0
     engine = ctx.plan.engine
     total = sum(p.total + p.trainable for p in ctx.parts.values())
@@ -88,10 +123,23 @@ def output_grad_first(ctx: Context) -> bool:
     llm = ctx.plan.components.llm
     if ctx.profile.llm is None or not ctx.plan.trains(Component.LLM):
         return False
-    if llm.train == "full" or "lm_head" in llm.modules_to_save:
-        return True
-    tied_in_place = ctx.profile.llm.tie_word_embeddings and ctx.plan.stack.embeddings_training == "in_place"
-    return tied_in_place and "embed_tokens" in llm.modules_to_save
+    if "lm_head" in llm.modules_to_save:
+        return True  # peft's copy is a tensor of its own, even of a tied head
+    return llm.train == "full" and not tied_output_waits(ctx)
+
+
+def tied_output_waits(ctx: Context) -> bool:
+    """A trained output layer tied to the input embeddings (one tensor: a fully trained LLM with
+    tie_word_embeddings, or the tied weight trained in place) gets its gradient hook only at the end
+    of backward: autograd runs a leaf's AccumulateGrad once every use's gradient has arrived
+    (torch/csrc/autograd/engine.cpp, dependencies counted per node), and the embedding lookup, its
+    first use, is the last to be differentiated; DeepSpeed's hook sits on that AccumulateGrad
+    (stage_1_and_2.py, create_reduce_and_remove_grad_hooks). So no bucket at the loss backward."""
+    llm = ctx.plan.components.llm
+    if ctx.profile.llm is None or not ctx.profile.llm.tie_word_embeddings or "lm_head" in llm.modules_to_save:
+        return False
+    in_place = ctx.plan.stack.embeddings_training == "in_place" and "embed_tokens" in llm.modules_to_save
+    return llm.train == "full" or in_place
 
 
 def ddp_bucket_bytes(ctx: Context) -> int:

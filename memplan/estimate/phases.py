@@ -94,8 +94,8 @@ class Shared:
     up to and including c, in forward order.
     """
 
-    __slots__ = ("weights", "masters", "optimizer", "gradients", "buckets", "persistent_buckets", "gathered",
-                 "activations")
+    __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "buckets",
+                 "persistent_buckets", "gathered", "activations")
 
     def __init__(self, ctx: Context) -> None:
         parts = ctx.parts
@@ -107,6 +107,7 @@ class Shared:
         self.optimizer = _group(*masters, *[(c, Category.OPTIMIZER_STATE, optimizer.optimizer_state_bytes(ctx, c))
                                             for c in parts])
         self.gradients = _group(*[(c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c)) for c in parts])
+        self.persistent_gradients = self.gradients if buffers.zero3_persistent_gradients(ctx) else EMPTY
         bucket = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)))
         self.buckets, self.persistent_buckets = (EMPTY, bucket) if ctx.zero_stage == 3 else (bucket, EMPTY)
         self.gathered = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
@@ -125,7 +126,11 @@ class Shared:
 
     def states(self) -> tuple[Group, ...]:
         """What every forward and backward moment holds."""
-        return (self.weights, self.optimizer, self.gathered, self.persistent_buckets)
+        return (self.weights, self.optimizer, self.gathered, self.persistent_buckets, self.persistent_gradients)
+
+    def gradients_after_backward(self) -> Group:
+        """The gradients the end of backward adds (none beyond the states where they persist)."""
+        return EMPTY if self.persistent_gradients is self.gradients else self.gradients
 
 
 def _transient(component: Component, num_bytes: int) -> Group:
@@ -142,7 +147,7 @@ def init_phase(ctx: Context, s: Shared) -> PhaseMemory:
     moment = _moment(
         "after deepspeed.initialize" if ctx.is_deepspeed else "after model build",
         s.weights, _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx)),
-        s.gradients if zero0 else EMPTY, s.optimizer if zero0 else s.masters, s.persistent_buckets,
+        s.gradients if zero0 else s.persistent_gradients, s.optimizer if zero0 else s.masters, s.persistent_buckets,
     )
     return PhaseMemory(Phase.INIT, moment)
 
@@ -176,7 +181,7 @@ def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
                                _transient(Component.LLM, act.llm_loss_backward_transient(ctx))))
         moments.append(_moment("LLM layers backward", *states, head_grad, s.activations[Component.LLM],
                                _transient(Component.LLM, act.llm_layers_backward_transient(ctx))))
-    moments.append(_moment("end of backward", *states, s.gradients, s.activations[Component.PROJECTOR],
+    moments.append(_moment("end of backward", *states, s.gradients_after_backward(), s.activations[Component.PROJECTOR],
                            _transient(Component.RUNTIME, buffers.ddp_bucket_bytes(ctx))))
     return PhaseMemory(Phase.BACKWARD, max(moments, key=lambda m: m.total))
 
