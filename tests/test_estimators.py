@@ -177,3 +177,61 @@ def test_device_view_adds_nccl_under_deepspeed_even_on_one_gpu(tiny_llm, plan_fa
     ds = estimate(tiny_llm, plan_factory(engine={"kind": "deepspeed", "zero_stage": 0}), calibration)
     assert plain.device_bytes - plain.peak_reserved_bytes == 100
     assert ds.device_bytes - ds.peak_reserved_bytes == 1100
+
+
+def _zero3(plan_factory, *, stack="hf-trainer", gpus=1, offload="none"):
+    return plan_factory(engine={"kind": "deepspeed", "zero_stage": 3, "offload_optimizer": offload},
+                        components={"llm": {"train": "full"}}, hardware={"num_gpus": gpus}, stack={"kind": stack})
+
+
+def test_zero3_on_one_rank_gathers_in_place(tiny_llm, plan_factory):
+    """Partition world size 1: all_gather_coalesced hands back NoGatherCoalescedHandle, param.data is
+    the partition (deepspeed/runtime/zero/partition_parameters.py); found on h200-stacks-b (in-sample).
+    The sa2va harness keeps the gathered term (docs/stacks.md, 9)."""
+    from memplan.estimate import buffers
+    from memplan.estimate.context import build_context
+
+    one = build_context(tiny_llm, _zero3(plan_factory))
+    assert buffers.zero3_gathers_in_place(one) and buffers.zero3_gathered_bytes(one) == 0
+    two = build_context(tiny_llm, _zero3(plan_factory, gpus=2))
+    assert not buffers.zero3_gathers_in_place(two) and buffers.zero3_gathered_bytes(two) > 0
+    sa2va = build_context(tiny_llm, _zero3(plan_factory, stack="sa2va"))
+    assert buffers.zero3_gathered_bytes(sa2va) > 0
+
+
+def test_zero3_gradient_partitions_persist_from_initialize(tiny_llm, plan_factory):
+    """stage3.py _setup_for_real_optimizer allocates grad_partitions_flat_buffer at initialize, on the
+    GPU unless the optimizer is offloaded; counted once at the end of backward."""
+    from memplan.estimate import gradients
+    from memplan.estimate.context import build_context
+    from memplan.estimate.phases import Shared, backward_phase
+    from memplan.spec.vocabulary import Component
+
+    result = estimate(tiny_llm, _zero3(plan_factory))
+    for phase in ("init", "forward", "backward", "optimizer_step"):
+        assert ("llm", "gradients") in _phase_terms(result, phase), phase
+    ctx = build_context(tiny_llm, _zero3(plan_factory))
+    backward = backward_phase(ctx, Shared(ctx))
+    counted = sum(t.bytes for t in backward.moment.terms if t.category.value == "gradients")
+    assert counted == gradients.gradient_bytes(ctx, Component.LLM)
+    offloaded = estimate(tiny_llm, _zero3(plan_factory, offload="cpu"))
+    assert ("llm", "gradients") not in _phase_terms(offloaded, "forward")
+    sa2va = estimate(tiny_llm, _zero3(plan_factory, stack="sa2va"))
+    assert ("llm", "gradients") not in _phase_terms(sa2va, "forward")
+
+
+def test_tied_output_layer_gets_its_gradient_hook_last(tiny_llm, plan_factory):
+    """A fully trained tied head is the embedding's tensor: its AccumulateGrad (where ZeRO-1/2's hook
+    sits) runs after the embedding backward, so the bucket does not meet the loss spike; untied, or
+    as a peft modules_to_save copy, it does."""
+    from memplan.estimate import buffers
+    from memplan.estimate.context import build_context
+
+    plan = plan_factory(engine={"kind": "deepspeed", "zero_stage": 2}, components={"llm": {"train": "full"}})
+    assert buffers.tied_output_waits(build_context(tiny_llm, plan))
+    assert not buffers.output_grad_first(build_context(tiny_llm, plan))
+    untied = tiny_llm.model_copy(update={"llm": tiny_llm.llm.model_copy(update={"tie_word_embeddings": False})})
+    assert buffers.output_grad_first(build_context(untied, plan))
+    copies = plan_factory(engine={"kind": "deepspeed", "zero_stage": 2},
+                          components={"llm": {"train": "lora", "modules_to_save": ["lm_head"]}})
+    assert buffers.output_grad_first(build_context(tiny_llm, copies))
