@@ -164,13 +164,18 @@ def forward_phase(ctx: Context, s: Shared) -> PhaseMemory:
 
 def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
     """Start: every activation; the LLM loss backward: activations up to the LLM, the loss spike and
-    the lm_head copy's gradient (made first, before any reduction); end: all gradients."""
+    the lm_head copy's gradient (made first, before any reduction); ZeRO-1/2's gradient bucket only
+    when a trained output layer makes a gradient that early (buffers.output_grad_first); the LLM's
+    layers backward: the recomputed layer and its gradients, the bucket allocated; end: all gradients."""
     states = (*s.states(), s.buckets)
     moments = [_moment("start of backward", *states, s.activations[Component.SAM2_DECODER])]
     if Component.LLM in ctx.parts and act.needs_graph(ctx, Component.LLM):
         head_grad = _group((Component.LLM, Category.GRADIENTS, buffers.lm_head_grad_bytes(ctx)))
-        moments.append(_moment("LLM loss backward", *states, head_grad, s.activations[Component.LLM],
-                               _transient(Component.LLM, act.llm_backward_transient(ctx))))
+        spike_states = states if buffers.output_grad_first(ctx) else s.states()
+        moments.append(_moment("LLM loss backward", *spike_states, head_grad, s.activations[Component.LLM],
+                               _transient(Component.LLM, act.llm_loss_backward_transient(ctx))))
+        moments.append(_moment("LLM layers backward", *states, head_grad, s.activations[Component.LLM],
+                               _transient(Component.LLM, act.llm_layers_backward_transient(ctx))))
     moments.append(_moment("end of backward", *states, s.gradients, s.activations[Component.PROJECTOR],
                            _transient(Component.RUNTIME, buffers.ddp_bucket_bytes(ctx))))
     return PhaseMemory(Phase.BACKWARD, max(moments, key=lambda m: m.total))

@@ -174,6 +174,7 @@ def probe_argv(runset: RunSet, run: PlannedRun, runset_path: Path) -> list[str]:
 # prediction written without them (stacks-a/-b were predicted at 1878239, before these fields, and run after).
 LATER_PLAN_FIELDS: dict[tuple[str, str], Any] = {
     ("hardware", "nodes"): 1, ("engine", "zero_hpz_partition_size"): 1, ("engine", "fsdp"): None,
+    ("stack", "checkpoint_scope"): None,  # added after the H200 stack runs (None: the stack's own default)
 }
 # what a record does not carry from the run set (the card the run is estimated on) and labels
 CAPACITY_FIELDS = (("hardware", "vram_gib"), ("hardware", "gpu"), ("hardware", "host_ram_gib"))
