@@ -53,7 +53,7 @@ PART_LABELS = {
     "hf-trainer": "H200, transformers Trainer + peft, text-only LLMs",
     "custom-loop": "H200, a custom training loop, text-only LLMs",
     "internvl": "H200, InternVL2.5 through Trainer or the custom loop; in-sample since 98fcda0 (checkpoint scope found on these)",
-    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; in-sample since 98fcda0 (bucket timing found on these)",
+    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these)",
     "fsdp2-fake-world": "H200, FSDP2 rank 0 of a fake world (Qwen2.5-1.5B)",
 }
 
