@@ -186,6 +186,25 @@ def llm_layer_working_set(ctx: Context) -> int:
     return ctx.compute_bytes * tokens * (llm.q_dim + 2 * llm.kv_dim + llm.q_dim + 3 * llm.intermediate_size)
 
 
+def llm_loss_backward_transient(ctx: Context) -> int:
+    """The loss backward's spike (8 V per token in fp32; memplan.estimate.loss)."""
+    if not needs_graph(ctx, Component.LLM):
+        return 0
+    return loss.logits_backward_bytes(ctx)
+
+
+def llm_layers_backward_transient(ctx: Context) -> int:
+    """One layer's backward: its gradient buffers (2 x (h + F) per token in the compute dtype, and
+    eager attention's probability gradients) plus, with checkpointing, the recomputed layer."""
+    if not needs_graph(ctx, Component.LLM):
+        return 0
+    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
+    grads = 2 * ctx.compute_bytes * tokens * (llm.hidden_size + llm.intermediate_size)
+    grads += attention.llm_backward_pairs_bytes(ctx)
+    recompute = llm_recomputed_layer_bytes(ctx) if ctx.plan.components.llm.checkpointing else 0
+    return recompute + grads
+
+
 def llm_backward_transient(ctx: Context) -> int:
     """The larger of: the loss backward (8 V per token in fp32) at the start, and, with
     checkpointing, one recomputed layer (its census bytes) plus its gradient buffers
@@ -208,7 +227,7 @@ def vision_activation_bytes(ctx: Context) -> int:
         return 0
     v = ctx.profile.vision
     tokens = vision_tiles(ctx) * v.tokens_per_tile
-    if ctx.plan.components.vision.checkpointing:
+    if ctx.stack.vision_checkpointing:
         return v.num_layers * ctx.compute_bytes * v.hidden_size * tokens
     coefficients = k.VIT_FULL if ctx.plan.components.vision.train == "full" else k.VIT_FROZEN
     widths = {"h": v.hidden_size, "ffn": v.intermediate_size, "heads": v.num_heads}

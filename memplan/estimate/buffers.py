@@ -78,6 +78,22 @@ def hpz_secondary_bytes(ctx: Context) -> int:
     return -(-total // hpz)
 
 
+def output_grad_first(ctx: Context) -> bool:
+    """Whether a trained parameter gets its gradient during the loss backward, before any decoder
+    layer's: a trained lm_head (a modules_to_save copy, in-place training, a fully trained LLM).
+    DeepSpeed ZeRO-1/2 allocates its ipg bucket at the first gradient hook
+    (stage_1_and_2.py, reduce_independent_p_g_buckets_and_remove_grads), so only then does the bucket
+    coincide with the loss backward's spike; with LoRA alone the first gradients come from the last
+    layer, after the spike is freed."""
+    llm = ctx.plan.components.llm
+    if ctx.profile.llm is None or not ctx.plan.trains(Component.LLM):
+        return False
+    if llm.train == "full" or "lm_head" in llm.modules_to_save:
+        return True
+    tied_in_place = ctx.profile.llm.tie_word_embeddings and ctx.plan.stack.embeddings_training == "in_place"
+    return tied_in_place and "embed_tokens" in llm.modules_to_save
+
+
 def ddp_bucket_bytes(ctx: Context) -> int:
     if ctx.is_deepspeed or ctx.is_fsdp or ctx.num_gpus == 1 or not ctx.training:
         return 0

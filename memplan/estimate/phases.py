@@ -180,16 +180,21 @@ def forward_phase(ctx: Context, s: Shared) -> PhaseMemory:
 
 def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
     """Start: every activation; the LLM loss backward: activations up to the LLM, the loss spike and
-    the lm_head copy's gradient (made first, before any reduction); end: all gradients. FSDP2: the
-    start and the loss backward hold the unit the root prefetches, not the reduce-scatter, which is
-    its own moment (memplan.estimate.fsdp)."""
+    the lm_head copy's gradient (made first, before any reduction); ZeRO-1/2's gradient bucket only
+    when a trained output layer makes a gradient that early (buffers.output_grad_first); the LLM's
+    layers backward: the recomputed layer and its gradients, the bucket allocated; end: all gradients.
+    FSDP2: the start and the loss backward hold the unit the root prefetches, not the reduce-scatter,
+    which is its own moment (memplan.estimate.fsdp)."""
     states = (*s.states(), s.buckets)
     start = (*s.states(s.backward_gathered), s.buckets)
     moments = [_moment("start of backward", *start, s.activations[Component.SAM2_DECODER])]
     if Component.LLM in ctx.parts and act.needs_graph(ctx, Component.LLM):
         head_grad = _group((Component.LLM, Category.GRADIENTS, buffers.lm_head_grad_bytes(ctx)))
-        moments.append(_moment("LLM loss backward", *start, head_grad, s.activations[Component.LLM],
-                               _transient(Component.LLM, act.llm_backward_transient(ctx))))
+        spike_states = start if buffers.output_grad_first(ctx) or ctx.is_fsdp else s.states()
+        moments.append(_moment("LLM loss backward", *spike_states, head_grad, s.activations[Component.LLM],
+                               _transient(Component.LLM, act.llm_loss_backward_transient(ctx))))
+        moments.append(_moment("LLM layers backward", *states, head_grad, s.activations[Component.LLM],
+                               _transient(Component.LLM, act.llm_layers_backward_transient(ctx))))
     if s.reduce_scatter.total:  # FSDP2: the largest unit's reduce-scatter, after its reshard
         moments.append(_moment("reduce-scatter", s.weights, s.optimizer, s.persistent_buckets, s.reduce_scatter,
                                s.gradients, s.reduce_scatter_activations))

@@ -20,6 +20,11 @@ Sources, by behaviour:
 - autocast: ``TrainingArguments(bf16=True)`` and accelerate's ``mixed_precision="bf16"`` run the forward
   under torch.autocast; a plain loop over a bf16 model usually does not.
 - fused optimizer: ``TrainingArguments.optim`` defaults to ``adamw_torch_fused`` (no foreach temporaries).
+- checkpoint scope: ``gradient_checkpointing_enable`` / ``activation_checkpointing_enable`` on the top
+  model sets checkpointing on every GradientCheckpointingLayer among ``self.modules()``
+  (transformers/modeling_utils.py, ``_set_gradient_checkpointing``), InternVL's vision layers
+  included (models/internvl/modeling_internvl.py, ``InternVLVisionLayer``): the default of the
+  transformers stacks; the sa2va harness checkpoints per component.
 - kept outputs: Trainer's ``compute_loss`` returns the loss only, so the outputs are freed before
   backward (trainer.py); a loop that writes ``out = model(...); out.loss.backward()`` keeps the logits.
 """
@@ -50,6 +55,7 @@ class Behaviour:
     autocast: bool | None  # None: the harness's own rule (autocast only with the fp32 upcast)
     fused_optimizer: bool
     eager_attention: bool
+    vision_checkpointing: bool  # the vision tower's layers run under checkpointing
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -116,9 +122,11 @@ def resolve(plan: Plan) -> Behaviour:
         autocast = stack.autocast
     keeps = stack.keeps_outputs if stack.keeps_outputs is not None else stack.kind in ("accelerate", "custom-loop")
     fused = stack.fused_optimizer if stack.fused_optimizer is not None else stack.kind == "hf-trainer"
+    scope = stack.checkpoint_scope or ("model" if peft_stack else "components")
+    vision_ckpt = plan.components.vision.checkpointing or (scope == "model" and plan.components.llm.checkpointing)
     return Behaviour(
         kind=stack.kind, adapters_fp32=adapters_fp32, copies_in_base_dtype=peft_stack,
         embeddings_in_place=stack.embeddings_training == "in_place", input_grad_hooks=_hooks(plan, notes),
         keeps_outputs=keeps, chunked_loss=stack.loss == "chunked", autocast=autocast, fused_optimizer=fused,
-        eager_attention=plan.attention == "eager", assumptions=tuple(notes),
+        eager_attention=plan.attention == "eager", vision_checkpointing=vision_ckpt, assumptions=tuple(notes),
     )

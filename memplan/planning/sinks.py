@@ -69,7 +69,7 @@ CANDIDATES = (
     _Candidate(
         "input-grad hooks on the vision tower", _hooks_vision, {"stack.input_grad_hooks": "llm"},
         "enable_input_require_grads (transformers 5, called with checkpointing) hooks the frozen vision tower's "
-        "embeddings, so the tower keeps its whole autograd graph",
+        "embeddings, so the tower keeps an autograd graph (all of it, or each layer's input when checkpointed)",
         "model.disable_input_require_grads(); model.get_input_embeddings().register_forward_hook("
         "lambda m, i, o: o.requires_grad_(True))  # after get_peft_model: hook the LLM's embeddings only",
         True),

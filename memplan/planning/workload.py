@@ -156,7 +156,7 @@ def _vision_flops(ctx: Context) -> Flops:
     attention = v.num_layers * tiles * 4 * s * s * v.hidden_size  # bidirectional
     part = ctx.parts[Component.VISION]
     return _dense(groups["attention"] + groups["mlp"], part.trainable, tiles * s,
-                  graph=ctx.graph.get(Component.VISION, False), recompute=ctx.plan.components.vision.checkpointing,
+                  graph=ctx.graph.get(Component.VISION, False), recompute=ctx.stack.vision_checkpointing,
                   attention_forward=attention)
 
 

@@ -256,6 +256,9 @@ class Stack(Section):
     - input_grad_hooks: which towers ``enable_input_require_grads`` hooks (transformers 5 hooks every
       PreTrainedModel inside the model, 4.x only the top model's embeddings).
     - keeps_outputs: the loop keeps the model output (logits) alive through backward.
+    - checkpoint_scope: model (``model.gradient_checkpointing_enable()`` or Trainer's
+      ``gradient_checkpointing=True`` on the top model checkpoints every GradientCheckpointingLayer,
+      the vision tower's too) or components (only what components.*.checkpointing names).
     - autocast: the forward runs under torch.autocast in the compute dtype (Trainer with bf16=True,
       accelerate with mixed_precision=bf16).
     - fused_optimizer: torch.optim.AdamW(fused=True), Trainer's default adamw_torch_fused.
@@ -270,6 +273,7 @@ class Stack(Section):
     input_grad_hooks: Literal["llm", "all_towers", "none"] | None = None
     keeps_outputs: bool | None = None
     loss: Literal["full_vocab", "chunked"] = "full_vocab"
+    checkpoint_scope: Literal["model", "components"] | None = None  # what LLM checkpointing switches on
     autocast: bool | None = None  # the forward runs under torch.autocast (Trainer bf16=True: yes)
     fused_optimizer: bool | None = None  # torch AdamW fused=True (Trainer's adamw_torch_fused): no temporaries
     transformers_version: str | None = Field(default=None, max_length=40)

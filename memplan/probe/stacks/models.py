@@ -138,6 +138,14 @@ def _trained_extras(stack_model: StackModel) -> tuple[list[str], list[str]]:
     return embeddings, extras
 
 
+def _vision_checkpointing_off(model: nn.Module) -> None:
+    """Turn checkpointing back off in the vision tower's layers, as a script that checkpoints only the
+    language model has it (GradientCheckpointingLayer reads its own ``gradient_checkpointing`` flag)."""
+    for module in _vision_tower(model).modules():
+        if hasattr(module, "gradient_checkpointing"):
+            module.gradient_checkpointing = False
+
+
 def adapt(stack_model: StackModel) -> nn.Module:
     """Checkpointing, peft, embeddings and full training as a user script does it; returns what trains."""
     from peft import LoraConfig, get_peft_model
@@ -149,6 +157,8 @@ def adapt(stack_model: StackModel) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # 5.2x renames it activation_checkpointing_enable
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
+        if stack_model.kind == "internvl" and not resolve(plan).vision_checkpointing:
+            _vision_checkpointing_off(model)  # stack.checkpoint_scope: components (the LLM's layers only)
     embeddings, extras = _trained_extras(stack_model)
     in_place = plan.stack.embeddings_training == "in_place"
     if plan.trains(Component.LLM) and llm.train == "lora":
