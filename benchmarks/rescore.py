@@ -13,6 +13,14 @@ Pre-registered verdicts are scored as they were predicted (the predictions files
     python benchmarks/rescore.py --write-bounds       # reports/probes/bounds.yaml from today's maxima
     python benchmarks/rescore.py --legacy-predictions h100-verdicts3 > /tmp/v3.jsonl
     memplan score /tmp/v3.jsonl reports/probes/h100-verdicts3.jsonl   # the set scored as predicted
+    python benchmarks/rescore.py --batches            # per batch and per stack: pre-registered and current errors
+    python benchmarks/rescore.py --legacy-predictions h200-fsdp-fake-world > /tmp/fsdp.jsonl   # fsdp-predictions.json
+                                                      # as prediction lines (matched by command), for `memplan score`
+
+Batches with ``parts: by-stack`` (the H200 batches of 2026-12-02) put each record in the part of its
+stack (stack_part): sa2va-harness, hf-trainer, custom-loop, internvl (InternVL through Trainer or the
+custom loop), hf-trainer-deepspeed, fsdp2-fake-world. The shipped calibration was fitted on H100
+records only, so their side (still printed) is not in-sample for anything.
 """
 
 from __future__ import annotations
@@ -35,15 +43,63 @@ from memplan.spec.loading import load_calibration
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY = ROOT / "reports" / "probes" / "history.yaml"
 BOUNDS = ROOT / "reports" / "probes" / "bounds.yaml"
-PARTS = ("formulas-seen", "calibration", "held-out")
+PARTS = ("formulas-seen", "calibration", "held-out", "sa2va-harness", "hf-trainer", "custom-loop", "internvl",
+         "hf-trainer-deepspeed", "fsdp2-fake-world")
+PART_LABELS = {
+    "formulas-seen": "in-sample: the allocated formulas were fixed on these",
+    "calibration": "in-sample for the calibration (fitted on this side); allocated out of sample",
+    "held-out": "held out from the formulas and from the calibration",
+    "sa2va-harness": "H200, the Sa2VA harness (h200-batch4)",
+    "hf-trainer": "H200, transformers Trainer + peft, text-only LLMs",
+    "custom-loop": "H200, a custom training loop, text-only LLMs",
+    "internvl": "H200, InternVL2.5 through Trainer or the custom loop; in-sample since 98fcda0 (checkpoint scope found on these)",
+    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; in-sample since 98fcda0 (bucket timing found on these)",
+    "fsdp2-fake-world": "H200, FSDP2 rank 0 of a fake world (Qwen2.5-1.5B)",
+}
 
 
 def load_history() -> dict[str, Any]:
     return yaml.safe_load(HISTORY.read_text())
 
 
-def part_of(run_id: str, batch: dict[str, Any]) -> str:
+def stack_part(record: dict[str, Any]) -> str:
+    """The part of a record of a by-stack batch: its training stack, InternVL models on their own."""
+    plan = record.get("plan") or {}
+    engine = (plan.get("engine") or {}).get("kind")
+    kind = (plan.get("stack") or {}).get("kind", "sa2va")
+    if record.get("fake_world"):
+        return "fsdp2-fake-world"
+    if kind == "sa2va":
+        return "sa2va-harness"
+    if engine == "deepspeed":
+        return f"{kind}-deepspeed"
+    if (record.get("profile") or {}).get("vision"):
+        return "internvl"
+    return kind
+
+
+def part_of(run_id: str, batch: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+    if batch.get("parts") == "by-stack":
+        return stack_part(record or {})
     return "formulas-seen" if batch["formulas"] == "seen" else side_of(run_id)
+
+
+def stack_label(record: dict[str, Any]) -> str:
+    """hf-trainer/deepspeed-z3, custom-loop/pytorch, sa2va/fsdp2 (as memplan score groups them)."""
+    plan = record.get("plan") or {}
+    engine = plan.get("engine") or {}
+    kind = (plan.get("stack") or {}).get("kind", "sa2va")
+    label = f"deepspeed-z{engine.get('zero_stage')}" if engine.get("kind") == "deepspeed" else engine.get("kind", "pytorch")
+    return f"{kind}/{label}" + (" (fake world)" if record.get("fake_world") else "")
+
+
+def _plan_for_record(record: dict[str, Any], plan):
+    """A capped record that emulated a card (vram_cap_card) is estimated on that card, as it was predicted."""
+    card = record.get("vram_cap_card")
+    if not card:
+        return plan
+    hardware = plan.hardware.model_copy(update={"gpu": card})
+    return plan.model_copy(update={"hardware": hardware})
 
 
 def score_rows(calibration=None) -> list[dict[str, Any]]:
@@ -56,13 +112,14 @@ def score_rows(calibration=None) -> list[dict[str, Any]]:
                 if not scored(record["model"], record["status"]):
                     continue
                 m = measured_from_record(record, path)
-                e = estimate(m.profile, m.plan, calibration)
+                e = estimate(m.profile, _plan_for_record(record, m.plan), calibration)
                 ok = m.status == "ok"
                 cap = m.vram_cap_bytes
                 rows.append({
-                    "run_id": m.run_id, "batch": batch["batch"], "part": part_of(m.run_id, batch),
+                    "run_id": m.run_id, "batch": batch["batch"], "part": part_of(m.run_id, batch, record),
                     "side": side_of(m.run_id), "model": m.profile.name, "status": m.status, "capped": bool(cap),
-                    "command": record.get("command", ""),
+                    "command": record.get("command", ""), "run_key": record.get("run_key"),
+                    "stack": stack_label(record),
                     "allocated_error": (e.peak_allocated_bytes - m.allocated) / m.allocated if ok and m.allocated else None,
                     "device_error": (e.device_bytes - m.device) / m.device if ok and not cap and m.device else None,
                     "verdict": ("oom" if e.needed_bytes > cap else "fits", "oom" if m.status == "oom" else "fits")
@@ -114,6 +171,149 @@ def legacy_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def fsdp_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """reports/probes/fsdp-predictions.json (benchmarks/fsdp_predictions.py, written before the runs) as
+    memplan.prediction/1 lines: each run matched to its record by the probe command benchmarks/fsdp_batch.py
+    built from the same run (model and fake-world flags, benchmarks/fsdp_runs.py cli_flags). Uncapped: no verdict."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fsdp_runs import cli_flags  # noqa: PLC0415
+
+    document = json.loads((ROOT / batch["predictions"]).read_text())
+    records = [r for path in batch["files"] for r in read_records(ROOT / path)]
+    out = []
+    for run in document["runs"]:
+        key = f"--model {run['model']} {' '.join(cli_flags(run))} --"
+        match = [r for r in records if key in r.get("command", "")]
+        if len(match) > 1:
+            raise ValueError(f"{run['name']}: {len(match)} records match {key!r}")
+        out.append({"schema": "memplan.prediction/1", "batch": batch["batch"], "run_key": f"{document['set']}/{run['name']}",
+                    "run_id": match[0]["run_id"] if match else None, "name": run["name"], "model": run["model"],
+                    "vram_cap": None, "capacity_bytes": None,
+                    "predicted": {"peak_allocated_bytes": run["peak_allocated_bytes"], "device_bytes": run["device_bytes"],
+                                  "needed_bytes": run["needed_bytes"], "verdict": run["verdict"]},
+                    "estimator_revision": "see reports/probes/history.yaml", "source": batch["predictions"]})
+    return out
+
+
+def prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A batch's pre-registered predictions as memplan.prediction/1 lines, whatever file format it has."""
+    fmt = batch.get("predictions_format", "verdicts-json")
+    if fmt == "jsonl":
+        from memplan.planning.protocol import read_predictions
+
+        return read_predictions(ROOT / batch["predictions"])
+    if fmt == "fsdp-json":
+        return fsdp_prediction_lines(batch)
+    return legacy_prediction_lines(batch)
+
+
+def pre_registered(batch: dict[str, Any]):
+    """The batch scored against its committed predictions (memplan.planning.scoring): the estimate as
+    predicted before the runs, not today's. Each ScoredRun comes with its record (or None)."""
+    from memplan.planning.scoring import score
+
+    records = [r for path in batch["files"] for r in read_records(ROOT / path)]
+    lines = prediction_lines(batch)
+    runs = score(lines, records)
+    for run, line in zip(runs, lines):  # the device view is not part of ScoredRun: carried beside it
+        object.__setattr__(run, "predicted_device", (line.get("predicted") or {}).get("device_bytes"))
+    by_key = {r["run_key"]: r for r in records if r.get("run_key")}
+    by_id = {str(r.get("run_id")): r for r in records}
+    return [(run, by_key.get(line["run_key"]) or by_id.get(str(line.get("run_id"))))
+            for run, line in zip(runs, lines)]
+
+
+def _group_cells(runs) -> dict[str, str]:
+    errors = [abs(r.error) for r in runs if r.error is not None]
+    verdicts = [r for r in runs if r.verdict_right is not None]
+    optimistic = sum(r.predicted_verdict == "fits" and r.measured_verdict == "oom" for r in verdicts)
+    pessimistic = sum(r.predicted_verdict == "oom" and r.measured_verdict == "fits" for r in verdicts)
+    alloc = f"{_pct(statistics.median(errors))} / {_pct(max(errors))} ({len(errors)})" if errors else "n/a"
+    verdict = (f"{sum(bool(r.verdict_right) for r in verdicts)}/{len(verdicts)} ({optimistic} optimistic, "
+               f"{pessimistic} pessimistic)") if verdicts else ""
+    return {"alloc": alloc, "verdicts": verdict}
+
+
+def _device_cell(scored_runs) -> str:
+    """Pre-registered device view (nvidia-smi) error of the uncapped runs that trained: predicted device_bytes
+    against the record's peak_device_bytes."""
+    values = []
+    for run, record in scored_runs:
+        predicted = None
+        if record is None or record.get("status") != "ok" or record.get("vram_cap_bytes") or run.capped:
+            continue
+        predicted = run.predicted_device
+        measured = (record.get("summary") or {}).get("peak_device_bytes")
+        if predicted and measured:
+            values.append(abs(predicted - measured) / measured)
+    return f"{_pct(statistics.median(values))} / {_pct(max(values))} ({len(values)})" if values else "n/a"
+
+
+def _current_cell(rows: list[dict[str, Any]]) -> str:
+    values = [abs(r["allocated_error"]) for r in rows if r["allocated_error"] is not None]
+    return f"{_pct(statistics.median(values))} / {_pct(max(values))} ({len(values)})" if values else "n/a"
+
+
+def batches_markdown(rows: list[dict[str, Any]], miss: float = 0.05) -> str:
+    """Per batch and per part (stack): pre-registered errors (against the committed predictions) beside
+    the current estimator's (re-estimated now from each record's plan), and every miss named."""
+    history = load_history()
+    lines = ["| batch | runs planned / recorded / scored | pre-registered allocated median / max (runs) | "
+             "verdicts as predicted | current estimator allocated median / max (runs) | pre-registered device "
+             "median / max (uncapped runs) | plan mismatches |", "|---|---|---|---|---|---|---|"]
+    per_part: dict[str, list] = {}
+    members_with_records: dict[str, list] = {}
+    misses = []
+    current_by_id = {r["run_id"]: r for r in rows}
+    for batch in history["batches"]:
+        if not batch.get("predictions"):
+            continue
+        scored_runs = pre_registered(batch)
+        runs = [run for run, _ in scored_runs]
+        cells = _group_cells(runs)
+        recorded = sum(r.status is not None for r in runs)
+        n_scored = sum(r.status in ("ok", "oom") for r in runs)
+        current = [r for r in rows if r["batch"] == batch["batch"]]
+        mismatches = sum(r.plan_matches is False for r in runs)
+        lines.append(f"| {batch['batch']} | {len(runs)} / {recorded} / {n_scored} | {cells['alloc']} | {cells['verdicts']} | "
+                     f"{_current_cell(current)} | {_device_cell(scored_runs)} | {mismatches} |")
+        for run, record in scored_runs:
+            if record is None or not scored(record.get("model", ""), record.get("status", "")):
+                continue
+            part = part_of(str(record.get("run_id")), batch, record)
+            per_part.setdefault(part, []).append((run, current_by_id.get(str(record.get("run_id")))))
+            members_with_records.setdefault(part, []).append((run, record))
+            wrong = run.verdict_right is False
+            if wrong or (run.error is not None and abs(run.error) > miss):
+                misses.append((batch["batch"], part, run, current_by_id.get(str(record.get("run_id")))))
+    lines += ["", "| part | label | runs | pre-registered allocated median / max (runs) | verdicts as predicted | "
+              "current estimator allocated median / max (runs) | pre-registered device median / max (uncapped runs) |",
+              "|---|---|---:|---|---|---|---|"]
+    for part in PARTS:
+        if part not in per_part:
+            continue
+        members = per_part[part]
+        cells = _group_cells([run for run, _ in members])
+        lines.append(f"| {part} | {PART_LABELS[part]} | {len(members)} | {cells['alloc']} | {cells['verdicts']} | "
+                     f"{_current_cell([c for _, c in members if c])} | {_device_cell(members_with_records[part])} |")
+    lines += ["", f"Misses (pre-registered |allocated error| > {miss * 100:.0f}% or a wrong verdict):", "",
+              "| batch | part | run | model | pre-registered allocated GiB | measured GiB | pre-registered error | "
+              "current error | verdict predicted / ran (needed/cap) | current verdict |", "|---|---|---|---|---:|---:|---:|---:|---|---|"]
+    for batch, part, run, current in misses:
+        verdict = "" if run.predicted_verdict is None else (
+            f"{run.predicted_verdict} / {run.measured_verdict} ({run.needed_over_capacity:.3f})")
+        cur = _pct(current["allocated_error"]) if current and current["allocated_error"] is not None else "n/a"
+        err = "n/a" if run.error is None else f"{run.error * 100:+.1f}%"
+        cur = cur if cur == "n/a" else f"{current['allocated_error'] * 100:+.1f}%"
+        gib = lambda value: "" if value is None else f"{value / 2**30:.2f}"  # noqa: E731
+        lines.append(f"| {batch} | {part} | {run.name} | {run.model} | {gib(run.predicted_allocated)} | "
+                     f"{gib(run.measured_allocated)} | {err} | {cur} | {verdict} | "
+                     f"{current['verdict'][0] if current and current['verdict'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
 
@@ -135,9 +335,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                      f"{batch['pre_registered']} | {_alloc_cell(s)} | {verdicts} |")
     lines += ["", "| part | label | records | allocated median / max (runs) | device median / max (runs) | "
               "verdicts right (optimistic) |", "|---|---|---:|---|---|---|"]
-    labels = {"formulas-seen": "in-sample: the allocated formulas were fixed on these",
-              "calibration": "in-sample for the calibration (fitted on this side); allocated out of sample",
-              "held-out": "held out from the formulas and from the calibration"}
+    labels = PART_LABELS
     for part in PARTS:
         s = summarize([r for r in rows if r["part"] == part])
         d, v = s["device"], s["verdicts"]
@@ -148,10 +346,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     s = summarize([r for r in rows if r["run_id"] in original])
     lines += ["", f"Original held-out third (818cc97), today's model: {s['records']} scored records, allocated "
               f"{_alloc_cell(s)}."]
-    frozen = summarize([r for r in rows if r["part"] != "formulas-seen"])
-    lines.append(f"All records after the formulas were frozen: allocated {_alloc_cell(frozen)}.")
+    frozen = summarize([r for r in rows if r["part"] in ("calibration", "held-out")])
+    lines.append(f"All H100 records after the formulas were frozen: allocated {_alloc_cell(frozen)}.")
     for batch in history["batches"]:
-        if batch.get("predictions"):
+        if batch.get("predictions") and batch.get("predictions_format", "verdicts-json") == "verdicts-json":
             runs = legacy_verdicts(batch)
             scored_runs = [r for r in runs if r["ran"]]
             right = sum(r["predicted"] == r["ran"] for r in scored_runs)
@@ -170,7 +368,7 @@ def bounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"schema": "memplan.bounds/1", "parts": {}}
     for part in PARTS:
         s = summarize([r for r in rows if r["part"] == part])
-        out["parts"][part] = {"allocated_max_abs_error": _ceil(s["allocated"]["max"]),
+        out["parts"][part] = {"records": s["records"], "allocated_max_abs_error": _ceil(s["allocated"]["max"]),
                               "device_max_abs_error": _ceil(s["device"]["max"]),
                               "optimistic_verdicts": s["verdicts"]["optimistic"],
                               "wrong_verdicts": s["verdicts"]["count"] - s["verdicts"]["right"]}
@@ -181,15 +379,24 @@ def violations(rows: list[dict[str, Any]], published: dict[str, Any]) -> list[st
     """Every record whose error exceeds its part's bound, and every part with more wrong verdicts."""
     out = []
     for row in rows:
-        bound = published["parts"][row["part"]]
+        bound = published["parts"].get(row["part"])
+        if bound is None:
+            out.append(f"{row['run_id']} ({row['batch']}): part {row['part']!r} has no published bound")
+            continue
         for kind in ("allocated", "device"):
             error, limit = row[f"{kind}_error"], bound[f"{kind}_max_abs_error"]
             if error is not None and limit is not None and abs(error) > limit:
                 out.append(f"{row['run_id']} ({row['part']}, {row['model']}): {kind} error {error * 100:+.2f}% "
                            f"beyond the published {limit * 100:.1f}%")
     for part in PARTS:
-        v = summarize([r for r in rows if r["part"] == part])["verdicts"]
-        bound = published["parts"][part]
+        s = summarize([r for r in rows if r["part"] == part])
+        v = s["verdicts"]
+        bound = published["parts"].get(part)
+        if bound is None:
+            continue
+        if "records" in bound and s["records"] != bound["records"]:
+            out.append(f"{part}: {s['records']} scored records, published {bound['records']} (every record is "
+                       "listed: none dropped, none added without publishing its part's bound)")
         if v["optimistic"] > bound["optimistic_verdicts"] or v["count"] - v["right"] > bound["wrong_verdicts"]:
             out.append(f"{part}: {v['count'] - v['right']} wrong verdicts ({v['optimistic']} optimistic), published "
                        f"{bound['wrong_verdicts']} ({bound['optimistic_verdicts']})")
@@ -200,13 +407,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-bounds", action="store_true", help=f"write {BOUNDS.relative_to(ROOT)}")
     parser.add_argument("--legacy-predictions", metavar="BATCH",
-                        help="print a pre-registered verdict set (h100-verdicts2/3) as prediction lines for `memplan score`")
+                        help="print a pre-registered set (h100-verdicts2/3, h200-fsdp-fake-world) as prediction lines "
+                             "for `memplan score`")
+    parser.add_argument("--batches", action="store_true",
+                        help="per batch and per stack: pre-registered errors (the predictions files) and the current "
+                             "estimator's (re-estimated now), and the misses")
     args = parser.parse_args()
     if args.legacy_predictions:
         batch = next(b for b in load_history()["batches"] if b["batch"] == args.legacy_predictions)
-        print("".join(json.dumps(line) + "\n" for line in legacy_prediction_lines(batch)), end="")
+        print("".join(json.dumps(line) + "\n" for line in prediction_lines(batch)), end="")
         return
     rows = score_rows()
+    if args.batches:
+        print(batches_markdown(rows), end="")
+        return
     if args.write_bounds:
         BOUNDS.write_text("# written by benchmarks/rescore.py --write-bounds; the bounds docs/accuracy.md publishes\n"
                           + yaml.safe_dump(bounds(rows), sort_keys=False))

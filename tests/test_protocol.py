@@ -156,3 +156,34 @@ def test_calibration_is_keyed_by_card_family():
     fitted = shipped.model_copy(update={"families": {"ampere": FamilyTerms(context_bytes=123, nccl_bytes=4, records=5)}})
     terms, note = calibration_for_card(fitted, "a100-80gb")
     assert (terms.context_bytes, terms.nccl_bytes) == (123, 4) and "5 ampere records" in note
+
+
+def test_a_record_of_a_newer_schema_runs_the_plan_predicted_before_it():
+    """stacks-a/-b were predicted at 1878239, whose Plan had no hardware.nodes, engine.zero_hpz_partition_size
+    or engine.fsdp; the probe that ran them records those at 1 / 1 / null. Same plan: it matches; a field that
+    matters still does not, and is named."""
+    from memplan.planning.protocol import plan_differences, plan_fingerprint
+    from memplan.planning.scoring import plan_check
+
+    old = {"hardware": {"num_gpus": 1, "vram_gib": 24}, "engine": {"kind": "pytorch", "zero_stage": 0}}
+    new = {"hardware": {"num_gpus": 1, "nodes": 1, "vram_gib": 140}, "engine": {"kind": "pytorch", "zero_stage": 0,
+                                                                                 "zero_hpz_partition_size": 1, "fsdp": None}}
+    assert plan_fingerprint(old) == plan_fingerprint(new)
+    assert plan_check({"plan_fingerprint": plan_fingerprint(old)}, {"plan": new}) == (True, ())
+    other = {**new, "engine": {**new["engine"], "zero_stage": 2}}
+    assert plan_check({"plan_fingerprint": plan_fingerprint(old)}, {"plan": other})[0] is False
+    assert plan_check({"plan": old}, {"plan": other}) == (False, ("engine.zero_stage: 0 != 2",))
+    assert plan_differences(old, {**new, "hardware": {"num_gpus": 1, "nodes": 2}}) == ["hardware.nodes: '<absent>' != 2"]
+
+
+def test_the_stack_batches_ran_the_plans_predicted():
+    from memplan.planning.protocol import read_predictions
+    from memplan.probe.records import read_records
+
+    root = Path(__file__).resolve().parents[1] / "reports" / "probes"
+    for predictions, records in (("predictions/stacks-a.jsonl", "h200-stacks-a.jsonl"),
+                                 ("predictions/stacks-b.jsonl", "h200-stacks-b.jsonl"),
+                                 ("predictions/h200-batch4.jsonl", "h200-batch4.jsonl")):
+        runs = score(read_predictions(root / predictions), read_records(root / records))
+        assert [r.name for r in runs if r.plan_matches is False] == []
+        assert sum(r.plan_matches is True for r in runs) == sum(r.status is not None for r in runs)

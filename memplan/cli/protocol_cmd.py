@@ -54,6 +54,7 @@ def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict
             "model": profile.name, "plan_file": run.plan, "flags": run.flags, "gpus": run.gpus,
             "vram_cap": run.vram_cap, "card": runset.card, "purpose": run.purpose,
             "capacity_bytes": result.vram_bytes, "plan_fingerprint": plan_fingerprint(plan.model_dump(mode="json")),
+            "plan": plan.model_dump(mode="json"),  # `memplan score` compares it field by field with the record's
             "predicted": {"peak_allocated_bytes": result.peak_allocated_bytes,
                           "peak_reserved_bytes": result.peak_reserved_bytes, "device_bytes": result.device_bytes,
                           "needed_bytes": result.needed_bytes, "verdict": result.verdict.value},
@@ -132,6 +133,13 @@ def _summary_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _mismatch_lines(runs) -> list[str]:
+    """One line per run whose record ran another plan than the one predicted, with the fields that differ."""
+    return [f"{r.name} ran another plan than predicted: " + ("; ".join(r.plan_differences) if r.plan_differences
+                                                              else "plan fingerprints differ")
+            for r in runs if r.plan_matches is False]
+
+
 @user_errors
 def score(
     *,
@@ -156,7 +164,7 @@ def score(
         for row in _rows(runs):
             typer.echo("| " + " | ".join(row) + " |")
         typer.echo("")
-        for line in _summary_lines(groups):
+        for line in _summary_lines(groups) + _mismatch_lines(runs):
             typer.echo(f"- {line}")
         return
     from rich.table import Table
@@ -169,5 +177,5 @@ def score(
         table.add_row(*row)
     out = console()
     out.print(table)
-    for line in _summary_lines(groups):
+    for line in _summary_lines(groups) + _mismatch_lines(runs):
         out.print(line, markup=False)

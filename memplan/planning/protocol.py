@@ -167,16 +167,74 @@ def probe_argv(runset: RunSet, run: PlannedRun, runset_path: Path) -> list[str]:
     return argv
 
 
-def plan_fingerprint(plan_document: dict[str, Any]) -> str:
-    """sha256 of a plan without its hardware capacity fields (vram_gib, gpu, host RAM), which the
-    probe's record does not carry from the run set: the same fingerprint means the same run."""
+# Plan fields added to the schema after predictions had been written with it (hardware.nodes,
+# engine.zero_hpz_partition_size, engine.fsdp: the multi-node/FSDP2 work), each with the value that means
+# what the older schema meant (one node, no hpZ, no FSDP section). A record written by a newer probe holds
+# them at these values for the same run; its fingerprint leaves them out, so it names the same plan as a
+# prediction written without them (stacks-a/-b were predicted at 1878239, before these fields, and run after).
+LATER_PLAN_FIELDS: dict[tuple[str, str], Any] = {
+    ("hardware", "nodes"): 1, ("engine", "zero_hpz_partition_size"): 1, ("engine", "fsdp"): None,
+    ("stack", "checkpoint_scope"): None,  # added after the H200 stack runs (None: the stack's own default)
+}
+# what a record does not carry from the run set (the card the run is estimated on) and labels
+CAPACITY_FIELDS = (("hardware", "vram_gib"), ("hardware", "gpu"), ("hardware", "host_ram_gib"))
+LABEL_FIELDS = ("name", "description")
+
+
+def _plan_for_comparison(plan_document: dict[str, Any]) -> dict[str, Any]:
     document = json.loads(json.dumps(plan_document))
-    hardware = document.get("hardware") or {}
-    for key in ("vram_gib", "gpu", "host_ram_gib"):
-        hardware.pop(key, None)
-    document.pop("name", None)
-    document.pop("description", None)
+    for key in LABEL_FIELDS:
+        document.pop(key, None)
+    for section, key in CAPACITY_FIELDS:
+        (document.get(section) or {}).pop(key, None)
+    for (section, key), default in LATER_PLAN_FIELDS.items():
+        part = document.get(section)
+        if isinstance(part, dict) and key in part and part[key] == default:
+            part.pop(key)
+    return document
+
+
+def plan_fingerprint(plan_document: dict[str, Any], *, later_fields: bool = False) -> str:
+    """sha256 of a plan without its hardware capacity fields (vram_gib, gpu, host RAM), which the
+    probe's record does not carry from the run set, and without the fields added to the schema later
+    (LATER_PLAN_FIELDS) where they hold the value the older schema meant: the same fingerprint means
+    the same run, whichever of the two schemas wrote it. ``later_fields=True``: the fingerprint that
+    keeps them (what `memplan predict` wrote between their addition and this rule)."""
+    if later_fields:
+        document = json.loads(json.dumps(plan_document))
+        hardware = document.get("hardware") or {}
+        for key in ("vram_gib", "gpu", "host_ram_gib"):
+            hardware.pop(key, None)
+        for key in LABEL_FIELDS:
+            document.pop(key, None)
+    else:
+        document = _plan_for_comparison(plan_document)
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_fingerprints(plan_document: dict[str, Any]) -> set[str]:
+    """Every fingerprint a prediction of this plan may carry (with and without LATER_PLAN_FIELDS)."""
+    return {plan_fingerprint(plan_document), plan_fingerprint(plan_document, later_fields=True)}
+
+
+def plan_differences(predicted: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """The fields that matter where two plan documents differ ("engine.zero_stage: 2 != 3"): labels,
+    capacity fields and later fields at their older meaning left out; a field one side lacks counts as
+    absent. Empty: the same run."""
+    a, b = _plan_for_comparison(predicted), _plan_for_comparison(recorded)
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                out.update(flat(item, f"{prefix}.{key}" if prefix else str(key)))
+            return out
+        return {prefix: value}
+
+    fa, fb = flat(a), flat(b)
+    missing = "<absent>"
+    return [f"{key}: {fa.get(key, missing)!r} != {fb.get(key, missing)!r}" for key in sorted(set(fa) | set(fb))
+            if fa.get(key, missing) != fb.get(key, missing)]
 
 
 def estimator_revision() -> str:

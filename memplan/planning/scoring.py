@@ -13,7 +13,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from memplan.planning.protocol import plan_fingerprint, side_of
+from memplan.planning.protocol import plan_differences, plan_fingerprints, side_of
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class ScoredRun:
     predicted_verdict: str | None
     measured_verdict: str | None  # fits / oom under a cap; None uncapped or errored
     needed_over_capacity: float | None  # predicted needed / capacity: the verdict's margin
-    plan_matches: bool | None  # the record ran the plan that was predicted (plan_fingerprint)
+    plan_matches: bool | None  # the record ran the plan that was predicted (see plan_check)
+    plan_differences: tuple[str, ...] = ()  # the fields that differ, where the prediction carries its plan
 
     @property
     def error(self) -> float | None:
@@ -61,7 +62,8 @@ def _card_name(record: dict[str, Any]) -> str | None:
 def _stack(plan: dict[str, Any]) -> str:
     engine = plan.get("engine") or {}
     kind = (plan.get("stack") or {}).get("kind", "sa2va")
-    label = f"deepspeed-z{engine.get('zero_stage')}" if engine.get("kind") == "deepspeed" else "pytorch"
+    label = (f"deepspeed-z{engine.get('zero_stage')}" if engine.get("kind") == "deepspeed"
+             else str(engine.get("kind") or "pytorch"))  # pytorch, fsdp2
     return f"{kind}/{label}"
 
 
@@ -89,11 +91,31 @@ def score_run(prediction: dict[str, Any], record: dict[str, Any] | None) -> Scor
                          measured_verdict=None, plan_matches=None, **common)
     status = record.get("status")
     measured_verdict = {"ok": "fits", "oom": "oom"}.get(status) if capped else None
-    fingerprint = prediction.get("plan_fingerprint")
-    matches = plan_fingerprint(record["plan"]) == fingerprint if fingerprint and record.get("plan") else None
+    matches, differences = plan_check(prediction, record)
     return ScoredRun(side=side_of(str(record.get("run_id"))), status=status, card=_card_name(record),
                      stack=_stack(record.get("plan") or {}), measured_allocated=_measured_allocated(record),
-                     measured_verdict=measured_verdict, plan_matches=matches, **common)
+                     measured_verdict=measured_verdict, plan_matches=matches, plan_differences=differences,
+                     **common)
+
+
+def plan_check(prediction: dict[str, Any], record: dict[str, Any]) -> tuple[bool | None, tuple[str, ...]]:
+    """(the record ran the predicted plan, the fields that differ). The fields that matter are compared:
+    not the labels (name, description), not the capacity fields the record does not carry from the run
+    set (vram_gib, gpu, host_ram_gib), and not fields added to the Plan schema after the prediction was
+    written where the record holds them at the value the older schema meant (protocol.LATER_PLAN_FIELDS:
+    a probe newer than the prediction records hardware.nodes 1, engine.zero_hpz_partition_size 1 and
+    engine.fsdp null for the same run). A prediction that carries its plan document is compared field by
+    field; one that carries only a fingerprint matches either fingerprint of the record's plan."""
+    plan = record.get("plan")
+    if not plan:
+        return None, ()
+    if isinstance(prediction.get("plan"), dict):
+        differences = tuple(plan_differences(prediction["plan"], plan))
+        return not differences, differences
+    fingerprint = prediction.get("plan_fingerprint")
+    if not fingerprint:
+        return None, ()
+    return fingerprint in plan_fingerprints(plan), ()
 
 
 def score(predictions: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[ScoredRun]:
