@@ -13,7 +13,11 @@ Sources (torch 2.11-2.13, torch/distributed/fsdp/_fully_shard/):
   _fsdp_state.py, FSDPState._lazy_init sets the root's post_forward_mesh_info to None (the root
   stays unsharded from forward to the end of backward). Forward all-gathers run on their own stream
   and the next unit's is issued while the current one computes; in backward the next unit is
-  prefetched explicitly (FSDPParamGroup._backward_prefetch): two units unsharded at a time.
+  prefetched explicitly (FSDPParamGroup._backward_prefetch): two units unsharded at a time. Which
+  units are unsharded depends on the moment (loss_unsharded_bytes, backward_start_unsharded_bytes,
+  reduce_scatter_neighbour_bytes; found on the H200 fake-world records, docs/methodology.md section 8).
+- _fsdp_init.py, _move_states_to_device: a unit built on the CPU is moved whole to the device before
+  it is sharded (init_transient_bytes).
 - _fsdp_collectives.py, foreach_reduce: a unit's unsharded gradients (param_dtype) are copied into
   one reduce-scatter input of the unit's trainable size in reduce_dtype, reduced to a shard and
   accumulated into the sharded gradient (original dtype).
@@ -247,3 +251,97 @@ def pinned_bytes_per_rank(ctx: Context) -> int:
         return 0
     return sum(sharded_frozen(ctx, c) * p.weight_bytes + 2 * sharded_trainable_bytes(ctx, c)
                for c, p in ctx.parts.items())
+
+
+# --------------------------------------------------------------------------- moments (phases.py)
+
+
+def _held(ctx: Context, unit: tuple[int, int]) -> int:
+    """A unit's parameters in their held (original) dtypes, before any MixedPrecisionPolicy cast."""
+    if Component.LLM in ctx.parts:
+        part = ctx.parts[Component.LLM]
+        frozen = part.weight_bytes
+        trainable = part.trainable_held_bytes / part.trainable if part.trainable else part.trainable_bytes
+    else:
+        frozen = trainable = ctx.compute_bytes
+    return int(unit[0] * frozen + -(-unit[1] * trainable // 1))
+
+
+def init_transient_bytes(ctx: Context) -> int:
+    """The build-then-shard transient of init: the probe builds the model on the CPU
+    (memplan.probe.engines, cpu_build) and each fully_shard call first moves its whole unit to the
+    device in the held dtype (_fsdp_init.py ``_move_states_to_device``), then chunks every parameter
+    into its padded shard (_fsdp_param.py ``_init_sharded_param``); the whole unit is freed only once
+    its shards exist. Units are sharded in memplan.probe.fsdp's order (the units, then the root), so
+    at unit i the device holds the shards of units 0..i-1, unit i whole and its shard. Returned: the
+    largest such moment minus the final sharded states (which init_phase counts), never negative.
+    Under CPUOffloadPolicy the shards go to the host (``padded_sharded_param.cpu()``): unit i whole
+    and its shard only."""
+    units, root = unit_sizes(ctx)
+    s = shard_group(ctx)
+    wholes = [_held(ctx, u) for u in [*units, root]]
+    shards = [_ceil_div(w, s) for w in wholes]
+    if offloaded(ctx):
+        return max([w + sh for w, sh in zip(wholes, shards)] or [0])
+    later = 0
+    best = 0
+    for whole, shard in zip(reversed(wholes), reversed(shards)):
+        # on the device at this unit: all shards except those of the later units, plus the whole unit
+        best = max(best, whole - later)
+        later += shard
+    return best
+
+
+def post_forward_order(ctx: Context) -> list[tuple[int, int]]:
+    """(frozen, trainable) of the non-root units in the order their post-forward runs (the order
+    FSDP2 records in ``comm_ctx.post_forward_order``, _fsdp_param_group.py ``_record_post_forward``).
+    A tied embed_tokens/lm_head unit is one fully_shard call over two modules: its post-forward (the
+    reshard) runs when the last of them, lm_head, has run (_fsdp_state.py
+    ``_register_group_forward_hooks``), so it comes after the decoder layers."""
+    vision, llm = _layer_units(ctx, Component.VISION), _layer_units(ctx, Component.LLM)
+    embeddings = _embedding_units(ctx) if ctx.plan.engine.fsdp.embeddings_unit else []
+    tied = len(embeddings) == 1
+    order = [*vision, *llm, *embeddings] if tied else [*vision, *embeddings[:1], *llm, *embeddings[1:]]
+    if Component.SAM2_ENCODER in ctx.parts:
+        order.append((ctx.parts[Component.SAM2_ENCODER].frozen, ctx.parts[Component.SAM2_ENCODER].trainable))
+    if not ctx.training:
+        order = [(f + t, 0) for f, t in order]
+    return order
+
+
+def loss_unsharded_bytes(ctx: Context) -> int:
+    """Non-root units unsharded at the LLM loss in forward: none when reshard_after_forward (the unit
+    holding lm_head was resharded by its post-forward before the loss is computed, and every earlier
+    unit by its own); all of them when it is off."""
+    if not ctx.plan.engine.fsdp.reshard_after_forward:
+        return units_unsharded_bytes(ctx, after_forward=True)
+    return 0
+
+
+def backward_start_unsharded_bytes(ctx: Context) -> int:
+    """Non-root units unsharded when backward starts (the LLM loss backward): the root's pre-backward
+    hook fires on the first gradient of its output and prefetches the unit whose post-forward ran
+    last (_fsdp_state.py ``_pre_backward`` -> _fsdp_param_group.py ``pre_backward`` ->
+    ``_backward_prefetch``: ``post_forward_order[curr_index - 1]``, the root being last), so that
+    unit (lm_head's, or the SAM2 encoder's) is all-gathered before the loss's own backward runs. No
+    reduce-scatter has run yet. All units when reshard_after_forward is off."""
+    if not ctx.plan.engine.fsdp.reshard_after_forward:
+        return units_unsharded_bytes(ctx, after_forward=True)
+    order = post_forward_order(ctx)
+    if not order or not sum(unit_sizes(ctx)[1]):
+        return 0  # a root without parameters has no param group, so its pre-backward prefetches nothing
+    return _unsharded(ctx, order[-1])
+
+
+def reduce_scatter_neighbour_bytes(ctx: Context) -> int:
+    """Unsharded parameters beside the reduce-scatter of the unit with most trainable elements: its
+    own are resharded first (_fsdp_param_group.py ``post_backward``: ``reshard()`` before
+    ``foreach_reduce``), the unit before it in post-forward order was prefetched at its
+    pre-backward (``_backward_prefetch``). All units when reshard_after_forward is off."""
+    if not ctx.plan.engine.fsdp.reshard_after_forward:
+        return units_unsharded_bytes(ctx, after_forward=True)
+    order = post_forward_order(ctx)
+    if not order:
+        return 0
+    index = max(range(len(order)), key=lambda i: order[i][1])
+    return _unsharded(ctx, order[index - 1]) if index > 0 else 0

@@ -95,7 +95,8 @@ class Shared:
     """
 
     __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "buckets",
-                 "persistent_buckets", "gathered", "activations")
+                 "persistent_buckets", "gathered", "activations", "loss_gathered", "backward_gathered",
+                 "reduce_scatter", "reduce_scatter_activations")
 
     def __init__(self, ctx: Context) -> None:
         parts = ctx.parts
@@ -112,21 +113,37 @@ class Shared:
         self.buckets, self.persistent_buckets = (EMPTY, bucket) if ctx.zero_stage == 3 else (bucket, EMPTY)
         self.gathered = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
                                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
-        if ctx.is_fsdp:  # FSDP2: the root and the current/prefetched units unsharded, reduce-scatter in backward
-            self.gathered = _group(
-                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.root_unsharded_bytes(ctx)),
-                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.units_unsharded_bytes(ctx, after_forward=True)))
-            self.buckets = _group((Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_bytes(ctx)))
+        # the moments that differ under FSDP2 (memplan.estimate.fsdp); elsewhere the shared groups
+        self.loss_gathered = self.backward_gathered = self.gathered
+        self.reduce_scatter = self.reduce_scatter_activations = EMPTY
         items = [(c, Category.ACTIVATIONS, fn(ctx)) for c, fn in ACTIVATION_ORDER if c in parts]
         order = [c for c, _ in ACTIVATION_ORDER]
         self.activations = {}
         for upto in (Component.PROJECTOR, Component.LLM, Component.SEG_HEAD, Component.SAM2_DECODER):
             stop = order.index(upto)
             self.activations[upto] = _group(*[item for item in items if order.index(item[0]) <= stop])
+        if ctx.is_fsdp:  # FSDP2: which units are unsharded depends on the moment; reduce-scatter its own moment
+            root = (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.root_unsharded_bytes(ctx))
+            self.gathered = _group(
+                root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.units_unsharded_bytes(ctx, after_forward=True)))
+            self.loss_gathered = _group(root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.loss_unsharded_bytes(ctx)))
+            self.backward_gathered = _group(
+                root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.backward_start_unsharded_bytes(ctx)))
+            self.buckets = EMPTY  # no reduce-scatter before the first unit's post-backward
+            self.reduce_scatter = _group(
+                root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_neighbour_bytes(ctx)),
+                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_bytes(ctx)))
+            # after the loss backward: the logits' saved tensors are gone, the LLM's layer inputs remain
+            llm_saved = act.logits_saved_bytes(ctx) if Component.LLM in parts else 0
+            self.reduce_scatter_activations = _group(*[
+                (c, cat, b - llm_saved if c is Component.LLM else b)
+                for c, cat, b in self.activations[Component.SAM2_DECODER].terms])
 
-    def states(self) -> tuple[Group, ...]:
-        """What every forward and backward moment holds."""
-        return (self.weights, self.optimizer, self.gathered, self.persistent_buckets, self.persistent_gradients)
+    def states(self, gathered: Group | None = None) -> tuple[Group, ...]:
+        """What every forward and backward moment holds (``gathered``: the moment's unsharded FSDP2
+        units, when they differ from the shared group)."""
+        return (self.weights, self.optimizer, self.gathered if gathered is None else gathered, self.persistent_buckets,
+                self.persistent_gradients)
 
     def gradients_after_backward(self) -> Group:
         """The gradients the end of backward adds (none beyond the states where they persist)."""
@@ -147,6 +164,7 @@ def init_phase(ctx: Context, s: Shared) -> PhaseMemory:
     moment = _moment(
         "after deepspeed.initialize" if ctx.is_deepspeed else "after model build",
         s.weights, _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx)),
+        _transient(Component.RUNTIME, fsdp.init_transient_bytes(ctx)) if ctx.is_fsdp else EMPTY,
         s.gradients if zero0 else s.persistent_gradients, s.optimizer if zero0 else s.masters, s.persistent_buckets,
     )
     return PhaseMemory(Phase.INIT, moment)
@@ -158,7 +176,7 @@ def forward_phase(ctx: Context, s: Shared) -> PhaseMemory:
     if Component.VISION in ctx.parts:
         moments.append(_moment("vision tower", *states, _transient(Component.VISION, act.vision_forward_transient(ctx))))
     if Component.LLM in ctx.parts:
-        moments.append(_moment("LLM loss (logits)", *states, s.activations[Component.LLM],
+        moments.append(_moment("LLM loss (logits)", *s.states(s.loss_gathered), s.activations[Component.LLM],
                                _transient(Component.LLM, act.llm_forward_transient(ctx))))
     if Component.SAM2_ENCODER in ctx.parts:
         moments.append(_moment("SAM2 image encoder", *states, s.activations[Component.SEG_HEAD],
@@ -171,16 +189,22 @@ def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
     """Start: every activation; the LLM loss backward: activations up to the LLM, the loss spike and
     the lm_head copy's gradient (made first, before any reduction); ZeRO-1/2's gradient bucket only
     when a trained output layer makes a gradient that early (buffers.output_grad_first); the LLM's
-    layers backward: the recomputed layer and its gradients, the bucket allocated; end: all gradients."""
+    layers backward: the recomputed layer and its gradients, the bucket allocated; end: all gradients.
+    FSDP2: the start and the loss backward hold the unit the root prefetches, not the reduce-scatter,
+    which is its own moment (memplan.estimate.fsdp)."""
     states = (*s.states(), s.buckets)
-    moments = [_moment("start of backward", *states, s.activations[Component.SAM2_DECODER])]
+    start = (*s.states(s.backward_gathered), s.buckets)
+    moments = [_moment("start of backward", *start, s.activations[Component.SAM2_DECODER])]
     if Component.LLM in ctx.parts and act.needs_graph(ctx, Component.LLM):
         head_grad = _group((Component.LLM, Category.GRADIENTS, buffers.lm_head_grad_bytes(ctx)))
-        spike_states = states if buffers.output_grad_first(ctx) else s.states()
+        spike_states = start if buffers.output_grad_first(ctx) or ctx.is_fsdp else s.states()
         moments.append(_moment("LLM loss backward", *spike_states, head_grad, s.activations[Component.LLM],
                                _transient(Component.LLM, act.llm_loss_backward_transient(ctx))))
         moments.append(_moment("LLM layers backward", *states, head_grad, s.activations[Component.LLM],
                                _transient(Component.LLM, act.llm_layers_backward_transient(ctx))))
+    if s.reduce_scatter.total:  # FSDP2: the largest unit's reduce-scatter, after its reshard
+        moments.append(_moment("reduce-scatter", s.weights, s.optimizer, s.persistent_buckets, s.reduce_scatter,
+                               s.gradients, s.reduce_scatter_activations))
     moments.append(_moment("end of backward", *states, s.gradients_after_backward(), s.activations[Component.PROJECTOR],
                            _transient(Component.RUNTIME, buffers.ddp_bucket_bytes(ctx))))
     return PhaseMemory(Phase.BACKWARD, max(moments, key=lambda m: m.total))
