@@ -64,11 +64,11 @@ def test_shipped_h100_terms_unchanged_and_h200_keyed():
 def test_h200_fit_uses_the_calibration_side_only():
     runs, _ = stepfit.timed_runs(_records())
     base = default_terms().model_copy(update={"cards": {}})
-    fitted = stepfit.fit_card(runs, base, "h200", [str(p.relative_to(ROOT)) for p in H200_RECORDS])
+    fitted = stepfit.fit_card(runs, base, card="h200", sources=[str(p.relative_to(ROOT)) for p in H200_RECORDS])
     calibration = [r for r in runs if stepfit.is_calibration(r.run_id)]
     assert fitted.cards["h200"].records == len(calibration) == default_terms().cards["h200"].records
     # the held-out runs cannot move the fit: dropping them gives the same terms
-    again = stepfit.fit_card(calibration, base, "h200", [str(p.relative_to(ROOT)) for p in H200_RECORDS])
+    again = stepfit.fit_card(calibration, base, card="h200", sources=[str(p.relative_to(ROOT)) for p in H200_RECORDS])
     assert again == fitted
     assert fitted.cards["h200"] == default_terms().cards["h200"]
     assert fitted.model_copy(update={"cards": {}}) == base

@@ -169,7 +169,7 @@ def calibrate(
                 raise InputError(f"--card={card}: no run on that card on the calibration side "
                                  "(sha256(run_id) first byte < 85) with a steady-state step time")
             calibration = calibration.model_copy(update={"step_time": stepfit.fit_card(
-                runs, base, card, [str(p) for p in records])})
+                runs, base, card=card, sources=[str(p) for p in records])})
         elif runs:
             kept = calibration.step_time.cards if calibration.step_time else {}
             fitted = stepfit.fit(runs, None, [str(p) for p in records])  # from the defaults: reproducible

@@ -156,7 +156,7 @@ def fit(runs: list[TimedRun], base: StepTimeTerms | None = None, sources: Iterab
                                     "in_sample": {k: round(v, 4) for k, v in check.items() if v is not None}})
 
 
-def fit_card(runs: list[TimedRun], base: StepTimeTerms, card: str, sources: Iterable[str] = ()) -> StepTimeTerms:
+def fit_card(runs: list[TimedRun], base: StepTimeTerms, *, card: str, sources: Iterable[str] = ()) -> StepTimeTerms:
     """``base`` with a per-card entry for ``card`` (catalogue name) fitted on the calibration side only
     (is_calibration: the held-out side is never read) of ``runs`` on that card: its four efficiencies
     and its three host terms, starting from (and ridge-pulled toward) what ``base`` gives the card
