@@ -78,7 +78,7 @@ CALIBRATION = typer.Option(None, "--calibration", help="Calibration file (defaul
 SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
 GPUS = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus; the probe runs N > 1 "
                     "under torchrun).")
-NODES = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1 (probe --fake-world: the "
+NODES = typer.Option(None, "--nodes", min=1, help="Nodes (hosts) of --gpus GPUs each; default 1 (probe --fake-world: the "
                      "HSDP mesh).")
 FAKE_WORLD = typer.Option(None, "--fake-world", help="Run rank 0 of an N-rank FSDP2 job on one device (fake process "
                           "group, collectives are no-ops): the per-rank memory of N GPUs.", min=1, max=65536)
