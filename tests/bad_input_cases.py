@@ -526,6 +526,8 @@ CASES += [
          {"f.yaml": "keep: me\n"}),
     Case("dataset-samples-zero", "estimate --dataset-samples 0", (E, "--dataset-samples", "0"),
          ("'--dataset-samples'", "greater than or equal to 1"), usage=True),
+    Case("compare-price-inf", "compare --price inf", ("compare", "sa2va-official", "plan-c", "--price", "inf"),
+         ("'--price'", "--price=inf: must be a finite price per GPU-hour"), usage=True),
     Case("compare-dataset-samples-zero", "compare --dataset-samples 0",
          ("compare", "sa2va-official", "plan-c", "--dataset-samples", "0"),
          ("'--dataset-samples'", "greater than or equal to 1"), usage=True),

@@ -112,7 +112,16 @@ EXIT_CODE = typer.Option(False, "--exit-code", help="Exit 1 when the plan (compa
                          "(GPU or host RAM), for CI.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
 DATASET = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1)
-PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0)
+def _finite_price(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"--price={value}: must be a finite price per GPU-hour")
+    return value
+
+
+PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0,
+                     callback=_finite_price)
 
 # The plan flags (memplan.spec.flags.FLAGS): the type of each and its option
 PLAN_FLAGS: dict[str, tuple[Any, Any]] = {
