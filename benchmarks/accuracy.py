@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plan, probe and compare: the accuracy benchmark (issues 3 and 4).
+"""Plan, probe and compare: the accuracy benchmark.
 
 On a GPU machine, runs every configuration of a run set through `memplan probe` (one subprocess per
 run, packed onto the machine's GPUs so that single-GPU runs go in parallel), appends every record to

@@ -1,4 +1,4 @@
-"""Saved-tensor census of the paths issue 17 adds: the InternVL vision layer, eager attention, the
+"""Saved-tensor census of the paths the user stacks add: the InternVL vision layer, eager attention, the
 logits/loss path and the peft/Trainer paths (fp32 adapters under autocast), on the real
 transformers/peft modules (CPU, bf16), each returning bytes comparable with
 memplan/estimate/coefficients.py and memplan/estimate/attention.py. benchmarks/census.py prints them;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""memplan beside DeepSpeed's and accelerate's estimators on the same probe records, fairly (issue 12).
+"""memplan beside DeepSpeed's and accelerate's estimators on the same probe records, fairly.
 
 Per successful record (status ok; peak allocated per GPU, max over ranks):
 - memplan: the estimate's peak allocated bytes (today's shipped calibration).

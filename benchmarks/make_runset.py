@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write the run set of a new batch: capped verdict runs spread around a card's CUDA-visible capacity,
-plus uncapped runs that measure the batching card's context (issue 12).
+plus uncapped runs that measure the batching card's context.
 
     python benchmarks/make_runset.py > reports/probes/runsets/h200-batch4.yaml
     memplan predict reports/probes/runsets/h200-batch4.yaml --out reports/probes/predictions/h200-batch4.jsonl

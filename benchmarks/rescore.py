@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Re-score every probe record with honest labels (issue 12): the tables of docs/accuracy.md, and the
+"""Re-score every probe record with honest labels: the tables of docs/accuracy.md, and the
 bounds the CI regression test holds them to (tests/test_accuracy_bounds.py).
 
 Each scored record (status ok/oom, not a tiny-* fixture) falls in one part:

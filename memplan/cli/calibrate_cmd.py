@@ -123,6 +123,9 @@ def calibrate(
                                    "included (default: the calibration side only, memplan.planning.protocol.side_of)."),
     terms: CalibrateTerms = typer.Option(CalibrateTerms.all, "--terms",
                                          help="all | memory | step-time (step-time keeps the file's memory terms)."),
+    card: Optional[str] = typer.Option(None, "--card", help="With --terms step-time: fit this card's own step-time "
+                                       "terms (catalogue name, e.g. h200-sxm) on the calibration side of its records "
+                                       "only, keeping every other term of the file (default: the shipped calibration)."),
 ) -> None:
     """Fit allocator, context and NCCL terms (on the calibration side of the records: a third, fixed by each
     run id's hash) and the step-time terms on real probe records; use them with --calibration FILE."""
@@ -132,6 +135,12 @@ def calibrate(
     from memplan.planning import stepfit
     from memplan.spec.loading import load_calibration
 
+    if card is not None and terms is not CalibrateTerms.step_time:
+        raise InputError(f"--card={shown(card)}: only with --terms step-time (a card's step-time terms)")
+    if card is not None:
+        from memplan.spec.gpus import get_gpu, match_device_name
+
+        card = (match_device_name(card) or get_gpu(card)).name  # get_gpu: an InputError naming the closest
     target = _writable_target(out or default_target(records), force)
     loaded = load_measurements(records)
     measurements = [m for m in loaded if all_sides or fit_side(m.run_id, m.profile.name, m.status)]
@@ -152,9 +161,19 @@ def calibrate(
         if not runs and terms is CalibrateTerms.step_time:
             raise InputError(f"records={shown([str(p) for p in records])}: no run with a steady-state step time "
                              "(status ok and a step past the warm-up) to fit the step-time terms on")
-        if runs:
-            calibration = calibration.model_copy(update={"step_time": stepfit.fit(  # from the defaults: reproducible
-                runs, None, [str(p) for p in records])})
+        if card is not None:
+            from memplan.spec.calibration import StepTimeTerms
+
+            base = calibration.step_time or StepTimeTerms()
+            if not any(run.gpu.name == card and stepfit.is_calibration(run.run_id) for run in runs):
+                raise InputError(f"--card={card}: no run on that card on the calibration side "
+                                 "(sha256(run_id) first byte < 85) with a steady-state step time")
+            calibration = calibration.model_copy(update={"step_time": stepfit.fit_card(
+                runs, base, card=card, sources=[str(p) for p in records])})
+        elif runs:
+            kept = calibration.step_time.cards if calibration.step_time else {}
+            fitted = stepfit.fit(runs, None, [str(p) for p in records])  # from the defaults: reproducible
+            calibration = calibration.model_copy(update={"step_time": fitted.model_copy(update={"cards": kept})})
     tmp = target.with_suffix(".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +191,8 @@ def calibrate(
             typer.echo(f"  {key}: {value}")
     if step is not None:
         typer.echo(f"  step_time: {stepfit.describe(step)}")
+        for name, entry in step.cards.items():
+            typer.echo(f"  step_time[{name}]: {stepfit.describe_card(entry)}")
 
 
 def _category_table(rows: list[dict], gib, pct) -> Table:
@@ -223,6 +244,7 @@ def validate(
     from memplan.planning import stepfit
 
     runs, _ = load_timed_runs(records)
+    runs = [run for run in runs if side is None or side_of(run.run_id) == side]
     steps = stepfit.pairs(runs, calibration_terms.step_time)
     step_summary = stepfit.accuracy(steps)
     if output_format is OutputFormat.json:

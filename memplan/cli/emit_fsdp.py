@@ -6,14 +6,10 @@ from pathlib import Path
 
 import typer
 
+from memplan.integrations import plan_path_for
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
-
-
-def plan_path_for(config: Path) -> Path:
-    """fsdp.yaml -> fsdp.plan.yaml"""
-    return config.with_name(config.stem + ".plan.yaml")
 
 
 def check_targets(target: Path, *, force: bool) -> None:

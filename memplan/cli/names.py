@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memplan.spec.flags import DEFAULT_MODEL
-from memplan.spec.loading import InputError, load_profile, printable, read_document
+from memplan.spec.loading import load_profile, printable, read_document
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
@@ -37,18 +37,11 @@ def _config_file(name_or_path: str) -> Path | None:
 
 def import_on_the_fly(config: Path) -> Profile:
     """The profile of a Hugging Face config.json (torch and transformers needed; the hint says how)."""
-    from memplan.cli.profile_cmd import check_config_shapes
+    from memplan.cli.profile_cmd import check_config_shapes, with_transformers
     from memplan.integrations.huggingface import import_config
 
     check_config_shapes(read_document(config), printable(config))
-    try:
-        return import_config(config)
-    except InputError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as error:
-        reason = " ".join(str(error).split())[:160]
-        raise InputError(f"{printable(config)}: transformers cannot build a model from this config "
-                         f"({type(error).__name__}: {reason})") from None
+    return with_transformers(printable(config), lambda: import_config(config))
 
 
 def load_model(name_or_path: str) -> Profile:

@@ -78,7 +78,7 @@ CALIBRATION = typer.Option(None, "--calibration", help="Calibration file (defaul
 SCRIPT = typer.Option("train.py", "--script", help="Training script named in the printed launch command.")
 GPUS = typer.Option(None, "--gpus", help="GPUs per node (data parallel; num_gpus = nodes x gpus; the probe runs N > 1 "
                     "under torchrun).")
-NODES = typer.Option(None, "--nodes", help="Nodes (hosts) of --gpus GPUs each; default 1 (probe --fake-world: the "
+NODES = typer.Option(None, "--nodes", min=1, help="Nodes (hosts) of --gpus GPUs each; default 1 (probe --fake-world: the "
                      "HSDP mesh).")
 FAKE_WORLD = typer.Option(None, "--fake-world", help="Run rank 0 of an N-rank FSDP2 job on one device (fake process "
                           "group, collectives are no-ops): the per-rank memory of N GPUs.", min=1, max=65536)
@@ -112,7 +112,16 @@ EXIT_CODE = typer.Option(False, "--exit-code", help="Exit 1 when the plan (compa
                          "(GPU or host RAM), for CI.")
 CHOOSE = typer.Option(None, "--choose", help="Plan for --emit-deepspeed: a name or a 1-based row number.")
 DATASET = typer.Option(None, "--dataset-samples", help="Samples in one epoch: adds time per epoch.", min=1)
-PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0)
+def _finite_price(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"--price={value}: must be a finite price per GPU-hour")
+    return value
+
+
+PRICE = typer.Option(None, "--price", help="Price per GPU-hour (with --dataset-samples: cost per epoch).", min=0,
+                     callback=_finite_price)
 
 # The plan flags (memplan.spec.flags.FLAGS): the type of each and its option
 PLAN_FLAGS: dict[str, tuple[Any, Any]] = {

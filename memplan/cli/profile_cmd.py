@@ -7,7 +7,7 @@ Thin: parse, call memplan.integrations.huggingface, render the counts (rich), wr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import typer
 
@@ -62,6 +62,21 @@ def check_config_shapes(config: dict, where: str, *, prefix: str = "", depth: in
                 raise InputError(f"{where}: {prefix}{key}={shown(config[key])}: expected a mapping")
 
 
+_T = TypeVar("_T")
+
+
+def with_transformers(where: str, build: Callable[[], _T]) -> _T:
+    """``build()``, with transformers' own failures on a bad config turned into an InputError about ``where``."""
+    try:
+        return build()
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as error:
+        reason = " ".join(str(error).split())[:160]
+        raise InputError(f"{where}: transformers cannot build a model from this config "
+                         f"({type(error).__name__}: {reason})") from None
+
+
 def _render(profile, measured=None) -> None:
     """Parameters per component and module kind (formula; instantiated beside it after an import)."""
     from rich.table import Table
@@ -100,14 +115,7 @@ def import_command(
     path = _out_path(out, name, force)
     document = read_document(config)
     check_config_shapes(document, str(config))
-    try:
-        result = hf_import.inspect_config(config, name)
-    except InputError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as error:
-        reason = " ".join(str(error).split())[:160]
-        raise InputError(f"{config}: transformers cannot build a model from this config "
-                         f"({type(error).__name__}: {reason})") from None
+    result = with_transformers(str(config), lambda: hf_import.inspect_config(config, name))
     _render(result.profile, result.measured)
     hf_import.write_profile(result.profile, path, overwrite=True)
     typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class}); use it: memplan estimate -m {path}")

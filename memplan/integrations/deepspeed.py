@@ -18,6 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from memplan.integrations import plan_path_for
 from memplan.spec.hyperparameters import BETAS, EPSILON, GRADIENT_CLIPPING, LEARNING_RATE, WEIGHT_DECAY
 from memplan.spec.plan import Plan
 
@@ -135,11 +136,6 @@ def check_emittable(plan: Plan, name: str) -> None:
         raise InputError(f"--emit-deepspeed: plan {name!r} is mode={plan.mode}; a DeepSpeed training config needs mode=train")
     if plan.engine.kind != "deepspeed":
         raise InputError(f"--emit-deepspeed: plan {name!r} uses engine.kind={plan.engine.kind}, not deepspeed")
-
-
-def plan_path_for(config: Path) -> Path:
-    """Where --emit-deepspeed puts the plan beside its config: ds.json -> ds.plan.yaml."""
-    return config.with_name(config.stem + ".plan.yaml")
 
 
 def write_config(plan: Plan, *, model: str, name: str, target: Path) -> Path:

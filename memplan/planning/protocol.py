@@ -1,4 +1,4 @@
-"""The measurement protocol (issue 12): runs planned in a run set, predicted before they run, scored after.
+"""The measurement protocol: runs planned in a run set, predicted before they run, scored after.
 
     memplan predict RUNSET --out predictions.jsonl   # before the batch: commit this file
     (the batch runs the same RUNSET: benchmarks/run_runset.py)

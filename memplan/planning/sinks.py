@@ -93,8 +93,8 @@ CANDIDATES = (
         and plan.stack.loss == "full_vocab",
         {"stack.loss": "chunked"},
         "the cross-entropy materialises the logits over the whole vocabulary in bf16 and fp32, and their gradient",
-        "from liger_kernel.transformers import apply_liger_kernel_to_qwen2; apply_liger_kernel_to_qwen2()  "
-        "# fused linear cross-entropy", False),
+        "liger_kernel.transformers.apply_liger_kernel_to_<family>(fused_linear_cross_entropy=True) before building "
+        "the model (a fused linear cross-entropy)", False),
 )
 
 

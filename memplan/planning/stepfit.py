@@ -50,6 +50,7 @@ class TimedRun:
     host_cores: int | None
     work: Workload
     capped: bool = False  # ran under --vram-cap (the allocator squeezed: frees and retries)
+    device: str | None = None  # torch.cuda.get_device_name() of the record
 
     def predict(self, terms: StepTimeTerms | None = None) -> StepTime:
         return time_step(self.work, self.plan.engine, num_gpus=self.plan.hardware.num_gpus, gpu=self.gpu, terms=terms,
@@ -77,7 +78,8 @@ def timed_runs(records: Iterable[dict[str, Any]]) -> tuple[list[TimedRun], list[
         environment = record.get("environment") or {}
         gpu = match_device_name(environment.get("gpu_name")) or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib)
         runs.append(TimedRun(run_id, profile, plan, gpu, measured, environment.get("host_cpus"),
-                             workload(profile, plan), bool(record.get("vram_cap_bytes"))))
+                             workload(profile, plan), bool(record.get("vram_cap_bytes")),
+                             environment.get("gpu_name")))
     return runs, skipped
 
 
@@ -152,6 +154,39 @@ def fit(runs: list[TimedRun], base: StepTimeTerms | None = None, sources: Iterab
     check = accuracy(pairs(runs, terms))
     return terms.model_copy(update={"fitted_on": sorted(set(sources)), "records": len(runs),
                                     "in_sample": {k: round(v, 4) for k, v in check.items() if v is not None}})
+
+
+def fit_card(runs: list[TimedRun], base: StepTimeTerms, *, card: str, sources: Iterable[str] = ()) -> StepTimeTerms:
+    """``base`` with a per-card entry for ``card`` (catalogue name) fitted on the calibration side only
+    (is_calibration: the held-out side is never read) of ``runs`` on that card: its four efficiencies
+    and its three host terms, starting from (and ridge-pulled toward) what ``base`` gives the card
+    without an entry of its own. Every other card's terms, and the top-level ones, stay as they are."""
+    from memplan.spec.calibration import CardStepTerms
+
+    mine = [run for run in runs if run.gpu.name == card and is_calibration(run.run_id)]
+    if not mine:
+        return base
+    start = base.model_copy(update={"cards": {k: v for k, v in base.cards.items() if k != card}})
+    terms = start.model_copy(update={"efficiency": {**start.efficiency, card: start.for_card(card)}})
+    for _ in range(ROUNDS):
+        rows = [(*_columns(run, terms), run.measured_s) for run in mine]
+        names = sorted({n for columns, _, m in rows for n, v in columns.items() if v / m >= MIN_SHARE})
+        scale = _solve(rows, names) if names else {}
+        terms = _apply(terms, scale, [card])
+    entry = CardStepTerms(efficiency=_rounded(terms.for_card(card)),
+                          module_call_s=float(f"{terms.module_call_s:.3g}"),
+                          zero3_fetch_s=float(f"{terms.zero3_fetch_s:.3g}"),
+                          cpu_adam_params_per_core_s=float(f"{terms.cpu_adam_params_per_core_s:.3g}"),
+                          card=card, side="calibration")
+    fitted = start.model_copy(update={"cards": {**start.cards, card: entry}})
+    check = accuracy(pairs(mine, fitted))
+    devices = sorted({run.device for run in mine if run.device})
+    entry = entry.model_copy(update={
+        "card": devices[0] if len(devices) == 1 else card,
+        "host_cpus": sorted({run.host_cores for run in mine if run.host_cores}),
+        "fitted_on": sorted(set(sources)), "records": len(mine),
+        "in_sample": {k: round(v, 4) for k, v in check.items() if v is not None}})
+    return start.model_copy(update={"cards": dict(sorted({**start.cards, card: entry}.items()))})
 
 
 def _rounded(efficiency: KernelEfficiency) -> KernelEfficiency:
@@ -258,7 +293,7 @@ def rank_check(records: Iterable[dict[str, Any]], terms: StepTimeTerms | None = 
     return RankCheck(rows, accuracy(rows), skipped)
 
 
-__all__ = ["HOST_CORES_PER_GPU", "RankCheck", "TimedRun", "accuracy", "fit", "is_calibration", "pairs",
+__all__ = ["HOST_CORES_PER_GPU", "RankCheck", "TimedRun", "accuracy", "fit", "fit_card", "is_calibration", "pairs",
            "rank_check", "spearman", "timed_runs"]
 
 
@@ -271,3 +306,14 @@ def describe(terms: StepTimeTerms) -> str:
            if sample.get("spearman") is not None and "within_30" in sample else "")
     return (f"efficiency {shown}; module call {terms.module_call_s * 1e6:.0f} us, ZeRO-3 hook "
             f"{terms.zero3_fetch_s * 1e6:.0f} us, CPU Adam {terms.cpu_adam_params_per_core_s:.2g} params/s/core{fit}")
+
+
+def describe_card(entry) -> str:
+    """One line: a card's own step-time fit (memplan.spec.calibration.CardStepTerms)."""
+    e = entry.efficiency
+    shown = ", ".join(f"{k} {getattr(e, k):.0%}" for k in KERNEL_CLASSES)
+    sample = entry.in_sample
+    fit = (f"; in-sample ({entry.records} {entry.side or ''} runs) Spearman {sample['spearman']:.2f}, within 30% "
+           f"{sample['within_30']:.0%}" if sample.get("spearman") is not None and "within_30" in sample else "")
+    return (f"efficiency {shown}; module call {entry.module_call_s * 1e6:.0f} us, ZeRO-3 hook "
+            f"{entry.zero3_fetch_s * 1e6:.0f} us, CPU Adam {entry.cpu_adam_params_per_core_s:.2g} params/s/core{fit}")

@@ -204,7 +204,7 @@ def optimizer_terms(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSp
 def time_step(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms | None = None,
               host_cores: int | None = None, foreach: bool = True) -> StepTime:
     """Seconds of one step on one rank: the sum of TERMS (memplan.planning.steptime docstring)."""
-    terms = terms or default_terms()
+    terms = (terms or default_terms()).on_card(gpu.name)  # a card's own fit, where the calibration has one
     key = (gpu.name, id(terms))
     cached = work.cache.get(key)
     if cached is None or cached[0] is not terms:  # the compute terms depend on the card and the terms only

@@ -1,4 +1,4 @@
-"""The CUDA context a probe measures, and the one a --vram-cap CARD emulates (issue 12).
+"""The CUDA context a probe measures, and the one a --vram-cap CARD emulates.
 
 The context is what a process holds on the device outside PyTorch's caching allocator: device used
 (torch.cuda.mem_get_info: total - free) less torch.cuda.memory_reserved. Read as a rank starts, it is
@@ -11,7 +11,7 @@ import torch
 
 
 def start_context_bytes(device: torch.device) -> int | None:
-    """Device used - reserved as a rank starts: the CUDA context before NCCL or any model (issue 12)."""
+    """Device used - reserved as a rank starts: the CUDA context before NCCL or any model."""
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)

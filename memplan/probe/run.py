@@ -135,6 +135,44 @@ def _alarm(timeout_s: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def file_reading(result: Any, meter: Meter, phase: Phase, *, step: int | None,
+                 on_update: Callable[[Any], None] | None) -> None:
+    """Record ``phase``'s reading in ``result`` and report it; a failed read is passed over."""
+    try:
+        result.record_phase(phase.value, meter.read(), step)
+        if on_update is not None:
+            on_update(result)
+    except Exception:  # noqa: BLE001 - a failed read after an OOM must not hide the OOM
+        pass
+
+
+def open_device(result: Any, device: str, local_rank: int, *, vram_cap_gib: float | None,
+                vram_cap_card: str | None) -> tuple[torch.device, StorageTracker | None, DeviceCap] | None:
+    """The rank's device, CPU storage tracker (None on an accelerator) and VRAM cap; fills ``result``'s
+    device and start context. None, with ``result`` marked an error, when the device cannot be had."""
+    cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
+    try:
+        torch_device = resolve_device(device, local_rank)
+    except RuntimeError as error:
+        result.status, result.error = "error", f"setup: {_one_line(error)}"
+        return None
+    result.device = str(torch_device)
+    result.context_bytes = start_context_bytes(torch_device)
+    tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
+    device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
+                           start_context=result.context_bytes or 0)
+    return torch_device, tracker, device_cap
+
+
+def close_device(result: Any, torch_device: torch.device, device_cap: DeviceCap) -> None:
+    """Lift the VRAM cap (its note into ``result`` when one was set) and hand cached blocks back."""
+    device_cap.lift()
+    if device_cap.active:
+        result.notes.append(device_cap.note())
+    if torch_device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 class _PhaseRunner:
     """Runs a phase between a reset and a read of the meter, files the reading, wraps failures."""
 
@@ -161,12 +199,7 @@ class _PhaseRunner:
         return value, elapsed
 
     def _file(self, phase: Phase, step: int | None) -> None:
-        try:
-            self.result.record_phase(phase.value, self.meter.read(), step)
-            if self.on_update is not None:
-                self.on_update(self.result)
-        except Exception:  # noqa: BLE001 - a failed read after an OOM must not hide the OOM
-            pass
+        file_reading(self.result, self.meter, phase, step=step, on_update=self.on_update)
 
 
 def _train_steps(engine: Engine, batch: dict[str, torch.Tensor], *, steps: int, run: _PhaseRunner,
@@ -246,17 +279,10 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
                                   vram_cap_card=vram_cap_card)
     rank, local_rank, world_size = world()
     result = RankResult(rank=rank, device=device)
-    cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
-    try:
-        torch_device = resolve_device(device, local_rank)
-    except RuntimeError as error:
-        result.status, result.error = "error", f"setup: {_one_line(error)}"
+    opened = open_device(result, device, local_rank, vram_cap_gib=vram_cap_gib, vram_cap_card=vram_cap_card)
+    if opened is None:
         return result
-    result.device = str(torch_device)
-    result.context_bytes = start_context_bytes(torch_device)
-    tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
-                           start_context=result.context_bytes or 0)
+    torch_device, tracker, device_cap = opened
     run = _PhaseRunner(meter=Meter(torch_device, tracker), result=result, cap=device_cap, on_update=on_update,
                        on_phase=on_phase)
     setup = EngineSetup(profile=profile, plan=plan, device=torch_device, world_size=world_size, ds_config=ds_config)
@@ -268,11 +294,7 @@ def measure_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: 
     except ProbeTimeout as error:  # raised between phases
         result.status, result.error = "timeout", str(error)
     finally:
-        device_cap.lift()
-        if device_cap.active:
-            result.notes.append(device_cap.note())
-        if torch_device.type == "cuda":
-            torch.cuda.empty_cache()
+        close_device(result, torch_device, device_cap)
     if on_update is not None:
         on_update(result)
     return result

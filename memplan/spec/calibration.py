@@ -34,11 +34,32 @@ class KernelEfficiency(BaseModel):
     sam2: float = Field(default=0.20, gt=0, le=1)  # Hiera encoder and mask decoder
 
 
+class CardStepTerms(BaseModel):
+    """Step-time terms fitted on the records of one card (and the hosts it ran on): its efficiencies and
+    its host terms, which replace the top-level ones for plans on that card (calibration keyed by card,
+    as the memory terms are keyed by family; H100 and H200 share a family, not a host)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    efficiency: KernelEfficiency
+    module_call_s: float = Field(ge=0, le=0.1)
+    zero3_fetch_s: float = Field(ge=0, le=1)
+    cpu_adam_params_per_core_s: float = Field(gt=0)
+    card: str | None = None  # the device name the records came from
+    host_cpus: list[int] = []  # host cores the records' hosts reported
+    side: str | None = None  # the records' side (memplan.planning.protocol.side_of): calibration
+    fitted_on: list[str] = []
+    records: int = 0
+    in_sample: dict[str, float] = {}  # on the fit's own records
+
+
 class StepTimeTerms(BaseModel):
     """The step-time model's fitted terms (`memplan calibrate`), with literature defaults.
 
     ``efficiency`` is per card (catalogue name, memplan/profiles/gpus.yaml); a card without an entry
-    uses ``default``. The per-call, per-gather and CPU Adam terms are host and framework costs."""
+    uses ``default``. The per-call, per-gather and CPU Adam terms are host and framework costs.
+    ``cards``: a card's own fit (efficiencies and host terms), which wins over both for that card
+    (``on_card``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -49,9 +70,34 @@ class StepTimeTerms(BaseModel):
     fitted_on: list[str] = []
     records: int = 0  # records the fit used
     in_sample: dict[str, float] = {}  # spearman, within_30, within_50, median_ratio on the fit's records
+    cards: dict[str, CardStepTerms] = {}  # per-card fits (catalogue name); absent: the terms above
 
     def for_card(self, name: str) -> KernelEfficiency:
+        card = self.cards.get(name)
+        if card is not None:
+            return card.efficiency
         return self.efficiency.get(name) or self.efficiency.get("default") or KernelEfficiency()
+
+    def on_card(self, name: str) -> "StepTimeTerms":
+        """The terms a plan on card ``name`` uses: self, or (with a per-card fit) self with that card's
+        efficiencies and host terms and no per-card entries (the result is cached per instance)."""
+        card = self.cards.get(name)
+        if card is None:
+            return self
+        cache = _ON_CARD
+        key = (id(self), name)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is self:
+            return hit[1]
+        resolved = self.model_copy(update={
+            "efficiency": {**self.efficiency, name: card.efficiency}, "module_call_s": card.module_call_s,
+            "zero3_fetch_s": card.zero3_fetch_s, "cpu_adam_params_per_core_s": card.cpu_adam_params_per_core_s,
+            "cards": {}})
+        cache[key] = (self, resolved)
+        return resolved
+
+
+_ON_CARD: dict[tuple[int, str], tuple[StepTimeTerms, StepTimeTerms]] = {}
 
 
 class Calibration(BaseModel):

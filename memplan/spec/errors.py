@@ -1,4 +1,4 @@
-"""Bad user input as one line: the error type every loader raises and the helpers that word it.
+"""Bad user input as one line: the error type every loader raises and the functions that word it.
 
 Every failure raises ``InputError`` whose message names the field, the value and what is allowed;
 the CLI prints it on one line and exits with code 2.

@@ -42,7 +42,7 @@ class GpuSpec(BaseModel):
     interconnect: Literal["nvlink", "nvlink-bridge", "pcie"] = "pcie"
     datasheet: str = Field(min_length=8)
     aliases: tuple[str, ...] = ()
-    # the card as CUDA sees it (issue 12; memplan.spec.cards uses these)
+    # the card as CUDA sees it (memplan.spec.cards uses these)
     family: str | None = None  # architecture family: a key of the catalogue's `families`
     cuda_total_bytes: int | None = Field(default=None, gt=0)  # torch.cuda.get_device_properties().total_memory
     cuda_total_source: str | None = None  # a record, a PyTorch OOM message, or "assumption: ..."

@@ -80,29 +80,18 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
     """measure_rank for the user stacks: the same RankResult, meter, VRAM cap (``vram_cap_card``: a
     catalogued card's context), start context, timeout and failure filing."""
     from memplan.probe import run as harness
-    from memplan.probe.cap import DeviceCap
-    from memplan.probe.context import emulated_context_bytes, start_context_bytes
-    from memplan.probe.distributed import resolve_device, world
+    from memplan.probe.distributed import world
     from memplan.probe.meter import Meter
     from memplan.probe.stacks.phases import PhaseClock, StackRankResult
-    from memplan.probe.tracker import StorageTracker
-    from memplan.spec.units import gib_to_bytes
     from memplan.spec.vocabulary import Phase
 
     check_stack(profile, plan)
     rank, local_rank, _ = world()
     result = StackRankResult(rank=rank, device=device)
-    cap = gib_to_bytes(vram_cap_gib) if vram_cap_gib else None
-    try:
-        torch_device = resolve_device(device, local_rank)
-    except RuntimeError as error:
-        result.status, result.error = "error", f"setup: {harness._one_line(error)}"
+    opened = harness.open_device(result, device, local_rank, vram_cap_gib=vram_cap_gib, vram_cap_card=vram_cap_card)
+    if opened is None:
         return result
-    result.device = str(torch_device)
-    result.context_bytes = start_context_bytes(torch_device)
-    tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
-    device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
-                           start_context=result.context_bytes or 0)
+    torch_device, tracker, device_cap = opened
     clock = PhaseClock(Meter(torch_device, tracker), result, device_cap, on_update)
     try:
         with tracker if tracker is not None else contextlib.nullcontext(), harness._alarm(timeout_s):
@@ -113,13 +102,7 @@ def measure_stack_rank(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap
         phase = clock.abort() or "setup"
         harness._file_failure(result, harness.PhaseFailure(phase, error))
     finally:
-        device_cap.lift()
-        if device_cap.active:
-            result.notes.append(device_cap.note())
-        if torch_device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+        harness.close_device(result, torch_device, device_cap)
     if on_update is not None:
         on_update(result)
     return result

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from memplan.probe.run import RankResult
+from memplan.probe.run import RankResult, file_reading
 from memplan.spec.vocabulary import Phase
 
 
@@ -69,12 +69,7 @@ class PhaseClock:
         return elapsed
 
     def file(self, phase: Phase, step: int | None) -> None:
-        try:
-            self.result.record_phase(phase.value, self.meter.read(), step)
-            if self.on_update is not None:
-                self.on_update(self.result)
-        except Exception:  # noqa: BLE001 - a failed read after an OOM must not hide the OOM
-            pass
+        file_reading(self.result, self.meter, phase, step=step, on_update=self.on_update)
 
     def abort(self) -> str | None:
         """On a failure: file the open phase's reading; returns its name (None: between phases)."""
