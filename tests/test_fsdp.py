@@ -334,7 +334,7 @@ def test_fsdp_fake_world_records_in_sample(n):
         assert (0.93 if phase == "forward" else 0.98) < ratio < 1.01, (phase, ratio)
 
 
-def test_fsdp2_unshards_as_the_estimate_says_on_cpu():
+def test_fsdp2_unshards_as_the_estimate_says_on_cpu(monkeypatch):
     """Real FSDP2 on a fake world of 2 on the CPU, a tied embed/lm_head unit, two layer units and a
     root with a norm: at the loss every unit is resharded; when the loss's backward runs the tied
     unit is already unsharded (the root's pre-backward prefetch) and the layers are not."""
@@ -384,6 +384,8 @@ def test_fsdp2_unshards_as_the_estimate_says_on_cpu():
 
     if dist.is_initialized():
         pytest.skip("a process group is already up")
+    for name in ("RANK", "LOCAL_RANK"):  # init_fake_world sets them: restored after, for later Trainers
+        monkeypatch.setenv(name, "0")
     init_fake_world(2)
     try:
         model = Tiny()

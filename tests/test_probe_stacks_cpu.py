@@ -1,5 +1,6 @@
 """The user-stack probes on the CPU: a tiny text model and a tiny InternVL through the real
-transformers.Trainer and through a hand-written loop (memplan/probe/stacks), a few seconds each.
+transformers.Trainer, through accelerate's documented loop and through a hand-written loop
+(memplan/probe/stacks), a few seconds each.
 
 GPU tier: tests/test_probe_stacks_gpu.py.
 """
@@ -60,6 +61,23 @@ def loop_record():
     return run_probe(tiny_text(), plan, steps=2, device="cpu", command="pytest")
 
 
+@pytest.fixture(scope="module")
+def accelerate_text_record():
+    pytest.importorskip("accelerate")
+    from memplan.probe.run import run_probe
+
+    plan = stack_plan("accelerate", inputs={**INPUTS, "tiles": 0})
+    return run_probe(tiny_text(), plan, steps=2, device="cpu", command="pytest")
+
+
+@pytest.fixture(scope="module")
+def accelerate_internvl_record():
+    pytest.importorskip("accelerate")
+    from memplan.probe.run import run_probe
+
+    return run_probe(tiny_internvl(), stack_plan("accelerate"), steps=2, device="cpu", command="pytest")
+
+
 def check_record(record: dict, steps: int = 2) -> dict:
     from memplan.probe import records
 
@@ -109,6 +127,74 @@ def test_custom_loop_record(loop_record):
     assert stack["model_class"] == "Qwen2ForCausalLM" and stack["optimizer"] == "AdamW"
     assert stack["keeps_outputs"] and not stack["autocast"] and not stack["fused_optimizer"]
     assert "trainer_state" not in stack
+
+
+def check_accelerate(record: dict, profile: Profile, model_class: str) -> dict:
+    """accelerate's loop ran as the estimate resolves it: bf16 autocast, outputs kept (fp32, by
+    convert_outputs_to_fp32), foreach AdamW, fp32 LoRA adapters beside bf16 copies."""
+    import accelerate
+
+    from memplan.estimate.stack import resolve
+
+    rank = check_record(record)
+    stack = rank["stack"]
+    assert record["environment"]["accelerate"] == accelerate.__version__
+    assert stack["model_class"] == model_class and stack["peft"] and stack["optimizer"] == "AdamW"
+    behaviour = resolve(Plan.model_validate(record["plan"]))
+    assert (stack["autocast"], stack["keeps_outputs"], stack["fused_optimizer"]) == (
+        behaviour.autocast, behaviour.keeps_outputs, behaviour.fused_optimizer) == (True, True, False)
+    assert behaviour.adapters_fp32 and behaviour.outputs_fp32
+    assert stack["accelerate"] == {"mixed_precision": "bf16", "native_amp": True, "distributed_type": "NO",
+                                   "outputs_logits_dtype": "float32", "gradient_accumulation_steps": 1}
+    llm = profile.llm
+    assert stack["trainable_dtypes"]["float32"] == llm.lora_params(RANK, None)  # prepare casts nothing
+    extra = profile.component_params().get("projector", 0) if profile.projector is not None else 0
+    assert stack["trainable_dtypes"]["bfloat16"] == 2 * llm.embedding_params + extra
+    assert "trainer_state" not in stack
+    return stack
+
+
+def test_accelerate_text_record(accelerate_text_record):
+    check_accelerate(accelerate_text_record, tiny_text(), "Qwen2ForCausalLM")
+
+
+def test_accelerate_internvl_record(accelerate_internvl_record):
+    stack = check_accelerate(accelerate_internvl_record, tiny_internvl(), "InternVLForConditionalGeneration")
+    if TRANSFORMERS_5:  # the same adapt path: checkpointing hooks the vision embeddings
+        assert any(name.endswith("vision_tower.embeddings.patch_embeddings") for name in stack["input_grad_hooks"])
+
+
+def test_accelerate_keeps_fp32_logits():
+    """accelerate's prepare converts the outputs to fp32: keeping them costs 4 bytes x tokens x V
+    through backward (a custom loop keeps the bf16 logits, 2), as memplan.estimate.loss counts it;
+    stack.keeps_outputs false (``del outputs``) keeps nothing."""
+    pytest.importorskip("accelerate")
+    from memplan.estimate.context import build_context
+    from memplan.estimate.loss import kept_logits_bytes
+    from memplan.probe.run import run_probe
+
+    profile, tokens = tiny_text(), 200
+    backward = {}
+    for keeps in (True, False):
+        plan = stack_plan("accelerate", stack={"keeps_outputs": keeps}, inputs={**INPUTS, "tiles": 0, "text_tokens": tokens})
+        record = run_probe(profile, plan, steps=1, device="cpu", command="pytest")
+        rank = check_record(record, steps=1)
+        assert rank["stack"]["keeps_outputs"] is keeps
+        backward[keeps] = rank["phases"]["backward"]["max_allocated_bytes"]
+    kept = 4 * tokens * profile.llm.vocab_size
+    assert backward[True] - backward[False] == kept
+    assert kept_logits_bytes(build_context(profile, plan.model_copy(update={"stack": plan.stack.model_copy(
+        update={"keeps_outputs": True})}))) == kept
+
+
+def test_accelerate_without_autocast_runs_no_mixed_precision():
+    from memplan.estimate.stack import resolve
+    from memplan.probe.stacks.accelerate_loop import mixed_precision
+
+    plan = stack_plan("accelerate", stack={"autocast": False})
+    assert mixed_precision(plan) == "no" and not resolve(plan).outputs_fp32
+    assert mixed_precision(stack_plan("accelerate")) == "bf16"
+    assert not resolve(stack_plan("custom-loop")).outputs_fp32 and not resolve(stack_plan("hf-trainer")).outputs_fp32
 
 
 def test_record_reads_back(tmp_path, loop_record):
@@ -179,8 +265,11 @@ def test_internvl_sample_has_the_image_tokens():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"stack": {"kind": "accelerate"}}, "stack.kind=accelerate"),
     ({"engine": {"kind": "deepspeed", "zero_stage": 2}}, "engine.kind=deepspeed"),
+    ({"stack": {"kind": "accelerate"}, "engine": {"kind": "deepspeed", "zero_stage": 2}},
+     "engine.kind=deepspeed: stack.kind=accelerate"),
+    ({"stack": {"kind": "accelerate"}, "hardware": {"num_gpus": 2}}, "hardware.num_gpus=2: stack.kind=accelerate"),
+    ({"hardware": {"num_gpus": 2}}, "hardware.num_gpus=2: stack.kind=custom-loop"),
     ({"stack": {"kind": "custom-loop", "loss": "chunked"}}, "stack.loss=chunked"),
     ({"stack": {"kind": "hf-trainer", "keeps_outputs": True}}, "stack.keeps_outputs=true"),
 ])

@@ -149,10 +149,15 @@ largest_block_bytes = loss.largest_block_bytes
 
 def llm_kept_output_bytes(ctx: Context) -> int:
     """What a loop that keeps the model output holds through backward (memplan.estimate.loss): the
-    bf16 logits and, with output_hidden_states, the layer outputs checkpointing does not keep."""
+    logits and, with output_hidden_states, the layer outputs checkpointing does not keep (under
+    accelerate's fp32 outputs every hidden state is a new fp32 copy: all of them, 4 bytes)."""
     kept = loss.kept_logits_bytes(ctx)
     if loss.keeps_hidden_states(ctx):
-        kept += _hidden_states_bytes(ctx)
+        if ctx.stack.outputs_fp32:
+            llm = ctx.profile.llm
+            kept += (llm.num_layers + 1) * 4 * llm.hidden_size * llm_tokens(ctx)
+        else:
+            kept += _hidden_states_bytes(ctx)
     return kept
 
 

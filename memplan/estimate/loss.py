@@ -14,7 +14,10 @@ at a time. Modelled from that code, not measured here.
 
 Kept outputs: a loop that keeps the model output (``out = model(...); out.loss.backward()``) holds the
 bf16 logits, and with ``output_hidden_states`` every layer's hidden state, through the backward.
-Trainer's ``compute_loss`` returns the loss alone, so its outputs are freed first.
+Trainer's ``compute_loss`` returns the loss alone, so its outputs are freed first. accelerate's
+``prepare`` under mixed precision converts the outputs to fp32 (``convert_outputs_to_fp32``), so an
+accelerate loop keeps fp32 logits, 4 bytes x tokens x V (the bf16 ones are freed when the forward
+returns; the forward's peak at the loss is unchanged).
 """
 
 from __future__ import annotations
@@ -84,10 +87,12 @@ def largest_block_bytes(ctx: Context) -> int:
 
 
 def kept_logits_bytes(ctx: Context) -> int:
-    """The bf16 logits a loop keeps through backward: compute bytes x tokens x V (chunked: none)."""
+    """The logits a loop keeps through backward: compute bytes x tokens x V, 4 when accelerate converts
+    the outputs to fp32 (chunked: none)."""
     if not (ctx.stack is not None and ctx.stack.keeps_outputs and ctx.training and _graph(ctx)) or _chunked(ctx):
         return 0
-    return ctx.compute_bytes * _tokens(ctx) * ctx.profile.llm.vocab_size
+    per_value = 4 if ctx.stack.outputs_fp32 else ctx.compute_bytes
+    return per_value * _tokens(ctx) * ctx.profile.llm.vocab_size
 
 
 def keeps_hidden_states(ctx: Context) -> bool:

@@ -27,6 +27,10 @@ Sources, by behaviour:
   transformers stacks; the sa2va harness checkpoints per component.
 - kept outputs: Trainer's ``compute_loss`` returns the loss only, so the outputs are freed before
   backward (trainer.py); a loop that writes ``out = model(...); out.loss.backward()`` keeps the logits.
+- fp32 outputs: accelerate's ``prepare`` with ``mixed_precision`` bf16/fp16 wraps ``model.forward`` in
+  ``convert_outputs_to_fp32(autocast(forward))`` (accelerate/accelerator.py, ``prepare_model``), so
+  the outputs an accelerate loop keeps hold fp32 logits (accelerate/utils/operations.py,
+  ``convert_to_fp32``); ``prepare`` casts no weights.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Behaviour:
     fused_optimizer: bool
     eager_attention: bool
     vision_checkpointing: bool  # the vision tower's layers run under checkpointing
+    outputs_fp32: bool = False  # the kept outputs are fp32 copies (accelerate's convert_outputs_to_fp32)
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -124,9 +129,12 @@ def resolve(plan: Plan) -> Behaviour:
     fused = stack.fused_optimizer if stack.fused_optimizer is not None else stack.kind == "hf-trainer"
     scope = stack.checkpoint_scope or ("model" if peft_stack else "components")
     vision_ckpt = plan.components.vision.checkpointing or (scope == "model" and plan.components.llm.checkpointing)
+    # accelerate converts a mixed-precision forward's outputs to fp32 (mixed_precision follows autocast)
+    outputs_fp32 = stack.kind == "accelerate" and bool(autocast) and plan.precision.compute != "fp32"
     return Behaviour(
         kind=stack.kind, adapters_fp32=adapters_fp32, copies_in_base_dtype=peft_stack,
         embeddings_in_place=stack.embeddings_training == "in_place", input_grad_hooks=_hooks(plan, notes),
         keeps_outputs=keeps, chunked_loss=stack.loss == "chunked", autocast=autocast, fused_optimizer=fused,
-        eager_attention=plan.attention == "eager", vision_checkpointing=vision_ckpt, assumptions=tuple(notes),
+        eager_attention=plan.attention == "eager", vision_checkpointing=vision_ckpt, outputs_fp32=outputs_fp32,
+        assumptions=tuple(notes),
     )

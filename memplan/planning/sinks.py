@@ -122,6 +122,7 @@ def stack_summary(profile: Profile, plan: Plan) -> dict[str, Any]:
         "embeddings_training": "in_place" if behaviour.embeddings_in_place else "copies",
         "input_grad_hooks": behaviour.input_grad_hooks,
         "keeps_outputs": behaviour.keeps_outputs,
+        "outputs_fp32": behaviour.outputs_fp32,
         "autocast": behaviour.autocast,
         "fused_optimizer": behaviour.fused_optimizer,
         "attention": plan.attention,

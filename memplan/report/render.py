@@ -165,10 +165,16 @@ def estimate_json(estimate: Estimate, extra: dict[str, Any] | None = None) -> st
     return json.dumps({**estimate.to_dict(), "needed_rows": story.story_rows(estimate), **(extra or {})}, indent=2)
 
 
+def _kept(stack: dict) -> str:
+    if not stack["keeps_outputs"]:
+        return "no"
+    return "yes (fp32)" if stack.get("outputs_fp32") else "yes"
+
+
 def _stack_line(stack: dict) -> str:
     assumed = f"; assumed: {'; '.join(stack['assumptions'])}" if stack["assumptions"] else ""
     return (f"stack {stack['kind']}: adapters {stack['adapters']}, embeddings {stack['embeddings_training']}, "
-            f"input-grad hooks {stack['input_grad_hooks']}, outputs kept {'yes' if stack['keeps_outputs'] else 'no'}, "
+            f"input-grad hooks {stack['input_grad_hooks']}, outputs kept {_kept(stack)}, "
             f"attention {stack['attention']}, loss {stack['loss']}{assumed}")
 
 

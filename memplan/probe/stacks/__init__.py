@@ -2,8 +2,10 @@
 
 ``plan.stack.kind`` picks the stack (memplan.probe.run.measure_rank dispatches here for any kind but
 sa2va): ``hf-trainer`` (memplan.probe.stacks.hf_trainer: the real transformers.Trainer, peft as
-users call it, DeepSpeed through Trainer's integration) or ``custom-loop``
-(memplan.probe.stacks.custom_loop: a hand-written loop that keeps its outputs), both over
+users call it, DeepSpeed through Trainer's integration), ``accelerate``
+(memplan.probe.stacks.accelerate_loop: accelerate's documented loop, Accelerator.prepare and
+accelerator.backward) or ``custom-loop`` (memplan.probe.stacks.custom_loop: a hand-written loop
+that keeps its outputs), all over
 transformers' own model classes (memplan.probe.stacks.models). The record is the harness's
 ``memplan.probe/1`` record; each rank adds ``stack``: what the stack really did (Trainer's state,
 the optimizer class, which modules carry input-gradient hooks, the trainable dtypes).
@@ -20,7 +22,8 @@ from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
-PROBED_STACKS = ("sa2va", "hf-trainer", "custom-loop")
+PROBED_STACKS = ("sa2va", "hf-trainer", "accelerate", "custom-loop")
+LOOP_STACKS = ("accelerate", "custom-loop")  # one GPU, plain PyTorch
 
 
 def check_stack(profile: Profile, plan: Plan) -> None:
@@ -33,11 +36,11 @@ def check_stack(profile: Profile, plan: Plan) -> None:
     check_stack_profile(profile, plan)
     if plan.mode != "train":
         raise InputError(f"mode={plan.mode}: stack.kind={kind} probes training only (use stack.kind=sa2va)")
-    if kind == "custom-loop" and plan.engine.kind != "pytorch":
-        raise InputError(f"engine.kind={plan.engine.kind}: stack.kind=custom-loop is a plain PyTorch loop "
+    if kind in LOOP_STACKS and plan.engine.kind != "pytorch":
+        raise InputError(f"engine.kind={plan.engine.kind}: stack.kind={kind} is a plain PyTorch loop "
                          "(use engine.kind=pytorch, or stack.kind=hf-trainer for DeepSpeed)")
-    if kind == "custom-loop" and plan.hardware.num_gpus > 1:
-        raise InputError(f"hardware.num_gpus={plan.hardware.num_gpus}: stack.kind=custom-loop probes one GPU")
+    if kind in LOOP_STACKS and plan.hardware.num_gpus > 1:
+        raise InputError(f"hardware.num_gpus={plan.hardware.num_gpus}: stack.kind={kind} probes one GPU")
     if plan.stack.loss == "chunked":
         raise InputError("stack.loss=chunked: the probe has no fused cross-entropy (it trains HF's ForCausalLMLoss)")
     if kind == "hf-trainer" and plan.stack.keeps_outputs:
@@ -119,6 +122,12 @@ def _run_stack(profile: Profile, plan: Plan, *, steps: int, device: Any, clock: 
         return run_trainer(profile, plan, steps=steps, device=device, clock=clock,
                            categories=category_bytes, ds_config=ds_config)
     from memplan.probe.engines import make_optimizer
+
+    if plan.stack.kind == "accelerate":
+        from memplan.probe.stacks.accelerate_loop import run_accelerate_loop
+
+        return run_accelerate_loop(profile, plan, steps=steps, device=device, clock=clock,
+                                   categories=category_bytes, make_optimizer=make_optimizer)
     from memplan.probe.stacks.custom_loop import run_custom_loop
 
     return run_custom_loop(profile, plan, steps=steps, device=device, clock=clock,
@@ -148,5 +157,5 @@ def _describe(result: Any, info: dict[str, Any], clock: Any, *, steps: int, plan
         "trainable_dtypes": dict(dtypes),
         "input_grad_hooks": input_grad_hooks(model),
         **{key: info[key] for key in ("trainer_state", "autocast", "keeps_outputs", "fused_optimizer",
-                                      "deepspeed_config") if info.get(key) is not None},
+                                      "deepspeed_config", "accelerate") if info.get(key) is not None},
     }
