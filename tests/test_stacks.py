@@ -200,3 +200,17 @@ def test_bad_stack_flags_are_one_line_exit_2(flag, value):
     result = CliRunner().invoke(app, ["estimate", flag, value])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and value in result.output
+
+
+def test_kept_outputs_live_until_the_next_forward_returns():
+    """`out = model(...)` rebinds only when the next forward returns: the kept logits are in the
+    optimizer step and in the next forward as well as in backward (H200 custom-loop records)."""
+    from memplan.estimate.peak import estimate as run
+
+    keep = plan_with(**{"stack.kind": "custom-loop", "inputs.output_hidden_states": False})
+    drop = plan_with(**{"stack.kind": "custom-loop", "stack.keeps_outputs": False, "inputs.output_hidden_states": False})
+    kept = loss.kept_logits_bytes(build_context(QWEN, keep))
+    with_kept = {p.phase.value: p.total for p in run(QWEN, keep).phases}
+    without = {p.phase.value: p.total for p in run(QWEN, drop).phases}
+    assert with_kept["optimizer_step"] - without["optimizer_step"] == kept
+    assert with_kept["forward"] - without["forward"] == kept

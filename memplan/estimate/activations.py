@@ -148,7 +148,9 @@ largest_block_bytes = loss.largest_block_bytes
 
 
 def llm_kept_output_bytes(ctx: Context) -> int:
-    """What a loop that keeps the model output holds through backward (memplan.estimate.loss): the
+    """What a loop that keeps the model output holds from its forward through backward, the step and
+    the next forward, until ``out`` is rebound (memplan.estimate.loss; measured on the H200 custom-loop
+    runs: their forward and step phases were under by exactly the kept logits before this): the
     logits and, with output_hidden_states, the layer outputs checkpointing does not keep (under
     accelerate's fp32 outputs every hidden state is a new fp32 copy: all of them, 4 bytes)."""
     kept = loss.kept_logits_bytes(ctx)
@@ -176,9 +178,9 @@ def llm_forward_transient(ctx: Context) -> int:
     llm, tokens = ctx.profile.llm, llm_tokens(ctx)
     if not ctx.training:
         return ctx.compute_bytes * tokens * llm.vocab_size + llm_layer_working_set(ctx) + attention.llm_forward_pairs_bytes(ctx)
-    logits = loss.logits_forward_peak_bytes(ctx) - logits_saved_bytes(ctx) - loss.kept_logits_bytes(ctx)
+    logits = loss.logits_forward_peak_bytes(ctx) - logits_saved_bytes(ctx)
     hidden = 0
-    if ctx.plan.inputs.output_hidden_states and not loss.keeps_hidden_states(ctx):
+    if ctx.plan.inputs.output_hidden_states:
         hidden = _hidden_states_bytes(ctx)
     layer = attention.llm_forward_pairs_bytes(ctx) if ctx.plan.components.llm.checkpointing else 0
     return max(logits + hidden, layer)

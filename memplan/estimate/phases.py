@@ -74,7 +74,7 @@ def _moment(label: str, *groups: Group) -> Moment:
 ACTIVATION_ORDER = (
     (Component.VISION, act.vision_activation_bytes),
     (Component.PROJECTOR, act.projector_activation_bytes),
-    (Component.LLM, lambda c: act.llm_activation_bytes(c) + act.logits_saved_bytes(c) + act.llm_kept_output_bytes(c)),
+    (Component.LLM, lambda c: act.llm_activation_bytes(c) + act.logits_saved_bytes(c)),
     (Component.SEG_HEAD, act.seg_head_activation_bytes),
     (Component.SAM2_ENCODER, lambda c: act.sam2_feature_bytes(c) if act.needs_graph(c, Component.SAM2_DECODER) else 0),
     (Component.SAM2_DECODER, act.sam2_decoder_activation_bytes),
@@ -94,7 +94,7 @@ class Shared:
     up to and including c, in forward order.
     """
 
-    __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "buckets",
+    __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "kept", "buckets",
                  "persistent_buckets", "gathered", "activations", "loss_gathered", "backward_gathered",
                  "reduce_scatter", "reduce_scatter_activations")
 
@@ -109,6 +109,9 @@ class Shared:
                                             for c in parts])
         self.gradients = _group(*[(c, Category.GRADIENTS, gradients.gradient_bytes(ctx, c)) for c in parts])
         self.persistent_gradients = self.gradients if buffers.zero3_persistent_gradients(ctx) else EMPTY
+        # A loop's kept output lives from its forward until the next forward has returned (`out = model(...)`
+        # rebinds only then): through backward, the step and the next forward (act.llm_kept_output_bytes).
+        self.kept = _group((Component.LLM, Category.ACTIVATIONS, act.llm_kept_output_bytes(ctx)))
         bucket = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.ipg_bucket_bytes(ctx)))
         self.buckets, self.persistent_buckets = (EMPTY, bucket) if ctx.zero_stage == 3 else (bucket, EMPTY)
         self.gathered = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
@@ -143,7 +146,7 @@ class Shared:
         """What every forward and backward moment holds (``gathered``: the moment's unsharded FSDP2
         units, when they differ from the shared group)."""
         return (self.weights, self.optimizer, self.gathered if gathered is None else gathered, self.persistent_buckets,
-                self.persistent_gradients)
+                self.persistent_gradients, self.kept)
 
     def gradients_after_backward(self) -> Group:
         """The gradients the end of backward adds (none beyond the states where they persist)."""
@@ -212,7 +215,7 @@ def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
 
 def optimizer_phase(ctx: Context, s: Shared) -> PhaseMemory:
     moment = _moment(
-        "optimizer step", s.weights, s.optimizer, s.gradients, s.persistent_buckets,
+        "optimizer step", s.weights, s.optimizer, s.gradients, s.persistent_buckets, s.kept,
         _transient(Component.RUNTIME, buffers.step_transient_bytes(ctx) + buffers.ddp_bucket_bytes(ctx)),
     )
     return PhaseMemory(Phase.OPTIMIZER_STEP, moment)
