@@ -91,7 +91,7 @@ def evaluate(
     slowdown = step.per_sample / baseline_seconds if baseline_seconds else 1.0
     advice = advise(profile, plan, calibration, result=result) if with_advice and not result.fits else None
     stack = stack_summary(profile, plan) if with_sinks else None
-    sinks = find_sinks(profile, plan, calibration=calibration) if with_sinks else None
+    sinks = find_sinks(profile, plan, calibration=calibration, result=result) if with_sinks else None
     return Evaluation(profile, plan, result, step, slowdown, fidelity(plan, reference),
                       gives_up(profile, plan, reference), advice, knobs, stack, sinks, dataset_samples, price)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from memplan.estimate import estimate
-from memplan.estimate.context import build_context
+from memplan.estimate import Estimate, estimate
+from memplan.estimate.context import Context, build_context
+from memplan.planning.advice import apply
 from memplan.spec.calibration import Calibration
+from memplan.spec.flags import set_dotted
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 from memplan.spec.vocabulary import Component
@@ -32,36 +34,31 @@ class Sink(NamedTuple):
 
 
 def _with(plan: Plan, update: dict[str, Any]) -> Plan:
-    document = plan.model_dump()
+    """The plan with dotted settings changed (advice.apply on the nested update)."""
+    nested: dict[str, Any] = {}
     for dotted, value in update.items():
-        node = document
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return Plan.model_validate(document)
+        set_dotted(nested, dotted, value)
+    return apply(plan, nested)
 
 
 class _Candidate(NamedTuple):
     name: str
-    applies: Callable[[Profile, Plan], bool]
+    applies: Callable[[Context], bool]  # on the plan's resolved context
     update: dict[str, Any]
     what: str
     change: str
     measured: bool
 
 
-def _hooks_vision(profile: Profile, plan: Plan) -> bool:
-    ctx = build_context(profile, plan)
+def _hooks_vision(ctx: Context) -> bool:
     vision = ctx.parts.get(Component.VISION)
     return bool(ctx.stack.hooks_vision and vision is not None and vision.trainable == 0 and ctx.training)
 
 
-def _fp32_adapters(profile: Profile, plan: Plan) -> bool:
-    ctx = build_context(profile, plan)
+def _fp32_adapters(ctx: Context) -> bool:
     llm = ctx.parts.get(Component.LLM)
-    return bool(ctx.stack.adapters_fp32 and plan.engine.kind != "deepspeed" and llm is not None
-                and plan.components.llm.train == "lora" and llm.trainable_bytes == 4 and ctx.compute_bytes < 4
+    return bool(ctx.stack.adapters_fp32 and not ctx.is_deepspeed and llm is not None
+                and ctx.plan.components.llm.train == "lora" and llm.trainable_bytes == 4 and ctx.compute_bytes < 4
                 and llm.weight_bytes < 4)
 
 
@@ -74,12 +71,12 @@ CANDIDATES = (
         "lambda m, i, o: o.requires_grad_(True))  # after get_peft_model: hook the LLM's embeddings only",
         True),
     _Candidate(
-        "eager attention", lambda profile, plan: plan.attention == "eager", {"attention": "sdpa"},
+        "eager attention", lambda ctx: ctx.plan.attention == "eager", {"attention": "sdpa"},
         "attn_implementation='eager' keeps every layer's s x s attention probabilities (fp32 and bf16)",
         "from_pretrained(..., attn_implementation='sdpa')  # or 'flash_attention_2'", True),
     _Candidate(
-        "outputs kept through backward", lambda profile, plan: build_context(profile, plan).stack.keeps_outputs
-        and plan.mode == "train" and profile.llm is not None,
+        "outputs kept through backward", lambda ctx: ctx.stack.keeps_outputs
+        and ctx.training and ctx.profile.llm is not None,
         {"stack.keeps_outputs": False},
         "the loop keeps the model output (its logits, and hidden states when asked) alive through backward",
         "loss = model(**batch).loss; loss.backward()  # instead of out = model(...); out.loss.backward()", True),
@@ -89,8 +86,8 @@ CANDIDATES = (
         "copies every adapter input to fp32",
         "get_peft_model(model, config, autocast_adapter_dtype=False)", True),
     _Candidate(
-        "full-vocabulary loss", lambda profile, plan: plan.mode == "train" and profile.llm is not None
-        and plan.stack.loss == "full_vocab",
+        "full-vocabulary loss", lambda ctx: ctx.training and ctx.profile.llm is not None
+        and ctx.plan.stack.loss == "full_vocab",
         {"stack.loss": "chunked"},
         "the cross-entropy materialises the logits over the whole vocabulary in bf16 and fp32, and their gradient",
         "liger_kernel.transformers.apply_liger_kernel_to_<family>(fused_linear_cross_entropy=True) before building "
@@ -98,12 +95,15 @@ CANDIDATES = (
 )
 
 
-def find_sinks(profile: Profile, plan: Plan, *, calibration: Calibration | None = None) -> list[Sink]:
-    """The removable costs of the plan's stack, largest saving first."""
-    base = estimate(profile, plan, calibration).peak_allocated_bytes
+def find_sinks(profile: Profile, plan: Plan, *, calibration: Calibration | None = None,
+               result: Estimate | None = None) -> list[Sink]:
+    """The removable costs of the plan's stack, largest saving first (``result``: the plan's own
+    estimate, when the caller has it)."""
+    base = (result or estimate(profile, plan, calibration)).peak_allocated_bytes
+    ctx = build_context(profile, plan)
     sinks = []
     for candidate in CANDIDATES:
-        if not candidate.applies(profile, plan):
+        if not candidate.applies(ctx):
             continue
         changed = estimate(profile, _with(plan, candidate.update), calibration).peak_allocated_bytes
         saved = base - changed

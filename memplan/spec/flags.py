@@ -34,7 +34,8 @@ FLAG_PATHS = {
 FLAGS = (*FLAG_PATHS, "nodes", "offload", "lora_rank")
 
 
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, making the sections on the way."""
     node = tree
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -68,43 +69,43 @@ def _overrides(document: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any
     hardware = document.get("hardware", {})
     nodes = flags.get("nodes")
     if nodes is not None:
-        _set(overrides, "hardware.nodes", nodes)
+        set_dotted(overrides, "hardware.nodes", nodes)
     if flags.get("gpus") is not None:  # --gpus is per node: num_gpus = nodes x gpus
         nodes = nodes if nodes is not None else hardware.get("nodes", 1)
         flags = {**flags, "gpus": flags["gpus"] * nodes if isinstance(nodes, int) else flags["gpus"]}
     elif nodes is not None:
         per_node = hardware.get("num_gpus", 1) // hardware.get("nodes", 1)
-        _set(overrides, "hardware.num_gpus", per_node * nodes)
+        set_dotted(overrides, "hardware.num_gpus", per_node * nodes)
     for flag, path in FLAG_PATHS.items():
         if flags.get(flag) is not None:
-            _set(overrides, path, _value(flags[flag]))
+            set_dotted(overrides, path, _value(flags[flag]))
     if flags.get("zero") is not None and flags.get("engine") is None:
-        _set(overrides, "engine.kind", "deepspeed")
+        set_dotted(overrides, "engine.kind", "deepspeed")
     offload = _value(flags.get("offload"))
     fsdp2 = (_value(flags.get("engine")) or (document.get("engine") or {}).get("kind")) == "fsdp2"
     if offload is not None and fsdp2:
         if offload not in ("none", "all"):
             raise InputError(f"--offload={offload}: FSDP2's CPUOffloadPolicy moves parameters, gradients and the "
                              "optimizer step to the host together; allowed with --engine fsdp2: none, all")
-        _set(overrides, "engine.fsdp.offload", offload == "all")
+        set_dotted(overrides, "engine.fsdp.offload", offload == "all")
         offload = None
     if offload is not None:
         device = "nvme" if offload == "nvme" else "cpu"
-        _set(overrides, "engine.offload_optimizer", "none" if offload == "none" else device)
-        _set(overrides, "engine.offload_params", device if offload in ("all", "nvme") else "none")
+        set_dotted(overrides, "engine.offload_optimizer", "none" if offload == "none" else device)
+        set_dotted(overrides, "engine.offload_params", device if offload in ("all", "nvme") else "none")
         if offload in ("all", "nvme") and flags.get("zero") is None:
-            _set(overrides, "engine.zero_stage", 3)
+            set_dotted(overrides, "engine.zero_stage", 3)
     if flags.get("lora_rank") is not None:
         llm = document["components"]["llm"]
         if llm.get("train") != "lora":
             raise InputError(f"--lora-rank={flags['lora_rank']}: needs components.llm.train=lora, not {llm.get('train')}")
-        _set(overrides, "components.llm.lora.rank", flags["lora_rank"])
+        set_dotted(overrides, "components.llm.lora.rank", flags["lora_rank"])
     if flags.get("gpu") is not None and flags.get("vram") is None:  # --gpu alone: the whole card
         from memplan.spec.gpus import get_gpu
 
         card = get_gpu(flags["gpu"])
-        _set(overrides, "hardware.gpu", card.name)
-        _set(overrides, "hardware.vram_gib", card.vram_gib)
+        set_dotted(overrides, "hardware.gpu", card.name)
+        set_dotted(overrides, "hardware.vram_gib", card.vram_gib)
     return overrides
 
 
