@@ -212,20 +212,6 @@ def llm_layers_backward_transient(ctx: Context) -> int:
     return recompute + grads
 
 
-def llm_backward_transient(ctx: Context) -> int:
-    """The larger of: the loss backward (8 V per token in fp32) at the start, and, with
-    checkpointing, one recomputed layer (its census bytes) plus its gradient buffers
-    (2 x (h + F) per token in the compute dtype)."""
-    if not needs_graph(ctx, Component.LLM):
-        return 0
-    llm, tokens = ctx.profile.llm, llm_tokens(ctx)
-    spike = loss.logits_backward_bytes(ctx)
-    grads = 2 * ctx.compute_bytes * tokens * (llm.hidden_size + llm.intermediate_size)
-    grads += attention.llm_backward_pairs_bytes(ctx)
-    recompute = llm_recomputed_layer_bytes(ctx) if ctx.plan.components.llm.checkpointing else 0
-    return max(spike, recompute + grads)
-
-
 # ---------------------------------------------------------------- vision tower and projector
 def vision_activation_bytes(ctx: Context) -> int:
     """Trained ViT: per token per layer 20h + 4F (+4 bytes/head), frozen-with-graph 12h + 2F;
