@@ -144,6 +144,26 @@ def test_vram_cap_card_emulates_the_card_context(monkeypatch):
     assert fractions[1] * total == pytest.approx(cap.cap_bytes - 2 * 2**30, abs=1)
 
 
+def test_vram_cap_card_counts_nccl_beyond_the_loaded_context(monkeypatch):
+    """Under a process group, NCCL is what lies outside the allocator beyond the emulated (loaded) context,
+    not beyond the start context: the lazy kernel growth between them is in the emulated context already."""
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+    from memplan.probe.cap import DeviceCap
+
+    cap = parse_vram_cap("rtx-3090")
+    start, nccl = 500 * 2**20, 900 * 2**20
+    outside = cap.context_bytes + nccl  # the context grew from start to the emulated size, plus NCCL
+    total, reserved = 150 * 2**30, 4 * 2**30
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (total - reserved - outside, total))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: fractions.append(f))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    DeviceCap(torch.device("cuda", 0), cap.cap_bytes, emulated_context=cap.context_bytes, start_context=start).apply()
+    assert fractions[0] * total == pytest.approx(cap.cap_bytes - cap.context_bytes - nccl, abs=1)
+
+
 def test_calibration_is_keyed_by_card_family():
     from memplan.estimate.card import calibration_for_card
     from memplan.spec.calibration import FamilyTerms

@@ -25,8 +25,11 @@ class DeviceCap:
     outside: int = 0
     # --vram-cap CARD: that card's family context (profiles/gpus.yaml `families`) replaces this card's
     # own: the allocator gets cap - emulated context - NCCL, NCCL read as what lies outside the allocator
-    # beyond the context measured at start (0 without a process group). That NCCL reading also holds
-    # what the context grew by after start (kernels loaded lazily): pessimistic by that growth.
+    # beyond the larger of the context measured at start and the emulated context (0 without a process
+    # group). The emulated context is a loaded one (kernels in: the Hopper measurement), while the start
+    # context is read before any kernel loads; counting from the start context alone charged the lazy
+    # growth twice, once in the emulated context and once as "NCCL" (0.26 GB too strict on the H200's
+    # DeepSpeed runs of h200-batch4: outside 1.80 GB = 0.81 context + 0.99 NCCL, start context 0.55).
     emulated_context: int | None = None
     start_context: int = 0
 
@@ -46,7 +49,7 @@ class DeviceCap:
             import torch.distributed as dist
 
             grouped = dist.is_available() and dist.is_initialized()
-            nccl = max(outside - self.start_context, 0) if grouped else 0
+            nccl = max(outside - max(self.start_context, self.emulated_context), 0) if grouped else 0
             share = self.cap - self.emulated_context - nccl
         torch.cuda.set_per_process_memory_fraction(min(max(share, 0) / total, 1.0), self.device)
 
@@ -57,7 +60,7 @@ class DeviceCap:
     def note(self) -> str:
         if self.emulated_context is not None:
             return (f"vram cap {self.cap} bytes (a catalogued card): allocator limited to the cap less the card's "
-                    f"context {self.emulated_context} bytes and NCCL (outside the allocator beyond this card's start "
-                    f"context {self.start_context}; largest outside seen {self.outside})")
+                    f"context {self.emulated_context} bytes and NCCL (outside the allocator beyond the larger of that "
+                    f"context and this card's start context {self.start_context}; largest outside seen {self.outside})")
         return (f"vram cap {self.cap} bytes: allocator limited to the cap less {self.outside} bytes outside it "
                 f"(CUDA context, NCCL, workspaces; largest seen)")
