@@ -3,6 +3,11 @@
     python benchmarks/fsdp_predictions.py > reports/probes/fsdp-predictions.json   # commit before the runs
     python benchmarks/fsdp_batch.py --out $OUT                                     # on one H200
 
+A later batch pre-registers again, at its own revision, into its own file (the first one stays as written):
+
+    python benchmarks/fsdp_predictions.py --out reports/probes/predictions/fsdp-b.json
+    python benchmarks/fsdp_batch.py --out $OUT --part unrun --predictions reports/probes/predictions/fsdp-b.json
+
 Each run is rank 0 of an N-rank job on one GPU (``memplan probe --fake-world N``), N from 2 to 1024, on
 two models (Qwen2.5-1.5B text-only, Sa2VA-1B = InternViT-300M + Qwen2.5-0.5B + SAM2), with and
 without CPU offload, one HSDP mesh and one DeepSpeed ZeRO-3 run on the fake group; then one real
@@ -45,6 +50,42 @@ RUNS: list[dict] = [
 ACCELERATE = {"name": "sa2va1b-accelerate-fsdp2", "model": "sa2va-1b",
               "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2, "gpus": 1}}
 TIMEOUT_S = 150  # per run; most take 20-40 s (imports, random init on the CPU, 2 steps)
+RECORDS = Path("reports/probes/h200-fsdp-fake-world.jsonl")  # the runs made so far (5 of 15, 2026-12-02)
+
+
+def probe_head(run: dict) -> str:
+    """The start of the probe command fsdp_batch.py runs for this run, up to --plan or --steps."""
+    return " ".join(["memplan probe", "--model", run["model"], *cli_flags(run)])
+
+
+def matches(run: dict, record: dict) -> bool:
+    """Whether a probe record is this run's: the same model and flags (exactly, not as a prefix: n8 is
+    not offload-n8), and the run's own plan file when it has one."""
+    command = record.get("command", "")
+    head, _, _ = command.partition(" --steps ")
+    head, _, plan = head.partition(" --plan ")
+    if head != probe_head(run):
+        return False
+    return Path(plan).name == f"{run['name']}.yaml" if "plan" in run else not plan
+
+
+def records_of(run: dict, records: list[dict]) -> list[dict]:
+    """The records of one run (any status), in file order."""
+    return [record for record in records if matches(run, record)]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON lines of a records file ([] when it does not exist)."""
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def unrun(*, records: list[dict]) -> list[dict]:
+    """The runs with no status-ok record among records (a crash or timeout is not a measurement)."""
+    return [run for run in RUNS if not any(r.get("status") == "ok" for r in records_of(run, records))]
 
 
 def plan_file(run: dict, directory: Path) -> Path | None:

@@ -178,16 +178,16 @@ def fsdp_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from fsdp_runs import cli_flags  # noqa: PLC0415
+    from fsdp_runs import RUNS, probe_head, records_of  # noqa: PLC0415
 
     document = json.loads((ROOT / batch["predictions"]).read_text())
     records = [r for path in batch["files"] for r in read_records(ROOT / path)]
+    specs = {run["name"]: run for run in RUNS}
     out = []
     for run in document["runs"]:
-        key = f"--model {run['model']} {' '.join(cli_flags(run))} --"
-        match = [r for r in records if key in r.get("command", "")]
+        match = records_of(specs[run["name"]], records)  # exact flags: n8 is not offload-n8
         if len(match) > 1:
-            raise ValueError(f"{run['name']}: {len(match)} records match {key!r}")
+            raise ValueError(f"{run['name']}: {len(match)} records match {probe_head(specs[run['name']])!r}")
         out.append({"schema": "memplan.prediction/1", "batch": batch["batch"], "run_key": f"{document['set']}/{run['name']}",
                     "run_id": match[0]["run_id"] if match else None, "name": run["name"], "model": run["model"],
                     "vram_cap": None, "capacity_bytes": None,
