@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from memplan.estimate.peak import estimate
     from memplan.probe.apply import apply_plan
     from memplan.probe.build import DTYPES, build_model, make_batch
-    from memplan.probe.run import DeviceCap, is_oom, make_optimizer
+    from memplan.probe.cap import DeviceCap
+    from memplan.probe.engines import make_optimizer
+    from memplan.probe.run import is_oom
     from memplan.spec.loading import load_plan, load_profile
     from memplan.spec.units import gib_to_bytes
 
