@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Steady-state step times on one H200 for the step-time model, against predictions committed first.
 
-    python benchmarks/steptime_batch.py --predict      # here, before the runs: writes PREDICTIONS (commit it)
-    python benchmarks/steptime_batch.py                # on the GPU machine: records under $OUT, table last
+    python benchmarks/steptime_batch.py --predict --predictions P.json   # here, before the runs (commit P.json)
+    python benchmarks/steptime_batch.py --predictions P.json --also OLD.json  # on the GPU machine: records
+                                                                              # under $OUT, table last
+
+--predictions (default PREDICTIONS, the first file, written at 1d50840 with the H100 terms) is the file
+--predict writes (never over an existing one without --force) and the run's table reads; --also adds
+more predictions files of the same runs to the table: per file, its predicted seconds and the ratio
+measured/predicted per run, and a summary line (Spearman, share within 30% and 50%, median ratio).
+--score RECORDS.jsonl prints that table from the records of an earlier batch instead of running.
 
 Each run is `memplan probe` in its own subprocess (scripts/gpu_probe_batch.py run_one: a crash or hang
 of one run cannot stop the batch) with --steps 5, so that every run has at least three steps past its
 warm-up (memplan.probe.records.warmup_steps: 1, ZeRO-3 2). The table compares each record's steady
 step (records.steady_step_seconds) with the committed prediction; pre-registered means: predicted by the
-calibration of the commit that wrote PREDICTIONS, before the runs. Expected runtime on one H200: about 6
+calibration of the commit that wrote the file (its "revision"), before the runs. Expected runtime on one H200: about 6
 minutes (the ZeRO-3 runs spend about 30 s on DeepSpeed's trace-recording step).
 """
 
@@ -18,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +58,19 @@ def probe_flags(run: dict, device: str = "cuda") -> list[str]:
     return [*flags, "--steps", str(STEPS), *(["--device", device] if device != "cuda" else [])]
 
 
+def revision() -> str:
+    """git HEAD of this checkout, + "-dirty" when memplan/ or this script has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "memplan",
+                                "benchmarks/steptime_batch.py"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
 def predict() -> dict:
     """The calibrated model's step time for every run on one H200 (16 host cores), with its terms."""
     from memplan.spec.flags import plan_from_flags
@@ -58,46 +79,121 @@ def predict() -> dict:
     from memplan.spec.loading import CALIBRATION_PATH, load_profile
 
     gpu = get_gpu("h200")
-    out = {"calibration_sha256": hashlib.sha256(CALIBRATION_PATH.read_bytes()).hexdigest(), "card": gpu.name,
-           "steps": STEPS, "runs": {}}
+    terms = default_terms()
+    out = {"revision": revision(), "calibration_sha256": hashlib.sha256(CALIBRATION_PATH.read_bytes()).hexdigest(),
+           "card": gpu.name, "card_terms": gpu.name in terms.cards, "steps": STEPS, "runs": {}}
     for run in RUNS:
         profile = load_profile(run["model"])
         plan = plan_from_flags(None, gpus=1, vram=gpu.vram_gib, **run["plan"])
-        step = step_time(profile, plan, gpu, terms=default_terms(), host_cores=16)
+        step = step_time(profile, plan, gpu, terms=terms, host_cores=16)
         out["runs"][run["name"]] = {"predicted_s": round(step.seconds, 4),
                                     "terms": {k: round(v, 4) for k, v in step.breakdown.items() if v}}
     return out
 
 
-def table(results: list[dict], predictions: dict) -> str:
-    from memplan.probe.records import steady_step_seconds
+def read_predictions(*, path: Path) -> dict:
+    """A predictions file --predict wrote; warns when its runs or step count differ from this script's."""
+    predictions = json.loads(Path(path).read_text())
+    missing = [run["name"] for run in RUNS if run["name"] not in predictions.get("runs", {})]
+    if missing or predictions.get("steps") != STEPS:
+        print(f"warning: {path}: steps {predictions.get('steps')} (here {STEPS}), no prediction for {missing}",
+              flush=True)
+    return predictions
 
-    lines = [f"{'run':22} {'status':8} {'measured s':>10} {'predicted s':>11} {'error':>7}  steps"]
+
+def label(*, path: Path) -> str:
+    """A short column label of a predictions file: its name without the steptime-h200 prefix."""
+    stem = Path(path).stem.removeprefix("steptime-h200").strip("-_") or Path(path).stem
+    return stem[:16]
+
+
+def table(*, results: list[dict], files: dict[str, dict]) -> str:
+    """Measured steady step vs every predictions file (label -> file): predicted s and measured/predicted
+    per run, then a summary line per file over the runs that have both."""
+    from memplan.planning.stepfit import accuracy
+    from memplan.spec.record import steady_step_seconds
+
+    head = "".join(f" {name + ' s':>16} {'ratio':>6}" for name in files)
+    lines = [f"{'run':22} {'status':8} {'measured s':>10}{head}  steps"]
+    rows: dict[str, list[dict]] = {name: [] for name in files}
     for record in results:
-        name = record["_batch_name"]
-        predicted = predictions["runs"].get(name, {}).get("predicted_s")
+        run = record["_batch_name"]
         measured = steady_step_seconds(record.get("ranks") or [], record.get("plan") or {})
-        error = f"{(predicted - measured) / measured * 100:+.0f}%" if measured and predicted else ""
+        cells = ""
+        for name, predictions in files.items():
+            predicted = predictions["runs"].get(run, {}).get("predicted_s")
+            ratio = measured / predicted if measured and predicted else None
+            if ratio is not None:
+                rows[name].append({"predicted_s": predicted, "measured_s": measured, "ratio": ratio})
+            cells += f" {predicted or float('nan'):16.3f} {f'{ratio:.2f}' if ratio is not None else '':>6}"
         steps = [round(t, 2) for t in ((record.get("ranks") or [{}])[0].get("step_times_s") or [])]
-        lines.append(f"{name:22} {record['status']:8} {measured or float('nan'):10.3f} {predicted or float('nan'):11.3f} "
-                     f"{error:>7}  {steps}")
+        lines.append(f"{run:22} {record['status']:8} {measured or float('nan'):10.3f}{cells}  {steps}")
+    lines.append("")
+    for name, predictions in files.items():
+        metrics = accuracy(rows[name])
+
+        def show(key: str, spec: str) -> str:
+            return "-" if metrics[key] is None else format(metrics[key], spec)
+
+        lines.append(f"{name}: {metrics['runs']} of {len(results)} runs, Spearman {show('spearman', '.3f')}, "
+                     f"within 30% {show('within_30', '.0%')}, within 50% {show('within_50', '.0%')}, median "
+                     f"measured/predicted {show('median_ratio', '.2f')} ({predictions['_path']}, revision "
+                     f"{predictions.get('revision', 'not recorded')})")
     return "\n".join(lines)
+
+
+def scored(*, path: Path) -> list[dict]:
+    """Records of an earlier batch in ``path``, each named by the run of RUNS with the most flags, all in
+    its command (the last record of a run wins: a re-run replaces the earlier one)."""
+    from memplan.probe.records import read_records
+
+    named: dict[str, dict] = {}
+    for record in read_records(path):
+        words = (record.get("command") or "").split()
+        pairs = set(zip(words, words[1:]))
+        fits = [run for run in RUNS if ("--model", run["model"]) in pairs
+                and all((FLAGS[key], str(value)) in pairs for key, value in run["plan"].items())]
+        if fits:
+            run = max(fits, key=lambda run: len(run["plan"]))
+            named[run["name"]] = {**record, "_batch_name": run["name"]}
+    return [named[run["name"]] for run in RUNS if run["name"] in named]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--predict", action="store_true", help=f"write {PREDICTIONS.relative_to(ROOT)} and exit")
+    parser.add_argument("--predict", action="store_true", help="write the --predictions file and exit")
+    parser.add_argument("--predictions", type=Path, default=PREDICTIONS,
+                        help=f"predictions file to write (--predict) or score against (default "
+                             f"{PREDICTIONS.relative_to(ROOT)})")
+    parser.add_argument("--force", action="store_true", help="let --predict overwrite an existing file")
+    parser.add_argument("--also", type=Path, action="extend", nargs="+", default=[],
+                        help="more predictions files of the same runs for the table (repeatable)")
+    parser.add_argument("--score", type=Path, help="print the table for an earlier batch's records and exit")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reports/probes")) / "steptime-h200.jsonl")
     parser.add_argument("--only", nargs="*", help="run only these names")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the batch itself")
     args = parser.parse_args()
     if args.predict:
-        PREDICTIONS.write_text(json.dumps(predict(), indent=2) + "\n")
-        print(f"wrote {PREDICTIONS}")
+        if args.predictions.exists() and not args.force:
+            print(f"{args.predictions} exists: pre-registered predictions are not overwritten (--force to do it)")
+            return 1
+        predictions = predict()
+        if predictions["revision"].endswith("-dirty") or predictions["revision"] == "unknown":
+            print(f"warning: revision {predictions['revision']}: commit the code first so that it names the model")
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        args.predictions.write_text(json.dumps(predictions, indent=2) + "\n")
+        print(f"wrote {args.predictions} (revision {predictions['revision']})")
+        return 0
+    files = {}
+    for path in [args.predictions, *args.also]:  # read all before the first run: a bad path fails now
+        name = label(path=path)
+        name = name if name not in files else f"{name}-{len(files)}"
+        files[name] = {**read_predictions(path=path), "_path": str(path)}
+    if args.score:
+        print(table(results=scored(path=args.score), files=files), flush=True)
         return 0
     from gpu_probe_batch import run_one
 
-    predictions = json.loads(PREDICTIONS.read_text())
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     results = []
     started = time.time()
@@ -113,7 +209,7 @@ def main() -> int:
                                     "timeout": timeout}, args.out))
         except Exception as error:  # noqa: BLE001 - one failing run must not stop the batch
             print(f"{run['name']}: batch error {error}", flush=True)
-    print("\n" + table(results, predictions), flush=True)
+    print("\n" + table(results=results, files=files), flush=True)
     return 0
 
 

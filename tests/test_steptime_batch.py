@@ -1,0 +1,56 @@
+"""The H200 step-time batch script (benchmarks/steptime_batch.py): its pre-registered predictions files
+are never overwritten by --predict, and its table scores the measured steps against several of them."""
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "steptime_batch.py"
+BATCH = runpy.run_path(str(SCRIPT))
+
+
+def _record(*, name: str, steps: list[float]) -> dict:
+    run = next(run for run in BATCH["RUNS"] if run["name"] == name)
+    return {"_batch_name": name, "status": "ok", "plan": {"engine": {"kind": "pytorch", "zero_stage": 0}},
+            "ranks": [{"step_times_s": steps}],
+            "command": f"memplan probe --model {run['model']} --gpus 1 {' '.join(BATCH['probe_flags'](run))}"}
+
+
+def test_committed_predictions_cover_every_run():
+    for path in (ROOT / "reports" / "probes" / "steptime-h200-predictions.json",
+                 *sorted((ROOT / "reports" / "probes" / "predictions").glob("steptime-h200-*.json"))):
+        predictions = json.loads(path.read_text())
+        assert predictions["steps"] == BATCH["STEPS"], path
+        assert {run["name"] for run in BATCH["RUNS"]} == set(predictions["runs"]), path
+
+
+def test_predict_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "p.json"
+    target.write_text("{}")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--predict", "--predictions", str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and target.read_text() == "{}"
+
+
+def test_table_scores_every_file():
+    files = {"new": {"runs": {"1b-pytorch": {"predicted_s": 0.5}, "1b-zero2": {"predicted_s": 1.0}},
+                     "_path": "new.json", "revision": "abc"},
+             "old": {"runs": {"1b-pytorch": {"predicted_s": 1.0}}, "_path": "old.json"}}
+    results = [_record(name="1b-pytorch", steps=[3.0, 0.5, 0.5, 0.5, 0.5]),
+               _record(name="1b-zero2", steps=[3.0, 1.0, 1.0, 1.0, 1.0])]
+    text = BATCH["table"](results=results, files=files)
+    assert "new: 2 of 2 runs, Spearman 1.000, within 30% 100%" in text
+    assert "old: 1 of 2 runs" in text and "median measured/predicted 0.50" in text
+
+
+def test_score_names_records_by_their_flags(tmp_path):
+    path = tmp_path / "records.jsonl"
+    base = json.loads((ROOT / "reports" / "probes" / "h200-stacks-b.jsonl").read_text().splitlines()[0])
+    names = ("1b-zero2-offload", "1b-zero2", "1b-zero3-offload-all")
+    path.write_text("".join(json.dumps({**base, "command": _record(name=name, steps=[])["command"]}) + "\n"
+                            for name in names))
+    assert [r["_batch_name"] for r in BATCH["scored"](path=path)] == ["1b-zero2", "1b-zero2-offload",
+                                                                      "1b-zero3-offload-all"]
