@@ -303,3 +303,15 @@ def test_trainer_deepspeed_config():
         {"engine": {"kind": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu"}, "optimizer": {"kind": "cpu_adam"}}))
     assert cpu_adam["optimizer"]["type"] == "AdamW"
     assert trainer_deepspeed_config(Plan.model_validate({"engine": {"kind": "pytorch", "zero_stage": 0}})) is None
+
+
+@pytest.mark.skipif(not TRANSFORMERS_5, reason="transformers 4.x hooks the top model's embeddings only")
+def test_trainer_keeps_llm_only_hooks_set_by_the_knob():
+    """stack.input_grad_hooks: llm survives Trainer.train's own checkpointing enable (which re-hooks every
+    tower): the probe sets the hooks in on_train_begin, the way docs/stacks.md tells Trainer users to."""
+    from memplan.probe.run import run_probe
+
+    plan = stack_plan("hf-trainer", stack={"input_grad_hooks": "llm"})
+    record = run_probe(tiny_internvl(), plan, steps=1, device="cpu", command="pytest")
+    hooks = check_record(record, steps=1)["stack"]["input_grad_hooks"]
+    assert hooks and all(name.endswith("language_model.embed_tokens") for name in hooks)

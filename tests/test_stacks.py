@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from memplan.cli.main import app
 from memplan.estimate import activations, attention, estimate, loss, stack
 from memplan.estimate.context import build_context
-from memplan.planning.sinks import find_sinks
+from memplan.planning.sinks import _hooks_change, find_sinks
 from memplan.spec.loading import load_plan, load_profile
 from memplan.spec.plan import Plan
 from memplan.spec.vocabulary import Component
@@ -105,6 +105,9 @@ def test_a_plan_with_hooks_over_13_tiles_names_the_sink_and_its_saving():
     assert sink.saved_bytes == estimate(INTERNVL, plan).peak_allocated_bytes - estimate(INTERNVL, fixed).peak_allocated_bytes
     assert sink.saved_bytes > 5 * 2**30
     assert "register_forward_hook" in sink.change and sink.knob == "stack.input_grad_hooks=llm"
+    assert "on_train_begin" in sink.change  # Trainer re-hooks every tower at train(): the fix goes in a callback
+    loop = build_context(INTERNVL, plan_with(**{"stack.kind": "custom-loop", "stack.transformers_version": "5.17"}))
+    assert "on_train_begin" not in _hooks_change(loop) and "disable_input_require_grads" in _hooks_change(loop)
 
 
 def test_peft_stacks_hold_adapters_in_fp32_and_copies_in_the_base_dtype():

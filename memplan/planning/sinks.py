@@ -46,8 +46,20 @@ class _Candidate(NamedTuple):
     applies: Callable[[Context], bool]  # on the plan's resolved context
     update: dict[str, Any]
     what: str
-    change: str
+    change: str | Callable[[Context], str]  # the code change, or one per stack
     measured: bool
+
+
+def _hooks_change(ctx: Context) -> str:
+    """Hook the LLM's embeddings only; under Trainer in a callback, since Trainer.train re-hooks every tower
+    when it turns checkpointing on (activation_checkpointing_enable -> enable_input_require_grads), after
+    any change made to the model before it."""
+    fix = ("model.disable_input_require_grads(); model.get_input_embeddings().register_forward_hook("
+           "lambda m, i, o: o.requires_grad_(True))")
+    if ctx.stack.kind == "hf-trainer":
+        return (f"in a TrainerCallback's on_train_begin(self, args, state, control, model=None, **kw): {fix}  "
+                "# Trainer re-hooks every tower when it enables checkpointing, after changes made before it")
+    return f"{fix}  # after get_peft_model: hook the LLM's embeddings only"
 
 
 def _hooks_vision(ctx: Context) -> bool:
@@ -67,9 +79,7 @@ CANDIDATES = (
         "input-grad hooks on the vision tower", _hooks_vision, {"stack.input_grad_hooks": "llm"},
         "enable_input_require_grads (transformers 5, called with checkpointing) hooks the frozen vision tower's "
         "embeddings, so the tower keeps an autograd graph (all of it, or each layer's input when checkpointed)",
-        "model.disable_input_require_grads(); model.get_input_embeddings().register_forward_hook("
-        "lambda m, i, o: o.requires_grad_(True))  # after get_peft_model: hook the LLM's embeddings only",
-        True),
+        _hooks_change, True),
     _Candidate(
         "eager attention", lambda ctx: ctx.plan.attention == "eager", {"attention": "sdpa"},
         "attn_implementation='eager' keeps every layer's s x s attention probabilities (fp32 and bf16)",
@@ -109,7 +119,8 @@ def find_sinks(profile: Profile, plan: Plan, *, calibration: Calibration | None 
         saved = base - changed
         if saved >= MIN_SAVING_SHARE * base and saved > 0:
             knob = ", ".join(f"{k}={v}" for k, v in candidate.update.items())
-            sinks.append(Sink(candidate.name, candidate.what, saved, candidate.change, knob, candidate.measured))
+            change = candidate.change(ctx) if callable(candidate.change) else candidate.change
+            sinks.append(Sink(candidate.name, candidate.what, saved, change, knob, candidate.measured))
     return sorted(sinks, key=lambda s: -s.saved_bytes)
 
 

@@ -117,6 +117,27 @@ def phase_callback(clock: PhaseClock, box: dict[str, Any]) -> Any:
     return MemplanPhases()
 
 
+def hooks_callback(which: str, notes: list[str]) -> Any:
+    """A TrainerCallback that sets the input-grad hooks (stack.input_grad_hooks) at on_train_begin.
+
+    Setting them on the model before Trainer is not enough: Trainer.train turns checkpointing on
+    (activation_checkpointing_enable / gradient_checkpointing_enable, transformers trainer.py) before
+    on_train_begin, and that calls PreTrainedModel.enable_input_require_grads again (modeling_utils.py),
+    which hooks every tower's embeddings anew (seen on the H200: stacks-c/vl1b-hooks-llm-13tiles kept
+    the vision tower's hook and measured the all-towers peak).
+    """
+    from transformers import TrainerCallback
+
+    from memplan.probe.stacks.models import set_input_grad_hooks
+
+    class InputGradHooks(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            set_input_grad_hooks(model, which)
+            notes.append(f"input-grad hooks set to {which} at on_train_begin (after Trainer's checkpointing enable)")
+
+    return InputGradHooks()
+
+
 def wrap_engine_step(engine: Any, clock: PhaseClock) -> None:
     """Make DeepSpeedEngine.step (called inside accelerate's backward) the optimizer_step phase."""
     original = engine.step
@@ -160,8 +181,11 @@ def run_trainer(profile: Profile, plan: Plan, *, steps: int, device: torch.devic
         sample_count = steps * plan.inputs.micro_batch
         dataset = [make_sample(stack_model, seed=i % plan.inputs.micro_batch) for i in range(sample_count)]
         box: dict[str, Any] = {}
+        callbacks = [phase_callback(clock, box)]
+        if plan.stack.input_grad_hooks is not None:
+            callbacks.insert(0, hooks_callback(plan.stack.input_grad_hooks, stack_model.notes))
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
-                          callbacks=[phase_callback(clock, box)])
+                          callbacks=callbacks)
         box["trainer"] = trainer
         model.register_forward_hook(forward_hook(clock))
         clock.categories = lambda: categories(trainer.model, _optimizer_of(trainer, box), device)
