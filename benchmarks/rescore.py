@@ -49,12 +49,12 @@ PART_LABELS = {
     "formulas-seen": "in-sample: the allocated formulas were fixed on these",
     "calibration": "in-sample for the calibration (fitted on this side); allocated out of sample",
     "held-out": "held out from the formulas and from the calibration",
-    "sa2va-harness": "H200, the Sa2VA harness (h200-batch4)",
+    "sa2va-harness": "H200, the Sa2VA harness (h200-batch4, h200-batch5)",
     "hf-trainer": "H200, transformers Trainer + peft, text-only LLMs",
     "custom-loop": "H200, a custom training loop, text-only LLMs",
-    "internvl": "H200, InternVL2.5 through Trainer or the custom loop; in-sample since 98fcda0 (checkpoint scope found on these)",
-    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these)",
-    "fsdp2-fake-world": "H200, FSDP2 rank 0 of a fake world (Qwen2.5-1.5B)",
+    "internvl": "H200, InternVL2.5 through Trainer or the custom loop; stacks-a/-b in-sample since 98fcda0 (checkpoint scope found on these), stacks-c held out",
+    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; stacks-b in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these), stacks-c held out",
+    "fsdp2-fake-world": "H200, FSDP2 (and one DeepSpeed ZeRO-3) rank 0 of a fake world (Qwen2.5-1.5B, Sa2VA-1B); the first batch in-sample since the three FSDP2 fixes",
 }
 
 
