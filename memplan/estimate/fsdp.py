@@ -2,8 +2,20 @@
 
 Sources (torch 2.11-2.13, torch/distributed/fsdp/_fully_shard/):
 - _fsdp_param.py, FSDPParam._init_sharded_param: each parameter is chunked on dim 0 into S pieces
-  (S = the shard group: all GPUs, or one node's under HSDP), padded to ceil(dim0/S) rows per rank,
+  (S = the shard group: all GPUs, or one node's under HSDP; ``_chunk_with_empty`` = torch.chunk),
+  padded to ceil(d0/S) rows per rank (``padded_sharded_param = param_data.new_zeros(chunks[0].size())``),
   kept in its original dtype (``orig_dtype``) as a DTensor; on the CPU (pinned) under CPUOffloadPolicy.
+  A parameter of shape (d0, rest...) so costs every rank ceil(d0/S) x rest elements, not numel/S.
+- Padding of the unsharded parameters: _fsdp_param.py, FSDPParam.init_all_gather_outputs allocates
+  each parameter's all-gather output as ``torch.empty(numel * world_size)`` with numel its padded
+  shard, and init_unsharded_param makes the unsharded parameter a view (as_strided) into it: a
+  unit's unsharded parameters take S x ceil(d0/S) x rest elements per parameter.
+  _fsdp_collectives.py, foreach_reduce: the reduce-scatter input is padded the same way
+  (``_get_dim0_padded_size``), its output is the padded shard. A parameter with a small dim 0 (a
+  [1, 1025, 1024] position embedding, a [128, 896] k_proj at S = 1024) costs S/d0 times its size
+  unsharded. The (d0, rest) of every parameter come from memplan/profiles/fsdp_shapes.yaml
+  (scripts/fsdp_shapes.py, memplan.spec.shapes); a component without an entry is counted unpadded.
+  (Found on the H200 records h200-fsdp-fake-world-b, Sa2VA-1B at N = 2..1024: in-sample there.)
 - _fsdp_param.py, init_dtype_attrs / _fsdp_api.py MixedPrecisionPolicy: the unsharded parameter is in
   ``param_dtype`` (None: the original dtype), gradients are reduced in ``reduce_dtype``.
 - Units (memplan.probe.fsdp.shard_units, fsdp.unit_sizes here): every ViT and LLM decoder layer,
@@ -27,7 +39,10 @@ Sources (torch 2.11-2.13, torch/distributed/fsdp/_fully_shard/):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from memplan.estimate.context import Context
+from memplan.spec.shapes import Shape, census
 from memplan.spec.units import DTYPE_BYTES
 from memplan.spec.vocabulary import Component
 
@@ -63,17 +78,75 @@ def _lora_shapes(ctx: Context, component: Component) -> list[tuple[int, int]]:
     return []
 
 
+# --------------------------------------------------------------------------- dim-0 padding
+
+
+def padding(shapes: tuple[Shape, ...] | list[Shape], *, s: int) -> int:
+    """Elements FSDP2 adds to the all-gather of parameters of shapes (d0, rest, count) over s ranks:
+    sum of (s x ceil(d0/s) - d0) x rest x count (the padded shard is ceil(d0/s) x rest; every rank's
+    is, so the unsharded parameter, a view into the per-parameter all-gather output, holds s of them).
+    The padded shard of a group is (elements + padding) / s exactly."""
+    return sum((s * _ceil_div(d0, s) - d0) * rest * count for d0, rest, count in shapes)
+
+
+_SLOTS = {Component.LLM: ("llm", ("layer", "other")), Component.VISION: ("vision", ("layer", "other")),
+          Component.PROJECTOR: ("projector", ("other",)), Component.SEG_HEAD: ("seg_head", ("other",)),
+          Component.SAM2_ENCODER: ("sam2", ("encoder",)), Component.SAM2_DECODER: ("sam2", ("decoder",))}
+
+
+def _group_padding(ctx: Context, component: Component, group: str) -> int:
+    """Padding of one census group of a component (0 without a census entry for its spec)."""
+    slot = _SLOTS[component][0]
+    groups = census(ctx.profile, slot)
+    return padding(groups.get(group, ()), s=shard_group(ctx)) if groups else 0
+
+
+def _full(ctx: Context, component: Component) -> bool:
+    """The component's own weights are trained (train: full); else they are frozen."""
+    return ctx.plan.trains(component) and ctx.plan.components.get(component).train == "full"
+
+
+def _lora_padding(ctx: Context, component: Component) -> int:
+    return padding([(d0, rest, 1) for d0, rest in _lora_shapes(ctx, component)], s=shard_group(ctx))
+
+
+def _embedding_padding(ctx: Context) -> int:
+    """Padding of one (vocab, hidden) embedding matrix: embed_tokens, lm_head or a peft copy."""
+    llm = ctx.profile.llm
+    return padding([(llm.vocab_size, llm.hidden_size, 1)], s=shard_group(ctx)) if llm else 0
+
+
+def _copies(ctx: Context) -> int:
+    """peft modules_to_save copies of embed_tokens/lm_head (trainable; one per name, tied or not, as
+    _embedding_units counts them)."""
+    if not ctx.plan.trains(Component.LLM) or ctx.profile.llm is None:
+        return 0
+    return len(set(ctx.plan.components.llm.modules_to_save).intersection(("embed_tokens", "lm_head")))
+
+
+def component_padding(ctx: Context, component: Component) -> tuple[int, int]:
+    """(frozen, trainable) padding elements of a component's parameters over the shard group: its
+    census groups (layers x num_layers), embeddings (LLM), then its LoRA matrices and copies."""
+    if component not in ctx.parts or component not in _SLOTS:
+        return 0, 0
+    groups = _SLOTS[component][1]
+    spec = ctx.profile.llm if component is Component.LLM else ctx.profile.vision
+    base = sum(_group_padding(ctx, component, g) * (spec.num_layers if g == "layer" else 1) for g in groups)
+    adapters = _lora_padding(ctx, component)
+    if component is Component.LLM:
+        tied = ctx.profile.llm.tie_word_embeddings
+        base += _embedding_padding(ctx) * (1 if tied else 2)
+        adapters += _embedding_padding(ctx) * _copies(ctx)
+    return (0, base + adapters) if _full(ctx, component) else (base, adapters)
+
+
 def sharded_trainable(ctx: Context, component: Component) -> int:
-    """Trainable elements this rank holds: ceil(dim0/S) x rest per LoRA matrix (the padding matters
-    once S exceeds the rank r: every rank holds a whole row of each A), P_t/S for the rest."""
+    """Trainable elements this rank holds: ceil(d0/S) x rest per parameter, (P_t + padding)/S (the
+    padding matters once S exceeds a dim 0: every rank holds a whole row of each LoRA A (r, d_in))."""
     part = ctx.parts[component]
     if not ctx.training or not part.trainable:
         return 0
-    s = shard_group(ctx)
-    lora = _lora_shapes(ctx, component)
-    lora_total = sum(d0 * rest for d0, rest in lora)
-    padded = sum(_ceil_div(d0, s) * rest for d0, rest in lora)
-    return padded + _ceil_div(part.trainable - lora_total, s)
+    return _ceil_div(part.trainable + component_padding(ctx, component)[1], shard_group(ctx))
 
 
 def sharded_trainable_bytes(ctx: Context, component: Component) -> int:
@@ -86,7 +159,8 @@ def sharded_trainable_bytes(ctx: Context, component: Component) -> int:
 
 
 def sharded_frozen(ctx: Context, component: Component) -> int:
-    return _ceil_div(ctx.parts[component].frozen, shard_group(ctx))
+    """Frozen elements this rank holds: (P_f + padding)/S (ceil(d0/S) x rest per parameter)."""
+    return _ceil_div(ctx.parts[component].frozen + component_padding(ctx, component)[0], shard_group(ctx))
 
 
 def param_bytes(ctx: Context, original: int) -> int:
@@ -139,18 +213,36 @@ def optimizer_state_bytes(ctx: Context, component: Component, per_param: int) ->
 # --------------------------------------------------------------------------- units and buffers
 
 
-def _layer_units(ctx: Context, component: Component) -> list[tuple[int, int]]:
-    """(frozen, trainable) elements of each decoder/ViT layer unit: attention + MLP + its norms + its LoRA."""
+class Unit(NamedTuple):
+    """One fully_shard unit: (frozen, trainable) elements and the padding FSDP2 adds to each in its
+    all-gather (the unsharded unit is elements + padding; its shard is that over S)."""
+
+    frozen: int
+    trainable: int
+    frozen_padding: int = 0
+    trainable_padding: int = 0
+
+
+def _frozen_only(unit: Unit) -> Unit:
+    """The unit without a trainable side (inference: nothing is trained)."""
+    return Unit(unit.frozen + unit.trainable, 0, unit.frozen_padding + unit.trainable_padding, 0)
+
+
+def _layer_units(ctx: Context, component: Component) -> list[Unit]:
+    """Each decoder/ViT layer unit: attention + MLP + its norms + its LoRA, with their padding."""
     spec = ctx.profile.llm if component is Component.LLM else ctx.profile.vision
     if spec is None or component not in ctx.parts:
         return []
     layer = spec.layer_params + spec.param_groups()["norms"] // spec.num_layers
     lora = sum(d0 * rest for d0, rest in _lora_shapes(ctx, component)) // spec.num_layers
-    full = ctx.plan.trains(component) and ctx.plan.components.get(component).train == "full"
-    return [(0, layer) if full else (layer, lora)] * spec.num_layers
+    base_pad = _group_padding(ctx, component, "layer")
+    lora_pad = _lora_padding(ctx, component) // spec.num_layers
+    if _full(ctx, component):
+        return [Unit(0, layer, 0, base_pad + lora_pad)] * spec.num_layers
+    return [Unit(layer, lora, base_pad, lora_pad)] * spec.num_layers
 
 
-def _embedding_units(ctx: Context) -> list[tuple[int, int]]:
+def _embedding_units(ctx: Context) -> list[Unit]:
     """embed_tokens and lm_head (each with its peft modules_to_save copy) as units; one unit when tied."""
     llm = ctx.profile.llm
     if llm is None or Component.LLM not in ctx.parts:
@@ -158,20 +250,40 @@ def _embedding_units(ctx: Context) -> list[tuple[int, int]]:
     part = ctx.plan.components.llm
     full = ctx.plan.trains(Component.LLM) and part.train == "full"
     copies = set(part.modules_to_save) if ctx.plan.trains(Component.LLM) else set()
-    v_h = llm.embedding_params
+    v_h, pad = llm.embedding_params, _embedding_padding(ctx)
 
-    def unit(names: tuple[str, ...]) -> tuple[int, int]:
+    def unit(names: tuple[str, ...]) -> Unit:
         if full:
-            return 0, v_h
-        return v_h, v_h * len(copies.intersection(names))
+            return Unit(0, v_h, 0, pad)
+        n = len(copies.intersection(names))
+        return Unit(v_h, v_h * n, pad, pad * n)
 
     if llm.tie_word_embeddings:
         return [unit(("embed_tokens", "lm_head"))]
     return [unit(("embed_tokens",)), unit(("lm_head",))]
 
 
-def unit_sizes(ctx: Context) -> tuple[list[tuple[int, int]], tuple[int, int]]:
-    """(frozen, trainable) elements of every non-root unit in forward order, and of the root.
+def _sam2_unit(ctx: Context) -> list[Unit]:
+    """The SAM2 image encoder as one unit (none without SAM2)."""
+    if Component.SAM2_ENCODER not in ctx.parts:
+        return []
+    part = ctx.parts[Component.SAM2_ENCODER]
+    frozen_pad, trainable_pad = component_padding(ctx, Component.SAM2_ENCODER)
+    return [Unit(part.frozen, part.trainable, frozen_pad, trainable_pad)]
+
+
+def _root(ctx: Context, units: list[Unit]) -> Unit:
+    """The root: every parameter no unit holds, and the padding of those (all components' minus the units')."""
+    pads = [component_padding(ctx, c) for c in ctx.parts]
+    frozen = sum(p.frozen for p in ctx.parts.values()) - sum(u.frozen for u in units)
+    trainable = sum(p.trainable for p in ctx.parts.values()) - sum(u.trainable for u in units)
+    frozen_pad = sum(p[0] for p in pads) - sum(u.frozen_padding for u in units)
+    trainable_pad = sum(p[1] for p in pads) - sum(u.trainable_padding for u in units)
+    return Unit(max(frozen, 0), max(trainable, 0), max(frozen_pad, 0), max(trainable_pad, 0))
+
+
+def unit_sizes(ctx: Context) -> tuple[list[Unit], Unit]:
+    """Every non-root unit in forward order, and the root (elements and their all-gather padding).
 
     Units, as memplan.probe.fsdp applies fully_shard (and torchtitan does for its LLMs): each ViT
     layer; embed_tokens; each LLM decoder layer; lm_head (tied: one unit with embed_tokens); the
@@ -179,14 +291,11 @@ def unit_sizes(ctx: Context) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     and mask decoder, vision embeddings)."""
     vision, llm = _layer_units(ctx, Component.VISION), _layer_units(ctx, Component.LLM)
     embeddings = _embedding_units(ctx) if ctx.plan.engine.fsdp.embeddings_unit else []
-    units = [*vision, *embeddings[:1], *llm, *embeddings[1:]]
-    if Component.SAM2_ENCODER in ctx.parts:
-        units.append((ctx.parts[Component.SAM2_ENCODER].frozen, ctx.parts[Component.SAM2_ENCODER].trainable))
+    units = [*vision, *embeddings[:1], *llm, *embeddings[1:], *_sam2_unit(ctx)]
     if not ctx.training:
-        units = [(f + t, 0) for f, t in units]
-    root_frozen = sum(p.frozen for p in ctx.parts.values()) - sum(u[0] for u in units)
-    root_trainable = sum(p.trainable for p in ctx.parts.values()) - sum(u[1] for u in units)
-    return units, (max(root_frozen, 0), max(root_trainable, 0))
+        units = [_frozen_only(u) for u in units]
+    root = _root(ctx, units)
+    return units, root if ctx.training else _frozen_only(root)
 
 
 def _widths(ctx: Context) -> tuple[int, int]:
@@ -196,9 +305,10 @@ def _widths(ctx: Context) -> tuple[int, int]:
     return param_bytes(ctx, frozen), param_bytes(ctx, trainable)
 
 
-def _unsharded(ctx: Context, unit: tuple[int, int]) -> int:
+def _unsharded(ctx: Context, unit: Unit) -> int:
+    """A unit's unsharded parameters: its per-parameter all-gather outputs, padded (S x ceil(d0/S) x rest)."""
     frozen_width, trainable_width = _widths(ctx)
-    return unit[0] * frozen_width + unit[1] * trainable_width
+    return (unit.frozen + unit.frozen_padding) * frozen_width + (unit.trainable + unit.trainable_padding) * trainable_width
 
 
 def root_unsharded_bytes(ctx: Context) -> int:
@@ -218,15 +328,17 @@ def units_unsharded_bytes(ctx: Context, *, after_forward: bool = False) -> int:
 
 
 def reduce_scatter_bytes(ctx: Context) -> int:
-    """Backward of the unit with the most trainable elements: its unsharded gradients (param dtype)
-    and the reduce-scatter input (reduce dtype) coexist in foreach_reduce, plus the output shard."""
+    """Backward of the unit with the most trainable elements: its unsharded gradients (param dtype,
+    unpadded) and the reduce-scatter input (reduce dtype, padded: S x ceil(d0/S) x rest per
+    gradient, _fsdp_collectives.py foreach_reduce) coexist in foreach_reduce, plus the output shard."""
     if not ctx.training:
         return 0
     units, root = unit_sizes(ctx)
-    largest = max([u[1] for u in units] + [root[1]])
+    largest = max([*units, root], key=lambda u: u.trainable)
+    padded = largest.trainable + largest.trainable_padding
     original = ctx.parts[Component.LLM].trainable_bytes if Component.LLM in ctx.parts else ctx.compute_bytes
     rs = reduce_bytes(ctx, original)
-    return largest * (param_bytes(ctx, original) + rs) + _ceil_div(largest, shard_group(ctx)) * rs
+    return largest.trainable * param_bytes(ctx, original) + padded * rs + _ceil_div(padded, shard_group(ctx)) * rs
 
 
 # --------------------------------------------------------------------------- host (CPUOffloadPolicy)
@@ -256,15 +368,18 @@ def pinned_bytes_per_rank(ctx: Context) -> int:
 # --------------------------------------------------------------------------- moments (phases.py)
 
 
-def _held(ctx: Context, unit: tuple[int, int]) -> int:
-    """A unit's parameters in their held (original) dtypes, before any MixedPrecisionPolicy cast."""
+def _held(ctx: Context, unit: Unit, *, padded: bool = False) -> int:
+    """A unit's parameters in their held (original) dtypes, before any MixedPrecisionPolicy cast;
+    with their dim-0 padding when ``padded`` (S times the unit's padded shard)."""
     if Component.LLM in ctx.parts:
         part = ctx.parts[Component.LLM]
         frozen = part.weight_bytes
         trainable = part.trainable_held_bytes / part.trainable if part.trainable else part.trainable_bytes
     else:
         frozen = trainable = ctx.compute_bytes
-    return int(unit[0] * frozen + -(-unit[1] * trainable // 1))
+    frozen_n = unit.frozen + (unit.frozen_padding if padded else 0)
+    trainable_n = unit.trainable + (unit.trainable_padding if padded else 0)
+    return int(frozen_n * frozen + -(-trainable_n * trainable // 1))
 
 
 def init_transient_bytes(ctx: Context) -> int:
@@ -280,7 +395,7 @@ def init_transient_bytes(ctx: Context) -> int:
     units, root = unit_sizes(ctx)
     s = shard_group(ctx)
     wholes = [_held(ctx, u) for u in [*units, root]]
-    shards = [_ceil_div(w, s) for w in wholes]
+    shards = [_ceil_div(_held(ctx, u, padded=True), s) for u in [*units, root]]
     if offloaded(ctx):
         return max([w + sh for w, sh in zip(wholes, shards)] or [0])
     later = 0
@@ -292,7 +407,7 @@ def init_transient_bytes(ctx: Context) -> int:
     return best
 
 
-def post_forward_order(ctx: Context) -> list[tuple[int, int]]:
+def post_forward_order(ctx: Context) -> list[Unit]:
     """(frozen, trainable) of the non-root units in the order their post-forward runs (the order
     FSDP2 records in ``comm_ctx.post_forward_order``, _fsdp_param_group.py ``_record_post_forward``).
     A tied embed_tokens/lm_head unit is one fully_shard call over two modules: its post-forward (the
@@ -302,11 +417,8 @@ def post_forward_order(ctx: Context) -> list[tuple[int, int]]:
     embeddings = _embedding_units(ctx) if ctx.plan.engine.fsdp.embeddings_unit else []
     tied = len(embeddings) == 1
     order = [*vision, *llm, *embeddings] if tied else [*vision, *embeddings[:1], *llm, *embeddings[1:]]
-    if Component.SAM2_ENCODER in ctx.parts:
-        order.append((ctx.parts[Component.SAM2_ENCODER].frozen, ctx.parts[Component.SAM2_ENCODER].trainable))
-    if not ctx.training:
-        order = [(f + t, 0) for f, t in order]
-    return order
+    order += _sam2_unit(ctx)
+    return order if ctx.training else [_frozen_only(u) for u in order]
 
 
 def loss_unsharded_bytes(ctx: Context) -> int:
@@ -328,7 +440,7 @@ def backward_start_unsharded_bytes(ctx: Context) -> int:
     if not ctx.plan.engine.fsdp.reshard_after_forward:
         return units_unsharded_bytes(ctx, after_forward=True)
     order = post_forward_order(ctx)
-    if not order or not sum(unit_sizes(ctx)[1]):
+    if not order or not sum(unit_sizes(ctx)[1][:2]):
         return 0  # a root without parameters has no param group, so its pre-backward prefetches nothing
     return _unsharded(ctx, order[-1])
 

@@ -41,7 +41,7 @@ CALIBRATION_PATH = PROFILES_DIR / "calibration.yaml"
 
 SLOT_BY_KIND = {"llm": "llm", "vision": "vision", "projector": "projector", "sam2": "sam2", "seg_head": "seg_head"}
 COMPONENT_SLOTS = tuple(SLOT_BY_KIND.values())
-NOT_PROFILES = ("calibration", "gpus")  # data files beside the profiles (schema memplan.calibration/1, memplan.gpus/1)
+NOT_PROFILES = ("calibration", "gpus", "fsdp_shapes")  # data files beside the profiles (memplan.calibration/1, memplan.gpus/1, scripts/fsdp_shapes.py)
 
 
 # libyaml's safe loader when PyYAML has it: the same documents, 100x faster on pathological input
