@@ -96,6 +96,41 @@ def test_zero2_bucket_meets_the_loss_spike_only_with_a_trained_output_layer():
     assert not buffers.output_grad_first(lora) and buffers.output_grad_first(head)
 
 
+def test_zero12_step_flattens_16bit_gradients_and_init_makes_an_fp32_zero_grad():
+    """stage_1_and_2.py: step() flattens the 16-bit gradient partition before the fp32 cast, and
+    initialize_optimizer_states() makes an fp32 zero gradient of the partition beside the masters;
+    neither on the GPU with the optimizer offloaded, no flat copy when the gradients are fp32."""
+    from memplan.estimate import buffers
+    from memplan.estimate.phases import Shared, init_phase
+
+    def ctx(gpus=1, **updates):
+        return build_context(QWEN, plan_with(**{"stack.kind": "hf-trainer", "engine.kind": "deepspeed",
+                                                "engine.zero_stage": 2, "components.llm.train": "full",
+                                                "components.llm.lora": None, "components.llm.modules_to_save": [],
+                                                "hardware.num_gpus": gpus, **updates}))
+
+    one, two = ctx(), ctx(2)
+    params = one.total_trainable
+    assert buffers.zero12_step_flat_grad_bytes(one) == 2 * params
+    assert buffers.zero12_step_flat_grad_bytes(two) == -(-2 * params // 2)
+    assert buffers.step_transient_bytes(one) == 6 * params
+    assert buffers.zero12_init_states_grad_bytes(one) == 4 * params
+    assert buffers.zero12_init_states_grad_bytes(two) == -(-4 * params // 2)
+    offload = ctx(**{"engine.offload_optimizer": "cpu"})
+    assert buffers.zero12_step_flat_grad_bytes(offload) == buffers.zero12_init_states_grad_bytes(offload) == 0
+    fp32 = ctx(**{"precision.compute": "fp32"})
+    assert buffers.zero12_step_flat_grad_bytes(fp32) == 0
+    zero3 = ctx(**{"engine.zero_stage": 3})
+    assert buffers.zero12_step_flat_grad_bytes(zero3) == buffers.zero12_init_states_grad_bytes(zero3) == 0
+    # one rank: flat 16-bit parameters + fp32 masters + fp32 zero grad (2 + 4 + 4 bytes) beats the flatten (2 + 2)
+    init = init_phase(one, Shared(one))
+    assert init.moment.label.endswith("initialize_optimizer_states")
+    assert init.total == 10 * params
+    # four ranks: the flatten (2 + 2) beats 2 + 4/4 + 4/4
+    four = ctx(4)
+    assert init_phase(four, Shared(four)).moment.label.endswith("flatten")
+
+
 def test_a_plan_with_hooks_over_13_tiles_names_the_sink_and_its_saving():
     plan = plan_with(**{"stack.kind": "hf-trainer", "stack.transformers_version": "5.17",
                         "stack.checkpoint_scope": "components"})

@@ -2,7 +2,9 @@
 
 DeepSpeed ZeRO-1/2 (deepspeed/runtime/zero/stage_1_and_2.py): with contiguous_gradients each rank
 allocates an ipg buffer of reduce_bucket_size elements in the compute dtype at the first backward,
-two when overlap_comm; at the step the rank's gradient partition is converted to fp32 (4 P_t/N).
+two when overlap_comm; at the step the rank's gradient partition is flattened into a new 16-bit
+tensor and that is converted to fp32 (2 + 4 bytes x P_t/N, step_transient_bytes); at initialize
+an fp32 zero gradient of the partition is made beside the masters (init_states_grad_bytes).
 ZeRO-3 (stage3.py, partitioned_param_coordinator.py): parameters are all-gathered module by module;
 the fetched working set is the largest module plus the prefetch bucket, capped by
 stage3_max_live_parameters; gradients are reduced through a reduce_bucket_size buffer.
@@ -151,7 +153,8 @@ def ddp_bucket_bytes(ctx: Context) -> int:
 def step_transient_bytes(ctx: Context) -> int:
     """Temporaries of one optimizer step on the GPU.
 
-    DeepSpeed ZeRO-1/2/3 without offload: the fp32 copy of this rank's gradient partition (4 P_t/N).
+    DeepSpeed ZeRO-1/2/3 without offload: the fp32 copy of this rank's gradient partition (4 P_t/N),
+    and, ZeRO-1/2 in 16 bit, the flat 16-bit copy it is made from (zero12_step_flat_grad_bytes).
     torch.optim.AdamW with foreach: one temporary per parameter group (exp_avg_sq.sqrt()), the size
     of the state (torch/optim/adamw.py _multi_tensor_adamw); the fused kernel (Trainer's default
     adamw_torch_fused, torch/optim/adamw.py _fused_adamw) updates in place. Offload: the step runs on the host.
@@ -161,7 +164,7 @@ def step_transient_bytes(ctx: Context) -> int:
     if ctx.is_deepspeed:
         if ctx.plan.engine.offload_optimizer != "none" or ctx.zero_stage == 0:
             return 0
-        return ctx.shard(4 * ctx.total_trainable, at_stage=1)
+        return ctx.shard(4 * ctx.total_trainable, at_stage=1) + zero12_step_flat_grad_bytes(ctx)
     if ctx.plan.optimizer.kind in ("adamw",) and ctx.plan.optimizer.foreach and not ctx.stack.fused_optimizer:
         if ctx.is_fsdp:  # on the sharded parameters; on the host under CPUOffloadPolicy
             return 0 if fsdp.offloaded(ctx) else sum(fsdp.sharded_trainable_bytes(ctx, c) for c in ctx.parts)
@@ -169,9 +172,57 @@ def step_transient_bytes(ctx: Context) -> int:
     return 0
 
 
+def _zero12_on_gpu(ctx: Context) -> bool:
+    """DeepSpeed ZeRO-1/2 (stage_1_and_2.py's DeepSpeedZeroOptimizer) training something, optimizer
+    not offloaded (with cpu_offload its fp32 partitions and their gradients live on the host)."""
+    return (ctx.is_deepspeed and ctx.zero_stage in (1, 2) and ctx.training and bool(ctx.total_trainable)
+            and ctx.plan.engine.offload_optimizer == "none")
+
+
+def zero12_step_flat_grad_bytes(ctx: Context) -> int:
+    """ZeRO-1/2's step flattens this rank's gradient partition into a new tensor before the fp32 cast:
+    DeepSpeedZeroOptimizer.step (deepspeed/runtime/zero/stage_1_and_2.py, 0.19.8) does
+    ``flat_grad_partition = self.flatten_dense_tensors_aligned(self.averaged_gradients[i], ...)``
+    (``self.flatten(...)`` off the last rank) then
+    ``single_grad_partition = flat_grad_partition.to(self.single_partition_of_fp32_groups[i].dtype)``
+    and only after that ``del flat_grad_partition``, ``free_grad_in_param_list(self.params_in_partition[i])``
+    and ``self.averaged_gradients[i] = None``. averaged_gradients holds views of the contiguous
+    gradient buffer (grads_in_partition via param.grad; get_flat_partition(..., return_tensor_list=True)
+    in the backward epilogue), so at the cast the 16-bit gradients, their flat copy (P_t/N in the
+    gradient dtype) and the fp32 copy coexist, with the optimizer state of the steps after the first.
+
+    Only when the gradients are 16-bit: with fp32 gradients .to(fp32) returns the flat tensor itself,
+    whose 4 P_t/N step_transient_bytes counts already. The plan has no grad_accum_dtype; memplan's
+    DeepSpeed configs leave data_types unset, so DeepSpeedEngine.get_data_types takes the model dtype
+    (deepspeed/runtime/engine.py) and the pre-flattened fp32 path (_use_compact_grad_partition_buffer,
+    gradient_accumulation_dtype fp32 on a 16-bit model) is not taken. Independent of the wrapped
+    optimizer (Trainer's torch AdamW, the harness's torch AdamW, FusedAdam alike)."""
+    if not _zero12_on_gpu(ctx) or ctx.compute_bytes >= 4:
+        return 0
+    return ctx.shard(ctx.compute_bytes * ctx.total_trainable, at_stage=1)
+
+
+def zero12_init_states_grad_bytes(ctx: Context) -> int:
+    """ZeRO-1/2 makes an fp32 zero gradient for this rank's master partition at initialize:
+    DeepSpeedZeroOptimizer.__init__ calls initialize_optimizer_states() (stage_1_and_2.py, 0.19.8),
+    which sets ``single_partition_of_fp32_groups[i].grad = torch.zeros(partition_size,
+    dtype=single_partition_of_fp32_groups[i].dtype, device=self.device)`` for every group and, without
+    cpu_offload, sets them back to None at the end. self.device is the GPU unless the optimizer is
+    offloaded. At that moment the flat 16-bit parameters, the fp32 masters and these zeros (one more
+    master's worth, 4 P_t/N with fp32 masters) are on the GPU; the model's original parameter tensors
+    were freed when _update_model_bit16_weights pointed them into the flat buffer, before the masters
+    were made (init_phase: the flatten moment has no masters)."""
+    if not _zero12_on_gpu(ctx):
+        return 0
+    from memplan.estimate import optimizer
+    return sum(ctx.shard(p.trainable * (optimizer.master_bytes_per_param(ctx, c) or ctx.compute_bytes), at_stage=1)
+               for c, p in ctx.parts.items())
+
+
 def init_transient_bytes(ctx: Context) -> int:
     """DeepSpeed ZeRO-1/2 flattens the trainable 16-bit parameters into one buffer at initialize:
-    for a moment the old tensors and the flat copy coexist (stage_1_and_2.py, flatten_dense_tensors)."""
+    for a moment the old tensors and the flat copy coexist (stage_1_and_2.py, flatten_dense_tensors_aligned
+    with flatten_on_accelerator, before the fp32 masters are cloned from the flat buffer)."""
     if ctx.is_deepspeed and ctx.zero_stage in (0, 1, 2) and ctx.training:
         return sum(p.trainable_held_bytes for p in ctx.parts.values())
     return 0

@@ -162,10 +162,25 @@ def _transient(component: Component, num_bytes: int) -> Group:
 def init_phase(ctx: Context, s: Shared) -> PhaseMemory:
     """After the model build and engine initialize. ZeRO-0's BF16_Optimizer creates its fp32 masters,
     fp32 gradient accumulators and the optimizer state there (initialize_optimizer_states); ZeRO-1/2/3
-    create masters at initialize and optimizer state at the first step."""
+    create masters at initialize and optimizer state at the first step.
+
+    ZeRO-1/2 without offload has two moments (DeepSpeedZeroOptimizer.__init__, stage_1_and_2.py, in
+    this order): the flatten, where the original parameters and their flat copy coexist and no master
+    exists yet, and initialize_optimizer_states, where the flat parameters, the fp32 masters and an
+    fp32 zero gradient of the partition coexist (buffers.zero12_init_states_grad_bytes). Parameter
+    groups are flattened one by one; a later group's flatten meets the earlier groups' masters, which
+    is not counted (Trainer's second group, biases and norms, is small)."""
     zero0 = ctx.is_deepspeed and ctx.zero_stage == 0 and ctx.training
+    label = "after deepspeed.initialize" if ctx.is_deepspeed else "after model build"
+    states_grad = buffers.zero12_init_states_grad_bytes(ctx)
+    if states_grad:
+        flatten = _moment("deepspeed.initialize: flatten", s.weights,
+                          _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx)))
+        states = _moment("deepspeed.initialize: initialize_optimizer_states", s.weights, s.masters,
+                         _transient(Component.RUNTIME, states_grad))
+        return PhaseMemory(Phase.INIT, max((flatten, states), key=lambda m: m.total))
     moment = _moment(
-        "after deepspeed.initialize" if ctx.is_deepspeed else "after model build",
+        label,
         s.weights, _transient(Component.RUNTIME, buffers.init_transient_bytes(ctx)),
         _transient(Component.RUNTIME, fsdp.init_transient_bytes(ctx)) if ctx.is_fsdp else EMPTY,
         s.gradients if zero0 else s.persistent_gradients, s.optimizer if zero0 else s.masters, s.persistent_buckets,
