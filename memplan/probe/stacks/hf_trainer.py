@@ -131,8 +131,8 @@ def hooks_callback(which: str, notes: list[str]) -> Any:
     from memplan.probe.stacks.models import set_input_grad_hooks
 
     class InputGradHooks(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            set_input_grad_hooks(model, which)
+        def on_train_begin(self, args, state, control, **kwargs):
+            set_input_grad_hooks(kwargs["model"], which)
             notes.append(f"input-grad hooks set to {which} at on_train_begin (after Trainer's checkpointing enable)")
 
     return InputGradHooks()
