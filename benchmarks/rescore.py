@@ -53,7 +53,7 @@ PART_LABELS = {
     "hf-trainer": "H200, transformers Trainer + peft, text-only LLMs",
     "custom-loop": "H200, a custom training loop, text-only LLMs",
     "internvl": "H200, InternVL2.5 through Trainer or the custom loop; stacks-a/-b in-sample since 98fcda0 (checkpoint scope found on these), stacks-c held out",
-    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; stacks-b in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these), stacks-c held out",
+    "hf-trainer-deepspeed": "H200, DeepSpeed ZeRO-2/3 through Trainer; stacks-b in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these), stacks-c held out but for ds-full-z2-q15-1k (docs/stacks.md 12 found on it)",
     "fsdp2-fake-world": "H200, FSDP2 (and one DeepSpeed ZeRO-3) rank 0 of a fake world (Qwen2.5-1.5B, Sa2VA-1B); the first batch in-sample since the three FSDP2 fixes",
 }
 
