@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fsdp_runs import ACCELERATE, RECORDS, RUNS, TIMEOUT_S, cli_flags, plan_file, read_jsonl, unrun  # noqa: E402
+from fsdp_runs import ACCELERATE, RECORDS, RUNS, TIMEOUT_S, cli_flags, plan_file, read_all, unrun  # noqa: E402
 
 GIB = 2**30
 GRACE_S = 60  # a run started before the budget may run this long past it
@@ -143,10 +143,10 @@ def table(rows: list[tuple[str, dict, dict]]) -> str:
     return "\n".join(lines)
 
 
-def selected(*, only: list[str] | None, part: str | None, records: Path) -> list[dict]:
+def selected(*, only: list[str] | None, part: str | None, records: list[Path]) -> list[dict]:
     """The fake-world runs of --only / --part, in RUNS order."""
     if part == "unrun":
-        pending = {run["name"] for run in unrun(records=read_jsonl(records))}
+        pending = {run["name"] for run in unrun(records=read_all(records))}
     out = []
     for run in RUNS:
         if only and run["name"] not in only:
@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--part", choices=("qwen", "sa2va", "unrun"), help="the Qwen2.5-1.5B runs; the Sa2VA-1B "
                         "runs with ZeRO-3 and the accelerate run; or the runs with no ok record in --records and "
                         "the accelerate run")
-    parser.add_argument("--records", type=Path, default=RECORDS, help="records made so far (for --part unrun)")
+    parser.add_argument("--records", type=Path, nargs="+", default=list(RECORDS), help="records made so far (for --part unrun)")
     parser.add_argument("--budget-s", type=float, help=f"start no run after this many seconds; every run ends "
                         f"by it + {GRACE_S} s")
     parser.add_argument("--skip-accelerate", action="store_true")
@@ -195,6 +195,10 @@ def main() -> int:
     runs = selected(only=args.only, part=args.part, records=args.records)
     with_accelerate = not args.skip_accelerate and not args.tiny and args.part != "qwen" and (
         not args.only or ACCELERATE["name"] in args.only)
+    unpredicted = [run["name"] for run in runs if run["name"] not in by_name]
+    if unpredicted:
+        parser.error(f"--predictions {args.predictions} has no prediction for {', '.join(unpredicted)}: "
+                     "pre-register them first (benchmarks/fsdp_predictions.py --out NEW)")
     first = [run for run in runs if "timeout" not in run]
     schedule = [*first, *([ACCELERATE] if with_accelerate else []), *[run for run in runs if "timeout" in run]]
     print(f"batch: {len(schedule)} runs ({', '.join(run['name'] for run in schedule)}); predictions "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fsdp_runs import ACCELERATE, RECORDS, RUNS, build, read_jsonl, records_of  # noqa: E402
+from fsdp_runs import ACCELERATE, RECORDS, RUNS, build, read_all, records_of  # noqa: E402
 
 from memplan.spec.flags import plan_from_flags  # noqa: E402
 from memplan.estimate.peak import estimate  # noqa: E402
@@ -76,13 +76,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write here (default: stdout); commit it before the runs")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    parser.add_argument("--records", type=Path, default=RECORDS, help="records made so far: their runs are in-sample")
+    parser.add_argument("--records", type=Path, nargs="+", default=list(RECORDS), help="records made so far: their runs are in-sample")
     args = parser.parse_args()
     if args.out and args.out.exists() and not args.force:
         print(f"--out={args.out}: exists; predictions are written once, before the runs (--force to replace)",
               file=sys.stderr)
         return 2
-    text = json.dumps(document(records=read_jsonl(args.records)), indent=1) + "\n"
+    text = json.dumps(document(records=read_all(args.records)), indent=1) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")

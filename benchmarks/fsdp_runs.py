@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 QWEN = {"model": "qwen2.5-1.5b", "flags": {"engine": "fsdp2", "text_len": 2048, "lora_rank": 64}}
+QWEN05 = {"model": "qwen2.5-0.5b", "flags": {"engine": "fsdp2", "text_len": 2048, "lora_rank": 64}}
 SA2VA = {"model": "sa2va-1b", "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2}}
 
 
@@ -46,11 +47,22 @@ RUNS: list[dict] = [
     _run("sa2va1b-hsdp-4x8", SA2VA, 32, nodes=4, plan={"engine": {"kind": "fsdp2", "fsdp": {"hsdp": True}}}),
     _run("sa2va1b-zero3-n16", {"model": "sa2va-1b", "flags": {**SA2VA["flags"], "engine": None, "zero": 3}}, 16,
          timeout=240),  # DeepSpeed ZeRO-3 on the fake group (deepspeed.initialize takes longer)
+    # Third set (fsdp-c.json), held out for the dim-0 padding fix found on the second: N between and
+    # beyond the measured ones on Sa2VA-1B, padding with offload, a second text LLM whose k/v rows pad
+    # (Qwen2.5-0.5B: 128-row k_proj/v_proj), ZeRO-3 on the fake group at another N.
+    _run("sa2va1b-fsdp-n32", SA2VA, 32),
+    _run("sa2va1b-fsdp-n512", SA2VA, 512),
+    _run("sa2va1b-fsdp-offload-n1024", SA2VA, 1024, flags={"offload": "all"}),
+    _run("qwen0.5b-fsdp-n128", QWEN05, 128),
+    _run("qwen0.5b-fsdp-n1024", QWEN05, 1024),
+    _run("sa2va1b-zero3-n128", {"model": "sa2va-1b", "flags": {**SA2VA["flags"], "engine": None, "zero": 3}}, 128,
+         timeout=240),
 ]
 ACCELERATE = {"name": "sa2va1b-accelerate-fsdp2", "model": "sa2va-1b",
               "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2, "gpus": 1}}
 TIMEOUT_S = 150  # per run; most take 20-40 s (imports, random init on the CPU, 2 steps)
-RECORDS = Path("reports/probes/h200-fsdp-fake-world.jsonl")  # the runs made so far (5 of 15, 2026-12-02)
+RECORDS = (Path("reports/probes/h200-fsdp-fake-world.jsonl"),  # the runs made so far: 5 of 15, 2026-12-02 morning,
+           Path("reports/probes/h200-fsdp-fake-world-b.jsonl"))  # the other 10, afternoon (fsdp-b.json)
 
 
 def probe_head(run: dict) -> str:
@@ -72,6 +84,11 @@ def matches(run: dict, record: dict) -> bool:
 def records_of(run: dict, records: list[dict]) -> list[dict]:
     """The records of one run (any status), in file order."""
     return [record for record in records if matches(run, record)]
+
+
+def read_all(paths: "list[Path] | tuple[Path, ...]") -> list[dict]:
+    """The JSON lines of several records files, in order."""
+    return [record for path in paths for record in read_jsonl(path)]
 
 
 def read_jsonl(path: Path) -> list[dict]:
