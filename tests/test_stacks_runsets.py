@@ -48,3 +48,23 @@ def test_run_sets_cover_the_issue():
     assert {r.model for r, p in plans} >= {"qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "internvl2.5-1b", "internvl2.5-4b"}
     engines = {(p.engine.zero_stage, p.engine.offload_optimizer) for r, p in plans if p.engine.kind == "deepspeed"}
     assert engines >= {(2, "none"), (3, "none"), (2, "cpu"), (3, "cpu")}
+
+
+@pytest.mark.parametrize("name", ["runset-c.yaml", "runset-d.yaml"])
+def test_later_stack_run_sets_plan_check_and_estimate(name):
+    """stacks-c/-d: every run builds its plan (rtx-3090/GiB caps as `memplan predict` reads them), passes the
+    stack checks and the probe's input shapes, and estimates; accelerate joins Trainer and the loop."""
+    from memplan.cli.protocol_cmd import planned_plan
+    from memplan.probe.shapes import input_shapes
+
+    path = STACKS / name
+    runset = load_runset(path)
+    assert runset.card == "h200"
+    for run in runset.runs:
+        plan = planned_plan(runset, run, path)
+        profile = resolve_profile(run.model, plan)
+        check_stack(profile, plan)
+        input_shapes(profile, plan)
+        assert plan.stack.kind in ("hf-trainer", "custom-loop", "accelerate")
+        assert estimate(profile, plan).peak_allocated_bytes > 0
+
