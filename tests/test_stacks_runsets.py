@@ -48,3 +48,45 @@ def test_run_sets_cover_the_issue():
     assert {r.model for r, p in plans} >= {"qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "internvl2.5-1b", "internvl2.5-4b"}
     engines = {(p.engine.zero_stage, p.engine.offload_optimizer) for r, p in plans if p.engine.kind == "deepspeed"}
     assert engines >= {(2, "none"), (3, "none"), (2, "cpu"), (3, "cpu")}
+
+
+@pytest.mark.parametrize("name", ["runset-c.yaml", "runset-d.yaml"])
+def test_later_stack_run_sets_plan_check_and_estimate(name):
+    """stacks-c/-d: every run builds its plan (rtx-3090/GiB caps as `memplan predict` reads them), passes the
+    stack checks and the probe's input shapes, and estimates; accelerate joins Trainer and the loop."""
+    from memplan.cli.protocol_cmd import planned_plan
+    from memplan.probe.shapes import input_shapes
+
+    path = STACKS / name
+    runset = load_runset(path)
+    assert runset.card == "h200"
+    for run in runset.runs:
+        plan = planned_plan(runset, run, path)
+        profile = resolve_profile(run.model, plan)
+        check_stack(profile, plan)
+        input_shapes(profile, plan)
+        assert plan.stack.kind in ("hf-trainer", "custom-loop", "accelerate")
+        assert estimate(profile, plan).peak_allocated_bytes > 0
+
+
+
+def test_stacks_d_predictions_straddle_the_3090():
+    """stacks-d's pre-registered predictions (reports/probes/predictions/stacks-d.jsonl, one per planned run,
+    in order): the rtx-3090-capped verdict runs are at least 6, needed/capacity within +-5%, as many
+    predicted to fit as to run out, among the first six too (the budget may cut the tail), over Trainer and
+    the custom loop and DeepSpeed. Read from the committed file, so a later estimator change does not move it."""
+    from memplan.planning.protocol import read_predictions
+
+    path = STACKS / "runset-d.yaml"
+    runset = load_runset(path)
+    lines = read_predictions(STACKS.parents[1] / "reports" / "probes" / "predictions" / "stacks-d.jsonl")
+    assert [line["run_key"] for line in lines] == [runset.key(run) for run in runset.runs]
+    capped = [line for line in lines if line["vram_cap"] == "rtx-3090"]
+    assert all(line["purpose"] == "verdict" for line in capped)
+    ratios = [line["predicted"]["needed_bytes"] / line["capacity_bytes"] for line in capped]
+    assert len(ratios) >= 6 and all(abs(r - 1) <= 0.05 for r in ratios)
+    for part in (capped[:6], capped):
+        assert sum(line["predicted"]["verdict"] == "fits" for line in part) * 2 == len(part)
+    assert all((r <= 1) == (line["predicted"]["verdict"] == "fits") for r, line in zip(ratios, capped))
+    assert {line["plan"]["stack"]["kind"] for line in capped} >= {"hf-trainer", "custom-loop"}
+    assert any(line["plan"]["engine"]["kind"] == "deepspeed" for line in capped)
