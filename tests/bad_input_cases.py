@@ -541,3 +541,30 @@ CASES += [
     Case("search-price-nan", "search --price nan", ("search", "--gpus", "2", "--vram", "24", "--price", "nan"),
          ("'--price'", "greater than or equal to 0"), usage=True),
 ]
+
+TRAIN_PY = "from transformers import Trainer\nTrainer(model=m).train()\n"
+CASES += [
+    # ---- memplan scan SCRIPT (memplan/cli/scan_cmd.py, memplan/integrations/script_scan.py)
+    Case("scan-missing", "scan a script that does not exist", ("scan", "train.py"), ("SCRIPT=train.py", "file not found")),
+    Case("scan-directory", "scan a directory", ("scan", "train.py"), ("SCRIPT=train.py", "is a directory"),
+         {"train.py": DIR}),
+    Case("scan-syntax-error", "scan a file that is not Python", ("scan", "train.py"),
+         ("SCRIPT=train.py", "not Python at line 1"), {"train.py": "def train(:\n    pass\n"}),
+    Case("scan-yaml-not-python", "scan a YAML file", ("scan", "plan.yaml"), ("SCRIPT=plan.yaml", "not Python"),
+         {"plan.yaml": "stack: {kind: hf-trainer}\nengine:\n  - zero\n   stage: 2\n"}),
+    Case("scan-not-utf8", "scan a script with Latin-1 bytes", ("scan", "train.py"),
+         ("SCRIPT=train.py", "not UTF-8", "0xe9"), {"train.py": b"# caf\xe9\nimport torch\n"}),
+    Case("scan-out-exists", "scan --out onto an existing file, without --force", ("scan", "train.py", "--out", "p.yaml"),
+         ("--out=p.yaml", "exists", "--force"), {"train.py": TRAIN_PY, "p.yaml": "keep: me\n"}),
+    Case("scan-out-directory", "scan --out a directory", ("scan", "train.py", "--out", "plans"),
+         ("--out=plans", "is a directory"), {"train.py": TRAIN_PY, "plans": DIR}),
+    Case("scan-base-plan-unknown", "scan --plan with a misspelt base plan", ("scan", "train.py", "--plan", "sa2va-oficial",
+         "--out", "p.yaml"), ("plan='sa2va-oficial'", "closest: sa2va-official"), {"train.py": TRAIN_PY}),
+    Case("scan-lora-rank-out-of-range", "scan --out a script whose LoraConfig rank is out of range",
+         ("scan", "train.py", "--out", "p.yaml"),
+         ("the plan scanned from train.py", "components.llm.lora.rank=100000", "less than or equal to 4096"),
+         {"train.py": "from peft import LoraConfig, get_peft_model\nm = get_peft_model(m, LoraConfig(r=100000))\n"
+                      "m(**b).loss.backward()\n"}),
+    Case("scan-format-unknown", "scan --format xml", ("scan", "train.py", "--format", "xml"),
+         ("'--format'", "'xml' is not one of"), {"train.py": TRAIN_PY}, usage=True),
+]

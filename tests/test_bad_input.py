@@ -26,7 +26,7 @@ def test_bad_input_is_one_error_line_exit_2(case, tmp_path):
 def test_every_input_reading_command_has_cases():
     commands = {case.command for case in CASES}
     assert {"estimate", "profiles", "calibrate", "validate", "profile import", "profile compose", "probe", "compare",
-            "search"} <= commands
+            "search", "scan"} <= commands
 
 
 def test_case_ids_are_unique():

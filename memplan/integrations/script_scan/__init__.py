@@ -1,0 +1,105 @@
+"""Read a user's training script without running it: what it does to memory, as plan settings.
+
+A static reader over Python's ``ast``: nothing is imported from the script, nothing in it executes,
+and torch is never imported. It finds the training stack (transformers ``Trainer``, accelerate, a
+hand-written loop) and the calls and keyword arguments that the plan's ``stack`` section and its
+neighbours model (docs/stacks.md), each with its line and source. A value that is not a literal (a
+variable assigned more than once, an argparse argument, a function call) is reported as such and
+left at the base plan's default; so are custom model classes and anything decided at run time.
+reader.py holds the findings and the tree reading, rules.py and training.py the rules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+from memplan.integrations.script_scan.reader import NOT_LITERAL, TRAINER_ARGS, Finding, Scan, ScriptTree
+from memplan.integrations.script_scan.rules import (read_attention, read_checkpointing, read_engine, read_precision,
+                                                    read_stack)
+from memplan.integrations.script_scan.training import (read_batch, read_embeddings, read_input_grads, read_loss,
+                                                       read_optimizer, read_outputs, read_peft)
+from memplan.spec.errors import InputError, printable
+
+__all__ = ["NOT_LITERAL", "Finding", "Scan", "plan_document_for", "scan_script", "scan_source"]
+
+
+def scan_source(*, source: str, script: str = "<script>", folder: Path | None = None) -> Scan:
+    """Scan a script's source text (``folder``: where relative paths such as a DeepSpeed JSON are read from).
+    A syntax error is an InputError naming the script and the line."""
+    try:
+        tree = ast.parse(source, filename=script)
+    except (SyntaxError, ValueError) as error:
+        line = getattr(error, "lineno", None)
+        at = f" at line {line}" if line else ""
+        raise InputError(f"SCRIPT={script}: not Python{at}: {getattr(error, 'msg', None) or error}") from None
+    except (RecursionError, MemoryError):
+        raise InputError(f"SCRIPT={script}: nested too deeply to read (Python's parser gave up)") from None
+    try:
+        parsed = ScriptTree(source=source, tree=tree, folder=folder)
+    except RecursionError:
+        raise InputError(f"SCRIPT={script}: nested too deeply to read") from None
+    findings = read_stack(parsed)
+    stack = findings[0].value if findings else None
+    checkpointing = read_checkpointing(parsed)
+    ckpt_on = any(dict(f.settings).get("components.llm.checkpointing") is True for f in checkpointing)
+    if stack is not None and not checkpointing:
+        splat = any(parsed.has_splat(c) for c in parsed.calls_named(*TRAINER_ARGS))
+        checkpointing = [Finding(name="gradient checkpointing", value="off", line=0, snippet="",
+                                 settings=() if splat else (("components.llm.checkpointing", False),),
+                                 note="TrainingArguments(**...) not read: assumed the base plan's" if splat
+                                 else "not switched on anywhere (transformers' default: off)")]
+    peft, copies = read_peft(parsed)
+    findings += [*read_engine(parsed, stack), *checkpointing, *read_attention(parsed), *read_precision(parsed, stack), *peft,
+                 *read_embeddings(parsed, copies=copies, lora=any(f.name != "peft" for f in peft)), *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on),
+                 *read_outputs(parsed, stack), *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed)]
+    return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
+
+
+def scan_script(*, path: str | Path) -> Scan:
+    """Scan a script file; a path that is missing, a directory, unreadable, not UTF-8 or not Python is an InputError."""
+    from memplan.spec.loading import read_file_bytes
+
+    path = Path(path)
+    name = printable(path)
+    raw = read_file_bytes(path, name=f"SCRIPT={name}", expected="a Python training script")
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"SCRIPT={name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+    return scan_source(source=source, script=name, folder=path.resolve().parent)
+
+
+def plan_document_for(*, scan: Scan, base: str | Path | None = None) -> dict[str, Any]:
+    """A full plan document: the base plan (default: the one every command uses) with the scan's settings on top."""
+    from memplan.spec.flags import DEFAULT_PLAN, plan_with_defaults, set_dotted
+    from memplan.spec.loading import DEEPSPEED_ONLY, plan_document
+
+    document = plan_with_defaults(plan_document(base or DEFAULT_PLAN))
+    for dotted, value in scan.settings().items():
+        if dotted == "engine":
+            engine = dict(value)
+            if engine.get("kind") == "pytorch":
+                engine.update(offload_optimizer="none", offload_params="none")
+            document["engine"] = engine
+            if document.get("optimizer", {}).get("kind") in ("fused_adam", "cpu_adam") and (
+                    engine.get("kind") != "deepspeed" or engine.get("offload_optimizer", "none") == "none"):
+                document["optimizer"] = {**document["optimizer"], "kind": "adamw"}
+            continue
+        if value is None:
+            *parents, leaf = dotted.split(".")
+            node = document
+            for part in parents:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+            continue
+        set_dotted(document, dotted, value)
+    stem = Path(scan.script).stem or "script"
+    document["name"] = f"scan-{stem}"
+    document["description"] = f"memplan scan of {Path(scan.script).name} on {Path(str(base or DEFAULT_PLAN)).stem}"
+    for key in DEEPSPEED_ONLY:
+        if document["engine"].get("kind") == "pytorch":
+            document["engine"].pop(key, None)
+    return document
