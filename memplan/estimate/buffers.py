@@ -62,8 +62,9 @@ def zero3_gathers_in_place(ctx: Context) -> bool:
     more than the first beyond the optimizer state (the coordinator's trace is recorded in step 1,
     which releases every module's parameters after use, and replayed from step 2, which keeps those
     reused within stage3_max_reuse_distance), while on one GPU (h100-batch1 1d17a168) the two steps
-    differ by the optimizer state alone. The memory the harness's 1-GPU forward held beyond the
-    estimate is ZeRO-3's linear saving its input (activations.zero3_linear_input_bytes_per_token)."""
+    differ by the optimizer state alone. The ~1.2 GiB that the harness's non-checkpointed ZeRO-3
+    forwards held beyond the estimate, at N = 1 and 2 alike, is ZeRO-3's linear saving the inputs of
+    frozen linears (activations.zero3_linear_input_bytes_per_token, docs/stacks.md, 13)."""
     return ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.num_gpus == 1
 
 
@@ -75,8 +76,13 @@ def zero3_persistent_gradients(ctx: Context) -> bool:
     partition (P_t/N in the compute dtype) is resident from init through every forward.
 
     Found on Trainer's ZeRO-3 full fine-tune (h200-stacks-b.jsonl: init and forward 2.9 GiB above the
-    estimate before it); applied to every stack, the code path being DeepSpeed's own (docs/stacks.md, 10;
-    the harness's census counts the buffer: gradients 0.66 GiB on its 1-GPU ZeRO-3 record)."""
+    estimate before it). The code path is DeepSpeed's own and the harness has the buffer too (its census
+    counts it: gradients 0.66 GiB on the 1-GPU ZeRO-3 record 1d17a168, whose forward is 0.76 GiB under
+    without it), but it is still not applied to the sa2va harness: on its multi-GPU ZeRO-3 records the
+    backward's loss moment is already 0.65-0.7 GiB over (a gathered-parameter set smaller there than in
+    the forward, not modelled), and counting the buffer takes b42e4c41 (+2.8% -> +5.2%) and the fake
+    16-rank world (+11.9% -> +12.8%) past their published bounds (reports/probes/bounds.yaml). A known
+    compensating error, by stack name, until that backward is explained (docs/stacks.md, 10)."""
     stack = ctx.stack
     return (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.training and ctx.plan.engine.offload_optimizer == "none"
             and stack is not None and stack.kind != "sa2va")
