@@ -187,7 +187,7 @@ def _zero3(plan_factory, *, stack="hf-trainer", gpus=1, offload="none"):
 def test_zero3_on_one_rank_gathers_in_place(tiny_llm, plan_factory):
     """Partition world size 1: all_gather_coalesced hands back NoGatherCoalescedHandle, param.data is
     the partition (deepspeed/runtime/zero/partition_parameters.py); found on h200-stacks-b (in-sample).
-    The sa2va harness keeps the gathered term (docs/stacks.md, 9)."""
+    The condition is the world size, whatever the stack (docs/stacks.md, 9)."""
     from memplan.estimate import buffers
     from memplan.estimate.context import build_context
 
@@ -196,7 +196,36 @@ def test_zero3_on_one_rank_gathers_in_place(tiny_llm, plan_factory):
     two = build_context(tiny_llm, _zero3(plan_factory, gpus=2))
     assert not buffers.zero3_gathers_in_place(two) and buffers.zero3_gathered_bytes(two) > 0
     sa2va = build_context(tiny_llm, _zero3(plan_factory, stack="sa2va"))
-    assert buffers.zero3_gathered_bytes(sa2va) > 0
+    assert buffers.zero3_gathers_in_place(sa2va) and buffers.zero3_gathered_bytes(sa2va) == 0
+    sa2va_two = build_context(tiny_llm, _zero3(plan_factory, gpus=2, stack="sa2va"))
+    assert buffers.zero3_gathered_bytes(sa2va_two) == buffers.zero3_gathered_bytes(two) > 0
+
+
+def test_zero3_linear_saves_the_inputs_of_frozen_linears(tiny_llm, plan_factory):
+    """ZeRO-3's LinearFunctionForZeroStage3 saves every linear's input (deepspeed/runtime/zero/linear.py):
+    a LoRA layer with dropout keeps 2h + F more per token (the norm outputs and the SwiGLU product),
+    under every stack; nothing more without dropout (lora_A saves the same input), with full training
+    or below ZeRO-3 (docs/stacks.md, 13)."""
+    from memplan.estimate import activations as act
+    from memplan.estimate.context import build_context
+
+    def plan(stage=3, dropout=0.05, train="lora", stack="sa2va"):
+        llm = {"train": train, "checkpointing": False}
+        if train == "lora":
+            llm["lora"] = {"rank": 8, "alpha": 16, "dropout": dropout}
+        return plan_factory(engine={"kind": "deepspeed", "zero_stage": stage}, components={"llm": llm},
+                            stack={"kind": stack})
+
+    llm = tiny_llm.llm
+    for stack in ("sa2va", "hf-trainer"):
+        ctx = build_context(tiny_llm, plan(stack=stack))
+        assert act.zero3_linear_input_bytes_per_token(ctx) == ctx.compute_bytes * (2 * llm.hidden_size + llm.intermediate_size)
+        zero2 = build_context(tiny_llm, plan(stage=2, stack=stack))
+        assert act.llm_layer_bytes_per_token(ctx) - act.llm_layer_bytes_per_token(zero2) == \
+            act.zero3_linear_input_bytes_per_token(ctx)
+    assert act.zero3_linear_input_bytes_per_token(build_context(tiny_llm, plan(dropout=0.0))) == 0
+    assert act.zero3_linear_input_bytes_per_token(build_context(tiny_llm, plan(stage=2))) == 0
+    assert act.zero3_linear_input_bytes_per_token(build_context(tiny_llm, plan(train="full"))) == 0
 
 
 def test_zero3_gradient_partitions_persist_from_initialize(tiny_llm, plan_factory):

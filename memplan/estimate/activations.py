@@ -105,7 +105,41 @@ def llm_layer_bytes_per_token(ctx: Context) -> int:
         if targets is not None:
             extra = extra * len(set(targets)) // k.LORA_LINEARS
         total += extra
-    return total
+    return total + zero3_linear_input_bytes_per_token(ctx)
+
+
+# inputs of a decoder layer's linears: (width, the linears that read it); o_proj's input is SDPA's own
+# output (saved by SDPA), so it is not among them (zero3_linear_input_bytes_per_token)
+_LINEAR_INPUTS = (("h", ("q_proj", "k_proj", "v_proj")), ("h", ("gate_proj", "up_proj")), ("ffn", ("down_proj",)))
+
+
+def zero3_linear_input_bytes_per_token(ctx: Context) -> int:
+    """ZeRO-3 replaces torch.nn.functional.linear by LinearFunctionForZeroStage3 (deepspeed.zero.Init,
+    and Init(module=...) in deepspeed.initialize, with zero_optimization.memory_efficient_linear, default
+    true: partition_parameters.py, _enable_mem_efficient_linear), whose setup_context does
+    ``ctx.save_for_backward(input, weight, bias)`` whatever requires grad (deepspeed/runtime/zero/linear.py).
+    Autograd's own linear saves the input only for the weight's gradient, so under ZeRO-3 a frozen
+    linear in the graph keeps its input too: per decoder layer the attention norm's output (h, read by
+    q/k/v), the MLP norm's output (h, gate/up) and the SwiGLU product (F, down), compute bytes each.
+    o_proj's input is not counted: on CUDA SDPA's output is already (b, s, heads, d)-contiguous, so
+    transformers' ``attn_output.transpose(1, 2).contiguous()`` is that same tensor, which SDPA saves.
+    None where the input is saved anyway: fully trained weights, or a LoRA adapter without dropout on
+    one of the linears reading it (lora_A then saves the very same tensor). Checkpointed layers keep
+    only their inputs; this counts in their recompute (llm_recomputed_layer_bytes)."""
+    if not (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.training and needs_graph(ctx, Component.LLM)):
+        return 0
+    part = ctx.plan.components.llm
+    if part.train == "full":
+        return 0
+    widths = _llm_widths(ctx)
+    total = 0
+    for width, readers in _LINEAR_INPUTS:
+        if part.train == "lora" and not part.lora.dropout:
+            targets = part.lora.targets
+            if targets is None or any(name in targets for name in readers):
+                continue  # lora_A saves this input itself
+        total += widths[width]
+    return ctx.compute_bytes * total
 
 
 def llm_weight_casts(ctx: Context) -> int:
