@@ -245,3 +245,26 @@ def test_default_base_is_the_official_recipe(tmp_path):
     official = load_plan("sa2va-official")
     assert plan.model == official.model and plan.inputs.tiles == official.inputs.tiles
     assert plan.stack.kind == "hf-trainer" and plan.components.llm.modules_to_save == ()
+
+
+def test_kbit_script_run_through_a_cli_wrapper():
+    """Function defaults are read (a command line may change them); k-bit loading is named as not modelled;
+    prepare_model_for_kbit_training turns checkpointing on for a k-bit model without upcasting the whole LLM."""
+    scan = scan_script(path=SCRIPTS / "kbit_fire.py")
+    found = by_name(scan)
+    settings = scan.settings()
+    assert settings["components.llm.lora.rank"] == 8 and settings["inputs.micro_batch"] == 4
+    assert "the default of train(lora_r=...)" in found["LoraConfig"][0].note
+    assert found["load_in_8bit"][0].value == "8-bit" and "not modelled" in found["load_in_8bit"][0].note
+    assert settings["components.llm.checkpointing"] is True
+    assert "precision.llm_fp32_upcast" not in settings or settings["precision.llm_fp32_upcast"] is False
+    assert "not modelled" in found["torch.compile"][0].note
+
+
+def test_kbit_prepare_on_an_unquantized_model_upcasts_it():
+    source = ("from peft import prepare_model_for_kbit_training\nimport transformers\n"
+              "model = transformers.AutoModelForCausalLM.from_pretrained('m')\n"
+              "model = prepare_model_for_kbit_training(model)\nloss = model(x).loss\nloss.backward()\n")
+    settings = scan_source(source=source).settings()
+    assert settings["precision.llm_fp32_upcast"] is True
+    assert settings["components.llm.checkpointing"] is False  # only a k-bit model gets it switched on

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from memplan.integrations.script_scan.reader import NOT_LITERAL, TRAINER_ARGS, Finding, Scan, ScriptTree
-from memplan.integrations.script_scan.rules import (read_attention, read_checkpointing, read_engine, read_precision,
+from memplan.integrations.script_scan.rules import (read_attention, read_checkpointing, read_compile, read_engine,
+                                                    read_kbit_checkpointing, read_kbit_prepare, read_precision,
+                                                    read_quantization,
                                                     read_stack)
 from memplan.integrations.script_scan.training import (read_batch, read_embeddings, read_input_grads, read_loss,
                                                        read_optimizer, read_outputs, read_peft)
@@ -42,7 +44,7 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
         raise InputError(f"SCRIPT={script}: nested too deeply to read") from None
     findings = read_stack(parsed)
     stack = findings[0].value if findings else None
-    checkpointing = read_checkpointing(parsed)
+    checkpointing = [*read_checkpointing(parsed), *read_kbit_checkpointing(parsed)]
     ckpt_on = any(dict(f.settings).get("components.llm.checkpointing") is True for f in checkpointing)
     if stack is not None and not checkpointing:
         splat = any(parsed.has_splat(c) for c in parsed.calls_named(*TRAINER_ARGS))
@@ -53,7 +55,8 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
     peft, copies = read_peft(parsed)
     findings += [*read_engine(parsed, stack), *checkpointing, *read_attention(parsed), *read_precision(parsed, stack), *peft,
                  *read_embeddings(parsed, copies=copies, lora=any(f.name != "peft" for f in peft)), *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on),
-                 *read_outputs(parsed, stack), *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed)]
+                 *read_outputs(parsed, stack), *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed),
+                 *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed)]
     return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
 
 

@@ -151,6 +151,7 @@ class _Reader(ast.NodeVisitor):
     attr_assigns: list[tuple[ast.Attribute, ast.AST, int]] = field(default_factory=list)
     deletes: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     withs: list[ast.withitem] = field(default_factory=list)
+    params: list[tuple[str, ast.AST, int, str]] = field(default_factory=list)  # (name, default, line, function)
     scope: tuple[str, ...] = ()
 
     def _in(self, node: ast.AST, name: str) -> None:
@@ -159,6 +160,10 @@ class _Reader(ast.NodeVisitor):
         self.scope = saved
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        positional = [*node.args.posonlyargs, *node.args.args]
+        pairs = [*zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults),
+                 *((arg, d) for arg, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None)]
+        self.params += [(arg.arg, default, default.lineno, node.name) for arg, default in pairs]
         self._in(node, node.name)
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -205,6 +210,12 @@ class ScriptTree:
         for name, _, _, _ in self.reader.assigns:
             counts[name] = counts.get(name, 0) + 1
         self.constants = {name: (value, line) for name, value, line, _ in self.reader.assigns if counts[name] == 1}
+        for name, _, _, _ in self.reader.params:
+            counts[name] = counts.get(name, 0) + 1
+        # a parameter default (def train(lora_r: int = 8), run through fire/argparse-like wrappers) when the
+        # name is bound nowhere else: the value a run gets unless its command line says otherwise
+        self.defaults = {name: (value, line, function) for name, value, line, function in self.reader.params
+                         if counts[name] == 1}
 
     def snippet(self, line: int) -> str:
         text = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""
@@ -222,6 +233,11 @@ class ScriptTree:
             assigned, line = self.constants[node.id]
             value, _ = self.value(assigned, depth + 1)
             return value, (f" (via {node.id}, line {line})" if value is not MISSING else "")
+        if isinstance(node, ast.Name) and node.id in self.defaults:
+            default, line, function = self.defaults[node.id]
+            value, _ = self.value(default, depth + 1)
+            return value, (f" (the default of {function}({node.id}=...), line {line}: a command-line value may differ)"
+                           if value is not MISSING else "")
         if isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC:
             left, right = self.value(node.left, depth + 1)[0], self.value(node.right, depth + 1)[0]
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))

@@ -220,8 +220,63 @@ def read_precision(script: ScriptTree, stack: str | None) -> list[Finding]:
     out.append(Finding(name="precision", value=compute + (" autocast, fp32 weights" if fp32_weights else ""), line=0,
                        snippet="", settings=tuple(settings.items()), note=note + "; Trainer and accelerate keep no "
                        "other master copy"))
-    for call in script.calls_named("prepare_model_for_kbit_training"):
-        out.append(make_finding(script, name="prepare_model_for_kbit_training", value="fp32 upcast", node=call,
-                            settings={"precision.llm_fp32_upcast": True},
-                            note="casts the non-quantized parameters to fp32"))
     return out
+
+
+def read_kbit_prepare(script: ScriptTree) -> list[Finding]:
+    """peft's prepare_model_for_kbit_training casts the 16-bit parameters to fp32: all of them on an unquantized
+    model (precision.llm_fp32_upcast), the non-quantized ones (norms, embeddings, lm_head) on a k-bit one."""
+    out = []
+    quantized = bool(read_quantization(script))
+    for call in script.calls_named(*KBIT_PREPARE):
+        if quantized:
+            out.append(make_finding(script, name=call_name(call), value="norms etc. to fp32", node=call,
+                                note="on a k-bit model it casts the non-quantized parameters (norms, embeddings, "
+                                     "lm_head) to fp32: not modelled"))
+        else:
+            out.append(make_finding(script, name=call_name(call), value="fp32 upcast", node=call,
+                                settings={"precision.llm_fp32_upcast": True},
+                                note="casts every 16-bit parameter to fp32 (peft prepare_model_for_kbit_training)"))
+    return out
+
+
+KBIT_PREPARE = ("prepare_model_for_kbit_training", "prepare_model_for_int8_training")  # the second: peft < 0.5
+
+
+def read_quantization(script: ScriptTree) -> list[Finding]:
+    """k-bit base weights (load_in_8bit / load_in_4bit, BitsAndBytesConfig): memplan does not model them."""
+    out = []
+    for keyword, bits in (("load_in_8bit", "8-bit"), ("load_in_4bit", "4-bit")):
+        for call in [c for c, _ in script.reader.calls]:
+            node = script.keywords(call).get(keyword)
+            if node is not None and script.value(node)[0] is not False:
+                out.append(make_finding(script, name=keyword, value=bits, node=node, note=QUANTIZED_NOTE))
+    return out
+
+
+QUANTIZED_NOTE = ("not modelled: memplan counts the frozen base weights at their 16-bit size, so its weights term is "
+                  "high by about half (8-bit) or three quarters (4-bit) of them")
+
+
+def read_kbit_checkpointing(script: ScriptTree) -> list[Finding]:
+    """prepare_model_for_kbit_training(model) on a k-bit model turns gradient checkpointing on (its
+    use_gradient_checkpointing defaults to True) and hooks the input embeddings (peft utils/other.py)."""
+    if not read_quantization(script):
+        return []
+    out = []
+    for call in script.calls_named(*KBIT_PREPARE):
+        node = script.keywords(call).get("use_gradient_checkpointing")
+        value = True if node is None else script.value(node)[0]
+        if value is True:
+            out.append(make_finding(script, name=call_name(call), value="checkpointing on", node=call,
+                                settings={"components.llm.checkpointing": True},
+                                note="use_gradient_checkpointing=True (its default) on a k-bit model"))
+    return out
+
+
+def read_compile(script: ScriptTree) -> list[Finding]:
+    """torch.compile: its fused graphs save other tensors than eager PyTorch; not modelled."""
+    return [make_finding(script, name="torch.compile", value="on", node=call,
+                         note="not modelled: a compiled model usually saves fewer activations than the eager one "
+                              "memplan estimates (an over-estimate)")
+            for call in script.calls_named("compile") if dotted_name(call.func) in ("torch.compile", "compile")]
