@@ -268,3 +268,98 @@ def test_kbit_prepare_on_an_unquantized_model_upcasts_it():
     settings = scan_source(source=source).settings()
     assert settings["precision.llm_fp32_upcast"] is True
     assert settings["components.llm.checkpointing"] is False  # only a k-bit model gets it switched on
+
+
+# ------------------------------------------------------------------ if tests, InternVL-style scripts
+
+def test_findings_under_if_apply_only_when_the_test_holds_with_the_dataclass_defaults():
+    scan = scan_script(path=SCRIPTS / "internvl_style.py")
+    found = by_name(scan)
+    liger = found["apply_liger_kernel_to_qwen2"][0]
+    assert liger.line == 31 and liger.settings == () and liger.status == "not taken"
+    assert "not taken with the defaults" in liger.note and "a command-line value may differ" in liger.note
+    head = found["trained in place"][0]
+    assert head.settings == () and head.status == "not taken"
+    assert "stack.loss" not in scan.settings() and "stack.embeddings_training" not in scan.settings()
+    vision_lora = found["wrap_backbone_lora"][0]  # if os.environ.get(...): not known statically
+    assert vision_lora.status == "unknown" and vision_lora.settings == ()
+    assert "depends on os.environ.get('VISION_LORA'): assumed not taken; pass the setting yourself" in vision_lora.note
+    assert scan.to_dict()["findings"][0]["condition"] in ("always", "taken", "not taken", "unknown")
+
+
+def test_conditions_literals_names_defaults_and_operators():
+    source = ("import torch\nfrom transformers import Trainer\nON = True\n"
+              "def train(flag=False):\n"
+              "    if ON and not flag:\n        model.gradient_checkpointing_enable()\n"
+              "    if flag or 2 > 3:\n        apply_liger_kernel_to_llama()\n"
+              "    else:\n        model.vision_model.requires_grad_(False)\n"
+              "    Trainer(model=model).train()\n")
+    found = by_name(scan_source(source=source))
+    assert found["gradient_checkpointing_enable"][0].status == "taken"
+    assert dict(found["gradient_checkpointing_enable"][0].settings)["components.llm.checkpointing"] is True
+    assert found["apply_liger_kernel_to_llama"][0].status == "not taken"
+    assert found["frozen"][0].status == "taken" and "else of if" in found["frozen"][0].note
+    assert dict(found["frozen"][0].settings)["components.vision.train"] == "frozen"
+
+
+def test_a_checkpointing_switch_not_taken_leaves_transformers_default_off():
+    source = ("from transformers import Trainer, TrainingArguments\nimport os\n"
+              "if os.environ.get('GC'):\n    model.gradient_checkpointing_enable()\n"
+              "if False:\n    model.language_model._set_gradient_checkpointing()\n"
+              "Trainer(model=model, args=TrainingArguments(output_dir='o'))\n")
+    found = by_name(scan_source(source=source))
+    assert found["gradient_checkpointing_enable"][0].status == "unknown"
+    assert "gradient checkpointing" not in found  # unknown: the base plan's is kept, no "off" claimed
+    found = by_name(scan_source(source=source.replace("os.environ.get('GC')", "0")))
+    assert found["gradient checkpointing"][0].settings == (("components.llm.checkpointing", False),)
+
+
+def test_hf_argument_parser_means_no_engine_or_checkpointing_claims():
+    scan = scan_script(path=SCRIPTS / "internvl_style.py")
+    found = by_name(scan)
+    assert found["TrainingArguments"][0].value == "from the command line" and found["TrainingArguments"][0].line == 28
+    assert "HfArgumentParser, line 28" in found["TrainingArguments"][0].note
+    assert "engine" not in found and "engine" not in scan.settings() and "stack.autocast" not in scan.settings()
+    source = ("from transformers import HfArgumentParser, Trainer, TrainingArguments\n"
+              "args, = HfArgumentParser((TrainingArguments,)).parse_args_into_dataclasses()\n"
+              "model = M.from_pretrained('x', torch_dtype=torch.float32)\nTrainer(model=model, args=args)\n")
+    found = by_name(scan_source(source=source))
+    assert found["gradient checkpointing"][0].value == "not read" and found["gradient checkpointing"][0].settings == ()
+    assert found["precision"][0].value == "not read" and "engine" not in found
+
+
+def test_checkpointing_by_attribute_and_private_call():
+    found = by_name(scan_script(path=SCRIPTS / "internvl_style.py"))
+    vision = found["gradient_checkpointing (vision)"][0]
+    assert vision.settings == (("components.vision.checkpointing", True),)
+    llm = found["_set_gradient_checkpointing"][0]
+    assert dict(llm.settings) == {"components.llm.checkpointing": True, "stack.checkpoint_scope": "components"}
+    source = ("from transformers import Trainer\nmodel._set_gradient_checkpointing(False)\n"
+              "module.encoder.gradient_checkpointing = True\nTrainer(model=model)\n")
+    found = by_name(scan_source(source=source))
+    assert dict(found["_set_gradient_checkpointing"][0].settings) == {"components.llm.checkpointing": False}
+    assert found[".gradient_checkpointing ="][0].settings == ()  # module.encoder: which component is not known
+    assert "pass components.<x>.checkpointing yourself" in found[".gradient_checkpointing ="][0].note
+
+
+def test_internvl_lora_wrappers_and_freezing_make_a_valid_plan():
+    scan = scan_script(path=SCRIPTS / "internvl_style.py")
+    settings = scan.settings()
+    assert settings["components.llm.train"] == "lora" and settings["components.llm.lora.rank"] == 16
+    assert settings["components.llm.lora.alpha"] == 32 and settings["stack.adapter_dtype"] == "fp32"
+    assert settings["components.vision.train"] == "frozen"
+    assert "peft" not in by_name(scan)  # the wrapper is taken: no "trains fully" conclusion
+    plan = plan_of(scan)
+    assert plan.components.llm.train == "lora" and plan.components.llm.lora.rank == 16
+    assert plan.components.vision.train == "frozen" and plan.components.vision.checkpointing
+    assert plan.components.llm.checkpointing and plan.stack.checkpoint_scope == "components"
+    source = ("from transformers import Trainer\nUSE = 0\n"
+              "if USE:\n    model.wrap_llm_lora(r=USE)\n"
+              "def _freeze(m):\n    for n, p in m.named_parameters():\n        p.requires_grad = False\n"
+              "_freeze(model.mlp1)\n_freeze(model.language_model)\nTrainer(model=model)\n")
+    scan = scan_source(source=source)
+    found = by_name(scan)
+    assert found["wrap_llm_lora"][0].status == "not taken" and found["peft"][0].value == "none"
+    assert [f.value for f in found["frozen"]] == ["projector", "llm"]
+    plan = plan_of(scan)
+    assert plan.components.llm.train == "frozen" and plan.components.projector.train == "frozen"

@@ -15,6 +15,8 @@ import ast
 from pathlib import Path
 from typing import Any
 
+from memplan.integrations.script_scan.components import (command_line_arguments, read_checkpoint_flags,
+                                                         read_freezing, read_lora_wrappers)
 from memplan.integrations.script_scan.reader import NOT_LITERAL, TRAINER_ARGS, Finding, Scan, ScriptTree
 from memplan.integrations.script_scan.rules import (read_attention, read_checkpointing, read_compile, read_engine,
                                                     read_kbit_checkpointing, read_kbit_prepare, read_precision,
@@ -44,20 +46,41 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
         raise InputError(f"SCRIPT={script}: nested too deeply to read") from None
     findings = read_stack(parsed)
     stack = findings[0].value if findings else None
-    checkpointing = [*read_checkpointing(parsed), *read_kbit_checkpointing(parsed)]
+    command_line = command_line_arguments(parsed) if stack is not None else None
+    checkpointing = [*read_checkpointing(parsed), *read_kbit_checkpointing(parsed), *read_checkpoint_flags(parsed)]
     ckpt_on = any(dict(f.settings).get("components.llm.checkpointing") is True for f in checkpointing)
-    if stack is not None and not checkpointing:
-        splat = any(parsed.has_splat(c) for c in parsed.calls_named(*TRAINER_ARGS))
-        checkpointing = [Finding(name="gradient checkpointing", value="off", line=0, snippet="",
-                                 settings=() if splat else (("components.llm.checkpointing", False),),
-                                 note="TrainingArguments(**...) not read: assumed the base plan's" if splat
-                                 else "not switched on anywhere (transformers' default: off)")]
-    peft, copies = read_peft(parsed)
-    findings += [*read_engine(parsed, stack), *checkpointing, *read_attention(parsed), *read_precision(parsed, stack), *peft,
-                 *read_embeddings(parsed, copies=copies, lora=any(f.name != "peft" for f in peft)), *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on),
-                 *read_outputs(parsed, stack), *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed),
+    if stack is not None:
+        checkpointing += _checkpointing_default(parsed, checkpointing, command_line=command_line is not None)
+    engine = read_engine(parsed, stack)
+    if command_line is not None:
+        engine = [f for f in engine if f.name != "engine"] + [command_line]  # no "plain PyTorch" from an absence
+    wrappers = read_lora_wrappers(parsed)
+    peft, copies = read_peft(parsed, internvl=tuple(wrappers))
+    lora = any(dict(f.settings).get("components.llm.train") == "lora" for f in (*peft, *wrappers))
+    findings += [*engine, *checkpointing, *read_attention(parsed),
+                 *read_precision(parsed, stack, command_line=command_line is not None), *peft, *wrappers,
+                 *read_embeddings(parsed, copies=copies, lora=lora),
+                 *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on), *read_outputs(parsed, stack),
+                 *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed), *read_freezing(parsed),
                  *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed)]
     return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
+
+
+def _checkpointing_default(parsed: ScriptTree, found: list[Finding], *, command_line: bool) -> list[Finding]:
+    """The LLM's checkpointing when nothing that holds with the defaults sets it: off (transformers' default),
+    or not read (TrainingArguments(**...), the command line, a test not known statically)."""
+    relevant = [f for f in found if not f.name.endswith("(vision)") and f.status != "not taken"]
+    if relevant:
+        return []
+    splat = any(parsed.has_splat(c) for c in parsed.calls_named(*TRAINER_ARGS))
+    if splat or command_line:
+        why = "TrainingArguments(**...)" if splat else "TrainingArguments from the command line"
+        return [Finding(name="gradient checkpointing", value="not read", line=0, snippet="",
+                        note=f"{why}: gradient_checkpointing not read, assumed the base plan's")]
+    skipped = " with the defaults" if any(not f.name.endswith("(vision)") for f in found) else ""
+    return [Finding(name="gradient checkpointing", value="off", line=0, snippet="",
+                    settings=(("components.llm.checkpointing", False),),
+                    note=f"not switched on anywhere{skipped} (transformers' default: off)")]
 
 
 def scan_script(*, path: str | Path) -> Scan:

@@ -43,10 +43,11 @@ class Finding:
     snippet: str
     settings: tuple[tuple[str, Any], ...] = ()
     note: str = ""
+    status: str = "always"  # under if tests: "taken", "not taken" or "unknown" (conditions.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"finding": self.name, "value": self.value, "line": self.line, "source": self.snippet,
-                "settings": dict(self.settings), "note": self.note}
+                "settings": dict(self.settings), "note": self.note, "condition": self.status}
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,30 @@ class _Reader(ast.NodeVisitor):
     deletes: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     withs: list[ast.withitem] = field(default_factory=list)
     params: list[tuple[str, ast.AST, int, str]] = field(default_factory=list)  # (name, default, line, function)
+    functions: dict[str, ast.FunctionDef] = field(default_factory=dict)
+    fors: list[ast.For] = field(default_factory=list)
+    conditions: dict[int, tuple[tuple[ast.expr, bool], ...]] = field(default_factory=dict)  # id(node): if tests
     scope: tuple[str, ...] = ()
+    tests: tuple[tuple[ast.expr, bool], ...] = ()
+
+    def visit(self, node: ast.AST) -> Any:
+        if self.tests:
+            self.conditions[id(node)] = self.tests
+        return super().visit(node)
+
+    def visit_If(self, node: ast.If) -> None:
+        """The body under (test, True), the orelse (elif included) under (test, False)."""
+        self.visit(node.test)
+        saved = self.tests
+        for branch, body in ((True, node.body), (False, node.orelse)):
+            self.tests = (*saved, (node.test, branch))
+            for statement in body:
+                self.visit(statement)
+        self.tests = saved
+
+    def visit_For(self, node: ast.For) -> None:
+        self.fors.append(node)
+        self.generic_visit(node)
 
     def _in(self, node: ast.AST, name: str) -> None:
         saved, self.scope = self.scope, (*self.scope, name)
@@ -164,6 +188,7 @@ class _Reader(ast.NodeVisitor):
         pairs = [*zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults),
                  *((arg, d) for arg, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None)]
         self.params += [(arg.arg, default, default.lineno, node.name) for arg, default in pairs]
+        self.functions.setdefault(node.name, node)
         self._in(node, node.name)
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -206,6 +231,9 @@ class ScriptTree:
         self.folder = folder
         self.reader = _Reader()
         self.reader.visit(tree)
+        from memplan.integrations.script_scan.conditions import dataclass_defaults
+
+        self.fields = dataclass_defaults(tree=tree)
         counts: dict[str, int] = {}
         for name, _, _, _ in self.reader.assigns:
             counts[name] = counts.get(name, 0) + 1
@@ -238,6 +266,11 @@ class ScriptTree:
             value, _ = self.value(default, depth + 1)
             return value, (f" (the default of {function}({node.id}=...), line {line}: a command-line value may differ)"
                            if value is not MISSING else "")
+        if isinstance(node, ast.Attribute) and node.attr in self.fields:
+            default, line, cls = self.fields[node.attr]
+            value, _ = self.value(default, depth + 1)
+            return value, (f" (the dataclass default {cls}.{node.attr}, line {line}: a command-line value may differ)"
+                           if value is not MISSING else "")
         if isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC:
             left, right = self.value(node.left, depth + 1)[0], self.value(node.right, depth + 1)[0]
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
@@ -256,10 +289,15 @@ class ScriptTree:
 
 
 def make_finding(script: ScriptTree, *, name: str, value: Any, node: ast.AST, settings: dict[str, Any] | None = None,
-             note: str = "") -> Finding:
+                 note: str = "", gated: bool = True) -> Finding:
+    """A finding at ``node``; under ``if`` tests its settings apply only when they hold (conditions.gate)."""
+    from memplan.integrations.script_scan.conditions import gate
+
     line = getattr(node, "lineno", 0)
+    settings, note, status = gate(script, node=node, settings=settings or {}, note=note) if gated else (
+        settings or {}, note, "always")
     return Finding(name=name, value=str(value), line=line, snippet=script.snippet(line),
-                   settings=tuple((settings or {}).items()), note=note)
+                   settings=tuple(settings.items()), note=note, status=status)
 
 
 def keyword_findings(script: ScriptTree, *, keyword: str, calls: list[ast.Call], read) -> list[Finding]:

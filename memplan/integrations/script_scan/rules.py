@@ -21,19 +21,21 @@ def read_stack(script: ScriptTree) -> list[Finding]:
     if trainers:
         call = trainers[0]
         return [make_finding(script, name="stack", value="hf-trainer", node=call, settings={"stack.kind": "hf-trainer"},
-                         note=f"transformers {call_name(call)}")]
+                         note=f"transformers {call_name(call)}", gated=False)]
     if accelerators:
         via = [c for c in backwards if c.args and isinstance(c.func, ast.Attribute)]
         note = "Accelerator(...) with accelerator.backward(loss)" if via else "Accelerator(...) (no accelerator.backward seen)"
         return [make_finding(script, name="stack", value="accelerate", node=accelerators[0],
-                         settings={"stack.kind": "accelerate"}, note=note)]
+                         settings={"stack.kind": "accelerate"}, note=note, gated=False)]
     if backwards:
         return [make_finding(script, name="stack", value="custom-loop", node=backwards[0],
-                         settings={"stack.kind": "custom-loop"}, note="a hand-written loop: .backward() without Trainer")]
+                         settings={"stack.kind": "custom-loop"}, note="a hand-written loop: .backward() without Trainer",
+                         gated=False)]
     arguments = script.calls_named(*TRAINER_ARGS)
     if arguments:
         return [make_finding(script, name="stack", value="hf-trainer", node=arguments[0],
-                         settings={"stack.kind": "hf-trainer"}, note="TrainingArguments without a Trainer call seen")]
+                         settings={"stack.kind": "hf-trainer"}, note="TrainingArguments without a Trainer call seen",
+                         gated=False)]
     return []
 
 
@@ -151,7 +153,8 @@ def _dtype_of(script: ScriptTree, node: ast.AST) -> tuple[str | None, str]:
     return None, NOT_LITERAL
 
 
-def read_precision(script: ScriptTree, stack: str | None) -> list[Finding]:
+def read_precision(script: ScriptTree, stack: str | None, *, command_line: bool = False) -> list[Finding]:
+    """Weights dtype and mixed precision; with TrainingArguments from the command line bf16/fp16 are not read."""
     out: list[Finding] = []
     weights: str | None = None
     for call in script.calls_named(*LOADERS):
@@ -206,6 +209,10 @@ def read_precision(script: ScriptTree, stack: str | None) -> list[Finding]:
         if stack == "hf-trainer" and arguments and not mixed_given and not any(script.has_splat(c) for c in arguments):
             out.append(Finding(name="bf16/fp16", value="not set", line=0, snippet="",
                                settings=(("stack.autocast", False),), note="Trainer without bf16=True runs no autocast"))
+        return out
+    if command_line and mixed is None and weights not in ("bf16", "fp16"):
+        out.append(Finding(name="precision", value="not read", line=0, snippet="", note="bf16/fp16 from the "
+                           "command line, weights not 16-bit: precision not read, assumed the base plan's"))
         return out
     compute = mixed or (weights if weights in ("bf16", "fp16") else "fp32")
     fp32_weights = weights == "fp32" and compute != "fp32"

@@ -28,9 +28,9 @@ def _modules(value: Any) -> tuple[tuple[str, ...], list[str]]:
     return tuple(dict.fromkeys(kept)), other
 
 
-def read_peft(script: ScriptTree) -> tuple[list[Finding], set[str]]:
-    """LoraConfig, get_peft_model and its autocast_adapter_dtype; no peft at all: the model trains fully.
-    Also the embeddings the LoRA config saves as copies (returned for the in-place rule)."""
+def read_peft(script: ScriptTree, *, internvl: tuple[Finding, ...] = ()) -> tuple[list[Finding], set[str]]:
+    """LoraConfig, get_peft_model and its autocast_adapter_dtype; no peft at all (or only under tests that do not
+    hold): the model trains fully. Also the embeddings the LoRA config saves as copies (for the in-place rule)."""
     out: list[Finding] = []
     copies: set[str] = set()
     configs = script.calls_named("LoraConfig")
@@ -94,12 +94,15 @@ def read_peft(script: ScriptTree) -> tuple[list[Finding], set[str]]:
         out.append(make_finding(script, name="peft_config=", value="adapters fp32", node=call,
                             settings={"components.llm.train": "lora", "stack.adapter_dtype": "fp32"},
                             note=f"{call_name(call)} calls get_peft_model with peft's defaults"))
-    if not (configs or wrappers or peft_kw) and script.calls_named(*TRAINER_CLASSES, "backward", "Accelerator"):
+    llm_wrappers = [f for f in internvl if f.name == "wrap_llm_lora"]
+    if not any(f.status != "not taken" for f in (*out, *llm_wrappers)) and script.calls_named(
+            *TRAINER_CLASSES, "backward", "Accelerator"):
+        skipped = " (those seen are not taken with the defaults)" if out or llm_wrappers else ""
         out.append(Finding(name="peft", value="none", line=0, snippet="",
                            settings=(("components.llm.train", "full"), ("components.llm.lora", None),
                                      ("components.llm.modules_to_save", [])),
-                           note="no LoraConfig/get_peft_model: the LLM trains fully (a custom model class's "
-                                "freezing is not read)"))
+                           note=f"no LoraConfig/get_peft_model{skipped}: the LLM trains fully unless frozen (a custom "
+                                "model class's freezing is not read)"))
     return out, copies
 
 
