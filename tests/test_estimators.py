@@ -245,8 +245,40 @@ def test_zero3_gradient_partitions_persist_from_initialize(tiny_llm, plan_factor
     assert counted == gradients.gradient_bytes(ctx, Component.LLM)
     offloaded = estimate(tiny_llm, _zero3(plan_factory, offload="cpu"))
     assert ("llm", "gradients") not in _phase_terms(offloaded, "forward")
-    sa2va = estimate(tiny_llm, _zero3(plan_factory, stack="sa2va"))
-    assert ("llm", "gradients") not in _phase_terms(sa2va, "forward")
+    sa2va = estimate(tiny_llm, _zero3(plan_factory, stack="sa2va"))  # every stack (docs/stacks.md, 10)
+    assert ("llm", "gradients") in _phase_terms(sa2va, "forward")
+
+
+def test_zero3_backward_holds_what_the_backward_gathers_again(tiny_llm, plan_factory):
+    """From the end of forward ZeRO-3 keeps gathered only what the backward uses again (the trace's
+    replay keeps parameters whose reuse the prefetcher passed; partitioned_param_coordinator.py
+    __params_to_release): not the originals behind peft's modules_to_save copies, never fetched, nor
+    a component without a graph (docs/stacks.md, 14)."""
+    from memplan.estimate import buffers
+    from memplan.estimate.context import build_context
+    from memplan.estimate.phases import Shared, backward_phase
+
+    plan = plan_factory(engine={"kind": "deepspeed", "zero_stage": 3}, hardware={"num_gpus": 2},
+                        components={"llm": {"train": "lora", "modules_to_save": ["embed_tokens", "lm_head"]}})
+    ctx = build_context(tiny_llm, plan)
+    llm = ctx.parts[Component.LLM]
+    forward = buffers.zero3_gathered_bytes(ctx)
+    backward = buffers.zero3_backward_gathered_bytes(ctx)
+    assert forward == (llm.total + llm.trainable) * ctx.compute_bytes  # under stage3_max_live_parameters
+    # tied: one original tensor behind both copies, never gathered
+    assert backward == (llm.frozen + llm.trainable - tiny_llm.llm.embedding_params) * ctx.compute_bytes
+    moment = backward_phase(ctx, Shared(ctx)).moment
+    held = sum(t.bytes for t in moment.terms if t.category.value == "deepspeed_buffers")
+    assert held == backward + buffers.ipg_bucket_bytes(ctx)
+    one_copy = plan_factory(engine={"kind": "deepspeed", "zero_stage": 3}, hardware={"num_gpus": 2},
+                            components={"llm": {"train": "lora", "modules_to_save": ["lm_head"]}})
+    ctx = build_context(tiny_llm, one_copy)
+    llm = ctx.parts[Component.LLM]
+    assert buffers.zero3_backward_gathered_bytes(ctx) == (llm.frozen + llm.trainable) * ctx.compute_bytes
+    capped = plan_factory(engine={"kind": "deepspeed", "zero_stage": 3, "stage3_max_live_parameters": 1000},
+                          hardware={"num_gpus": 2}, components={"llm": {"train": "lora"}})
+    ctx = build_context(tiny_llm, capped)
+    assert buffers.zero3_backward_gathered_bytes(ctx) == buffers.zero3_gathered_bytes(ctx) == 1000 * ctx.compute_bytes
 
 
 def test_tied_output_layer_gets_its_gradient_hook_last(tiny_llm, plan_factory):

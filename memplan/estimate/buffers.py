@@ -76,16 +76,11 @@ def zero3_persistent_gradients(ctx: Context) -> bool:
     partition (P_t/N in the compute dtype) is resident from init through every forward.
 
     Found on Trainer's ZeRO-3 full fine-tune (h200-stacks-b.jsonl: init and forward 2.9 GiB above the
-    estimate before it). The code path is DeepSpeed's own and the harness has the buffer too (its census
-    counts it: gradients 0.66 GiB on the 1-GPU ZeRO-3 record 1d17a168, whose forward is 0.76 GiB under
-    without it), but it is still not applied to the sa2va harness: on its multi-GPU ZeRO-3 records the
-    backward's loss moment is already 0.65-0.7 GiB over (a gathered-parameter set smaller there than in
-    the forward, not modelled), and counting the buffer takes b42e4c41 (+2.8% -> +5.2%) and the fake
-    16-rank world (+11.9% -> +12.8%) past their published bounds (reports/probes/bounds.yaml). A known
-    compensating error, by stack name, until that backward is explained (docs/stacks.md, 10)."""
-    stack = ctx.stack
-    return (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.training and ctx.plan.engine.offload_optimizer == "none"
-            and stack is not None and stack.kind != "sa2va")
+    estimate before it). Applied to every stack since the z3-backward branch: the sa2va harness has the
+    buffer too (its census counts it), and what had kept it from the harness, its multi-GPU backward
+    0.5-0.7 GiB over, was the backward holding the forward's whole gathered set
+    (zero3_backward_gathered_bytes; docs/stacks.md, 10 and 14)."""
+    return ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.training and ctx.plan.engine.offload_optimizer == "none"
 
 
 def zero3_gathered_bytes(ctx: Context) -> int:
@@ -105,6 +100,53 @@ def zero3_gathered_bytes(ctx: Context) -> int:
     else:
         live = min(engine.stage3_max_live_parameters, largest_module_params(ctx) + engine.stage3_prefetch_bucket_size)
     return live * ctx.compute_bytes
+
+
+def _zero3_unused_originals(ctx: Context, component: Component) -> int:
+    """Parameters of a component that no forward or backward gathers: the originals behind peft's
+    modules_to_save copies (ModulesToSaveWrapper.forward calls only the active copy, so the wrapped
+    original is never fetched). A tied embedding is one tensor: unused only when both of its modules
+    are wrapped."""
+    llm = ctx.profile.llm
+    part = ctx.plan.components.get(component)
+    if component is not Component.LLM or llm is None or part.train != "lora" or not part.modules_to_save:
+        return 0
+    if ctx.plan.stack is not None and ctx.plan.stack.embeddings_training == "in_place":
+        return 0
+    wrapped = {"embed_tokens", "lm_head"} & set(part.modules_to_save)
+    if llm.tie_word_embeddings:
+        return llm.embedding_params if len(wrapped) == 2 else 0
+    return len(wrapped) * llm.embedding_params
+
+
+def zero3_backward_gathered_bytes(ctx: Context) -> int:
+    """ZeRO-3's gathered parameters from the end of forward through backward: those the backward
+    gathers again, at most the forward's working set (zero3_gathered_bytes).
+
+    Once the coordinator replays its trace (steps >= 2; partitioned_param_coordinator.py), a module's
+    parameters are released after its forward only if __params_to_release finds no later use: not
+    within stage3_max_reuse_distance of the trace, and not one the prefetcher has already scanned past
+    (``__most_recent_step_id_param_fetched_for[param] > step_id``: "Don't release params whose reuse
+    was skipped by prefetch"). The prefetcher pops every queue entry whose parameter is AVAILABLE for
+    free (only NOT_AVAILABLE ones count against stage3_prefetch_bucket_size and
+    stage3_max_live_parameters), so in the forward it runs through the backward's entries too, and every
+    parameter that the backward uses again stays gathered from its forward until its backward
+    release. What the forward gathered and the backward does not use is released after its forward:
+    a frozen tower without a graph (the vision tower, SAM2's image encoder under no_grad, which the
+    sa2va harness runs after the LLM, so it is gathered at the forward's LLM loss but not at the
+    loss backward), and the originals behind peft's modules_to_save copies, never fetched.
+
+    So from the end of forward: min(forward working set, parameters of the components with a graph
+    less those originals) in the compute dtype. Traced on the CPU with DeepSpeed 0.19.8's own
+    coordinator (sa2va-1b, fake 16-rank world, ZeRO-3, step 2): 1.71 GiB gathered at the forward's
+    lm_head, 1.31 GiB at its backward (0.39 GiB released with SAM2's image encoder); the components
+    with a graph here hold 1.32 GiB (docs/stacks.md, 14)."""
+    forward = zero3_gathered_bytes(ctx)
+    if not forward or not ctx.training:
+        return forward
+    used = sum(p.frozen + p.trainable - _zero3_unused_originals(ctx, c)
+               for c, p in ctx.parts.items() if ctx.graph.get(c, False))
+    return min(forward, used * ctx.compute_bytes)
 
 
 def hpz_secondary_bytes(ctx: Context) -> int:

@@ -95,7 +95,7 @@ class Shared:
     """
 
     __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "kept", "buckets",
-                 "persistent_buckets", "gathered", "activations", "loss_gathered", "backward_gathered",
+                 "persistent_buckets", "gathered", "activations", "loss_gathered", "backward_gathered", "backward_held",
                  "reduce_scatter", "reduce_scatter_activations")
 
     def __init__(self, ctx: Context) -> None:
@@ -118,6 +118,14 @@ class Shared:
                                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
         # the moments that differ under FSDP2 (memplan.estimate.fsdp); elsewhere the shared groups
         self.loss_gathered = self.backward_gathered = self.gathered
+        # ZeRO-3 from the end of forward: what the backward gathers again (buffers.zero3_backward_gathered_bytes)
+        zero3_backward = buffers.zero3_backward_gathered_bytes(ctx)
+        if zero3_backward != buffers.zero3_gathered_bytes(ctx):
+            self.backward_gathered = self.backward_held = _group(
+                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, zero3_backward),
+                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
+        else:
+            self.backward_held = self.gathered
         self.reduce_scatter = self.reduce_scatter_activations = EMPTY
         items = [(c, Category.ACTIVATIONS, fn(ctx)) for c, fn in ACTIVATION_ORDER if c in parts]
         order = [c for c, _ in ACTIVATION_ORDER]
@@ -132,6 +140,7 @@ class Shared:
             self.loss_gathered = _group(root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.loss_unsharded_bytes(ctx)))
             self.backward_gathered = _group(
                 root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.backward_start_unsharded_bytes(ctx)))
+            self.backward_held = self.gathered
             self.buckets = EMPTY  # no reduce-scatter before the first unit's post-backward
             self.reduce_scatter = _group(
                 root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_neighbour_bytes(ctx)),
@@ -210,12 +219,12 @@ def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
     layers backward: the recomputed layer and its gradients, the bucket allocated; end: all gradients.
     FSDP2: the start and the loss backward hold the unit the root prefetches, not the reduce-scatter,
     which is its own moment (memplan.estimate.fsdp)."""
-    states = (*s.states(), s.buckets)
+    states = (*s.states(s.backward_held), s.buckets)
     start = (*s.states(s.backward_gathered), s.buckets)
     moments = [_moment("start of backward", *start, s.activations[Component.SAM2_DECODER])]
     if Component.LLM in ctx.parts and act.needs_graph(ctx, Component.LLM):
         head_grad = _group((Component.LLM, Category.GRADIENTS, buffers.lm_head_grad_bytes(ctx)))
-        spike_states = start if buffers.output_grad_first(ctx) or ctx.is_fsdp else s.states()
+        spike_states = start if buffers.output_grad_first(ctx) or ctx.is_fsdp else s.states(s.backward_held)
         moments.append(_moment("LLM loss backward", *spike_states, head_grad, s.activations[Component.LLM],
                                _transient(Component.LLM, act.llm_loss_backward_transient(ctx))))
         moments.append(_moment("LLM layers backward", *states, head_grad, s.activations[Component.LLM],
