@@ -77,13 +77,16 @@ def test_compare_out_writes_there_and_keeps_existing_files_unless_force(tmp_path
     assert (out / "compare.md").read_text() != "mine"
 
 
-def test_profile_import_writes_to_the_current_directory_not_the_package(tmp_path, monkeypatch):
+def test_profile_import_writes_only_where_out_says_never_the_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in (PACKAGE_ROOT / "profiles").iterdir())
     config = ROOT / "tests" / "fixtures" / "hf_configs" / "qwen2.5-0.5b-instruct.json"
     result = _invoke("profile", "import", config, "--name", "my-qwen")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "my-qwen.yaml").exists() and "-m my-qwen.yaml" in result.output
+    assert list(tmp_path.iterdir()) == [] and "nothing written" in result.output  # the YAML is printed
+    assert "name: my-qwen" in result.output and "--out my-qwen.yaml" in result.output
+    result = _invoke("profile", "import", config, "--name", "my-qwen", "--out", tmp_path / "my-qwen.yaml")
+    assert result.exit_code == 0 and (tmp_path / "my-qwen.yaml").exists() and "-m " in result.output
     assert sorted(p.name for p in (PACKAGE_ROOT / "profiles").iterdir()) == before
     line = _one_error_line(_invoke("profile", "import", config, "--out", PACKAGE_ROOT / "profiles" / "x.yaml"))
     assert "inside the installed memplan package" in line

@@ -20,13 +20,17 @@ profile_app = typer.Typer(
     add_completion=False,
 )
 
-_OUT_HELP = "Where to write the profile YAML (default: ./NAME.yaml; never inside the installed package)."
+_OUT_HELP = ("Where to write the profile YAML (without it the YAML is printed and nothing is written; "
+             "never inside the installed package).")
 _FORCE_HELP = "Overwrite an existing file."
 
 
-def _out_path(out: Optional[Path], name: str, force: bool) -> Path:
-    """The target file; refused early (before any model is built) if it exists without --force."""
-    path = out if out is not None else Path(f"{name}.yaml")
+def _out_path(out: Optional[Path], force: bool) -> Optional[Path]:
+    """The target file (None: print only); refused early (before any model is built) if it exists
+    without --force."""
+    if out is None:
+        return None
+    path = out
     if PACKAGE_ROOT.resolve() in path.resolve().parents:
         raise InputError(f"--out={path}: inside the installed memplan package; write it elsewhere "
                          "(use it with -m PATH)")
@@ -112,13 +116,12 @@ def import_command(
     from memplan.integrations import huggingface as hf_import
 
     name = name or hf_import.default_name(config)
-    path = _out_path(out, name, force)
+    path = _out_path(out, force)
     document = read_document(config)
     check_config_shapes(document, str(config))
     result = with_transformers(str(config), lambda: hf_import.inspect_config(config, name))
     _render(result.profile, result.measured)
-    hf_import.write_profile(result.profile, path, overwrite=True)
-    typer.echo(f"wrote {path} (counts equal the instantiated {result.model_class}); use it: memplan estimate -m {path}")
+    _emit(result.profile, path, checked=f" (counts equal the instantiated {result.model_class})")
 
 
 @profile_app.command("compose")
@@ -138,7 +141,19 @@ def compose_command(
     from memplan.integrations import huggingface as hf_import
 
     profile = hf_import.compose(vision=vision, projector=projector, llm=llm, sam2=sam2, seg_head=seg_head, name=name)
-    path = _out_path(out, profile.name, force)
+    path = _out_path(out, force)
     _render(profile)
+    _emit(profile, path)
+
+
+def _emit(profile, path: Optional[Path], *, checked: str = "") -> None:
+    """Write the profile to --out, or print its YAML and write nothing."""
+    from memplan.integrations import huggingface as hf_import
+
+    if path is None:
+        typer.echo(hf_import.profile_yaml(profile), nl=False)
+        typer.echo(f"nothing written{checked}; --out {profile.name}.yaml writes it, then: "
+                   f"memplan estimate -m {profile.name}.yaml")
+        return
     hf_import.write_profile(profile, path, overwrite=True)
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {path}{checked}; use it: memplan estimate -m {path}")
