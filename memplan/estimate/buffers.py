@@ -14,7 +14,7 @@ torch.nn.parallel.DistributedDataParallel, gradient_as_bucket_view=False).
 
 from __future__ import annotations
 
-from memplan.estimate import fsdp
+from memplan.estimate import fsdp, optimizer
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -260,7 +260,6 @@ def zero12_init_states_grad_bytes(ctx: Context) -> int:
     were made (init_phase: the flatten moment has no masters)."""
     if not _zero12_on_gpu(ctx):
         return 0
-    from memplan.estimate import optimizer
     return sum(ctx.shard(p.trainable * (optimizer.master_bytes_per_param(ctx, c) or ctx.compute_bytes), at_stage=1)
                for c, p in ctx.parts.items())
 

@@ -116,16 +116,12 @@ class Shared:
         self.buckets, self.persistent_buckets = (EMPTY, bucket) if ctx.zero_stage == 3 else (bucket, EMPTY)
         self.gathered = _group((Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_gathered_bytes(ctx)),
                                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
-        # the moments that differ under FSDP2 (memplan.estimate.fsdp); elsewhere the shared groups
-        self.loss_gathered = self.backward_gathered = self.gathered
         # ZeRO-3 from the end of forward: what the backward gathers again (buffers.zero3_backward_gathered_bytes)
-        zero3_backward = buffers.zero3_backward_gathered_bytes(ctx)
-        if zero3_backward != buffers.zero3_gathered_bytes(ctx):
-            self.backward_gathered = self.backward_held = _group(
-                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, zero3_backward),
-                (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
-        else:
-            self.backward_held = self.gathered
+        self.backward_held = _group(
+            (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.zero3_backward_gathered_bytes(ctx)),
+            (Component.RUNTIME, Category.DEEPSPEED_BUFFERS, buffers.hpz_secondary_bytes(ctx)))
+        # the moments that differ under FSDP2 (memplan.estimate.fsdp); elsewhere the shared groups
+        self.loss_gathered, self.backward_gathered = self.gathered, self.backward_held
         self.reduce_scatter = self.reduce_scatter_activations = EMPTY
         items = [(c, Category.ACTIVATIONS, fn(ctx)) for c, fn in ACTIVATION_ORDER if c in parts]
         order = [c for c, _ in ACTIVATION_ORDER]
@@ -140,7 +136,6 @@ class Shared:
             self.loss_gathered = _group(root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.loss_unsharded_bytes(ctx)))
             self.backward_gathered = _group(
                 root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.backward_start_unsharded_bytes(ctx)))
-            self.backward_held = self.gathered
             self.buckets = EMPTY  # no reduce-scatter before the first unit's post-backward
             self.reduce_scatter = _group(
                 root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_neighbour_bytes(ctx)),
