@@ -25,7 +25,7 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,16 +59,11 @@ def probe_flags(run: dict, device: str = "cuda") -> list[str]:
 
 
 def revision() -> str:
-    """git HEAD of this checkout, + "-dirty" when memplan/ or this script has uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "memplan",
-                                "benchmarks/steptime_batch.py"], capture_output=True, text=True, timeout=10,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+    """git HEAD of this checkout, + "-dirty" when memplan/ or this script has uncommitted changes
+    (memplan.planning.protocol.estimator_revision)."""
+    from memplan.planning.protocol import estimator_revision
+
+    return estimator_revision(also=("benchmarks/steptime_batch.py",))
 
 
 def predict() -> dict:
@@ -178,7 +173,7 @@ def main() -> int:
             print(f"{args.predictions} exists: pre-registered predictions are not overwritten (--force to do it)")
             return 1
         predictions = predict()
-        if predictions["revision"].endswith("-dirty") or predictions["revision"] == "unknown":
+        if predictions["revision"].endswith("-dirty") or not re.fullmatch(r"[0-9a-f]{40}", predictions["revision"]):
             print(f"warning: revision {predictions['revision']}: commit the code first so that it names the model")
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         args.predictions.write_text(json.dumps(predictions, indent=2) + "\n")

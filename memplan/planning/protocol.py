@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -237,14 +236,14 @@ def plan_differences(predicted: dict[str, Any], recorded: dict[str, Any]) -> lis
             if fa.get(key, missing) != fb.get(key, missing)]
 
 
-def estimator_revision() -> str:
-    """git rev-parse HEAD of the checkout memplan runs from (+ "-dirty" when memplan/ has uncommitted
-    changes), else the installed package version."""
+def estimator_revision(*, also: tuple[str, ...] = ()) -> str:
+    """git rev-parse HEAD of the checkout memplan runs from (+ "-dirty" when memplan/, or a path of
+    ``also`` relative to the checkout, has uncommitted changes), else the installed package version."""
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "memplan"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "memplan", *also],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
