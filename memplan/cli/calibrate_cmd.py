@@ -13,7 +13,7 @@ from rich.table import Table
 
 from enum import Enum
 
-from memplan.cli.options import OutputFormat, console, user_errors
+from memplan.cli.options import OutputFormat, console, out_file, user_errors
 from memplan.spec.loading import InputError, shown
 
 
@@ -102,14 +102,10 @@ def _writable_target(target: Path, force: bool) -> Path:
     """Never the shipped calibration; an existing file only with --force."""
     from memplan.spec.loading import CALIBRATION_PATH
 
-    if target.is_dir():
-        raise InputError(f"--out={target}: is a directory, expected a file path for the calibration YAML")
     if target.resolve() == CALIBRATION_PATH.resolve():
         raise InputError(f"--out={target}: is the calibration memplan ships; write elsewhere and pass it with "
                          "--calibration FILE")
-    if target.exists() and not force:
-        raise InputError(f"--out={target}: exists; pass --force to overwrite")
-    return target
+    return out_file(target, force=force, expected="a file path for the calibration YAML")
 
 
 @user_errors

@@ -9,6 +9,7 @@ import inspect
 import sys
 import typing
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -47,6 +48,23 @@ def fail(message: str) -> None:
     """Print a one-line error and exit with code 2 (bad input)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def out_file(out: Path, *, force: bool, expected: str) -> Path:
+    """An --out file a command may write: not a directory (``expected`` says what it should be), not an
+    existing file unless --force; an unreadable path is named too. Raises InputError."""
+    from memplan.spec.errors import printable
+
+    name = printable(out)
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+    except (OSError, ValueError) as error:
+        raise InputError(f"--out={name}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
+    if is_dir:
+        raise InputError(f"--out={name}: is a directory, expected {expected}")
+    if exists and not force:
+        raise InputError(f"--out={name}: exists; pass --force to overwrite")
+    return out
 
 
 def user_errors(fn: Callable) -> Callable:

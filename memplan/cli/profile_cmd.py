@@ -11,7 +11,7 @@ from typing import Callable, Optional, TypeVar
 
 import typer
 
-from memplan.cli.options import console, user_errors
+from memplan.cli.options import console, out_file, user_errors
 from memplan.spec.loading import PACKAGE_ROOT, InputError, read_document, shown
 
 profile_app = typer.Typer(
@@ -30,15 +30,10 @@ def _out_path(out: Optional[Path], force: bool) -> Optional[Path]:
     without --force."""
     if out is None:
         return None
-    path = out
-    if PACKAGE_ROOT.resolve() in path.resolve().parents:
-        raise InputError(f"--out={path}: inside the installed memplan package; write it elsewhere "
+    if PACKAGE_ROOT.resolve() in out.resolve().parents:
+        raise InputError(f"--out={out}: inside the installed memplan package; write it elsewhere "
                          "(use it with -m PATH)")
-    if path.is_dir():
-        raise InputError(f"--out={path}: is a directory, expected a file path for the profile YAML")
-    if path.exists() and not force:
-        raise InputError(f"{path}: exists; pass --force to overwrite")
-    return path
+    return out_file(out, force=force, expected="a file path for the profile YAML")
 
 
 # Shape fields of Hugging Face configs (top level, or nested text/LLM/vision/backbone configs) that

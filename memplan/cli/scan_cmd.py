@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from memplan.cli.options import console, user_errors
+from memplan.cli.options import console, out_file, user_errors
 from memplan.spec.errors import InputError, printable
 
 
@@ -49,18 +49,6 @@ def _table(scan, *, width: int):
         table.add_row(*(escape(cell) for cell in (str(finding.line) if finding.line else "-", finding.name, finding.value,
                                                   _settings_text(finding), where)))
     return table
-
-
-def _check_target(out: Path, *, force: bool) -> None:
-    name = printable(out)
-    try:
-        exists, is_dir = out.exists(), out.is_dir()
-    except (OSError, ValueError) as error:
-        raise InputError(f"--out={name}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
-    if is_dir:
-        raise InputError(f"--out={name}: is a directory, expected a plan file (PLAN.yaml)")
-    if exists and not force:
-        raise InputError(f"--out={name}: exists; pass --force to overwrite")
 
 
 def _scanned_plan(scan, *, base: Optional[str]):
@@ -104,7 +92,7 @@ def scan(
 
     result = scan_script(path=script)
     if out is not None:
-        _check_target(out, force=force)
+        out_file(out, force=force, expected="a plan file (PLAN.yaml)")
     full = _scanned_plan(result, base=plan) if out is not None or plan is not None else None  # refuse before writing
     if out is not None:
         _write_plan(result, full, base=plan, out=out)
