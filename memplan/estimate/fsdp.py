@@ -248,7 +248,7 @@ def _embedding_units(ctx: Context) -> list[Unit]:
     if llm is None or Component.LLM not in ctx.parts:
         return []
     part = ctx.plan.components.llm
-    full = ctx.plan.trains(Component.LLM) and part.train == "full"
+    full = _full(ctx, Component.LLM)
     copies = set(part.modules_to_save) if ctx.plan.trains(Component.LLM) else set()
     v_h, pad = llm.embedding_params, _embedding_padding(ctx)
 
