@@ -94,13 +94,15 @@ def _family(run: dict) -> tuple:
     return run["model"], "zero" in flags, flags["text_len"]
 
 
-def pick(pool: list[tuple[float, dict]], *, band: float, per_side: int) -> list[tuple[float, dict]]:
+def pick(pool: list[tuple[float, dict]], *, band: float, per_side: int, clear: float = 0.0) -> list[tuple[float, dict]]:
+    """Per side, the plans nearest to evenly spaced targets of needed/capacity in (clear, band] from 1:
+    clear 0 spreads them up to the card, clear = the tight band puts them all outside it."""
     chosen: list[tuple[float, dict]] = []
     for side in (-1, 1):
         for i in range(per_side):
-            target = 1 + side * band * (i + 0.5) / per_side
+            target = 1 + side * (clear + (band - clear) * (i + 0.5) / per_side)
             taken = {_family(c[1]) for c in chosen}
-            eligible = [c for c in pool if (c[0] <= 1 if side < 0 else c[0] > 1) and abs(c[0] - 1) <= band
+            eligible = [c for c in pool if (c[0] <= 1 if side < 0 else c[0] > 1) and clear < abs(c[0] - 1) <= band
                         and _family(c[1]) not in taken and all(abs(c[0] - d[0]) >= MIN_GAP for d in chosen)]
             if eligible:
                 chosen.append(min(eligible, key=lambda c: abs(c[0] - target)))
@@ -114,12 +116,14 @@ def main() -> None:
     parser.add_argument("--cap-card", default="rtx-3090", help="the card the verdict runs emulate")
     parser.add_argument("--band", type=float, default=0.05)
     parser.add_argument("--per-side", type=int, default=7)
+    parser.add_argument("--clear", type=float, default=0.0,
+                        help="only plans farther than this from the card (e.g. the calibration's tight_band)")
     parser.add_argument("--res", type=int, nargs="+", default=list(AXES["res"]), help="SAM2 resolutions to draw from")
     parser.add_argument("--no-uncapped", action="store_true", help="verdict runs only (the context runs are measured)")
     parser.add_argument("--repeat", action="append", default=[], metavar="RUNSET:NAME", help="add an earlier run again")
     args = parser.parse_args()
     pool = candidates(args.cap_card, res=tuple(args.res), skip_texts=earlier_texts(exclude_batch=args.batch))
-    chosen = pick(pool, band=args.band, per_side=args.per_side)
+    chosen = pick(pool, band=args.band, per_side=args.per_side, clear=args.clear)
     fits = [run for ratio, run in chosen if ratio <= 1]
     ooms = [run for ratio, run in chosen if ratio > 1]
     verdict_runs = [run for pair in itertools.zip_longest(fits, ooms) for run in pair if run]  # fit/OOM alternate
@@ -128,7 +132,7 @@ def main() -> None:
     runset = {
         "schema": "memplan.runset/1", "batch": args.batch, "card": args.card, "steps": 3,
         "description": (f"{len(verdict_runs)} verdict runs at {args.cap_card}'s CUDA-visible capacity (needed within "
-                        f"+-{args.band:.0%} by the estimate; {len(fits)} predicted to fit, {len(ooms)} to run out), "
+                        f"+-{args.band:.0%}{f', beyond +-{args.clear:.1%},' if args.clear else ''} by the estimate; {len(fits)} predicted to fit, {len(ooms)} to run out), "
                         f"fit and OOM alternating{f', then {len(args.repeat)} repeated' if args.repeat else ''}, "
                         f"between {len(uncapped)} uncapped runs measuring {args.card}'s context; "
                         "written by benchmarks/make_runset.py"),

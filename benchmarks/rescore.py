@@ -175,7 +175,8 @@ def legacy_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
 def fsdp_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
     """reports/probes/fsdp-predictions.json (benchmarks/fsdp_predictions.py, written before the runs) as
     memplan.prediction/1 lines: each run matched to its record by the probe command benchmarks/fsdp_batch.py
-    built from the same run (model and fake-world flags, benchmarks/fsdp_runs.py cli_flags). Uncapped: no verdict."""
+    built from the same run (model and fake-world flags, benchmarks/fsdp_runs.py cli_flags). Uncapped: no verdict.
+    A file that names its held-out runs (the ones not yet run when it was written) plans those only."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -185,7 +186,8 @@ def fsdp_prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
     records = [r for path in batch["files"] for r in read_records(ROOT / path)]
     specs = {run["name"]: run for run in RUNS}
     out = []
-    for run in document["runs"]:
+    planned = set(document.get("held_out") or [run["name"] for run in document["runs"]])  # the rest: earlier runs
+    for run in (run for run in document["runs"] if run["name"] in planned):
         match = records_of(specs[run["name"]], records)  # exact flags: n8 is not offload-n8
         if len(match) > 1:
             raise ValueError(f"{run['name']}: {len(match)} records match {probe_head(specs[run['name']])!r}")
@@ -404,6 +406,24 @@ def violations(rows: list[dict[str, Any]], published: dict[str, Any]) -> list[st
     return out
 
 
+def verdict_misses() -> list[tuple[str, Any]]:
+    """Every pre-registered capped verdict that went the other way: (batch, ScoredRun), as predicted."""
+    misses = []
+    for batch in load_history()["batches"]:
+        if batch.get("predictions"):
+            misses += [(batch["batch"], run) for run, _ in pre_registered(batch)
+                       if run.verdict_right is False and run.needed_over_capacity is not None]
+    return misses
+
+
+def tight_band(step: float = 0.005) -> float:
+    """Calibration.tight_band: the widest pre-registered verdict miss, |needed / capacity - 1| as predicted
+    before the run, rounded up to ``step``. In-sample for the band by construction: it is the spread the
+    verdicts have shown, not a test of it (the next pre-registered batch is)."""
+    widest = max((abs(run.needed_over_capacity - 1) for _, run in verdict_misses()), default=0.0)
+    return math.ceil(round(widest / step, 6)) * step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-bounds", action="store_true", help=f"write {BOUNDS.relative_to(ROOT)}")
@@ -413,7 +433,15 @@ def main() -> None:
     parser.add_argument("--batches", action="store_true",
                         help="per batch and per stack: pre-registered errors (the predictions files) and the current "
                              "estimator's (re-estimated now), and the misses")
+    parser.add_argument("--tight-band", action="store_true",
+                        help="print the tight band (Calibration.tight_band) from the pre-registered verdict misses")
     args = parser.parse_args()
+    if args.tight_band:
+        for batch, run in verdict_misses():
+            print(f"{batch:24} {run.name:45} {run.predicted_verdict} / {run.measured_verdict}  "
+                  f"needed/capacity {run.needed_over_capacity:.3f}")
+        print(f"tight_band: {tight_band()}")
+        return
     if args.legacy_predictions:
         batch = next(b for b in load_history()["batches"] if b["batch"] == args.legacy_predictions)
         print("".join(json.dumps(line) + "\n" for line in prediction_lines(batch)), end="")

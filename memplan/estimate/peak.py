@@ -53,6 +53,17 @@ class Estimate:
         return Verdict.FITS if self.needed_bytes <= self.vram_bytes else Verdict.OOM
 
     @property
+    def tight(self) -> bool:
+        """|needed - VRAM| <= tight_band x VRAM: within the share of the card where pre-registered verdicts
+        have gone either way (the allocator's fragmentation decides; Calibration.tight_band)."""
+        return abs(self.needed_bytes - self.vram_bytes) <= self.calibration.tight_band * self.vram_bytes
+
+    @property
+    def clear_fit(self) -> bool:
+        """Fits, and by more than the tight band: a plan to bet a run on."""
+        return self.fits and not self.tight
+
+    @property
     def host_fits(self) -> bool:
         return self.host_bytes <= self.host_ram_bytes
 
@@ -82,6 +93,8 @@ class Estimate:
             "model": self.profile_name,
             "plan": self.plan_name,
             "verdict": self.verdict.value,
+            "tight": self.tight,
+            "tight_band": self.calibration.tight_band,
             "num_gpus": self.num_gpus,
             "peak_allocated_bytes": self.peak_allocated_bytes,
             "peak_reserved_bytes": self.peak_reserved_bytes,

@@ -66,7 +66,7 @@ class Change:
         return {"change": self.label, "device_bytes": self.estimate.device_bytes,
                 "needed_bytes": self.estimate.needed_bytes,
                 "headroom_bytes": self.estimate.headroom_bytes, "host_bytes": self.estimate.host_bytes,
-                "slowdown": round(self.slowdown, 4), "fidelity_loss": round(self.fidelity_loss, 4),
+                "tight": self.estimate.tight, "slowdown": round(self.slowdown, 4), "fidelity_loss": round(self.fidelity_loss, 4),
                 "tokens_lost": self.tokens_lost, "gives_up": self.gives_up, "needs_hardware": self.needs_hardware}
 
 
@@ -82,10 +82,14 @@ class Advice:
         return self.estimate.fits
 
     def by_slowdown(self) -> list[Change]:
-        return sorted(self.changes, key=lambda c: (c.slowdown, c.fidelity_loss, c.tokens_lost, c.needs_hardware))
+        """Clear fits before tight ones (Estimate.tight), then the fastest."""
+        return sorted(self.changes, key=lambda c: (c.estimate.tight, c.slowdown, c.fidelity_loss, c.tokens_lost,
+                                                   c.needs_hardware))
 
     def by_sacrifice(self) -> list[Change]:
-        return sorted(self.changes, key=lambda c: (c.fidelity_loss, c.tokens_lost, c.needs_hardware, c.slowdown))
+        """Clear fits before tight ones, then what gives up least."""
+        return sorted(self.changes, key=lambda c: (c.estimate.tight, c.fidelity_loss, c.tokens_lost, c.needs_hardware,
+                                                   c.slowdown))
 
     def top(self) -> Change | None:
         """The change that gives up least (then the fastest): the one-line advice."""
@@ -122,6 +126,10 @@ def diagnose(result: Estimate) -> list[str]:
     else:
         lines.append(f"fits on the GPU with {format_gib(result.headroom_bytes)} GiB to spare; peak at "
                      f"{result.peak_phase.value} ({result.peak.moment.label}): {terms}")
+    if result.tight:
+        lines.append(f"tight: needs {result.needed_bytes / result.vram_bytes:.1%} of the card, within the "
+                     f"{result.calibration.tight_band:.1%} either side where runs predicted before they ran have "
+                     f"gone either way; the changes below clear it")
     if not result.host_fits:
         lines.append(f"host RAM over by {format_gib(result.host_bytes - result.host_ram_bytes)} GiB: "
                      f"{format_gib(result.host_bytes)} of {format_gib(result.host_ram_bytes)} GiB")
@@ -300,10 +308,11 @@ def _evaluate(profile: Profile, original: Plan, proposal: Proposal, *, plan: Pla
 
 def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None, *,
            result: Estimate | None = None, pairs: bool = True) -> Advice:
-    """Diagnose ``plan`` and, when it does not fit (GPU or host), find the changes that make it fit."""
+    """Diagnose ``plan`` and, when it does not fit (GPU or host) or fits only within the tight band
+    (Estimate.tight), find the changes that make it fit; those that fit clear of the band rank first."""
     result = result or estimate(profile, plan, calibration)
     diagnosis = diagnose(result)
-    if result.fits:
+    if result.clear_fit:
         return Advice(result, diagnosis)
     gpu = gpu_for(plan.hardware.gpu, plan.hardware.vram_gib)
     base = _Base(step_time(profile, plan, gpu).per_sample, fidelity(plan, plan), gpu)
@@ -322,7 +331,7 @@ def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None,
         evaluated.append(_evaluate(profile, plan, proposal, plan=changed, calibration=calibration, base=base))
     tried = len(evaluated)
     fitting = [c for c in evaluated if c.fits]
-    if pairs and len(fitting) < MIN_FITTING:
+    if pairs and sum(c.estimate.clear_fit for c in fitting) < MIN_FITTING:
         software = [(s, c) for s, c in zip(singles, evaluated) if not s.needs_hardware and not c.fits]
         for (first, _), (second, _) in itertools.combinations(software, 2):
             if first.knob == second.knob:  # two resolutions; ZeRO up and parameter offload's ZeRO-3

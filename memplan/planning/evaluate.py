@@ -54,10 +54,11 @@ class Evaluation:
 
     @property
     def outcome(self) -> str:
-        """FITS, OOM (the card) or HOST OOM (the node's RAM)."""
+        """FITS, OOM (the card) or HOST OOM (the node's RAM); "(tight)" within the tight band of the card."""
+        tight = " (tight)" if self.estimate.tight else ""
         if self.estimate.verdict is Verdict.OOM:
-            return "OOM"
-        return "FITS" if self.estimate.host_fits else "HOST OOM"
+            return "OOM" + tight
+        return ("FITS" + tight) if self.estimate.host_fits else "HOST OOM"
 
     @property
     def phase_needed_bytes(self) -> dict[str, int]:
@@ -89,7 +90,7 @@ def evaluate(
     step = step or step_time(profile, plan, gpu or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib),
                              terms=calibration.step_time if calibration else None)
     slowdown = step.per_sample / baseline_seconds if baseline_seconds else 1.0
-    advice = advise(profile, plan, calibration, result=result) if with_advice and not result.fits else None
+    advice = advise(profile, plan, calibration, result=result) if with_advice and not result.clear_fit else None
     stack = stack_summary(profile, plan) if with_sinks else None
     sinks = find_sinks(profile, plan, calibration=calibration, result=result) if with_sinks else None
     return Evaluation(profile, plan, result, step, slowdown, fidelity(plan, reference),

@@ -37,7 +37,7 @@ def cost_text(row: Evaluation) -> str:
 
 
 def top_advice(row: Evaluation) -> str:
-    if row.advice is None or row.fits:
+    if row.advice is None or row.estimate.clear_fit:
         return ""
     best = row.advice.top()
     if best is None:
@@ -54,7 +54,7 @@ def row_dict(row: Evaluation) -> dict[str, Any]:
     return {
         "plan": row.name, "description": row.plan.description, "model": row.profile.name,
         "mode": row.plan.mode, "num_gpus": e.num_gpus, "gpu": row.step.gpu,
-        "verdict": e.verdict.value, "host_fits": e.host_fits,
+        "verdict": e.verdict.value, "tight": e.tight, "host_fits": e.host_fits,
         "device_bytes": e.device_bytes, "needed_bytes": e.needed_bytes, "peak_allocated_bytes": e.peak_allocated_bytes,
         "peak_reserved_bytes": e.peak_reserved_bytes, "vram_bytes": e.vram_bytes,
         "headroom_bytes": e.headroom_bytes, "peak_phase": e.peak_phase.value,
@@ -71,7 +71,7 @@ def row_dict(row: Evaluation) -> dict[str, Any]:
         "gives_up": lost.lines(),
         "breakdown": [{"component": t.component.value, "category": t.category.value, "bytes": t.bytes}
                       for t in e.breakdown()],
-        "advice": row.advice.to_dict() if row.advice and not row.fits else None,
+        "advice": row.advice.to_dict() if row.advice and not row.estimate.clear_fit else None,
         **({"knobs": row.knobs} if row.knobs else {}),
     }
 

@@ -66,9 +66,11 @@ def _columns(estimate: Estimate, grouped: bool) -> tuple[list[Component], list[t
 def verdict_text(estimate: Estimate) -> str:
     margin = format_gib(abs(estimate.headroom_bytes))
     needs = f"needs {format_gib(estimate.needed_bytes)} of {format_gib(estimate.vram_bytes)} GiB per GPU"
+    tight = (f"; TIGHT: within {estimate.calibration.tight_band:.1%} of the card, where past runs went either way"
+             if estimate.tight else "")
     if estimate.verdict is Verdict.FITS:
-        return f"FITS with {margin} GiB to spare ({needs})"
-    return f"OOM by {margin} GiB ({needs})"
+        return f"FITS with {margin} GiB to spare ({needs}){tight}"
+    return f"OOM by {margin} GiB ({needs}){tight}"
 
 
 def summary_lines(estimate: Estimate, host_note: str = "") -> list[str]:

@@ -79,8 +79,8 @@ def story_rows(estimate: "Estimate") -> dict[str, Any]:
 
 
 def cheapest(advice: "Advice", count: int = ADVICE_COUNT) -> list["Change"]:
-    """The changes that fit, cheapest first: least fidelity given up, fewest tokens lost, no new
-    hardware, then least slowdown (memplan.planning.advice.Advice.by_sacrifice)."""
+    """The changes that fit, those clear of the tight band first, then cheapest: least fidelity given up,
+    fewest tokens lost, no new hardware, then least slowdown (memplan.planning.advice.Advice.by_sacrifice)."""
     return advice.by_sacrifice()[:count]
 
 
@@ -89,12 +89,13 @@ def change_line(change: "Change", original: "Estimate") -> str:
     saves = original.needed_bytes - change.estimate.needed_bytes
     cost = f"{change.slowdown:.2f}x time per sample" if abs(change.slowdown - 1) >= 0.005 else "no slowdown"
     return (f"{change.label}: saves {format_gib(saves)} GiB (needs {format_gib(change.estimate.needed_bytes)}, "
-            f"{format_gib(change.estimate.headroom_bytes)} spare); costs {cost}; gives up {change.gives_up}")
+            f"{format_gib(change.estimate.headroom_bytes)} spare{', tight' if change.estimate.tight else ''}); "
+            f"costs {cost}; gives up {change.gives_up}")
 
 
 def advice_lines(advice: "Advice", count: int = ADVICE_COUNT) -> list[str]:
-    """What to change, in a few lines (empty when the plan fits)."""
-    if advice.fits:
+    """What to change, in a few lines (empty when the plan fits clear of the tight band)."""
+    if advice.estimate.clear_fit:
         return []
     changes = cheapest(advice, count)
     if not changes:

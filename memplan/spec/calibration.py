@@ -115,6 +115,10 @@ class Calibration(BaseModel):
     # fitted on probes under --vram-cap; pressure_ratio None: the verdict uses the roomy-card device view.
     pressure_ratio: float | None = Field(default=None, ge=0, le=2)  # stranded share of allocated memory
     pressure_block: float = Field(default=0.0, ge=0, le=4)  # stranded share of the largest block
+    # How close to the card a verdict stops meaning much: the widest pre-registered verdict miss, as a
+    # share of the card (benchmarks/rescore.py --tight-band, from predictions committed before their runs).
+    # A plan whose needed bytes lie within this share of the VRAM either way is reported as tight.
+    tight_band: float = Field(default=0.0, ge=0, le=0.5)
     fitted_on: list[str] = []  # record files the fit used
     card: str | None = None
     versions: dict[str, str] = {}
