@@ -57,7 +57,8 @@ def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict
             "plan": plan.model_dump(mode="json"),  # `memplan score` compares it field by field with the record's
             "predicted": {"peak_allocated_bytes": result.peak_allocated_bytes,
                           "peak_reserved_bytes": result.peak_reserved_bytes, "device_bytes": result.device_bytes,
-                          "needed_bytes": result.needed_bytes, "verdict": result.verdict.value},
+                          "needed_bytes": result.needed_bytes, "verdict": result.verdict.value,
+                          "tight": result.tight, "tight_band": result.calibration.tight_band},
             "context_source": result.context_source, "estimator_revision": revision,
             "calibration_sha256": cal_hash, "created": created,
         })
