@@ -52,7 +52,8 @@ def run_one(runset, run, runset_path: Path, work: Path, timeout_s: float,
     out.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "memplan.cli.main", "probe", *probe_argv(runset, run, runset_path),
             "--out", str(out), "--timeout", str(max(int(timeout_s) - 15, 5)), "--device", device]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           **({"PYTORCH_CUDA_ALLOC_CONF": run.alloc_conf} if run.alloc_conf else {})}
     started = time.time()
     with open(work / f"{run.name}.log", "w") as log:
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -69,6 +69,9 @@ class PlannedRun(BaseModel):
     vram_cap: float | str | None = None  # GiB as CUDA reports them, or a card name (rtx-3090)
     timeout_s: int = Field(default=120, ge=10, le=3600)
     purpose: str = ""  # verdict, context, allocated: what the run is for
+    # PYTORCH_CUDA_ALLOC_CONF for this run's probe (e.g. "expandable_segments:True"); None: the caller's
+    # environment. The estimate does not read it: a batch that varies it measures what it changes.
+    alloc_conf: str | None = Field(default=None, max_length=200)
 
     @field_validator("name")
     @classmethod

@@ -6,6 +6,7 @@ can fill the same keys with ``fallback_environment`` when no rank reported.
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -35,7 +36,10 @@ def _driver_version() -> str | None:
 
 
 def _host(world_size: int) -> dict[str, Any]:
-    return {"python": platform.python_version(), "hostname": socket.gethostname(), "world_size": world_size}
+    """Python, host, world size, and the caching allocator's settings (PYTORCH_CUDA_ALLOC_CONF, e.g.
+    expandable_segments:True; None: PyTorch's defaults), which decide how much of a full card is usable."""
+    return {"python": platform.python_version(), "hostname": socket.gethostname(), "world_size": world_size,
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
 
 
 def environment(device: Any, world_size: int) -> dict[str, Any]:

@@ -5,7 +5,8 @@ A record (all byte counts are ``int``)::
     schema, run_id, created (ISO 8601, UTC), command (argv string), model (profile name),
     profile (Profile.model_dump(mode="json")), plan (Plan.model_dump(mode="json")),
     status: ok | oom | error | timeout, error: str | None,
-    oom: {phase, rank, requested_bytes} | None, vram_cap_bytes: int | None,
+    oom: {phase, rank, requested_bytes, step (1-based), allocated_bytes, reserved_unallocated_bytes
+          (the fragmentation at the failing request, from PyTorch's message)} | None, vram_cap_bytes: int | None,
     environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, accelerate, deepspeed,
                   python, hostname, world_size},
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,

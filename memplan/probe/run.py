@@ -39,6 +39,11 @@ from memplan.spec.vocabulary import Phase
 
 UNIT_BYTES = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 ALLOCATE_PATTERN = re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|bytes|B)")
+# c10/cuda/CUDACachingAllocator.cpp, the OOM message: "Of the allocated memory X is allocated by PyTorch,
+# and Y is reserved by PyTorch but unallocated" (Y: free space inside segments that hold a live block,
+# which release_cached_blocks cannot give back: the fragmentation at the failing request)
+HELD_PATTERN = re.compile(r"([0-9.]+) ?([KMGT]i?B|bytes|B) is allocated by PyTorch, and ([0-9.]+) ?([KMGT]i?B|bytes|B) "
+                          r"is reserved by PyTorch but unallocated")
 
 
 class ProbeTimeout(Exception):
@@ -60,6 +65,17 @@ def requested_bytes(message: str) -> int | None:
     if not match:
         return None
     return int(round(float(match.group(1)) * UNIT_BYTES[match.group(2)]))
+
+
+def oom_fragmentation(message: str) -> dict[str, int]:
+    """{allocated_bytes, reserved_unallocated_bytes} at the failing request, from PyTorch's OOM message
+    (HELD_PATTERN); empty when the message does not carry them."""
+    match = HELD_PATTERN.search(message)
+    if not match:
+        return {}
+    size = lambda value, unit: int(round(float(value) * UNIT_BYTES[unit]))  # noqa: E731
+    return {"allocated_bytes": size(match.group(1), match.group(2)),
+            "reserved_unallocated_bytes": size(match.group(3), match.group(4))}
 
 
 def is_oom(error: BaseException) -> bool:
@@ -232,7 +248,8 @@ def _file_failure(result: RankResult, failure: PhaseFailure) -> None:
         result.status, result.error = "timeout", f"{failure.phase}: {error}"
     elif is_oom(error):
         result.status, result.error = "oom", f"{failure.phase}: {_one_line(error)}"
-        result.oom = {"phase": failure.phase, "rank": result.rank, "requested_bytes": requested_bytes(str(error))}
+        result.oom = {"phase": failure.phase, "rank": result.rank, "requested_bytes": requested_bytes(str(error)),
+                      "step": len(result.step_times_s) + 1, **oom_fragmentation(str(error))}
     else:
         import traceback
 
@@ -342,4 +359,5 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
 
 
 
-__all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "requested_bytes", "RankResult"]
+__all__ = ["run_probe", "measure_rank", "assemble_record", "gather_ranks", "requested_bytes", "oom_fragmentation",
+           "RankResult"]

@@ -1,0 +1,44 @@
+"""What an OOM record keeps of the allocator's state at the failing request (memplan.probe.run):
+the step it failed in, and PyTorch's own split of the held memory into allocated and reserved-but-
+unallocated (the fragmentation release_cached_blocks could not give back)."""
+
+import json
+from pathlib import Path
+
+from memplan.planning.protocol import PlannedRun
+from memplan.probe.run import oom_fragmentation, requested_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGE = ("CUDA out of memory. Tried to allocate 3.94 GiB. GPU 0 has a total capacity of 139.80 GiB of which "
+           "119.21 GiB is free. Including non-PyTorch memory, this process has 20.58 GiB memory in use. 22.95 GiB "
+           "allowed; Of the allocated memory 15.66 GiB is allocated by PyTorch, and 4.18 GiB is reserved by PyTorch "
+           "but unallocated. If reserved but unallocated memory is large try setting "
+           "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+
+
+def test_the_message_splits_held_memory():
+    assert requested_bytes(MESSAGE) == round(3.94 * 2**30)
+    assert oom_fragmentation(MESSAGE) == {"allocated_bytes": round(15.66 * 2**30),
+                                          "reserved_unallocated_bytes": round(4.18 * 2**30)}
+    assert oom_fragmentation("CUDA out of memory. Tried to allocate 2.00 MiB") == {}
+    assert oom_fragmentation(MESSAGE.replace("4.18 GiB", "512.00 MiB"))["reserved_unallocated_bytes"] == 512 * 2**20
+
+
+def test_every_recorded_h200_sa2va_oom_parses():
+    """The H200 capped runs' OOM messages (reports/probes) all carry the split: the analysis in
+    docs/accuracy.md reads them with this function."""
+    found = 0
+    for path in sorted((ROOT / "reports" / "probes").glob("h200-batch*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["status"] == "oom":
+                parsed = oom_fragmentation(record["ranks"][0]["error"])
+                assert parsed["reserved_unallocated_bytes"] > 0 and parsed["allocated_bytes"] > 0, path.name
+                found += 1
+    assert found >= 13
+
+
+def test_a_planned_run_may_set_the_allocator():
+    run = PlannedRun(name="x", model="sa2va-1b", alloc_conf="expandable_segments:True")
+    assert run.alloc_conf == "expandable_segments:True"
+    assert PlannedRun(name="y").alloc_conf is None
