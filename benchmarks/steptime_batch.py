@@ -2,6 +2,7 @@
 """Steady-state step times on one H200 for the step-time model, against predictions committed first.
 
     python benchmarks/steptime_batch.py --predict --predictions P.json   # here, before the runs (commit P.json)
+    python benchmarks/steptime_batch.py --set c --predict --predictions P.json   # the second run set
     python benchmarks/steptime_batch.py --predictions P.json --also OLD.json  # on the GPU machine: records
                                                                               # under $OUT, table last
 
@@ -48,6 +49,19 @@ RUNS: list[dict] = [
     {"name": "1b-zero3-offload-all", "model": "sa2va-1b", "plan": {"zero": 3, "offload": "all"}, "timeout": 240},
     {"name": "4b-zero2", "model": "sa2va-4b", "plan": {"zero": 2}, "timeout": 200},
 ]
+# The second set (--set c, pre-registered 2026-12-03): plans the first never ran, to test the model
+# beyond the runs its H200 terms were fitted beside: another composition (InternVL3-2B), ZeRO-1, a
+# micro-batch of 2, ZeRO-3 on the 4B, plain PyTorch on the 4B.
+RUNS_C: list[dict] = [
+    {"name": "2b-pytorch", "model": "sa2va-internvl3-2b", "plan": {"engine": "pytorch", "zero": 0}, "timeout": 150},
+    {"name": "1b-zero1", "model": "sa2va-1b", "plan": {"zero": 1}, "timeout": 150},
+    {"name": "1b-zero2-mb2", "model": "sa2va-1b", "plan": {"zero": 2, "micro_batch": 2}, "timeout": 150},
+    {"name": "2b-zero2-offload", "model": "sa2va-internvl3-2b", "plan": {"zero": 2, "offload": "optimizer"},
+     "timeout": 180},
+    {"name": "4b-pytorch", "model": "sa2va-4b", "plan": {"engine": "pytorch", "zero": 0}, "timeout": 180},
+    {"name": "4b-zero3", "model": "sa2va-4b", "plan": {"zero": 3}, "timeout": 240},
+]
+SETS = {"b": RUNS, "c": RUNS_C}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -66,8 +80,8 @@ def revision() -> str:
     return estimator_revision(also=("benchmarks/steptime_batch.py",))
 
 
-def predict() -> dict:
-    """The calibrated model's step time for every run on one H200 (16 host cores), with its terms."""
+def predict(*, set_name: str = "b") -> dict:
+    """The calibrated model's step time for every run of the set on one H200 (16 host cores), with its terms."""
     from memplan.spec.flags import plan_from_flags
     from memplan.planning.steptime import default_terms, step_time
     from memplan.spec.gpus import get_gpu
@@ -76,8 +90,8 @@ def predict() -> dict:
     gpu = get_gpu("h200")
     terms = default_terms()
     out = {"revision": revision(), "calibration_sha256": hashlib.sha256(CALIBRATION_PATH.read_bytes()).hexdigest(),
-           "card": gpu.name, "card_terms": gpu.name in terms.cards, "steps": STEPS, "runs": {}}
-    for run in RUNS:
+           "card": gpu.name, "card_terms": gpu.name in terms.cards, "steps": STEPS, "set": set_name, "runs": {}}
+    for run in SETS[set_name]:
         profile = load_profile(run["model"])
         plan = plan_from_flags(None, gpus=1, vram=gpu.vram_gib, **run["plan"])
         step = step_time(profile, plan, gpu, terms=terms, host_cores=16)
@@ -89,7 +103,7 @@ def predict() -> dict:
 def read_predictions(*, path: Path) -> dict:
     """A predictions file --predict wrote; warns when its runs or step count differ from this script's."""
     predictions = json.loads(Path(path).read_text())
-    missing = [run["name"] for run in RUNS if run["name"] not in predictions.get("runs", {})]
+    missing = [run["name"] for run in SETS[predictions.get("set", "b")] if run["name"] not in predictions.get("runs", {})]
     if missing or predictions.get("steps") != STEPS:
         print(f"warning: {path}: steps {predictions.get('steps')} (here {STEPS}), no prediction for {missing}",
               flush=True)
@@ -137,8 +151,8 @@ def table(*, results: list[dict], files: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def scored(*, path: Path) -> list[dict]:
-    """Records of an earlier batch in ``path``, each named by the run of RUNS with the most flags, all in
+def scored(*, path: Path, runs: list[dict] = RUNS) -> list[dict]:
+    """Records of an earlier batch in ``path``, each named by the run of ``runs`` with the most flags, all in
     its command (the last record of a run wins: a re-run replaces the earlier one)."""
     from memplan.probe.records import read_records
 
@@ -146,12 +160,12 @@ def scored(*, path: Path) -> list[dict]:
     for record in read_records(path):
         words = (record.get("command") or "").split()
         pairs = set(zip(words, words[1:]))
-        fits = [run for run in RUNS if ("--model", run["model"]) in pairs
+        fits = [run for run in runs if ("--model", run["model"]) in pairs
                 and all((FLAGS[key], str(value)) in pairs for key, value in run["plan"].items())]
         if fits:
             run = max(fits, key=lambda run: len(run["plan"]))
             named[run["name"]] = {**record, "_batch_name": run["name"]}
-    return [named[run["name"]] for run in RUNS if run["name"] in named]
+    return [named[run["name"]] for run in runs if run["name"] in named]
 
 
 def main() -> int:
@@ -166,13 +180,15 @@ def main() -> int:
     parser.add_argument("--score", type=Path, help="print the table for an earlier batch's records and exit")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reports/probes")) / "steptime-h200.jsonl")
     parser.add_argument("--only", nargs="*", help="run only these names")
+    parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
+                        help="which run set: b (the first, 7 runs) or c (6 plans b never ran)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the batch itself")
     args = parser.parse_args()
     if args.predict:
         if args.predictions.exists() and not args.force:
             print(f"{args.predictions} exists: pre-registered predictions are not overwritten (--force to do it)")
             return 1
-        predictions = predict()
+        predictions = predict(set_name=args.set_name)
         if predictions["revision"].endswith("-dirty") or not re.fullmatch(r"[0-9a-f]{40}", predictions["revision"]):
             print(f"warning: revision {predictions['revision']}: commit the code first so that it names the model")
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
@@ -185,14 +201,14 @@ def main() -> int:
         name = name if name not in files else f"{name}-{len(files)}"
         files[name] = {**read_predictions(path=path), "_path": str(path)}
     if args.score:
-        print(table(results=scored(path=args.score), files=files), flush=True)
+        print(table(results=scored(path=args.score, runs=SETS[args.set_name]), files=files), flush=True)
         return 0
     from gpu_probe_batch import run_one
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     results = []
     started = time.time()
-    for run in RUNS:
+    for run in SETS[args.set_name]:
         if args.only and run["name"] not in args.only:
             continue
         if time.time() - started > BUDGET_S:

@@ -24,7 +24,8 @@ def test_committed_predictions_cover_every_run():
                  *sorted((ROOT / "reports" / "probes" / "predictions").glob("steptime-h200-*.json"))):
         predictions = json.loads(path.read_text())
         assert predictions["steps"] == BATCH["STEPS"], path
-        assert {run["name"] for run in BATCH["RUNS"]} == set(predictions["runs"]), path
+        runs = BATCH["SETS"][predictions.get("set", "b")]
+        assert {run["name"] for run in runs} == set(predictions["runs"]), path
 
 
 def test_predict_refuses_to_overwrite(tmp_path):
