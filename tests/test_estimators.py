@@ -201,6 +201,38 @@ def test_zero3_on_one_rank_gathers_in_place(tiny_llm, plan_factory):
     assert buffers.zero3_gathered_bytes(sa2va_two) == buffers.zero3_gathered_bytes(two) > 0
 
 
+def test_one_rank_gather_copy_bytes_scaling():
+    """One-rank ZeRO-3 gathers cost nothing with the partitions on the GPU; with parameter offload every
+    gathered parameter is a host-to-GPU copy (NoGatherCoalescedHandle's ds_tensor.data.to(device),
+    deepspeed/runtime/zero/partition_parameters.py): linear in the gathered count and the dtype's
+    bytes, never above what the host holds (docs/stacks.md, 15)."""
+    copy = buffers.one_rank_gather_copy_bytes
+    big = 10**12
+    assert copy(gathered_params=10**6, param_bytes=2, held_bytes=big, partitions_on_device=True) == 0
+    assert copy(gathered_params=10**6, param_bytes=2, held_bytes=big, partitions_on_device=False) == 2 * 10**6
+    assert copy(gathered_params=2 * 10**6, param_bytes=2, held_bytes=big, partitions_on_device=False) == 4 * 10**6
+    assert copy(gathered_params=10**6, param_bytes=4, held_bytes=big, partitions_on_device=False) == 4 * 10**6
+    assert copy(gathered_params=10**9, param_bytes=2, held_bytes=3 * 10**8, partitions_on_device=False) == 3 * 10**8
+
+
+def test_zero3_on_one_rank_with_parameter_offload_gathers_copies(tiny_llm, plan_factory):
+    """offload_params cpu/nvme on one rank: the gathered working set is on the GPU as on N = 2 (capped by
+    the parameters held); optimizer offload alone changes nothing (the partitions stay on the GPU)."""
+    def plan(offload_params, gpus=1):
+        return plan_factory(engine={"kind": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu",
+                                    "offload_params": offload_params},
+                            components={"llm": {"train": "full"}}, hardware={"num_gpus": gpus}, stack={"kind": "sa2va"})
+
+    opt_only = build_context(tiny_llm, plan("none"))
+    assert buffers.zero3_gathers_in_place(opt_only) and buffers.zero3_gathered_bytes(opt_only) == 0
+    held = TINY_PARAMS * 2  # full training in bf16: every parameter once
+    for device in ("cpu", "nvme"):
+        one = build_context(tiny_llm, plan(device))
+        assert not buffers.zero3_gathers_in_place(one)
+        assert buffers.zero3_gathered_bytes(one) == held
+        assert 0 < buffers.zero3_backward_gathered_bytes(one) <= held
+
+
 def test_zero3_linear_saves_the_inputs_of_frozen_linears(tiny_llm, plan_factory):
     """ZeRO-3's LinearFunctionForZeroStage3 saves every linear's input (deepspeed/runtime/zero/linear.py):
     a LoRA layer with dropout keeps 2h + F more per token (the norm outputs and the SwiGLU product),

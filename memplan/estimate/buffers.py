@@ -64,8 +64,38 @@ def zero3_gathers_in_place(ctx: Context) -> bool:
     reused within stage3_max_reuse_distance), while on one GPU (h100-batch1 1d17a168) the two steps
     differ by the optimizer state alone. The ~1.2 GiB that the harness's non-checkpointed ZeRO-3
     forwards held beyond the estimate, at N = 1 and 2 alike, is ZeRO-3's linear saving the inputs of
-    frozen linears (activations.zero3_linear_input_bytes_per_token, docs/stacks.md, 13)."""
-    return ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.num_gpus == 1
+    frozen linears (activations.zero3_linear_input_bytes_per_token, docs/stacks.md, 13).
+
+    Not with parameter offload: the partition is then in host memory and the same ``.to(device)`` is a
+    copy onto the GPU (one_rank_gather_copy_bytes; docs/stacks.md, 15)."""
+    return (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.num_gpus == 1
+            and ctx.plan.engine.offload_params == "none")
+
+
+def one_rank_gather_copy_bytes(*, gathered_params: int, param_bytes: int, held_bytes: int,
+                               partitions_on_device: bool) -> int:
+    """GPU bytes that ZeRO-3's gathered parameters cost on a partition group of one rank.
+
+        0                                               if the partitions are on the GPU
+        min(gathered_params x param_bytes, held_bytes)  if they are offloaded (offload_param cpu/nvme)
+
+    Source (DeepSpeed 0.19.8, deepspeed/runtime/zero/partition_parameters.py): with partition world
+    size 1, ``Init.all_gather_coalesced`` returns ``_no_gather_coalesced(params)``, whose
+    ``NoGatherHandle`` / ``NoGatherCoalescedHandle`` set ``param.data =
+    param.ds_tensor.data.to(device=current_device, non_blocking=True).view(param.ds_shape)``. Where the
+    partition ``ds_tensor`` lives is ``Init._partition_param``'s choice: ``device = self.remote_device``
+    (``Init.__init__``: the local GPU unless ``zero_optimization.offload_param.device`` is cpu or nvme;
+    parameter_offload.py ``DeepSpeedZeRoOffload._convert_to_zero_parameters`` passes the same
+    ``remote_device``), pinned host memory under offload. On the GPU the ``.to`` is the partition
+    itself (no bytes); in host memory it allocates a full GPU copy of every gathered parameter, in the
+    partition's dtype, freed by ``free_param`` when the coordinator releases it
+    (partitioned_param_coordinator.py ``__release_param``). How many stay gathered is the
+    coordinator's business, as on N > 1 (``gathered_params``: zero3_gathered_bytes's working set, up to
+    stage3_max_live_parameters once the trace is complete, docs/stacks.md 9 and 14); the copies cannot
+    exceed the parameters the host holds (``held_bytes``)."""
+    if partitions_on_device:
+        return 0
+    return min(gathered_params * param_bytes, held_bytes)
 
 
 def zero3_persistent_gradients(ctx: Context) -> bool:
@@ -99,6 +129,10 @@ def zero3_gathered_bytes(ctx: Context) -> int:
         live = min(engine.stage3_max_live_parameters, total)
     else:
         live = min(engine.stage3_max_live_parameters, largest_module_params(ctx) + engine.stage3_prefetch_bucket_size)
+    if ctx.num_gpus == 1:  # one rank with parameter offload: each gather is a host-to-GPU copy
+        held = sum(p.frozen * p.weight_bytes + p.trainable_held_bytes for p in ctx.parts.values())
+        return one_rank_gather_copy_bytes(gathered_params=live, param_bytes=ctx.compute_bytes, held_bytes=held,
+                                          partitions_on_device=engine.offload_params == "none")
     return live * ctx.compute_bytes
 
 
