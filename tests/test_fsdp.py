@@ -400,3 +400,137 @@ def test_fsdp2_unshards_as_the_estimate_says_on_cpu(monkeypatch):
         release_distributed()
     assert seen["loss"] == [False, False, False]
     assert seen["loss backward"] == [True, False, False]
+
+
+# --------------------------------------------------------------------------- foreach_reduce and the root's reduce (accelerate, N = 1)
+
+
+def test_foreach_reduce_peak_never_holds_the_unsharded_gradients_with_the_output():
+    """max(U + I, I + O + C) (_fsdp_collectives.py foreach_reduce): U is freed after the copy-in,
+    before O and its cast C exist. One rank, bf16 reduce of fp32 gradients: O = I = U, C = 2U, so the
+    peak is 4U (U + I + O + C would be 5U); over S ranks O and C shrink as 1/S and U + I remains."""
+    u = 1 << 30
+    peak = fsdp.foreach_reduce_peak_bytes
+    assert peak(unsharded_grad_bytes=u, input_bytes=u, output_bytes=u, cast_bytes=2 * u) == 4 * u
+    for s in (2, 8, 1024):
+        value = peak(unsharded_grad_bytes=u, input_bytes=u, output_bytes=u // s, cast_bytes=2 * u // s)
+        assert value == max(2 * u, u + 3 * u // s)
+    assert peak(unsharded_grad_bytes=u, input_bytes=u, output_bytes=u // 1024, cast_bytes=0) == 2 * u
+    doubled = peak(unsharded_grad_bytes=2 * u, input_bytes=2 * u, output_bytes=2 * u, cast_bytes=4 * u)
+    assert doubled == 2 * peak(unsharded_grad_bytes=u, input_bytes=u, output_bytes=u, cast_bytes=2 * u)
+
+
+def _accelerate_record():
+    from memplan.spec.loading import plan_from_document
+
+    path = Path(__file__).resolve().parents[1] / "reports" / "probes" / "logs" / "h200-fsdp-accelerate-c.json"
+    record = json.loads(path.read_text())
+    return record, build_context(load_profile(record["model"]), plan_from_document(record["plan"], "record"))
+
+
+def test_accelerate_root_reduce_runs_resharded_in_the_final_callback():
+    """In-sample (docs/stacks.md 16): embeddings in the root make the root's reduce the largest; the
+    root is resharded before it and the units left unsharded are SAM2's encoder (the root's
+    backward-start prefetch, no graph) and the last ViT layer (the first LLM layer's prefetch)."""
+    record, ctx = _accelerate_record()
+    assert fsdp.root_reduces_largest(ctx) and fsdp.reduce_scatter_root_bytes(ctx) == 0
+    units, _ = fsdp.unit_sizes(ctx)
+    vit_layer = fsdp._unsharded(ctx, units[0])
+    assert fsdp.reduce_scatter_neighbour_bytes(ctx) == fsdp.backward_start_unsharded_bytes(ctx) + vit_layer
+    result = estimate(ctx.profile, ctx.plan)
+    backward = _phase(result, "backward")
+    measured = record["phases"]["backward"]["max_allocated_bytes"]
+    assert 0.99 < backward.total / measured < 1.04, backward.total / measured  # +11.7% before
+    from memplan.estimate.phases import Shared, backward_phase
+
+    shared = Shared(ctx)
+    rs_moment = (shared.weights.total + shared.optimizer.total + shared.reduce_scatter.total
+                 + shared.gradients.total + shared.reduce_scatter_activations.total)
+    assert 0.99 < rs_moment / measured < 1.02, rs_moment / measured
+    assert backward_phase(ctx, shared).moment.label == "LLM loss backward"
+    _, fake = _record_ctx(8)  # the probe's own wrapping: the tied embedding unit is the largest
+    assert not fsdp.root_reduces_largest(fake)
+
+
+def test_root_reduce_on_one_rank_holds_input_output_and_cast_not_the_gradients(monkeypatch):
+    """Real FSDP2 on a world of one (fake group, CPU), MixedPrecisionPolicy(bf16, bf16, bf16) as
+    accelerate sets it, a trainable fp32 embedding and head in the root, a frozen layer unit and a
+    frozen unit run under no_grad: inside the root's foreach_reduce the live bytes rise by
+    I + O + C - U (U freed before O), its own parameters are resharded, and the two units that ran no
+    backward (the no_grad one, prefetched by the root; the frozen layer, prefetched by the trained
+    one) are still all-gathered."""
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as param_group
+
+    from memplan.probe.distributed import release_distributed
+    from memplan.probe.fake_world import init_fake_world
+    from memplan.probe.tracker import StorageTracker
+
+    v, h = 1024, 64
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit, self.llm, self.enc = nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, h)
+            self.vit.requires_grad_(False)
+            self.enc.requires_grad_(False)
+            self.llm.weight.requires_grad_(False)  # a frozen base with a trained part (LoRA's place)
+            self.embed, self.head = nn.Embedding(v, h), nn.Linear(h, v, bias=False)
+
+        def forward(self, ids, x):
+            hidden = self.llm(self.embed(ids) + self.vit(x))
+            loss = self.head(hidden).float().logsumexp(-1).mean()
+            with torch.no_grad():
+                encoded = self.enc(x)
+            return loss + 0 * encoded.float().sum()
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already up")
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.setenv(name, "0")
+    init_fake_world(1)
+    seen = []
+    try:
+        model = Tiny()
+        mesh = init_device_mesh("cpu", (1,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16,
+                                  output_dtype=torch.bfloat16)
+        for unit in (model.vit, model.llm, model.enc):
+            fully_shard(unit, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        tracker = StorageTracker(device_type="cpu")
+        tracker.track(model.parameters())
+        original = param_group.foreach_reduce
+
+        def gathered(unit) -> bool:
+            group = fully_shard.state(unit)._fsdp_param_group
+            return group._all_gather_result is not None or group.is_unsharded
+
+        def traced(fsdp_params, grads, *args, **kwargs):
+            numel = sum(g.numel() for g in grads)
+            own = [p.all_gather_outputs[0].untyped_storage().nbytes() if p.all_gather_outputs else 0
+                   for p in fsdp_params]
+            units = [gathered(m) for m in (model.vit, model.llm, model.enc)]
+            tracker.reset_peak()
+            before = tracker.current()
+            out = original(fsdp_params, grads, *args, **kwargs)
+            seen.append((numel, tracker.peak() - before, own, units))
+            return out
+
+        monkeypatch.setattr(param_group, "foreach_reduce", traced)
+        with tracker:
+            model(torch.randint(0, v, (1, 8)), torch.randn(1, 8, h)).backward()
+    finally:
+        release_distributed()
+    numel, rise, own, units = seen[-1]  # the root's, in the final callback
+    assert numel == 2 * v * h
+    u = i = o = 2 * numel  # bf16
+    c = 4 * numel  # the fp32 sharded gradient
+    assert rise == fsdp.foreach_reduce_peak_bytes(unsharded_grad_bytes=u, input_bytes=i, output_bytes=o,
+                                                  cast_bytes=c) - u
+    assert own == [0] * len(own)  # resharded before the reduce
+    assert units == [True, False, True]  # vit and enc still all-gathered, llm done

@@ -31,8 +31,9 @@ Sources (torch 2.11-2.13, torch/distributed/fsdp/_fully_shard/):
 - _fsdp_init.py, _move_states_to_device: a unit built on the CPU is moved whole to the device before
   it is sharded (init_transient_bytes).
 - _fsdp_collectives.py, foreach_reduce: a unit's unsharded gradients (param_dtype) are copied into
-  one reduce-scatter input of the unit's trainable size in reduce_dtype, reduced to a shard and
-  accumulated into the sharded gradient (original dtype).
+  one reduce-scatter input of the unit's trainable size in reduce_dtype and freed, then reduced to a
+  shard and cast to the sharded gradient (original dtype): foreach_reduce_peak_bytes. The root's
+  reduce runs resharded, first in the final callback (reduce_scatter_neighbour_bytes; docs/stacks.md 16).
 - torch/distributed/_tools/fsdp2_mem_tracker.py names the same categories (sharded/unsharded param,
   sharded/unsharded grad, all-gather, reduce-scatter, optimizer state).
 """
@@ -327,18 +328,58 @@ def units_unsharded_bytes(ctx: Context, *, after_forward: bool = False) -> int:
     return max([a + b for a, b in zip(sizes, sizes[1:])] + sizes[:1] or [0])
 
 
-def reduce_scatter_bytes(ctx: Context) -> int:
-    """Backward of the unit with the most trainable elements: its unsharded gradients (param dtype,
-    unpadded) and the reduce-scatter input (reduce dtype, padded: S x ceil(d0/S) x rest per
-    gradient, _fsdp_collectives.py foreach_reduce) coexist in foreach_reduce, plus the output shard."""
-    if not ctx.training:
-        return 0
+def foreach_reduce_peak_bytes(*, unsharded_grad_bytes: int, input_bytes: int, output_bytes: int,
+                              cast_bytes: int) -> int:
+    """Most bytes one FSDP2 ``foreach_reduce`` holds at once: max(U + I, I + O + C).
+
+    U: the unit's unsharded gradients (param dtype); I: the reduce-scatter input (reduce dtype, padded,
+    S x ceil(d0/S) x rest per gradient); O: the reduce-scatter output (I / S, reduce dtype); C: the
+    output cast to the original dtype, the new sharded gradient (0 when reduce dtype = original dtype:
+    the sharded gradients are then views of O).
+
+    Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py, foreach_reduce (torch 2.11 and
+    2.13 alike): ``reduce_scatter_input`` is allocated and filled (``foreach_reduce_scatter_copy_in``),
+    then ``unsharded_grads.clear()`` ("Only after the copy-in finishes can we free the gradients")
+    frees U before ``reduce_output`` is allocated on the reduce-scatter stream (on one rank it is a
+    ``copy_`` of the input, no collective); ``_to_dtype_if_needed(reduce_output, orig_dtype)`` then
+    allocates C while O and I still exist (I is returned and kept for the next reduce's wait), and the
+    rebinding frees O. So U never meets O or C. Found on the accelerate FSDP2 run at world size 1
+    (reports/probes/logs/h200-fsdp-accelerate-c.json, where O = I and C = 2 I): docs/stacks.md 16."""
+    return max(unsharded_grad_bytes + input_bytes, input_bytes + output_bytes + cast_bytes)
+
+
+def _largest_reduce(ctx: Context) -> tuple[Unit, bool]:
+    """The unit with the most trainable elements (its foreach_reduce is the backward's largest) and
+    whether it is the root."""
     units, root = unit_sizes(ctx)
     largest = max([*units, root], key=lambda u: u.trainable)
+    return largest, largest is root
+
+
+def root_reduces_largest(ctx: Context) -> bool:
+    """The root's reduce-scatter is the largest (embeddings in the root: accelerate's
+    TRANSFORMER_BASED_WRAP on the probe model, memplan.integrations.accelerate_fsdp). It runs in the
+    root's post-backward final callback, after the autograd graph has run (_fsdp_state.py,
+    _root_post_backward_final_callback, queued on Variable._execution_engine)."""
+    return ctx.training and _largest_reduce(ctx)[1] and unit_sizes(ctx)[1].trainable > 0
+
+
+def reduce_scatter_bytes(ctx: Context) -> int:
+    """Backward of the unit with the most trainable elements: what its foreach_reduce holds at its
+    peak (foreach_reduce_peak_bytes) beyond its own new sharded gradient, which the moment counts among
+    the gradients (C, or O when the reduce dtype is the original one)."""
+    if not ctx.training:
+        return 0
+    largest, _ = _largest_reduce(ctx)
     padded = largest.trainable + largest.trainable_padding
     original = ctx.parts[Component.LLM].trainable_bytes if Component.LLM in ctx.parts else ctx.compute_bytes
     rs = reduce_bytes(ctx, original)
-    return largest.trainable * param_bytes(ctx, original) + padded * rs + _ceil_div(padded, shard_group(ctx)) * rs
+    shard = _ceil_div(padded, shard_group(ctx))
+    own = shard * original
+    peak = foreach_reduce_peak_bytes(unsharded_grad_bytes=largest.trainable * param_bytes(ctx, original),
+                                     input_bytes=padded * rs, output_bytes=shard * rs,
+                                     cast_bytes=own if rs != original else 0)
+    return max(peak - own, 0)
 
 
 # --------------------------------------------------------------------------- host (CPUOffloadPolicy)
@@ -445,15 +486,34 @@ def backward_start_unsharded_bytes(ctx: Context) -> int:
     return _unsharded(ctx, order[-1])
 
 
+def reduce_scatter_root_bytes(ctx: Context) -> int:
+    """The root's unsharded parameters at the largest reduce-scatter: none when that reduce is the
+    root's own (_fsdp_param_group.py ``post_backward`` calls ``reshard()`` before ``foreach_reduce``),
+    else root_unsharded_bytes (the root stays unsharded to the end of backward)."""
+    return 0 if root_reduces_largest(ctx) else root_unsharded_bytes(ctx)
+
+
 def reduce_scatter_neighbour_bytes(ctx: Context) -> int:
     """Unsharded parameters beside the reduce-scatter of the unit with most trainable elements: its
     own are resharded first (_fsdp_param_group.py ``post_backward``: ``reshard()`` before
     ``foreach_reduce``), the unit before it in post-forward order was prefetched at its
-    pre-backward (``_backward_prefetch``). All units when reshard_after_forward is off."""
+    pre-backward (``_backward_prefetch``). All units when reshard_after_forward is off.
+
+    When the root's reduce is the largest (root_reduces_largest) it runs first in the final callback
+    (``all_states`` lists the root first: FSDPState._lazy_init walks ``root_module.named_modules()``),
+    before the callback's ``post_backward`` of the units that never ran a backward of their own: the
+    one the first trained unit prefetched (the unit before it in post-forward order) and, when it
+    has no graph (SAM2's frozen image encoder, run under ``torch.no_grad``, memplan.probe.build),
+    the one the root prefetched at backward start (backward_start_unsharded_bytes)."""
     if not ctx.plan.engine.fsdp.reshard_after_forward:
         return units_unsharded_bytes(ctx, after_forward=True)
     order = post_forward_order(ctx)
     if not order:
         return 0
     index = max(range(len(order)), key=lambda i: order[i][1])
-    return _unsharded(ctx, order[index - 1]) if index > 0 else 0
+    neighbour = _unsharded(ctx, order[index - 1]) if index > 0 else 0
+    if not root_reduces_largest(ctx):
+        return neighbour
+    no_graph_target = (Component.SAM2_ENCODER in ctx.parts and not ctx.plan.trains(Component.SAM2_ENCODER)
+                       and order[-1] == _sam2_unit(ctx)[0])
+    return neighbour + (backward_start_unsharded_bytes(ctx) if no_graph_target else 0)

@@ -138,13 +138,16 @@ class Shared:
                 root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.backward_start_unsharded_bytes(ctx)))
             self.buckets = EMPTY  # no reduce-scatter before the first unit's post-backward
             self.reduce_scatter = _group(
-                root, (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_neighbour_bytes(ctx)),
+                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_root_bytes(ctx)),
+                (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_neighbour_bytes(ctx)),
                 (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_bytes(ctx)))
             # after the loss backward: the logits' saved tensors are gone, the LLM's layer inputs remain
             llm_saved = act.logits_saved_bytes(ctx) if Component.LLM in parts else 0
             self.reduce_scatter_activations = _group(*[
                 (c, cat, b - llm_saved if c is Component.LLM else b)
                 for c, cat, b in self.activations[Component.SAM2_DECODER].terms])
+            if fsdp.root_reduces_largest(ctx):  # in the final callback, the graph has run: as at the end of backward
+                self.reduce_scatter_activations = self.activations[Component.PROJECTOR]
 
     def states(self, gathered: Group | None = None) -> tuple[Group, ...]:
         """What every forward and backward moment holds (``gathered``: the moment's unsharded FSDP2
