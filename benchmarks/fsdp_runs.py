@@ -22,6 +22,7 @@ from typing import Any
 
 QWEN = {"model": "qwen2.5-1.5b", "flags": {"engine": "fsdp2", "text_len": 2048, "lora_rank": 64}}
 QWEN05 = {"model": "qwen2.5-0.5b", "flags": {"engine": "fsdp2", "text_len": 2048, "lora_rank": 64}}
+QWEN3 = {"model": "qwen2.5-3b", "flags": {"engine": "fsdp2", "text_len": 2048, "lora_rank": 64}}
 SA2VA = {"model": "sa2va-1b", "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2}}
 
 
@@ -57,6 +58,16 @@ RUNS: list[dict] = [
     _run("qwen0.5b-fsdp-n1024", QWEN05, 1024),
     _run("sa2va1b-zero3-n128", {"model": "sa2va-1b", "flags": {**SA2VA["flags"], "engine": None, "zero": 3}}, 128,
          timeout=240),
+    # Fourth set (fsdp-d.json, pre-registered 2026-12-03), held out for docs/stacks.md 16 (the reduce's
+    # ordering, found on the accelerate run) and for everything before: a third text LLM (Qwen2.5-3B),
+    # offload at small and middle N, HSDP on 2 nodes, no resharding on the multimodal model.
+    _run("qwen3b-fsdp-n4", QWEN3, 4),
+    _run("qwen3b-fsdp-offload-n64", QWEN3, 64, flags={"offload": "all"}),
+    _run("qwen0.5b-fsdp-offload-n8", QWEN05, 8, flags={"offload": "all"}),
+    _run("sa2va1b-fsdp-n8", SA2VA, 8),
+    _run("sa2va1b-fsdp-offload-n128", SA2VA, 128, flags={"offload": "all"}),
+    _run("sa2va1b-hsdp-2x16", SA2VA, 32, nodes=2, plan={"engine": {"kind": "fsdp2", "fsdp": {"hsdp": True}}}),
+    _run("sa2va1b-fsdp-noreshard-n64", SA2VA, 64, plan={"engine": {"kind": "fsdp2", "fsdp": {"reshard_after_forward": False}}}),
 ]
 ACCELERATE = {"name": "sa2va1b-accelerate-fsdp2", "model": "sa2va-1b",
               "flags": {"engine": "fsdp2", "text_len": 1024, "tiles": 1, "res": 512, "objects": 2, "gpus": 1}}
