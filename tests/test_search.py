@@ -141,3 +141,23 @@ def test_gpu_catalogue_lookup():
     assert get_gpu("NVIDIA H100 80GB HBM3").name == "h100-sxm"
     with pytest.raises(ValueError, match="closest"):
         get_gpu("a100-8gb")
+
+
+def test_the_search_counts_clear_fits_unless_told_otherwise():
+    """With the shipped calibration (tight_band > 0) a feasible plan fits clear of the band; --allow-tight
+    (allow_tight) adds the plans that fit only within it. Brute force over the small space decides both."""
+    from memplan.spec.loading import load_calibration
+
+    calibration = load_calibration()
+    assert calibration.tight_band > 0
+    base = plan_from_flags(BASELINE)
+    profile = load_profile("sa2va-1b")
+    clear = run_search(profile, base, num_gpus=2, vram_gib=24.0, host_ram_gib=128, space=SMALL_SPACE,
+                       calibration=calibration, exhaustive=True)
+    tight = run_search(profile, base, num_gpus=2, vram_gib=24.0, host_ram_gib=128, space=SMALL_SPACE,
+                       calibration=calibration, exhaustive=True, allow_tight=True)
+    assert all(c.estimate.clear_fit for c in clear.feasible)
+    assert all(c.estimate.fits for c in tight.feasible)
+    names = {c.name for c in clear.feasible}
+    assert names < {c.name for c in tight.feasible}, "the space has plans within the band"
+    assert {c.name for c in tight.feasible if not c.estimate.tight} == names

@@ -29,9 +29,10 @@ def _nothing_fits(result, *, gpus: int, vram_gib: float, output_format: ReportFo
     e = smallest.estimate
     lead = e.dominant(1)[0]
     host = f"; host RAM {format_gib(e.host_bytes)} of {format_gib(e.host_ram_bytes)} GiB" if not e.host_fits else ""
+    tight = (" (it fits only within the tight band: --allow-tight lists such plans)" if e.fits and e.tight else "")
     typer.echo(
         f"no plan fits on {gpus} x {vram_gib:g} GiB: the smallest achievable peak is {format_gib(e.needed_bytes)} GiB "
-        f"per GPU ({smallest.name}) at {e.peak_phase.value} ({e.peak.moment.label}), "
+        f"per GPU ({smallest.name}){tight} at {e.peak_phase.value} ({e.peak.moment.label}), "
         f"dominated by {lead.component.value} {lead.category.value} {format_gib(lead.bytes)} GiB{host}")
     typer.echo(_stats_note(result.stats))
     if output_format is ReportFormat.json:
@@ -57,6 +58,8 @@ def search(
     gpu: Optional[str] = GPU,
     host_ram: Optional[float] = HOST_RAM,
     top: int = typer.Option(10, "--top", help="Show at most this many plans of the front (most faithful first).", min=1),
+    allow_tight: bool = typer.Option(False, "--allow-tight", help="Count plans that fit only within the tight band "
+                                     "(calibration tight_band of the card, where past verdicts went either way)."),
     report: dict,
 ) -> None:
     """Search ZeRO stage, offload, checkpointing, micro-batch, SAM2 resolution, LoRA rank, decoder freezing,
@@ -92,7 +95,8 @@ def search(
                        calibration=cal, output_format=output_format, out=report["out"], force=report["force"],
                        wide=report["wide"])
         return
-    result = run_search(profile, base, num_gpus=gpus, vram_gib=vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal)
+    result = run_search(profile, base, num_gpus=gpus, vram_gib=vram_gib, host_ram_gib=host_ram, gpu=spec, calibration=cal,
+                        allow_tight=allow_tight)
     if not result.front:
         _nothing_fits(result, gpus=gpus, vram_gib=vram_gib, output_format=output_format, exit_code=report["exit_code"])
         return
@@ -106,6 +110,8 @@ def search(
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
         step_note(cal),
+        (f"feasible: fits clear of the {cal.tight_band:.1%} tight band (--allow-tight counts the tight fits too)"
+         if cal.tight_band and not allow_tight else "feasible: any fit (--allow-tight)"),
     ]
     rows = evaluate_front(profile, result, calibration=cal, top=top, dataset_samples=report["dataset_samples"],
                           price=report["price"])

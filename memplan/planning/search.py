@@ -224,12 +224,15 @@ def search(
     space: SearchSpace | None = None,
     calibration: Calibration | None = None,
     exhaustive: bool = False,
+    allow_tight: bool = False,
 ) -> SearchResult:
     """Enumerate ``space`` around ``base_plan`` on ``num_gpus`` x ``vram_gib``; return the feasible
     Pareto front over (time per sample, fidelity to ``base_plan``), fastest first.
 
-    ``exhaustive`` decides feasibility of every candidate (slower) and returns them all in
-    ``SearchResult.feasible``; the front is the same.
+    Feasible means it fits clear of the tight band (Estimate.clear_fit: needed at most (1 - tight_band) x
+    VRAM, where pre-registered verdicts have not gone the other way); ``allow_tight`` counts any fit.
+    Both are monotone in the knobs, as the lattice's pruning needs. ``exhaustive`` decides feasibility of
+    every candidate (slower) and returns them all in ``SearchResult.feasible``; the front is the same.
     """
     started = time.perf_counter()
     space = space or SearchSpace()
@@ -291,7 +294,7 @@ def search(
         result = estimate(profile, builder.plan(knobs_of(group, point)), calibration)
         stats.estimated += 1
         estimates[(group, point)] = result
-        ok = result.fits
+        ok = result.fits if allow_tight else result.clear_fit
         lattices[group].add(point, ok)
         return ok
 
