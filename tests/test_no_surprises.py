@@ -164,3 +164,21 @@ def test_nothing_in_the_repository_points_outside_it():
                  if p.suffix in suffixes and ".git" not in p.parts and "egg-info" not in str(p)
                  and any(o in p.read_text(encoding="utf-8", errors="replace") for o in outside)]
     assert offenders == []
+
+
+def test_calibrate_reserved_fits_only_the_reserved_pool(tmp_path):
+    """--terms reserved: the roomy-card device view's two terms change; every term a verdict reads stays."""
+    import yaml
+
+    target = tmp_path / "cal.yaml"
+    shipped = yaml.safe_load(CALIBRATION_PATH.read_text())
+    target.write_text(CALIBRATION_PATH.read_text())
+    result = _invoke("calibrate", ROOT / "reports" / "probes" / "h200-stacks-a.jsonl", "--terms", "reserved",
+                     "--out", target, "--force")
+    assert result.exit_code == 0, result.output
+    fitted = yaml.safe_load(target.read_text())
+    changed = {key for key in shipped if shipped[key] != fitted.get(key)}
+    assert changed <= {"reserved_ratio", "reserved_constant_bytes", "fitted_on", "median_error"}
+    assert {"reserved_ratio", "reserved_constant_bytes"} & changed
+    assert all(fitted[key] == shipped[key] for key in ("pressure_ratio", "pressure_block", "context_bytes",
+                                                         "nccl_bytes", "tight_band", "step_time"))

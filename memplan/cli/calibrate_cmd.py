@@ -20,6 +20,7 @@ from memplan.spec.loading import InputError, shown
 class CalibrateTerms(str, Enum):
     all = "all"
     memory = "memory"
+    reserved = "reserved"
     step_time = "step-time"
 
 
@@ -98,6 +99,16 @@ def default_target(records: List[Path]) -> Path:
     raise InputError(f"--out: {folder} holds calibration.yaml .. calibration-999.yaml; pass --out FILE")
 
 
+def _with_median_error(calibration, measurements):
+    """The calibration with its in-sample median errors (allocated, reserved, device) on ``measurements``."""
+    from memplan.probe import calibrate as cal
+
+    result = cal.summary(cal.compare(measurements, calibration))
+    return calibration.model_copy(update={"median_error": {
+        k: round(v["median_abs_error"], 4) for k, v in result.items()
+        if isinstance(v, dict) and v.get("median_abs_error") is not None}})
+
+
 def _writable_target(target: Path, force: bool) -> Path:
     """Never the shipped calibration; an existing file only with --force."""
     from memplan.spec.loading import CALIBRATION_PATH
@@ -118,7 +129,8 @@ def calibrate(
     all_sides: bool = typer.Option(False, "--all-sides", help="Fit the memory terms on every record, held-out side "
                                    "included (default: the calibration side only, memplan.planning.protocol.side_of)."),
     terms: CalibrateTerms = typer.Option(CalibrateTerms.all, "--terms",
-                                         help="all | memory | step-time (step-time keeps the file's memory terms)."),
+                                         help="all | memory | reserved | step-time (step-time keeps the file's memory "
+                                              "terms; reserved fits only the reserved pool, keeping the rest)."),
     card: Optional[str] = typer.Option(None, "--card", help="With --terms step-time: fit this card's own step-time "
                                        "terms (catalogue name, e.g. h200-sxm) on the calibration side of its records "
                                        "only, keeping every other term of the file (default: the shipped calibration)."),
@@ -143,6 +155,14 @@ def calibrate(
     if terms is CalibrateTerms.step_time:  # keep the memory terms of the file being updated
         calibration = load_calibration(target) if target.exists() else load_calibration()
         measurements = []
+    elif terms is CalibrateTerms.reserved:  # the roomy-card device view only: verdicts do not move
+        calibration = load_calibration(target) if target.exists() else load_calibration()
+        if not measurements:
+            raise InputError(f"records: none of the {len(loaded)} records is on the calibration side "
+                             "(sha256(run_id) first byte < 85, not a tiny-* fixture, status ok/oom); --all-sides fits on all")
+        calibration = calibration.model_copy(update={
+            **cal.fit_reserved(measurements), "fitted_on": sorted({*calibration.fitted_on, *map(str, records)})})
+        calibration = _with_median_error(calibration, measurements)
     else:
         if not measurements:
             raise InputError(f"records: none of the {len(loaded)} records is on the calibration side "
@@ -150,11 +170,8 @@ def calibrate(
         calibration = cal.fit(measurements, [str(p) for p in records])
         # the tight band measures verdicts predicted before their runs, which a fit cannot: kept as shipped
         calibration = calibration.model_copy(update={"tight_band": load_calibration().tight_band})
-        result = cal.summary(cal.compare(measurements, calibration))
-        calibration = calibration.model_copy(update={"median_error": {
-            k: round(v["median_abs_error"], 4) for k, v in result.items()
-            if isinstance(v, dict) and v.get("median_abs_error") is not None}})
-    if terms is not CalibrateTerms.memory:
+        calibration = _with_median_error(calibration, measurements)
+    if terms not in (CalibrateTerms.memory, CalibrateTerms.reserved):
         runs, _ = load_timed_runs(records)
         if not runs and terms is CalibrateTerms.step_time:
             raise InputError(f"records={shown([str(p) for p in records])}: no run with a steady-state step time "

@@ -133,6 +133,17 @@ def fit_pressure(capped: list[tuple[Measured, int, int, int]]) -> tuple[float, f
     return best[1], best[2]
 
 
+def fit_reserved(measurements: list[Measured]) -> dict[str, Any]:
+    """{reserved_ratio, reserved_constant_bytes}: reserved peak = allocated peak x (1 + ratio) + constant,
+    least squares over the uncapped runs that trained (overhead.reserved_bytes). Only the roomy-card
+    device view depends on it: the verdict's `needed` does not (pressure terms, overhead.needed_bytes)."""
+    ok = [m for m in measurements if m.status == "ok" and m.allocated > 0 and not m.vram_cap_bytes]
+    if not ok:
+        raise InputError("records: no successful ('ok') runs without a VRAM cap to fit the reserved pool on")
+    slope, offset = _least_squares([m.allocated for m in ok], [m.reserved for m in ok])
+    return {"reserved_ratio": max(0.0, round(slope - 1, 4)), "reserved_constant_bytes": max(0, int(offset))}
+
+
 def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     """Fit the calibration terms. Runs under a VRAM cap (whose allocator was squeezed) fit only the
     pressure ratio; the reserved and context terms come from uncapped runs."""
@@ -140,7 +151,7 @@ def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     ok = [m for m in measurements if m.status == "ok" and m.allocated > 0 and not m.vram_cap_bytes]
     if not ok:
         raise InputError("records: no successful ('ok') runs without a VRAM cap to calibrate on")
-    slope, offset = _least_squares([m.allocated for m in ok], [m.reserved for m in ok])
+    reserved = fit_reserved(ok)
     nccl = [uses_nccl(m.plan.hardware.num_gpus, m.plan.engine.kind == "deepspeed") for m in ok]
     single = [m.device - m.reserved for m, n in zip(ok, nccl) if not n and m.device]
     multi = [m.device - m.reserved for m, n in zip(ok, nccl) if n and m.device]
@@ -153,7 +164,7 @@ def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     versions = dict(ok[0].versions)
     fitted = Calibration(
         allocated_constant_bytes=max(constant, 0),
-        reserved_ratio=max(0.0, round(slope - 1, 4)), reserved_constant_bytes=max(0, int(offset)),
+        **reserved,
         context_bytes=context, nccl_bytes=nccl,
         host_base_bytes=int(statistics.median(hosts)) if hosts else DEFAULT.host_base_bytes,
         fitted_on=sorted(set(sources)), card=ok[0].card, versions=versions,
