@@ -207,3 +207,21 @@ def test_the_stack_batches_ran_the_plans_predicted():
         runs = score(read_predictions(root / predictions), read_records(root / records))
         assert [r.name for r in runs if r.plan_matches is False] == []
         assert sum(r.plan_matches is True for r in runs) == sum(r.status is not None for r in runs)
+
+
+def test_score_groups_verdicts_by_the_predicted_tight_band():
+    from memplan.planning.scoring import grouped, score
+
+    def line(key, tight, verdict):
+        return {"run_key": key, "name": key, "model": "sa2va-1b", "vram_cap": "rtx-3090", "capacity_bytes": 100,
+                "predicted": {"peak_allocated_bytes": 80, "needed_bytes": 90 if verdict == "fits" else 110,
+                              "verdict": verdict, "tight": tight}}
+
+    predictions = [line("b/a", False, "fits"), line("b/b", True, "fits"), line("b/c", False, "oom")]
+    records = [{"run_key": "b/a", "run_id": "1", "status": "ok", "summary": {"peak_allocated_bytes": 80}},
+               {"run_key": "b/b", "run_id": "2", "status": "oom"},
+               {"run_key": "b/c", "run_id": "3", "status": "oom"}]
+    groups = grouped(score(predictions, records))
+    clear, tight = groups["verdict predicted clear of the tight band"], groups["verdict predicted within the tight band"]
+    assert clear["verdicts"] == {"count": 2, "right": 2, "fits_that_ran_oom": 0}
+    assert tight["verdicts"] == {"count": 1, "right": 0, "fits_that_ran_oom": 1}

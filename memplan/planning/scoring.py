@@ -33,6 +33,7 @@ class ScoredRun:
     needed_over_capacity: float | None  # predicted needed / capacity: the verdict's margin
     plan_matches: bool | None  # the record ran the plan that was predicted (see plan_check)
     plan_differences: tuple[str, ...] = ()  # the fields that differ, where the prediction carries its plan
+    predicted_tight: bool | None = None  # the verdict was predicted within the tight band (None: not recorded)
 
     @property
     def error(self) -> float | None:
@@ -85,7 +86,8 @@ def score_run(prediction: dict[str, Any], record: dict[str, Any] | None) -> Scor
                   model=str(prediction.get("model")), capped=capped,
                   predicted_allocated=predicted.get("peak_allocated_bytes"),
                   predicted_verdict=predicted.get("verdict") if capped else None,
-                  needed_over_capacity=needed / capacity if needed and capacity else None)
+                  needed_over_capacity=needed / capacity if needed and capacity else None,
+                  predicted_tight=predicted.get("tight") if capped else None)
     if record is None:
         return ScoredRun(side=None, status=None, card=None, stack="", measured_allocated=None,
                          measured_verdict=None, plan_matches=None, **common)
@@ -147,12 +149,17 @@ def summarize(runs: list[ScoredRun]) -> dict[str, Any]:
 
 
 def grouped(runs: list[ScoredRun]) -> dict[str, dict[str, Any]]:
-    """summarize() over all runs, by side, and by stack/card."""
+    """summarize() over all runs, by side, by the tight band where the predictions carry it (a verdict
+    predicted clear of it, or within it), and by stack/card."""
     groups: dict[str, list[ScoredRun]] = {"all": list(runs)}
     for side in ("calibration", "held-out"):
         members = [r for r in runs if r.side == side]
         if members:
             groups[f"side: {side}"] = members
+    for label, flag in (("clear of the tight band", False), ("within the tight band", True)):
+        members = [r for r in runs if r.predicted_tight is flag]
+        if members:
+            groups[f"verdict predicted {label}"] = members
     for run in sorted((r for r in runs if r.side is not None), key=lambda r: (r.stack, str(r.card))):
         groups.setdefault(f"stack/card: {run.stack} on {run.card or 'cpu'}", []).append(run)
     return {name: summarize(members) for name, members in groups.items()}
