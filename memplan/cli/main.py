@@ -78,7 +78,7 @@ def estimate(
         check_targets(emit_fsdp_to, force=force)
         the_plan = accelerate_plan(the_plan)  # estimate what accelerate will run
     evaluation = evaluate(profile, the_plan, calibration=load_calibration(calibration), reference=the_plan,
-                          with_advice=True, with_sinks=True)  # advice only when it does not fit
+                          with_advice=True, with_sinks=True)  # advice when it does not fit clear of the band
     result, step, advice = evaluation.estimate, evaluation.step, evaluation.advice
     advice_lines = story.advice_lines(advice) if advice else []
     if output_format is OutputFormat.json:
