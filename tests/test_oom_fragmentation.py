@@ -42,3 +42,31 @@ def test_a_planned_run_may_set_the_allocator():
     run = PlannedRun(name="x", model="sa2va-1b", alloc_conf="expandable_segments:True")
     assert run.alloc_conf == "expandable_segments:True"
     assert PlannedRun(name="y").alloc_conf is None
+
+
+def test_the_runner_sets_the_allocator_and_the_record_says_so(tmp_path):
+    """benchmarks/run_runset.py on the CPU: a run with alloc_conf gets PYTORCH_CUDA_ALLOC_CONF, and the
+    probe's record stores it (environment.alloc_conf); the run sets waiting for a GPU all load."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from memplan.planning.protocol import load_runset
+
+    for name in ("h200-batch7.yaml", "h200-batch8.yaml"):
+        runset = load_runset(ROOT / "reports" / "probes" / "runsets" / name)
+        assert len(runset.runs) >= 9
+    assert all(run.alloc_conf == "expandable_segments:True"
+               for run in load_runset(ROOT / "reports" / "probes" / "runsets" / "h200-batch8.yaml").runs)
+    document = yaml.safe_load((ROOT / "tests" / "fixtures" / "runsets" / "tiny.yaml").read_text())
+    document["batch"] = "tiny-xs"
+    document["runs"] = [{**document["runs"][0], "name": "tiny-xs", "alloc_conf": "expandable_segments:True"}]
+    runset = tmp_path / "tiny-xs.yaml"
+    runset.write_text(yaml.safe_dump(document))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_runset.py"), str(runset), "--out", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["status"] == "ok" and record["environment"]["alloc_conf"] == "expandable_segments:True"
