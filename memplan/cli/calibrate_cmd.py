@@ -152,24 +152,24 @@ def calibrate(
     target = _writable_target(out or default_target(records), force)
     loaded = load_measurements(records)
     measurements = [m for m in loaded if all_sides or fit_side(m.run_id, m.profile.name, m.status)]
+    def kept():  # the file being updated (read only by the terms that keep the rest of it)
+        return load_calibration(target) if target.exists() else load_calibration()
+
     if terms is CalibrateTerms.step_time:  # keep the memory terms of the file being updated
-        calibration = load_calibration(target) if target.exists() else load_calibration()
+        calibration = kept()
         measurements = []
-    elif terms is CalibrateTerms.reserved:  # the roomy-card device view only: verdicts do not move
-        calibration = load_calibration(target) if target.exists() else load_calibration()
-        if not measurements:
-            raise InputError(f"records: none of the {len(loaded)} records is on the calibration side "
-                             "(sha256(run_id) first byte < 85, not a tiny-* fixture, status ok/oom); --all-sides fits on all")
-        calibration = calibration.model_copy(update={
-            **cal.fit_reserved(measurements), "fitted_on": sorted({*calibration.fitted_on, *map(str, records)})})
-        calibration = _with_median_error(calibration, measurements)
     else:
         if not measurements:
             raise InputError(f"records: none of the {len(loaded)} records is on the calibration side "
                              "(sha256(run_id) first byte < 85, not a tiny-* fixture, status ok/oom); --all-sides fits on all")
-        calibration = cal.fit(measurements, [str(p) for p in records])
-        # the tight band measures verdicts predicted before their runs, which a fit cannot: kept as shipped
-        calibration = calibration.model_copy(update={"tight_band": load_calibration().tight_band})
+        if terms is CalibrateTerms.reserved:  # the roomy-card device view only: verdicts do not move
+            base = kept()
+            calibration = base.model_copy(update={
+                **cal.fit_reserved(measurements), "fitted_on": sorted({*base.fitted_on, *map(str, records)})})
+        else:
+            calibration = cal.fit(measurements, [str(p) for p in records])
+            # the tight band measures verdicts predicted before their runs, which a fit cannot: kept as shipped
+            calibration = calibration.model_copy(update={"tight_band": load_calibration().tight_band})
         calibration = _with_median_error(calibration, measurements)
     if terms not in (CalibrateTerms.memory, CalibrateTerms.reserved):
         runs, _ = load_timed_runs(records)

@@ -14,7 +14,7 @@ torch.nn.parallel.DistributedDataParallel, gradient_as_bucket_view=False).
 
 from __future__ import annotations
 
-from memplan.estimate import fsdp, optimizer
+from memplan.estimate import fsdp, optimizer, weights
 from memplan.estimate.context import Context
 from memplan.spec.vocabulary import Component
 
@@ -130,8 +130,8 @@ def zero3_gathered_bytes(ctx: Context) -> int:
     else:
         live = min(engine.stage3_max_live_parameters, largest_module_params(ctx) + engine.stage3_prefetch_bucket_size)
     if ctx.num_gpus == 1:  # one rank with parameter offload: each gather is a host-to-GPU copy
-        held = sum(p.frozen * p.weight_bytes + p.trainable_held_bytes for p in ctx.parts.values())
-        return one_rank_gather_copy_bytes(gathered_params=live, param_bytes=ctx.compute_bytes, held_bytes=held,
+        return one_rank_gather_copy_bytes(gathered_params=live, param_bytes=ctx.compute_bytes,
+                                          held_bytes=weights.held_weight_bytes(ctx),
                                           partitions_on_device=engine.offload_params == "none")
     return live * ctx.compute_bytes
 

@@ -361,7 +361,10 @@ def root_reduces_largest(ctx: Context) -> bool:
     TRANSFORMER_BASED_WRAP on the probe model, memplan.integrations.accelerate_fsdp). It runs in the
     root's post-backward final callback, after the autograd graph has run (_fsdp_state.py,
     _root_post_backward_final_callback, queued on Variable._execution_engine)."""
-    return ctx.training and _largest_reduce(ctx)[1] and unit_sizes(ctx)[1].trainable > 0
+    if not ctx.training:
+        return False
+    largest, is_root = _largest_reduce(ctx)
+    return is_root and largest.trainable > 0
 
 
 def reduce_scatter_bytes(ctx: Context) -> int:

@@ -41,4 +41,10 @@ def host_weight_bytes(ctx: Context) -> int:
     every rank keeps its 1/N partition in pinned memory, so the node holds one full copy."""
     if not (ctx.is_deepspeed and ctx.zero_stage == 3 and ctx.plan.engine.offload_params == "cpu"):
         return 0
+    return held_weight_bytes(ctx)
+
+
+def held_weight_bytes(ctx: Context) -> int:
+    """Every parameter once, each in the dtype it is held in: frozen weights at their weight dtype,
+    trainable ones at theirs (PartCounts.trainable_held_bytes)."""
     return sum(p.frozen * p.weight_bytes + p.trainable_held_bytes for p in ctx.parts.values())
