@@ -74,7 +74,8 @@ ACCELERATE = {"name": "sa2va1b-accelerate-fsdp2", "model": "sa2va-1b",
 TIMEOUT_S = 150  # per run; most take 20-40 s (imports, random init on the CPU, 2 steps)
 RECORDS = (Path("reports/probes/h200-fsdp-fake-world.jsonl"),  # the runs made so far: 5 of 15, 2026-12-02 morning,
            Path("reports/probes/h200-fsdp-fake-world-b.jsonl"),  # the other 10, afternoon (fsdp-b.json)
-           Path("reports/probes/h200-fsdp-fake-world-c.jsonl"))  # the 6 added runs, 2026-12-03 (fsdp-c2.json)
+           Path("reports/probes/h200-fsdp-fake-world-c.jsonl"),  # the 6 added runs, 2026-12-03 (fsdp-c2.json)
+           Path("reports/probes/h200-fsdp-fake-world-d.jsonl"))  # the 7 held-out runs, 2026-12-04 (fsdp-d.json)
 
 
 def probe_head(run: dict) -> str:
