@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def snapshot() -> dict:
     from memplan.estimate.peak import estimate
     from memplan.spec.loading import load_calibration, load_plan, load_profile, plan_names, profile_names
+    from memplan.spec.allocator import record_plan_document
     from memplan.spec.plan import Plan
     from memplan.probe.records import read_records
     from memplan.spec.profile import Profile
@@ -36,7 +37,7 @@ def snapshot() -> dict:
     for path in sorted((ROOT / "reports" / "probes").glob("*.jsonl")):
         for record in read_records(path):
             profile = Profile.model_validate(record["profile"])
-            plan = Plan.model_validate(record["plan"])
+            plan = Plan.model_validate(record_plan_document(record))
             out[f"record:{record['run_id']}"] = estimate(profile, plan, calibration).to_dict()
     return out
 

@@ -38,7 +38,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print memplan's
 @app.command()
 @user_errors
 @plan_flags("gpus", "nodes", "vram", "gpu", "host_ram", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
-            "micro_batch", "objects", "ckpt", "mode", "stack", "attention", "adapter_dtype")
+            "micro_batch", "objects", "ckpt", "mode", "stack", "attention", "adapter_dtype", "allocator")
 def estimate(
     *,
     model: Optional[str] = MODEL,

@@ -119,6 +119,9 @@ STACK = typer.Option(None, "--stack", help="Training stack: sa2va (the official 
 ATTENTION = typer.Option(None, "--attention", help="eager, sdpa or flash (eager keeps the s x s probabilities).")
 ADAPTER_DTYPE = typer.Option(None, "--adapter-dtype", help="LoRA adapters in fp32 (peft's default) or compute "
                              "(bf16; autocast_adapter_dtype=False). Default: the stack's.")
+ALLOCATOR = typer.Option(None, "--allocator", help="PyTorch's CUDA allocator as the run sets it: default, or "
+                         "expandable_segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: no fragmentation "
+                         "margin in the verdict).")
 EMIT = typer.Option(None, "--emit-deepspeed",
                     help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
                          "and the plan beside it.")
@@ -150,7 +153,7 @@ PLAN_FLAGS: dict[str, tuple[Any, Any]] = {
     "tiles": (Optional[int], TILES), "frames": (Optional[int], FRAMES), "text_len": (Optional[int], TEXT_LEN),
     "micro_batch": (Optional[int], MICRO_BATCH), "objects": (Optional[int], OBJECTS), "ckpt": (Optional[bool], CKPT),
     "mode": (Optional[str], MODE), "stack": (Optional[str], STACK), "attention": (Optional[str], ATTENTION),
-    "adapter_dtype": (Optional[str], ADAPTER_DTYPE),
+    "adapter_dtype": (Optional[str], ADAPTER_DTYPE), "allocator": (Optional[str], ALLOCATOR),
 }
 
 

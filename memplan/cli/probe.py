@@ -217,7 +217,7 @@ def render_result(record: dict[str, Any], out: Path) -> None:
 
 @user_errors
 @plan_flags("gpus", "nodes", "res", "zero", "engine", "offload", "lora_rank", "tiles", "frames", "text_len",
-            "micro_batch", "objects", "ckpt", "stack", "attention", "adapter_dtype", "mode")
+            "micro_batch", "objects", "ckpt", "stack", "attention", "adapter_dtype", "mode", "allocator")
 def probe_command(
     *,
     model: Optional[str] = MODEL,
@@ -242,7 +242,9 @@ def probe_command(
     vram_cap_gib = cap.gib if cap else None
     if fake_world is not None and flags["gpus"] is None:
         flags = {**flags, "gpus": max(fake_world // (flags["nodes"] or 1), 1)}
-    the_plan = plan_from_flags(plan, **flags)
+    from memplan.probe.environment import apply_allocator
+
+    the_plan = apply_allocator(plan_from_flags(plan, **flags))
     require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
     check_lora_rank(profile, the_plan)

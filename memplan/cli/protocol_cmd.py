@@ -19,7 +19,9 @@ from memplan.spec.loading import InputError
 
 def planned_plan(runset: RunSet, run: PlannedRun, runset_path: Path):
     """The Plan a run is estimated with: its plan file and flags; a cap in GiB as the VRAM (no card),
-    a cap naming a card as that card (its CUDA total, its family's context), no cap: the batch's card."""
+    a cap naming a card as that card (its CUDA total, its family's context), no cap: the batch's card.
+    The run's alloc_conf sets stack.allocator (expandable segments) unless its flags name one."""
+    from memplan.spec.allocator import EXPANDABLE, allocator_of
     from memplan.spec.cards import parse_vram_cap
 
     cap = parse_vram_cap(run.vram_cap)
@@ -29,6 +31,8 @@ def planned_plan(runset: RunSet, run: PlannedRun, runset_path: Path):
         hardware = {"vram": cap.gib}
     else:
         hardware = {"gpu": cap.card}
+    if "allocator" not in run.flags and allocator_of(run.alloc_conf) == EXPANDABLE:
+        hardware["allocator"] = EXPANDABLE
     return plan_from_flags(resolve_plan_file(runset_path, run.plan), gpus=run.gpus, **run.flags, **hardware)
 
 

@@ -41,6 +41,7 @@ class Estimate:
     host_pinned_bytes: int = 0  # pinned share of host_bytes (FSDP2 CPUOffloadPolicy), per node
     nccl_extra_bytes: int = 0  # further communicators and inter-node buffers (multinode.nccl_extra_bytes)
     context_source: str = ""  # which card family's context the device views use (memplan.estimate.card)
+    expandable_segments: bool = False  # stack.allocator expandable_segments: needed_bytes without fragmentation
 
     @property
     def headroom_bytes(self) -> int:
@@ -113,6 +114,7 @@ class Estimate:
             ],
             **self._per_node(),
             **({"context_source": self.context_source} if self.context_source else {}),
+            **({"allocator": "expandable_segments"} if self.expandable_segments else {}),
         }
 
     def _per_node(self) -> dict:
@@ -132,7 +134,8 @@ def phase_needed_bytes(result: Estimate) -> dict[str, int]:
         allocated = phase.total + cal.allocated_constant_bytes
         out[phase.phase.value] = overhead.card_views(cal, allocated, result.largest_block_bytes,
                                                      num_gpus=result.num_gpus, is_deepspeed=result.deepspeed,
-                                                     nccl_extra_bytes=result.nccl_extra_bytes)[2]
+                                                     nccl_extra_bytes=result.nccl_extra_bytes,
+                                                     expandable=result.expandable_segments)[2]
     return out
 
 
@@ -175,8 +178,10 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
     deepspeed = plan.engine.kind in ("deepspeed", "fsdp2")  # a process group even on one GPU
     block = activations.largest_block_bytes(ctx)
     nccl_extra = multinode.nccl_extra_bytes(ctx, calibration)
+    expandable = plan.stack.allocator == "expandable_segments"
     reserved, device, needed = overhead.card_views(calibration, allocated, block, num_gpus=plan.hardware.num_gpus,
-                                                   is_deepspeed=deepspeed, nccl_extra_bytes=nccl_extra)
+                                                   is_deepspeed=deepspeed, nccl_extra_bytes=nccl_extra,
+                                                   expandable=expandable)
     return Estimate(
         profile_name=profile.name,
         plan_name=plan.name,
@@ -197,5 +202,6 @@ def estimate(profile: Profile, plan: Plan, calibration: Calibration | None = Non
         host_pinned_bytes=plan.hardware.gpus_per_node * fsdp.pinned_bytes_per_rank(ctx) if ctx.is_fsdp else 0,
         nccl_extra_bytes=nccl_extra,
         context_source=context_source,
+        expandable_segments=expandable,
     )
 

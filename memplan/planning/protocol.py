@@ -33,7 +33,7 @@ SIDES = ("calibration", "held-out")
 PROBE_FLAGS = {
     "res": "--res", "zero": "--zero", "engine": "--engine", "offload": "--offload", "lora_rank": "--lora-rank",
     "tiles": "--tiles", "frames": "--frames", "text_len": "--text-len", "micro_batch": "--micro-batch",
-    "objects": "--objects", "ckpt": "--ckpt", "mode": "--mode",
+    "objects": "--objects", "ckpt": "--ckpt", "mode": "--mode", "allocator": "--allocator",
 }
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -70,7 +70,8 @@ class PlannedRun(BaseModel):
     timeout_s: int = Field(default=120, ge=10, le=3600)
     purpose: str = ""  # verdict, context, allocated: what the run is for
     # PYTORCH_CUDA_ALLOC_CONF for this run's probe (e.g. "expandable_segments:True"); None: the caller's
-    # environment. The estimate does not read it: a batch that varies it measures what it changes.
+    # environment. The estimate reads its expandable_segments setting as stack.allocator
+    # (memplan.spec.allocator.allocator_of); its other options are not modelled.
     alloc_conf: str | None = Field(default=None, max_length=200)
 
     @field_validator("name")
@@ -177,6 +178,7 @@ def probe_argv(runset: RunSet, run: PlannedRun, runset_path: Path) -> list[str]:
 LATER_PLAN_FIELDS: dict[tuple[str, str], Any] = {
     ("hardware", "nodes"): 1, ("engine", "zero_hpz_partition_size"): 1, ("engine", "fsdp"): None,
     ("stack", "checkpoint_scope"): None,  # added after the H200 stack runs (None: the stack's own default)
+    ("stack", "allocator"): "default",  # added after h200-batch8 (records before it: environment.alloc_conf)
 }
 # what a record does not carry from the run set (the card the run is estimated on) and labels
 CAPACITY_FIELDS = (("hardware", "vram_gib"), ("hardware", "gpu"), ("hardware", "host_ram_gib"))

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from memplan.spec.allocator import record_plan_document
 from memplan.planning.protocol import plan_differences, plan_fingerprints, side_of
 
 
@@ -108,7 +109,7 @@ def plan_check(prediction: dict[str, Any], record: dict[str, Any]) -> tuple[bool
     a probe newer than the prediction records hardware.nodes 1, engine.zero_hpz_partition_size 1 and
     engine.fsdp null for the same run). A prediction that carries its plan document is compared field by
     field; one that carries only a fingerprint matches either fingerprint of the record's plan."""
-    plan = record.get("plan")
+    plan = record_plan_document(record) if record.get("plan") else None
     if not plan:
         return None, ()
     if isinstance(prediction.get("plan"), dict):

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from memplan.planning.steptime import HOST_CORES_PER_GPU, StepTime, time_step
 from memplan.planning.workload import KERNEL_CLASSES, Workload, workload
+from memplan.spec.allocator import record_plan_document
 from memplan.spec.calibration import KernelEfficiency, StepTimeTerms
 from memplan.spec.gpus import GpuSpec, gpu_for, match_device_name
 from memplan.spec.plan import Plan
@@ -67,7 +68,7 @@ def timed_runs(records: Iterable[dict[str, Any]]) -> tuple[list[TimedRun], list[
             continue
         try:
             profile = Profile.model_validate(record["profile"])
-            plan = Plan.model_validate(record["plan"])
+            plan = Plan.model_validate(record_plan_document(record))
         except (KeyError, ValueError) as error:
             skipped.append(f"{run_id}: {str(error).splitlines()[0]}")
             continue

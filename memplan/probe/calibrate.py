@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from memplan.estimate.peak import Estimate, category_bytes, estimate
 from memplan.estimate.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, uses_nccl
+from memplan.spec.allocator import record_plan_document
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
@@ -56,7 +57,7 @@ def measured_from_record(record: dict[str, Any], source: str) -> Measured:
     and bytes per category where the probe took a census."""
     try:
         profile = Profile.model_validate(record["profile"])
-        plan = Plan.model_validate(record["plan"])
+        plan = Plan.model_validate(record_plan_document(record))
     except Exception as error:  # noqa: BLE001 - any mismatch is a foreign/old record
         raise InputError(f"{source}: run {record.get('run_id')}: profile/plan do not validate: "
                          f"{str(error).splitlines()[0]}") from None

@@ -63,3 +63,25 @@ def fallback_environment(world_size: int) -> dict[str, Any]:
     """The same keys with nothing measured but the host (no rank saved its environment)."""
     return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
             **{library: None for library in LIBRARIES}, **_host(world_size), **dict.fromkeys(HOST_FACTS)}
+
+
+def apply_allocator(plan: Any) -> Any:
+    """The plan as the probe will run it, with PyTorch's allocator set to match (before any CUDA use):
+    a plan that asks for expandable segments gets ``expandable_segments:True`` added to
+    PYTORCH_CUDA_ALLOC_CONF (inherited by torchrun's ranks; set in the allocator too where CUDA has
+    already started, torch.cuda.memory._set_allocator_settings); a caller whose environment already
+    sets it runs that way, and the plan recorded says so. The record measures what ran."""
+    import sys
+
+    from memplan.spec.allocator import ENV, EXPANDABLE, allocator_of, conf_with_allocator
+
+    current = os.environ.get(ENV)
+    if allocator_of(current) == EXPANDABLE and plan.stack.allocator != EXPANDABLE:
+        return plan.model_copy(update={"stack": plan.stack.model_copy(update={"allocator": EXPANDABLE})})
+    wanted = conf_with_allocator(current, plan.stack.allocator)
+    if wanted != current and wanted is not None:
+        os.environ[ENV] = wanted
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.memory._set_allocator_settings(f"{EXPANDABLE}:True")
+    return plan

@@ -30,6 +30,7 @@ FLAG_PATHS = {
     "frames": "inputs.frames", "zero": "engine.zero_stage", "engine": "engine.kind",
     "ckpt": "components.llm.checkpointing", "mode": "mode", "attention": "attention",
     "precision": "precision.compute", "stack": "stack.kind", "adapter_dtype": "stack.adapter_dtype",
+    "allocator": "stack.allocator",
 }
 FLAGS = (*FLAG_PATHS, "nodes", "offload", "lora_rank")
 

@@ -265,6 +265,11 @@ class Stack(Section):
     - loss: full_vocab (HF ForCausalLMLoss materialises logits) or chunked (a fused/chunked
       cross-entropy, such as Liger's, never materialises them).
     - transformers_version: the version whose behaviour to assume (None: the installed one).
+    - allocator: PyTorch's CUDA caching allocator as the run sets it (PYTORCH_CUDA_ALLOC_CONF):
+      default (cudaMalloc segments, which strand freed blocks) or expandable_segments
+      (``expandable_segments:True``: one growing virtual segment per stream, whose free pages are
+      unmapped before an allocation fails). It moves what a card must hold, not what is allocated
+      (memplan.estimate.overhead.needed_bytes).
     """
 
     kind: StackKind = "sa2va"
@@ -277,6 +282,7 @@ class Stack(Section):
     autocast: bool | None = None  # the forward runs under torch.autocast (Trainer bf16=True: yes)
     fused_optimizer: bool | None = None  # torch AdamW fused=True (Trainer's adamw_torch_fused): no temporaries
     transformers_version: str | None = Field(default=None, max_length=40)
+    allocator: Literal["default", "expandable_segments"] = "default"
 
 
 class Plan(Section):

@@ -1,0 +1,101 @@
+"""PyTorch's allocator as a plan knob (stack.allocator): expandable segments drop the fragmentation
+margin from what a card must hold, not a byte of what is allocated (memplan.estimate.overhead)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memplan.estimate import overhead
+from memplan.estimate.peak import estimate
+from memplan.spec.allocator import allocator_of, conf_with_allocator, record_plan_document
+from memplan.spec.flags import plan_from_flags
+from memplan.spec.loading import load_calibration, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("conf, allocator", [
+    (None, "default"), ("", "default"), ("expandable_segments:True", "expandable_segments"),
+    ("max_split_size_mb:128, expandable_segments:true", "expandable_segments"),
+    ("expandable_segments:False", "default"), ("expandable_segments:True,expandable_segments:False", "default"),
+    ("garbage_collection_threshold:0.6", "default"),
+])
+def test_the_variable_reads_as_the_allocator(conf, allocator):
+    assert allocator_of(conf) == allocator
+
+
+def test_switching_on_keeps_the_users_other_options():
+    assert conf_with_allocator(None, "expandable_segments") == "expandable_segments:True"
+    assert conf_with_allocator("max_split_size_mb:128", "expandable_segments") == "max_split_size_mb:128,expandable_segments:True"
+    assert conf_with_allocator("expandable_segments:False", "expandable_segments") == "expandable_segments:True"
+    assert conf_with_allocator("max_split_size_mb:128", "default") == "max_split_size_mb:128"
+
+
+def _plan(allocator):
+    return plan_from_flags(None, gpus=1, gpu="rtx-3090", engine="pytorch", ckpt=True, tiles=7, res=512, objects=1,
+                           text_len=7552, allocator=allocator)
+
+
+def test_expandable_segments_need_the_allocated_peak_and_the_context():
+    calibration = load_calibration(None)
+    profile = load_profile("sa2va-1b")
+    default, expandable = estimate(profile, _plan("default"), calibration), estimate(profile, _plan("expandable_segments"), calibration)
+    assert expandable.peak_allocated_bytes == default.peak_allocated_bytes
+    assert expandable.device_bytes == default.device_bytes and expandable.peak_reserved_bytes == default.peak_reserved_bytes
+    assert expandable.needed_bytes == expandable.peak_allocated_bytes + expandable.calibration.context_bytes
+    assert expandable.needed_bytes < default.needed_bytes
+    # h200-batch8/cap-1b-pt-7552-t7-r512-o1-ck-xs: the default allocator's margin says oom, the run fitted
+    assert default.verdict.value == "oom" and expandable.verdict.value == "fits"
+    assert expandable.to_dict()["allocator"] == "expandable_segments" and "allocator" not in default.to_dict()
+
+
+def test_nccl_still_counts_under_expandable_segments():
+    cal = load_calibration(None)
+    alone = overhead.needed_bytes(cal, 10 * 2**30, 2**30, device=0, num_gpus=1, expandable=True)
+    grouped = overhead.needed_bytes(cal, 10 * 2**30, 2**30, device=0, num_gpus=4, expandable=True)
+    assert grouped - alone == cal.nccl_bytes and alone == 10 * 2**30 + cal.context_bytes
+
+
+def test_records_before_the_field_read_the_allocator_from_their_environment():
+    lines = (ROOT / "reports" / "probes" / "h200-batch8.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert "allocator" not in record["plan"]["stack"]
+    assert record_plan_document(record)["stack"]["allocator"] == "expandable_segments"
+    assert "allocator" not in record["plan"]["stack"]  # the record itself is not rewritten
+    plain = json.loads((ROOT / "reports" / "probes" / "h200-batch7.jsonl").read_text().splitlines()[0])
+    assert record_plan_document(plain) == plain["plan"]
+    explicit = {**record, "plan": {**record["plan"], "stack": {**record["plan"]["stack"], "allocator": "default"}}}
+    assert record_plan_document(explicit)["stack"]["allocator"] == "default"
+
+
+def test_a_planned_runs_alloc_conf_is_its_plans_allocator(tmp_path):
+    from memplan.cli.protocol_cmd import planned_plan
+    from memplan.planning.protocol import load_runset
+
+    path = ROOT / "reports" / "probes" / "runsets" / "h200-batch8.yaml"
+    runset = load_runset(path)
+    assert all(planned_plan(runset, run, path).stack.allocator == "expandable_segments" for run in runset.runs)
+    path7 = ROOT / "reports" / "probes" / "runsets" / "h200-batch7.yaml"
+    runset7 = load_runset(path7)
+    assert all(planned_plan(runset7, run, path7).stack.allocator == "default" for run in runset7.runs)
+
+
+def test_the_probe_sets_the_variable_the_plan_asks_for(monkeypatch):
+    from memplan.probe.environment import apply_allocator
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    plan = _plan("expandable_segments")
+    assert apply_allocator(plan) is plan
+    import os
+
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+
+
+def test_the_probe_records_the_allocator_its_environment_sets(monkeypatch):
+    from memplan.probe.environment import apply_allocator
+
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert apply_allocator(_plan("default")).stack.allocator == "expandable_segments"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+    assert apply_allocator(_plan("default")).stack.allocator == "default"
