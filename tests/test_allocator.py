@@ -116,3 +116,46 @@ def test_the_probe_records_the_allocator_its_environment_sets(monkeypatch):
     assert apply_allocator(_plan("default")).stack.allocator == "expandable_segments"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
     assert apply_allocator(_plan("default")).stack.allocator == "default"
+
+
+def test_advice_offers_expandable_segments_and_ranks_clear_fits_first():
+    from memplan.planning.advice import advise
+
+    calibration = load_calibration(None)
+    profile = load_profile("sa2va-1b")
+    plan = _plan("default")
+    advice = advise(profile, plan, calibration)
+    labels = [change.label for change in advice.changes]
+    assert any(label.startswith("expandable segments") for label in labels)
+    switched = next(c for c in advice.changes if c.label.startswith("expandable segments"))
+    assert switched.plan.stack.allocator == "expandable_segments" and switched.estimate.fits
+    assert not any(c.label.startswith("expandable segments")
+                   for c in advise(profile, _plan("expandable_segments"), calibration).changes)
+
+
+def test_the_fragmentation_sink_is_named_where_it_decides():
+    from memplan.planning.sinks import find_sinks
+
+    calibration = load_calibration(None)
+    profile = load_profile("sa2va-1b")
+    near = find_sinks(profile, _plan("default"), calibration=calibration)
+    sink = next(s for s in near if s.knob == "stack.allocator=expandable_segments")
+    default, expandable = (estimate(profile, _plan(a), calibration) for a in ("default", "expandable_segments"))
+    assert sink.saved_bytes == default.needed_bytes - expandable.needed_bytes > 0
+    assert "expandable_segments:True" in sink.change
+    roomy = plan_from_flags(None, gpus=1, gpu="h200", engine="pytorch", ckpt=True, tiles=7, res=512, text_len=2048)
+    assert not any(s.knob.startswith("stack.allocator") for s in find_sinks(profile, roomy, calibration=calibration))
+    assert not any(s.knob.startswith("stack.allocator")
+                   for s in find_sinks(profile, _plan("expandable_segments"), calibration=calibration))
+
+
+def test_the_table_names_the_allocator_row_and_legend_for_expandable_segments():
+    from memplan.report import story
+
+    calibration = load_calibration(None)
+    result = estimate(load_profile("sa2va-1b"), _plan("expandable_segments"), calibration)
+    rows = dict(story.overhead_rows(result))
+    assert rows["allocator (stranded pages, expandable segments)"] == overhead.EXPANDABLE_STRANDED_BYTES
+    constant = rows.pop("fitted constant (workspaces)", 0)
+    assert sum(rows.values()) + result.peak_allocated_bytes == result.needed_bytes and constant >= 0
+    assert "expandable segments" in story.legend(result)

@@ -255,6 +255,15 @@ def _overlap_off(plan: Plan, profile: Profile):
     return Proposal("overlap_comm off", {"engine": {"overlap_comm": False}}, "overlap_comm")
 
 
+def _expandable_segments(plan: Plan, profile: Profile):
+    """PyTorch's expandable segments: no fragmentation margin (memplan.estimate.overhead.needed_bytes);
+    nothing of the training changes."""
+    if plan.stack.allocator != "default":
+        return None
+    return Proposal("expandable segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)",
+                    {"stack": {"allocator": "expandable_segments"}}, "allocator")
+
+
 def _more_gpus(plan: Plan, profile: Profile):
     n = plan.hardware.num_gpus
     return Proposal(f"{2 * n} GPUs (was {n})", {"hardware": {"num_gpus": 2 * n}}, "num_gpus", needs_hardware=True)
@@ -279,7 +288,8 @@ HOST_MODIFIERS: tuple[Modifier, ...] = (_param_offload_off, _optimizer_offload_o
 
 MODIFIERS: tuple[Modifier, ...] = (
     _zero_up, _optimizer_offload, _param_offload, _checkpointing, *(_resolution(r) for r in RESOLUTION_STEPS),
-    _fewer_tiles, _shorter_text, _micro_batch, _lora_rank, _freeze_decoder, _buckets, _overlap_off, _more_gpus,
+    _fewer_tiles, _shorter_text, _micro_batch, _lora_rank, _freeze_decoder, _buckets, _overlap_off,
+    _expandable_segments, _more_gpus,
 )
 
 

@@ -37,6 +37,7 @@ GROUPS: dict[str, tuple[Category | str, ...]] = {  # the narrow table's columns
     "other": (Category.DEEPSPEED_BUFFERS, Category.FSDP_BUFFERS, OVERHEAD),
 }
 OVERHEAD_LABELS = {"allocator (kept under pressure)": "allocator", "allocator (reserved - allocated)": "allocator",
+                   "allocator (stranded pages, expandable segments)": "allocator",
                    "fitted constant (workspaces)": "constant", "CUDA context": "CUDA context",
                    "NCCL communicator": "NCCL"}
 
@@ -132,7 +133,7 @@ def estimate_table(estimate: Estimate, *, width: int | None = None, wide: bool =
     table.add_row("needed", *story.shown_parts(totals, estimate.needed_bytes), format_gib(estimate.needed_bytes),
                   style="bold")
     style = "bold green" if estimate.verdict is Verdict.FITS else "bold red"
-    legend = story.LEGEND
+    legend = story.legend(estimate)
     parts: list[Any] = [table, Text(verdict_text(estimate), style=style)]
     parts += [Text(line, style="yellow" if i == 0 else "") for i, line in enumerate(advice)]
     parts += [Text(line) for line in summary_lines(estimate, host_note)]

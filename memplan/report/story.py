@@ -35,8 +35,12 @@ def overhead_rows(estimate: "Estimate") -> list[tuple[str, int]]:
     constant = calibration.allocated_constant_bytes
     allocator = estimate.needed_bytes - estimate.peak_allocated_bytes - context - nccl
     rows = [("fitted constant (workspaces)", constant)] if constant else []
-    rows.append(("allocator (kept under pressure)" if calibration.pressure_ratio is not None
-                 else "allocator (reserved - allocated)", allocator))
+    if estimate.expandable_segments:
+        label = "allocator (stranded pages, expandable segments)"
+    else:
+        label = ("allocator (kept under pressure)" if calibration.pressure_ratio is not None
+                 else "allocator (reserved - allocated)")
+    rows.append((label, allocator))
     rows.append(("CUDA context", context))
     if nccl:
         rows.append(("NCCL communicator", nccl))
@@ -54,6 +58,13 @@ def views_line(estimate: "Estimate") -> str:
 
 LEGEND = ("needed = allocated + allocator (kept under pressure) + CUDA context + NCCL; "
           "less than device: cached blocks are freed first")
+LEGEND_EXPANDABLE = ("needed = allocated + allocator (pages stranded under expandable segments) + CUDA context + NCCL; "
+                     "free pages are unmapped before an allocation fails")
+
+
+def legend(estimate: "Estimate") -> str:
+    """The line under the table saying what needed is made of, for the plan's allocator."""
+    return LEGEND_EXPANDABLE if estimate.expandable_segments else LEGEND
 
 
 
