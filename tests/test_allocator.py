@@ -159,3 +159,54 @@ def test_the_table_names_the_allocator_row_and_legend_for_expandable_segments():
     constant = rows.pop("fitted constant (workspaces)", 0)
     assert sum(rows.values()) + result.peak_allocated_bytes == result.needed_bytes and constant >= 0
     assert "expandable segments" in story.legend(result)
+
+
+def test_launch_lines_export_the_allocator_the_plan_names():
+    from memplan.integrations.accelerate_fsdp import launch_line
+    from memplan.integrations.deepspeed import launch_command
+
+    expandable = plan_from_flags(None, gpus=4, zero=2, allocator="expandable_segments")
+    default = plan_from_flags(None, gpus=4, zero=2)
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in launch_command(expandable, "train.py")
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in launch_command(default, "train.py")
+    fsdp = plan_from_flags(None, gpus=4, engine="fsdp2", allocator="expandable_segments")
+    assert launch_line(fsdp, "fsdp.yaml", "train.py").startswith("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True accelerate launch")
+    assert launch_line(plan_from_flags(None, gpus=4, engine="fsdp2"), "fsdp.yaml", "train.py").startswith("accelerate launch")
+
+
+def test_compare_and_search_take_the_allocator():
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    runner = CliRunner()
+    default = runner.invoke(app, ["compare", "--gpu", "rtx-3090", "--format", "json"])
+    expandable = runner.invoke(app, ["compare", "--gpu", "rtx-3090", "--format", "json", "--allocator", "expandable_segments"])
+    assert default.exit_code == 0 and expandable.exit_code == 0, expandable.output
+    needs = lambda out: [row["needed_bytes"] for row in json.loads(out)["plans"]]
+    assert all(e <= d for e, d in zip(needs(expandable.output), needs(default.output)))
+    assert needs(expandable.output) != needs(default.output)
+    bad = runner.invoke(app, ["search", "--gpus", "4", "--gpu", "rtx-3090", "--allocator", "nope"])
+    assert bad.exit_code == 2 and "stack.allocator='nope'" in bad.output
+
+
+@pytest.mark.parametrize("line, allocator", [
+    ('os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"', "expandable_segments"),
+    ('os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128,expandable_segments:True")', "expandable_segments"),
+    ('torch.cuda.memory._set_allocator_settings("expandable_segments:True")', "expandable_segments"),
+    ('os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:128"', "default"),
+])
+def test_scan_reads_the_allocator_a_script_sets(line, allocator):
+    from memplan.integrations.script_scan import scan_source
+
+    found = [f for f in scan_source(source=f"import os\nimport torch\n{line}\n").findings
+             if f.name == "PYTORCH_CUDA_ALLOC_CONF"]
+    assert len(found) == 1 and dict(found[0].settings) == {"stack.allocator": allocator} and found[0].line == 3
+
+
+def test_scan_says_when_it_cannot_read_the_allocator():
+    from memplan.integrations.script_scan import NOT_LITERAL, scan_source
+
+    found = [f for f in scan_source(source='import os\nos.environ["PYTORCH_CUDA_ALLOC_CONF"] = conf()\n').findings
+             if f.name == "PYTORCH_CUDA_ALLOC_CONF"]
+    assert len(found) == 1 and not found[0].settings and NOT_LITERAL in found[0].note

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from memplan.cli.options import GPU, MODEL, user_errors
+from memplan.cli.options import ALLOCATOR, GPU, MODEL, user_errors
 from memplan.cli.names import resolve_profile
 from memplan.cli.outputs import choose_row, emit_deepspeed, report_options, step_note, write_outputs
 from memplan.spec.flags import DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_lora_rank, on_gpu, plan_argument, plan_from_flags
@@ -36,6 +36,7 @@ def compare(
     plans: Optional[list[str]] = typer.Argument(None, help="Plan files or names (default: plans/seed baseline and plans A-D)."),
     model: Optional[str] = MODEL,
     gpu: Optional[str] = GPU,
+    allocator: Optional[str] = ALLOCATOR,
     report: dict,
 ) -> None:
     """Compare plans side by side: peak per GPU, verdict, host RAM, step time, what each gives up, advice."""
@@ -47,7 +48,7 @@ def compare(
     arguments = plans or [str(SEED_DIR / f"{name}.yaml") for name in SEED_PLANS]
     entries = []
     for argument in arguments:
-        plan = on_gpu(plan_from_flags(plan_argument(argument)), gpu)
+        plan = on_gpu(plan_from_flags(plan_argument(argument), allocator=allocator), gpu)
         profile = resolve_profile(model, plan)
         check_lora_rank(profile, plan)
         entries.append((profile, plan))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from memplan.cli.options import GPU, HOST_RAM, MODEL, PLAN, VRAM, fail, user_errors
+from memplan.cli.options import ALLOCATOR, GPU, HOST_RAM, MODEL, PLAN, VRAM, fail, user_errors
 from memplan.cli.outputs import ReportFormat, choose_row, emit_deepspeed, report_options, step_note, write_outputs
 from memplan.cli.names import resolve_profile
 from memplan.spec.flags import check_lora_rank, plan_argument, plan_from_flags
@@ -60,6 +60,7 @@ def search(
     top: int = typer.Option(10, "--top", help="Show at most this many plans of the front (most faithful first).", min=1),
     allow_tight: bool = typer.Option(False, "--allow-tight", help="Count plans that fit only within the tight band "
                                      "(calibration tight_band of the card, where past verdicts went either way)."),
+    allocator: Optional[str] = ALLOCATOR,
     report: dict,
 ) -> None:
     """Search ZeRO stage, offload, checkpointing, micro-batch, SAM2 resolution, LoRA rank, decoder freezing,
@@ -83,7 +84,7 @@ def search(
     vram_gib = vram if vram is not None else spec.vram_gib
     check_vram(gpu=spec.name if spec else None, vram_gib=vram_gib)
     host_ram, host_note = host_ram_choice(host_ram, plan_argument(plan) if plan else None)
-    base = plan_from_flags(plan_argument(plan) if plan else None)
+    base = plan_from_flags(plan_argument(plan) if plan else None, allocator=allocator)
     profile = resolve_profile(model, base)
     check_lora_rank(profile, base)
     output_format = report["output_format"]

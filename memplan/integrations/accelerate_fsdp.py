@@ -92,8 +92,12 @@ def accelerate_config(profile: Profile, plan: Plan) -> dict[str, Any]:
 
 
 def launch_line(plan: Plan, config_path: str, script: str, *, args: str = "") -> str:
-    """``accelerate launch`` with the config; on several nodes each node passes its rank and the master."""
-    head = f"accelerate launch --config_file {shlex.quote(config_path)}"
+    """``accelerate launch`` with the config; on several nodes each node passes its rank and the master;
+    PYTORCH_CUDA_ALLOC_CONF first where the plan's allocator is expandable segments."""
+    from memplan.spec.allocator import launch_env
+
+    env = "".join(f"{key}={value} " for key, value in launch_env(plan.stack.allocator).items())
+    head = f"{env}accelerate launch --config_file {shlex.quote(config_path)}"
     if plan.hardware.nodes > 1:
         head += " --machine_rank $NODE_RANK --main_process_ip $MASTER_ADDR --main_process_port 29500"
     return f"{head} {shlex.quote(script)}{' ' + args if args else ''}"

@@ -118,10 +118,13 @@ def launch_command(plan: Plan, script: str, *, args: str = "") -> str:
     """The shell line that starts ``script`` on ``plan.hardware.num_gpus`` GPUs of one host.
 
     DeepSpeed engines use the ``deepspeed`` launcher, plain PyTorch uses ``torchrun``; both get the
-    NCCL settings that keep NVLink multicast off (launch_comment says why; docs/launch.md).
+    NCCL settings that keep NVLink multicast off (launch_comment says why; docs/launch.md), and
+    PYTORCH_CUDA_ALLOC_CONF where the plan's allocator is expandable segments.
     """
+    from memplan.spec.allocator import launch_env
+
     gpus = plan.hardware.num_gpus
-    env = " ".join(f"{key}={value}" for key, value in NCCL_ENV.items())
+    env = " ".join(f"{key}={value}" for key, value in {**NCCL_ENV, **launch_env(plan.stack.allocator)}.items())
     tail = f"{shlex.quote(script)}{' ' + args if args else ''}"
     if plan.engine.kind == "deepspeed":
         return f"{env} deepspeed --num_gpus={gpus} {tail}"

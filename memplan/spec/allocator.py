@@ -32,6 +32,11 @@ def conf_with_allocator(alloc_conf: str | None, allocator: str) -> str | None:
     return ",".join([*kept, f"{EXPANDABLE}:True"])
 
 
+def launch_env(allocator: str) -> dict[str, str]:
+    """What a launch line must export for the plan's allocator (every rank inherits it)."""
+    return {ENV: f"{EXPANDABLE}:True"} if allocator == EXPANDABLE else {}
+
+
 def record_plan_document(record: dict[str, Any]) -> dict[str, Any]:
     """A probe record's plan as it ran: records made before plans had ``stack.allocator`` carry the
     allocator only in environment.alloc_conf, so it is read from there (the record is not rewritten)."""

@@ -22,7 +22,7 @@ from memplan.integrations.script_scan.rules import (read_attention, read_checkpo
                                                     read_kbit_checkpointing, read_kbit_prepare, read_precision,
                                                     read_quantization,
                                                     read_stack)
-from memplan.integrations.script_scan.training import (read_batch, read_embeddings, read_input_grads, read_loss,
+from memplan.integrations.script_scan.training import (read_allocator, read_batch, read_embeddings, read_input_grads, read_loss,
                                                        read_optimizer, read_outputs, read_peft)
 from memplan.spec.errors import InputError, printable
 
@@ -62,7 +62,7 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
                  *read_embeddings(parsed, copies=copies, lora=lora),
                  *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on), *read_outputs(parsed, stack),
                  *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed), *read_freezing(parsed),
-                 *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed)]
+                 *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed), *read_allocator(parsed)]
     return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
 
 

@@ -229,6 +229,7 @@ class ScriptTree:
     def __init__(self, *, source: str, tree: ast.Module, folder: Path | None) -> None:
         self.lines = source.splitlines()
         self.folder = folder
+        self.tree = tree
         self.reader = _Reader()
         self.reader.visit(tree)
         from memplan.integrations.script_scan.conditions import dataclass_defaults

@@ -9,6 +9,7 @@ from memplan.integrations.script_scan.reader import (
     EIGHT_BIT_OPTIMS, MISSING, NOT_LITERAL, PEFT_DEFAULTS, TRAINER_ARGS, TRAINER_CLASSES, Finding, ScriptTree,
     call_name, keyword_findings, make_finding, partial, receiver_chain,
 )
+from memplan.spec.allocator import allocator_of
 
 
 def _modules(value: Any) -> tuple[tuple[str, ...], list[str]]:
@@ -241,6 +242,44 @@ def read_loss(script: ScriptTree) -> list[Finding]:
         return repr(value), ({"stack.loss": "chunked"} if value is True else {}), ""
 
     out += keyword_findings(script, keyword="use_liger_kernel", calls=script.calls_named(*TRAINER_ARGS), read=read)
+    return out
+
+
+ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def _alloc_conf_settings(script: ScriptTree) -> list[tuple[ast.AST, ast.AST]]:
+    """(node, value) where the script sets PyTorch's allocator: ``os.environ["PYTORCH_CUDA_ALLOC_CONF"] = v``,
+    ``os.environ.setdefault(...)``/``os.putenv(...)`` with that name, ``torch.cuda.memory._set_allocator_settings(v)``."""
+    found: list[tuple[ast.AST, ast.AST]] = []
+    for node in ast.walk(script.tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Subscript) and partial(target.slice) == ALLOC_CONF:
+                    found.append((node, node.value))
+        elif isinstance(node, ast.Call):
+            name = call_name(node)
+            if name in ("setdefault", "putenv") and len(node.args) == 2 and partial(node.args[0]) == ALLOC_CONF:
+                found.append((node, node.args[1]))
+            elif name == "_set_allocator_settings" and node.args:
+                found.append((node, node.args[0]))
+    return found
+
+
+def read_allocator(script: ScriptTree) -> list[Finding]:
+    """The caching allocator the script sets for itself: expandable segments or not
+    (memplan.spec.allocator.allocator_of). The variable counts only before CUDA is first used."""
+    out = []
+    for node, value_node in _alloc_conf_settings(script):
+        value, via = script.value(value_node)
+        if not isinstance(value, str):
+            out.append(make_finding(script, name=ALLOC_CONF, value=ast.unparse(value_node)[:60], node=node, note=NOT_LITERAL))
+            continue
+        allocator = allocator_of(value)
+        out.append(make_finding(script, name=ALLOC_CONF, value=value, node=node,
+                                settings={"stack.allocator": allocator},
+                                note=("expandable segments: no fragmentation margin; set before CUDA is first used"
+                                      if allocator != "default" else "the default allocator") + via))
     return out
 
 
