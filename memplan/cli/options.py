@@ -120,8 +120,8 @@ ATTENTION = typer.Option(None, "--attention", help="eager, sdpa or flash (eager 
 ADAPTER_DTYPE = typer.Option(None, "--adapter-dtype", help="LoRA adapters in fp32 (peft's default) or compute "
                              "(bf16; autocast_adapter_dtype=False). Default: the stack's.")
 ALLOCATOR = typer.Option(None, "--allocator", help="PyTorch's CUDA allocator as the run sets it: default, or "
-                         "expandable_segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: no fragmentation "
-                         "margin in the verdict).")
+                         "expandable_segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: the verdict counts "
+                         "the pages it strands, not the default allocator's fragmentation margin).")
 EMIT = typer.Option(None, "--emit-deepspeed",
                     help="Write the plan's (compare, search: the chosen plan's) DeepSpeed config (JSON) to FILE, "
                          "and the plan beside it.")

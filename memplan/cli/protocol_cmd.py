@@ -31,9 +31,8 @@ def planned_plan(runset: RunSet, run: PlannedRun, runset_path: Path):
         hardware = {"vram": cap.gib}
     else:
         hardware = {"gpu": cap.card}
-    if "allocator" not in run.flags and allocator_of(run.alloc_conf) == EXPANDABLE:
-        hardware["allocator"] = EXPANDABLE
-    return plan_from_flags(resolve_plan_file(runset_path, run.plan), gpus=run.gpus, **run.flags, **hardware)
+    allocator = {"allocator": EXPANDABLE} if "allocator" not in run.flags and allocator_of(run.alloc_conf) == EXPANDABLE else {}
+    return plan_from_flags(resolve_plan_file(runset_path, run.plan), gpus=run.gpus, **run.flags, **hardware, **allocator)
 
 
 def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict[str, Any]]:
