@@ -210,3 +210,18 @@ def test_scan_says_when_it_cannot_read_the_allocator():
     found = [f for f in scan_source(source='import os\nos.environ["PYTORCH_CUDA_ALLOC_CONF"] = conf()\n').findings
              if f.name == "PYTORCH_CUDA_ALLOC_CONF"]
     assert len(found) == 1 and not found[0].settings and NOT_LITERAL in found[0].note
+
+
+def test_calibration_fits_the_default_allocator_only():
+    """The pressure and reserved terms model the default allocator: records under expandable segments
+    (h200-batch8, -9) change no fitted term."""
+    from memplan.probe import calibrate as cal
+
+    probes = ROOT / "reports" / "probes"
+    base = cal.load_measurements([probes / "h200-steptime-c.jsonl", probes / "h200-batch6.jsonl"])
+    extra = cal.load_measurements([probes / "h200-batch8.jsonl", probes / "h200-batch9.jsonl"])
+    assert extra and all(m.plan.stack.allocator == "expandable_segments" for m in extra)
+    assert cal.default_allocator(base + extra) == base
+    plain = cal.fit(base, ["x"])
+    assert cal.fit(base + extra, ["x"]) == plain
+    assert cal.fit_reserved(base + extra) == cal.fit_reserved(base)

@@ -134,11 +134,18 @@ def fit_pressure(capped: list[tuple[Measured, int, int, int]]) -> tuple[float, f
     return best[1], best[2]
 
 
+def default_allocator(measurements: list[Measured]) -> list[Measured]:
+    """The runs made under PyTorch's default caching allocator, the one the memory terms model (runs
+    under expandable segments, stack.allocator, reserve and strand differently: overhead.needed_bytes)."""
+    return [m for m in measurements if m.plan.stack.allocator == "default"]
+
+
 def fit_reserved(measurements: list[Measured]) -> dict[str, Any]:
     """{reserved_ratio, reserved_constant_bytes}: reserved peak = allocated peak x (1 + ratio) + constant,
     least squares over the uncapped runs that trained (overhead.reserved_bytes). Only the roomy-card
-    device view depends on it: the verdict's `needed` does not (pressure terms, overhead.needed_bytes)."""
-    ok = [m for m in measurements if m.status == "ok" and m.allocated > 0 and not m.vram_cap_bytes]
+    device view depends on it: the verdict's `needed` does not (pressure terms, overhead.needed_bytes).
+    The default allocator's pool: runs under expandable segments are left out."""
+    ok = [m for m in default_allocator(measurements) if m.status == "ok" and m.allocated > 0 and not m.vram_cap_bytes]
     if not ok:
         raise InputError("records: no successful ('ok') runs without a VRAM cap to fit the reserved pool on")
     slope, offset = _least_squares([m.allocated for m in ok], [m.reserved for m in ok])
@@ -147,7 +154,9 @@ def fit_reserved(measurements: list[Measured]) -> dict[str, Any]:
 
 def fit(measurements: list[Measured], sources: list[str]) -> Calibration:
     """Fit the calibration terms. Runs under a VRAM cap (whose allocator was squeezed) fit only the
-    pressure ratio; the reserved and context terms come from uncapped runs."""
+    pressure ratio; the reserved and context terms come from uncapped runs. All of them model PyTorch's
+    default allocator: runs under expandable segments (stack.allocator) are left out of every fit."""
+    measurements = default_allocator(measurements)
     capped = [m for m in measurements if m.vram_cap_bytes and m.status in ("ok", "oom")]
     ok = [m for m in measurements if m.status == "ok" and m.allocated > 0 and not m.vram_cap_bytes]
     if not ok:
