@@ -105,8 +105,8 @@ def scan(
     else:
         terminal = console()
         terminal.print(_table(result, width=terminal.width))
-        typer.echo("plan fragment it implies (model, hardware and inputs stay the base plan's: --plan, or "
-                   "estimate's flags):")
+        typer.echo("plan fragment it implies (what it does not set, hardware included, stays the base plan's: "
+                   "--plan, or estimate's flags):")
         typer.echo(_fragment_yaml(result), nl=False)
     if out is not None:
         typer.echo(f"wrote {out} (plan {full.name}); estimate it: memplan estimate --plan {out}", err=True)

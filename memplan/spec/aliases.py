@@ -21,3 +21,36 @@ def profile_aliases() -> dict[str, str]:
             table.setdefault(str(alias).lower(), name)
             table.setdefault(str(alias).rsplit("/", 1)[-1].lower(), name)
     return table
+
+
+def _base_name(model_path: str) -> str:
+    """The checkpoint's name from a path or repo id: './pretrained/InternVL2_5-4B/' -> 'internvl2.5-4b'."""
+    name = [part for part in model_path.replace("\\", "/").split("/") if part and part != "."][-1:]
+    text = name[0].lower() if name else ""
+    return text.removesuffix("-instruct").replace("_", ".")
+
+
+def sa2va_profile_for(model_path: str) -> str | None:
+    """The shipped Sa2VA profile built on the MLLM at ``model_path`` (a Sa2VA config's mllm.model_path):
+    ``sa2va-<name>`` where one exists (sa2va-internvl3-2b), else the Sa2VA profile with the same vision
+    tower and LLM as the shipped profile of that MLLM (InternVL2_5-4B -> internvl2.5-4b -> sa2va-4b)."""
+    files = _profile_files()
+    base = _base_name(model_path)
+    if not base:
+        return None
+    if f"sa2va-{base}" in files:
+        return f"sa2va-{base}"
+    aliases = profile_aliases()
+    raw = [part for part in model_path.replace("\\", "/").split("/") if part and part != "."][-1:]
+    name = aliases.get(base) or (aliases.get(raw[0].lower()) if raw else None)
+    if name is None or name.startswith("sa2va-"):
+        return name
+
+    def key(document: dict) -> tuple:
+        llm = document.get("llm") or {}
+        return (document.get("vision"), llm.get("from") if isinstance(llm, dict) else llm)
+
+    wanted = key(read_document(files[name]))
+    matches = [other for other, path in sorted(files.items())
+               if other.startswith("sa2va-") and read_document(path).get("sam2") and key(read_document(path)) == wanted]
+    return matches[0] if len(matches) == 1 else None

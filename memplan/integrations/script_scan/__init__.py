@@ -2,7 +2,7 @@
 
 A static reader over Python's ``ast``: nothing is imported from the script, nothing in it executes,
 and torch is never imported. It finds the training stack (transformers ``Trainer``, accelerate, a
-hand-written loop) and the calls and keyword arguments that the plan's ``stack`` section and its
+hand-written loop, or Sa2VA's own xtuner config: xtuner.py) and the calls and keyword arguments that the plan's ``stack`` section and its
 neighbours model (docs/stacks.md), each with its line and source. A value that is not a literal (a
 variable assigned more than once, an argparse argument, a function call) is reported as such and
 left at the base plan's default; so are custom model classes and anything decided at run time.
@@ -24,6 +24,7 @@ from memplan.integrations.script_scan.rules import (read_attention, read_checkpo
                                                     read_stack)
 from memplan.integrations.script_scan.training import (read_allocator, read_batch, read_embeddings, read_input_grads, read_loss,
                                                        read_optimizer, read_outputs, read_peft)
+from memplan.integrations.script_scan.xtuner import is_sa2va_config, read_sa2va_config
 from memplan.spec.errors import InputError, printable
 
 __all__ = ["NOT_LITERAL", "Finding", "Scan", "plan_document_for", "scan_script", "scan_source"]
@@ -44,6 +45,9 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
         parsed = ScriptTree(source=source, tree=tree, folder=folder)
     except RecursionError:
         raise InputError(f"SCRIPT={script}: nested too deeply to read") from None
+    if is_sa2va_config(parsed):  # Sa2VA's xtuner config: module-level dicts, no training loop to read
+        findings = [*read_sa2va_config(parsed), *read_allocator(parsed)]
+        return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
     findings = read_stack(parsed)
     stack = findings[0].value if findings else None
     command_line = command_line_arguments(parsed) if stack is not None else None

@@ -14,7 +14,9 @@ VISION = {"vision_model", "vision_tower", "visual", "vit", "vision_encoder", "im
 LLM = {"language_model", "llm", "lm", "text_model"}
 PROJECTOR = {"mlp1", "mlp", "projector", "multi_modal_projector", "mm_projector", "merger", "connector"}
 WRAPPER_DEFAULTS = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05}  # InternVL's wrap_*_lora signatures
-PARSERS = ("HfArgumentParser", "parse_args_into_dataclasses")
+# transformers' HfArgumentParser and TRL's TrlParser (trl/scripts/utils.py, parse_args_and_config): the
+# training arguments come from the command line (and a --config YAML)
+PARSERS = ("HfArgumentParser", "parse_args_into_dataclasses", "TrlParser", "parse_args_and_config")
 
 
 def component_of(chain: list[str], *, strict: bool = False) -> str | None:

@@ -92,6 +92,14 @@ def read_peft(script: ScriptTree, *, internvl: tuple[Finding, ...] = ()) -> tupl
         out.append(make_finding(script, name="get_peft_model", value=f"adapters {dtype}", node=call,
                             settings={"components.llm.train": "lora", "stack.adapter_dtype": dtype}, note=note + via))
     for call in peft_kw:
+        node = script.keywords(call)["peft_config"]
+        if partial(node) is None:  # peft_config=None: no adapters
+            continue
+        if isinstance(node, ast.Call) and call_name(node) == "get_peft_config":
+            out.append(make_finding(script, name="peft_config=", value="from the command line", node=call,
+                                    note="trl.get_peft_config returns a LoraConfig only with --use_peft (else None: "
+                                         "full fine-tuning); the base plan's LLM training is kept"))
+            continue
         out.append(make_finding(script, name="peft_config=", value="adapters fp32", node=call,
                             settings={"components.llm.train": "lora", "stack.adapter_dtype": "fp32"},
                             note=f"{call_name(call)} calls get_peft_model with peft's defaults"))

@@ -1,0 +1,92 @@
+"""memplan scan on the scripts and configs people fine-tune with beyond a plain Trainer script:
+Sa2VA's own xtuner config (module-level dicts) and TRL's command-line scripts (TrlParser)."""
+
+import textwrap
+
+import pytest
+
+from memplan.integrations.script_scan import plan_document_for, scan_source
+from memplan.spec.aliases import sa2va_profile_for
+from memplan.spec.loading import plan_from_document
+
+SA2VA_CONFIG = textwrap.dedent('''
+    from peft import LoraConfig
+    path = './pretrained/InternVL2_5-1B/'
+    max_length = 8192
+    batch_size = 2  # per_device
+    extra_image_processor = dict(type=DirectResize, target_length=768)
+    model = dict(
+        type=VideoLLaVASAMModel_zero3,
+        frozen_sam2_decoder=True,
+        mllm=dict(type=InternVL_Slowfast, model_path=path, freeze_llm=True, freeze_visual_encoder=True,
+                  llm_lora=dict(type=LoraConfig, r=64, lora_alpha=128, lora_dropout=0.1)),
+        grounding_encoder=dict(type=SAM2TrainRunner),
+    )
+''')
+
+
+def _settings(source):
+    return scan_source(source=source).settings()
+
+
+def test_a_sa2va_config_is_read_as_the_sa2va_stack():
+    settings = _settings(SA2VA_CONFIG)
+    assert settings["stack.kind"] == "sa2va" and settings["model"] == "sa2va-1b"
+    assert settings["components.llm.train"] == "lora"
+    assert (settings["components.llm.lora.rank"], settings["components.llm.lora.alpha"],
+            settings["components.llm.lora.dropout"]) == (64, 128, 0.1)
+    assert settings["components.vision.train"] == "frozen" and settings["components.sam2_decoder.train"] == "frozen"
+    assert settings["inputs.micro_batch"] == 2 and settings["inputs.sam2_resolution"] == 768
+    assert "inputs.text_tokens" not in settings and "engine" not in settings  # a cap; the launch's strategy
+    plan = plan_from_document(plan_document_for(scan=scan_source(source=SA2VA_CONFIG)), "scan")
+    assert plan.model == "sa2va-1b" and plan.components.llm.lora.rank == 64 and plan.engine.kind == "deepspeed"
+
+
+def test_a_sa2va_config_without_lora_trains_or_freezes_the_llm():
+    frozen = SA2VA_CONFIG.replace("llm_lora=dict(type=LoraConfig, r=64, lora_alpha=128, lora_dropout=0.1)", "x=1")
+    assert _settings(frozen)["components.llm.train"] == "frozen"
+    assert _settings(frozen.replace("freeze_llm=True", "freeze_llm=False"))["components.llm.train"] == "full"
+
+
+def test_a_dict_named_model_without_sa2va_parts_is_not_a_sa2va_config():
+    assert "stack.kind" not in _settings("model = dict(type=Foo, backbone=dict(type=Bar))\n")
+
+
+@pytest.mark.parametrize("path, profile", [
+    ("./pretrained/InternVL2_5-4B", "sa2va-4b"), ("./pretrained/InternVL2_5-1B/", "sa2va-1b"),
+    ("OpenGVLab/InternVL2_5-8B", "sa2va-8b"), ("OpenGVLab/InternVL3-2B", "sa2va-internvl3-2b"),
+    ("Qwen/Qwen2.5-VL-7B-Instruct", "sa2va-qwen2.5-vl-7b"), ("./pretrained/unknown-model", None), ("", None),
+])
+def test_the_sa2va_profile_on_an_mllm(path, profile):
+    assert sa2va_profile_for(path) == profile
+
+
+TRL_SCRIPT = textwrap.dedent('''
+    from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+    def main(script_args, training_args, model_args):
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
+        trainer = SFTTrainer(model=model, args=training_args, peft_config=get_peft_config(model_args))
+        trainer.train()
+    if __name__ == "__main__":
+        parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+        script_args, training_args, model_args = parser.parse_args_and_config()
+        main(script_args, training_args, model_args)
+''')
+
+
+def test_trl_scripts_take_their_training_arguments_from_the_command_line():
+    scan = scan_source(source=TRL_SCRIPT)
+    settings = scan.settings()
+    assert settings["stack.kind"] == "hf-trainer"
+    # deepspeed, checkpointing and LoRA come from the command line: the base plan's are kept
+    assert "engine" not in settings and "components.llm.checkpointing" not in settings
+    assert "components.llm.train" not in settings
+    peft = next(f for f in scan.findings if f.name == "peft_config=")
+    assert "--use_peft" in peft.note
+    command_line = next(f for f in scan.findings if f.name == "TrainingArguments")
+    assert command_line.value == "from the command line" and "TrlParser" in command_line.note
+
+
+def test_peft_config_none_is_no_lora():
+    source = TRL_SCRIPT.replace("peft_config=get_peft_config(model_args)", "peft_config=None")
+    assert _settings(source)["components.llm.train"] == "full"
