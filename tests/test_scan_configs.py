@@ -90,3 +90,48 @@ def test_trl_scripts_take_their_training_arguments_from_the_command_line():
 def test_peft_config_none_is_no_lora():
     source = TRL_SCRIPT.replace("peft_config=get_peft_config(model_args)", "peft_config=None")
     assert _settings(source)["components.llm.train"] == "full"
+
+
+SFT_SCRIPT = textwrap.dedent('''
+    from trl import SFTConfig, SFTTrainer
+    model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-1.5B", dtype=torch.bfloat16)
+    args = SFTConfig(output_dir="out", per_device_train_batch_size=1)
+    SFTTrainer(model=model, args=args, train_dataset=data).train()
+''')
+
+
+@pytest.fixture
+def trl_at(monkeypatch):
+    """Pretend this TRL version is installed (None: not installed)."""
+    import memplan.estimate.stack as stack
+
+    def install(version):
+        monkeypatch.setattr(stack, "installed_version", lambda package: version if package == "trl" else None)
+    return install
+
+
+@pytest.mark.parametrize("version, checkpointing, loss", [
+    ("1.9.0", True, "chunked"), ("1.6.0", True, None), ("0.21.0", False, None), (None, True, "chunked"),
+])
+def test_sftconfig_defaults_follow_the_trl_version(trl_at, version, checkpointing, loss):
+    trl_at(version)
+    scan = scan_source(source=SFT_SCRIPT)
+    settings = scan.settings()
+    assert settings["components.llm.checkpointing"] is checkpointing
+    assert settings.get("stack.loss") == loss
+    assert settings["precision.compute"] == "bf16" and "stack.autocast" not in settings
+    found = next(f for f in scan.findings if f.name == "gradient_checkpointing (TRL default)")
+    assert ("TRL not installed" in found.note) if version is None else (f"TRL {version} (installed)" in found.note)
+
+
+def test_sftconfig_keywords_win_over_trl_defaults(trl_at):
+    trl_at("1.9.0")
+    given = SFT_SCRIPT.replace('per_device_train_batch_size=1',
+                               'per_device_train_batch_size=1, gradient_checkpointing=False, loss_type="nll"')
+    settings = _settings(given)
+    assert settings["components.llm.checkpointing"] is False and settings["stack.loss"] == "full_vocab"
+    liger = _settings(SFT_SCRIPT.replace('per_device_train_batch_size=1', 'per_device_train_batch_size=1, '
+                                         'use_liger_kernel=True'))
+    assert liger["stack.loss"] == "chunked"  # Liger's fused loss, not TRL's chunked nll
+    plain = _settings(SFT_SCRIPT.replace("SFTConfig(", "TrainingArguments(").replace("SFTConfig,", "TrainingArguments,"))
+    assert plain["components.llm.checkpointing"] is False and "stack.loss" not in plain

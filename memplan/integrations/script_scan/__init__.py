@@ -24,6 +24,7 @@ from memplan.integrations.script_scan.rules import (read_attention, read_checkpo
                                                     read_stack)
 from memplan.integrations.script_scan.training import (read_allocator, read_batch, read_embeddings, read_input_grads, read_loss,
                                                        read_optimizer, read_outputs, read_peft)
+from memplan.integrations.script_scan.trl import checkpointing_default
 from memplan.integrations.script_scan.xtuner import is_sa2va_config, read_sa2va_config
 from memplan.spec.errors import InputError, printable
 
@@ -51,7 +52,8 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
     findings = read_stack(parsed)
     stack = findings[0].value if findings else None
     command_line = command_line_arguments(parsed) if stack is not None else None
-    checkpointing = [*read_checkpointing(parsed), *read_kbit_checkpointing(parsed), *read_checkpoint_flags(parsed)]
+    checkpointing = [*read_checkpointing(parsed), *read_kbit_checkpointing(parsed), *read_checkpoint_flags(parsed),
+                     *checkpointing_default(parsed)]
     ckpt_on = any(dict(f.settings).get("components.llm.checkpointing") is True for f in checkpointing)
     if stack is not None:
         checkpointing += _checkpointing_default(parsed, checkpointing, command_line=command_line is not None)

@@ -11,6 +11,7 @@ from memplan.integrations.script_scan.reader import (
     ATTENTION, LOADERS, MISSING, NOT_LITERAL, TORCH_DTYPES, TRAINER_ARGS, TRAINER_CLASSES, Finding,
     ScriptTree, call_name, dotted_name, keyword_findings, make_finding, receiver_chain,
 )
+from memplan.integrations.script_scan.trl import bf16_default
 from memplan.spec.errors import printable
 
 
@@ -186,6 +187,10 @@ def read_precision(script: ScriptTree, stack: str | None, *, command_line: bool 
             out.append(make_finding(script, name=keyword, value=repr(value), node=node, note=via.strip()))
             if value is True:
                 mixed, mixed_given = dtype, True
+    for finding in bf16_default(script):  # SFTConfig without bf16=/fp16=: TRL's own default
+        out.append(finding)
+        if finding.value == "True":
+            mixed, mixed_given = "bf16", True
     for call in script.calls_named("Accelerator"):
         node = script.keywords(call).get("mixed_precision")
         if node is None:

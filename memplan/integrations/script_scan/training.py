@@ -9,6 +9,7 @@ from memplan.integrations.script_scan.reader import (
     EIGHT_BIT_OPTIMS, MISSING, NOT_LITERAL, PEFT_DEFAULTS, TRAINER_ARGS, TRAINER_CLASSES, Finding, ScriptTree,
     call_name, keyword_findings, make_finding, partial, receiver_chain,
 )
+from memplan.integrations.script_scan.trl import loss_default
 from memplan.spec.allocator import allocator_of
 
 
@@ -250,7 +251,7 @@ def read_loss(script: ScriptTree) -> list[Finding]:
         return repr(value), ({"stack.loss": "chunked"} if value is True else {}), ""
 
     out += keyword_findings(script, keyword="use_liger_kernel", calls=script.calls_named(*TRAINER_ARGS), read=read)
-    return out
+    return out + loss_default(script)
 
 
 ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
