@@ -135,3 +135,32 @@ def test_sftconfig_keywords_win_over_trl_defaults(trl_at):
     assert liger["stack.loss"] == "chunked"  # Liger's fused loss, not TRL's chunked nll
     plain = _settings(SFT_SCRIPT.replace("SFTConfig(", "TrainingArguments(").replace("SFTConfig,", "TrainingArguments,"))
     assert plain["components.llm.checkpointing"] is False and "stack.loss" not in plain
+
+
+UNSLOTH_SCRIPT = textwrap.dedent('''
+    from unsloth import FastLanguageModel
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name="unsloth/Qwen2.5-7B", max_seq_length=2048)
+    model = FastLanguageModel.get_peft_model(model, r=32, lora_alpha=64, use_gradient_checkpointing="unsloth")
+    trainer = SFTTrainer(model=model, train_dataset=ds, args=TrainingArguments(per_device_train_batch_size=2, bf16=True))
+    trainer.train()
+''')
+
+
+def test_unsloth_lora_is_read_and_its_kernels_said_unmodelled():
+    scan = scan_source(source=UNSLOTH_SCRIPT)
+    settings = scan.settings()
+    assert settings["components.llm.train"] == "lora"
+    assert (settings["components.llm.lora.rank"], settings["components.llm.lora.alpha"],
+            settings["components.llm.lora.dropout"]) == (32, 64, 0.0)  # dropout: Unsloth's default 0
+    assert settings["components.llm.checkpointing"] is True
+    peft = next(f for f in scan.findings if f.name == "FastLanguageModel.get_peft_model")
+    assert "offloads" in peft.note and "stack.adapter_dtype" not in dict(peft.settings)
+    unsloth = next(f for f in scan.findings if f.name == "unsloth")
+    assert unsloth.value == "not modelled" and "need less" in unsloth.note
+
+
+def test_peft_get_peft_model_is_not_taken_for_unsloth():
+    plain = UNSLOTH_SCRIPT.replace("FastLanguageModel.get_peft_model(model, r=32, lora_alpha=64, "
+                                   "use_gradient_checkpointing=\"unsloth\")", "get_peft_model(model, config)")
+    settings = scan_source(source=plain).settings()
+    assert settings["stack.adapter_dtype"] == "fp32" and "components.llm.lora.rank" not in settings

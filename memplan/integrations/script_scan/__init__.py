@@ -23,7 +23,7 @@ from memplan.integrations.script_scan.rules import (read_attention, read_checkpo
                                                     read_quantization,
                                                     read_stack)
 from memplan.integrations.script_scan.training import (read_allocator, read_batch, read_embeddings, read_input_grads, read_loss,
-                                                       read_optimizer, read_outputs, read_peft)
+                                                       read_optimizer, read_outputs, read_peft, read_unsloth)
 from memplan.integrations.script_scan.trl import checkpointing_default
 from memplan.integrations.script_scan.xtuner import is_sa2va_config, read_sa2va_config
 from memplan.spec.errors import InputError, printable
@@ -68,7 +68,7 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
                  *read_embeddings(parsed, copies=copies, lora=lora),
                  *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on), *read_outputs(parsed, stack),
                  *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed), *read_freezing(parsed),
-                 *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed), *read_allocator(parsed)]
+                 *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed), *read_allocator(parsed), *read_unsloth(parsed)]
     return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
 
 

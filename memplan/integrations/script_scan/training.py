@@ -30,6 +30,54 @@ def _modules(value: Any) -> tuple[tuple[str, ...], list[str]]:
     return tuple(dict.fromkeys(kept)), other
 
 
+UNSLOTH_MODELS = ("FastLanguageModel", "FastVisionModel", "FastModel")
+
+
+def _unsloth_call(call: ast.Call) -> bool:
+    """FastLanguageModel.get_peft_model(...) and kin: Unsloth's own wrapper, not peft's function."""
+    return isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and \
+        call.func.value.id in UNSLOTH_MODELS
+
+
+def _unsloth_peft(script: ScriptTree, call: ast.Call) -> Finding:
+    """Unsloth's get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, use_gradient_checkpointing=...):
+    LoRA with those values (Unsloth's defaults r=16, alpha=16, dropout 0 where not given)."""
+    keywords = script.keywords(call)
+    settings: dict[str, Any] = {"components.llm.train": "lora", "components.llm.modules_to_save": []}
+    shown, notes = [], []
+    for keyword, target, default in (("r", "rank", 16), ("lora_alpha", "alpha", 16), ("lora_dropout", "dropout", 0.0)):
+        value = script.value(keywords[keyword])[0] if keyword in keywords else default
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (target == "dropout" or value > 0):
+            settings[f"components.llm.lora.{target}"] = float(value) if target == "dropout" else int(value)
+            shown.append(f"{keyword}={value}")
+        else:
+            notes.append(f"{keyword}: {NOT_LITERAL}")
+    checkpointing = keywords.get("use_gradient_checkpointing")
+    if checkpointing is not None:
+        value = script.value(checkpointing)[0]
+        if value in (True, "unsloth"):
+            settings["components.llm.checkpointing"] = True
+            if value == "unsloth":
+                notes.append("use_gradient_checkpointing='unsloth' offloads the checkpointed inputs to the CPU: "
+                             "not modelled (the estimate keeps them on the GPU)")
+        elif value is False:
+            settings["components.llm.checkpointing"] = False
+    return make_finding(script, name=f"{call.func.value.id}.get_peft_model", value=", ".join(shown), node=call,
+                        settings=settings, note="; ".join(notes) or "Unsloth's LoRA wrapper")
+
+
+def read_unsloth(script: ScriptTree) -> list[Finding]:
+    """Unsloth patches the model's kernels (a fused cross-entropy, its own attention and RoPE, checkpointing
+    with CPU offload): none of it is modelled, so the estimate is the plain transformers stack's."""
+    calls = [c for c, _ in script.reader.calls if isinstance(c.func, ast.Attribute)
+             and isinstance(c.func.value, ast.Name) and c.func.value.id in UNSLOTH_MODELS]
+    if not calls:
+        return []
+    return [make_finding(script, name="unsloth", value="not modelled", node=calls[0], gated=False,
+                         note="Unsloth's patched kernels are not modelled: the estimate is for the same training on plain "
+                              "transformers, so expect Unsloth to need less")]
+
+
 def read_peft(script: ScriptTree, *, internvl: tuple[Finding, ...] = ()) -> tuple[list[Finding], set[str]]:
     """LoraConfig, get_peft_model and its autocast_adapter_dtype; no peft at all (or only under tests that do not
     hold): the model trains fully. Also the embeddings the LoRA config saves as copies (for the in-place rule)."""
@@ -81,6 +129,9 @@ def read_peft(script: ScriptTree, *, internvl: tuple[Finding, ...] = ()) -> tupl
         out.append(make_finding(script, name="LoraConfig", value=", ".join(shown) or "defaults", node=call,
                             settings=settings, note="; ".join(notes)))
     for call in wrappers:
+        if _unsloth_call(call):
+            out.append(_unsloth_peft(script, call))
+            continue
         node = script.keywords(call).get("autocast_adapter_dtype")
         value, via = script.value(node) if node is not None else (True, "")
         if value is MISSING:
