@@ -1,6 +1,7 @@
 """memplan scan on the scripts and configs people fine-tune with beyond a plain Trainer script:
 Sa2VA's own xtuner config (module-level dicts) and TRL's command-line scripts (TrlParser)."""
 
+import json
 import textwrap
 
 import pytest
@@ -164,3 +165,85 @@ def test_peft_get_peft_model_is_not_taken_for_unsloth():
                                    "use_gradient_checkpointing=\"unsloth\")", "get_peft_model(model, config)")
     settings = scan_source(source=plain).settings()
     assert settings["stack.adapter_dtype"] == "fp32" and "components.llm.lora.rank" not in settings
+
+
+LLAMAFACTORY = textwrap.dedent('''
+    ### model
+    model_name_or_path: Qwen/Qwen2.5-1.5B-Instruct
+    ### method
+    stage: sft
+    finetuning_type: lora
+    lora_rank: 16
+    additional_target: embed_tokens
+    deepspeed: ds/z3.json
+    ### train
+    per_device_train_batch_size: 2
+    cutoff_len: 4096
+    bf16: true
+''')
+
+
+def _write(tmp_path, text, *, deepspeed=None):
+    config = tmp_path / "examples" / "train_lora" / "mine.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    if deepspeed is not None:
+        (tmp_path / "ds").mkdir()
+        (tmp_path / "ds" / "z3.json").write_text(json.dumps(deepspeed))
+    return config
+
+
+def test_a_llamafactory_config_is_read_with_its_defaults(tmp_path):
+    from memplan.integrations.script_scan import scan_script
+
+    config = _write(tmp_path, LLAMAFACTORY, deepspeed={"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}})
+    scan = scan_script(path=config)
+    settings = scan.settings()
+    assert settings["stack.kind"] == "hf-trainer" and settings["model"] == "qwen2.5-1.5b"
+    assert settings["components.llm.lora.rank"] == 16 and settings["components.llm.lora.alpha"] == 32  # 2 x rank
+    assert settings["components.llm.lora.dropout"] == 0.0 and settings["components.llm.modules_to_save"] == ["embed_tokens"]
+    assert settings["engine"]["zero_stage"] == 3 and "stack.adapter_dtype" not in settings  # DeepSpeed's engine
+    assert settings["components.llm.checkpointing"] is True and settings["stack.checkpoint_scope"] == "model"
+    assert settings["components.projector.train"] == "frozen" and settings["attention"] == "sdpa"
+    assert settings["inputs.micro_batch"] == 2 and "inputs.text_tokens" not in settings
+    defaults = {f.name: f for f in scan.findings}
+    assert defaults["freeze_multi_modal_projector"].line == 0 and "default" in defaults["freeze_multi_modal_projector"].note
+    assert defaults["finetuning_type"].line == 6 and defaults["finetuning_type"].snippet == "finetuning_type: lora"
+
+
+def test_llamafactory_upcasts_adapters_and_full_weights_without_deepspeed(tmp_path):
+    from memplan.integrations.script_scan import scan_script
+
+    text = LLAMAFACTORY.replace("deepspeed: ds/z3.json\n", "")
+    assert scan_script(path=_write(tmp_path, text)).settings()["stack.adapter_dtype"] == "fp32"
+    full = scan_script(path=_write(tmp_path / "b", text.replace("finetuning_type: lora", "finetuning_type: full"))).settings()
+    assert full["components.llm.train"] == "full" and full["precision.weights_fp32"] is True
+    pure = scan_script(path=_write(tmp_path / "c", text + "pure_bf16: true\n")).settings()
+    assert pure["stack.adapter_dtype"] == "compute"
+    off = scan_script(path=_write(tmp_path / "d", text + "disable_gradient_checkpointing: true\nflash_attn: disabled\n"))
+    assert off.settings()["components.llm.checkpointing"] is False and off.settings()["attention"] == "eager"
+
+
+def test_a_missing_deepspeed_file_is_said_and_the_engine_kept(tmp_path):
+    from memplan.integrations.script_scan import scan_script
+
+    scan = scan_script(path=_write(tmp_path, LLAMAFACTORY))
+    assert "engine" not in scan.settings()
+    assert "not found" in next(f for f in scan.findings if f.name == "deepspeed").note
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nlr: 3\n", "not a LLaMA-Factory training config"),
+    ("stage: [unclosed\n", "not YAML at line"),
+    ("stage: dpo\nfinetuning_type: lora\n", "stage='dpo': only sft and pt"),
+])
+def test_other_yaml_is_one_line_exit_2(tmp_path, text, message):
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["scan", str(path)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

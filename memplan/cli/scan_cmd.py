@@ -76,7 +76,8 @@ def _write_plan(scan, plan, *, base: Optional[str], out: Path) -> None:
 @user_errors
 def scan(
     *,
-    script: str = typer.Argument(..., help="The training script to read (never imported or run)."),
+    script: str = typer.Argument(..., help="The training script to read (never imported or run): Python (a Trainer, "
+                                 "accelerate or hand-written loop; TRL; Unsloth; a Sa2VA xtuner config) or a LLaMA-Factory YAML."),
     plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Base plan for --out (default: the official "
                                        "recipe, as the other commands)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the full plan (base plan + what the script implies) "

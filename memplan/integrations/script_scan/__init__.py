@@ -95,12 +95,32 @@ def scan_script(*, path: str | Path) -> Scan:
 
     path = Path(path)
     name = printable(path)
-    raw = read_file_bytes(path, name=f"SCRIPT={name}", expected="a Python training script")
+    raw = read_file_bytes(path, name=f"SCRIPT={name}", expected="a Python training script or a LLaMA-Factory YAML")
     try:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InputError(f"SCRIPT={name}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _scan_yaml(source=source, script=name, folder=path.resolve().parent)
     return scan_source(source=source, script=name, folder=path.resolve().parent)
+
+
+def _scan_yaml(*, source: str, script: str, folder: Path) -> Scan:
+    """A YAML training config: LLaMA-Factory's (llamafactory.py); anything else is an InputError."""
+    import yaml
+
+    from memplan.integrations.script_scan.llamafactory import is_llamafactory, scan_llamafactory
+
+    try:
+        document = yaml.safe_load(source)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"SCRIPT={script}: not YAML{at}: {getattr(error, 'problem', None) or error}") from None
+    if not is_llamafactory(document):
+        raise InputError(f"SCRIPT={script}: not a LLaMA-Factory training config (no finetuning_type, stage or "
+                         "model_name_or_path key); memplan scan reads Python scripts and LLaMA-Factory YAML")
+    return scan_llamafactory(text=source, document=document, script=script, folder=folder)
 
 
 def plan_document_for(*, scan: Scan, base: str | Path | None = None) -> dict[str, Any]:
