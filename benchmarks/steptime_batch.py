@@ -61,7 +61,17 @@ RUNS_C: list[dict] = [
     {"name": "4b-pytorch", "model": "sa2va-4b", "plan": {"engine": "pytorch", "zero": 0}, "timeout": 180},
     {"name": "4b-zero3", "model": "sa2va-4b", "plan": {"zero": 3}, "timeout": 240},
 ]
-SETS = {"b": RUNS, "c": RUNS_C}  # "b": the first set (its files predate the key and carry no "set")
+# The third set (--set d, pre-registered 2026-12-04): ZeRO-3 beyond the two models its fetch term was seen on
+# (Sa2VA-1B and -4B), with a micro-batch of 2 and with optimizer offload, beside ZeRO-1/2 on the same models;
+# set c's ZeRO-3 run was 1.1x too slow and set b's 1.7x, so these size that term.
+RUNS_D: list[dict] = [
+    {"name": "2b-zero2", "model": "sa2va-internvl3-2b", "plan": {"zero": 2}, "timeout": 150},
+    {"name": "2b-zero3", "model": "sa2va-internvl3-2b", "plan": {"zero": 3}, "timeout": 220},
+    {"name": "1b-zero3-mb2", "model": "sa2va-1b", "plan": {"zero": 3, "micro_batch": 2}, "timeout": 220},
+    {"name": "4b-zero1", "model": "sa2va-4b", "plan": {"zero": 1}, "timeout": 180},
+    {"name": "4b-zero3-offload", "model": "sa2va-4b", "plan": {"zero": 3, "offload": "optimizer"}, "timeout": 260},
+]
+SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -181,7 +191,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reports/probes")) / "steptime-h200.jsonl")
     parser.add_argument("--only", nargs="*", help="run only these names")
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
-                        help="which run set: b (the first, 7 runs) or c (6 plans b never ran)")
+                        help="which run set: b (the first, 7 runs), c (6 plans b never ran) or d (ZeRO-3 on more "
+                             "models, 5 runs)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the batch itself")
     args = parser.parse_args()
     if args.predict:
