@@ -7,6 +7,7 @@ loss.py) and compares, so a change of mechanism fails here before it reaches a G
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -252,3 +253,18 @@ def test_kept_outputs_live_until_the_next_forward_returns():
     without = {p.phase.value: p.total for p in run(QWEN, drop).phases}
     assert with_kept["optimizer_step"] - without["optimizer_step"] == kept
     assert with_kept["forward"] - without["forward"] == kept
+
+
+def test_the_stack_line_says_deepspeed_casts_the_adapters():
+    """Under DeepSpeed the adapters are held in the compute dtype (the engine casts the module), whatever
+    peft asked: the summary says so rather than peft's fp32 (memplan.estimate.context._dtype_bytes)."""
+    from memplan.planning.sinks import stack_summary
+    from memplan.spec.flags import plan_from_flags
+    from memplan.spec.loading import load_profile
+
+    recipe = Path(__file__).resolve().parents[1] / "memplan" / "plans" / "hf-trainer-lora.yaml"
+    profile = load_profile("qwen2.5-1.5b")
+    plain = plan_from_flags(recipe, gpus=1, engine="pytorch")
+    assert stack_summary(profile, plain)["adapters"] == "fp32"
+    deepspeed = plan_from_flags(recipe, gpus=1, zero=2)
+    assert stack_summary(profile, deepspeed)["adapters"].startswith("compute (DeepSpeed")

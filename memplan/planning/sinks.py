@@ -147,9 +147,12 @@ def find_sinks(profile: Profile, plan: Plan, *, calibration: Calibration | None 
 def stack_summary(profile: Profile, plan: Plan) -> dict[str, Any]:
     """The stack's behaviours as resolved for this plan, and what was assumed (for the output)."""
     behaviour = build_context(profile, plan).stack
+    adapters = "fp32" if behaviour.adapters_fp32 else ("compute" if behaviour.adapters_fp32 is False else "harness")
+    if plan.engine.kind == "deepspeed" and behaviour.adapters_fp32 is not None:
+        adapters = "compute (DeepSpeed's bf16/fp16 engine casts the module)"  # memplan.estimate.context._dtype_bytes
     return {
         "kind": behaviour.kind,
-        "adapters": "fp32" if behaviour.adapters_fp32 else ("compute" if behaviour.adapters_fp32 is False else "harness"),
+        "adapters": adapters,
         "embeddings_training": "in_place" if behaviour.embeddings_in_place else "copies",
         "input_grad_hooks": behaviour.input_grad_hooks,
         "keeps_outputs": behaviour.keeps_outputs,
