@@ -101,7 +101,8 @@ def test_a_planned_runs_alloc_conf_is_its_plans_allocator(tmp_path):
 def test_the_probe_sets_the_variable_the_plan_asks_for(monkeypatch):
     from memplan.probe.environment import apply_allocator
 
-    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "")  # recorded, so that teardown removes what the probe sets
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     plan = _plan("expandable_segments")
     assert apply_allocator(plan) is plan
     import os
