@@ -23,11 +23,15 @@ def profile_aliases() -> dict[str, str]:
     return table
 
 
+def _last_part(model_path: str) -> str:
+    """The last part of a path or repo id, lower case: './pretrained/InternVL2_5-4B/' -> 'internvl2_5-4b'."""
+    parts = [part for part in model_path.replace("\\", "/").split("/") if part and part != "."]
+    return parts[-1].lower() if parts else ""
+
+
 def _base_name(model_path: str) -> str:
     """The checkpoint's name from a path or repo id: './pretrained/InternVL2_5-4B/' -> 'internvl2.5-4b'."""
-    name = [part for part in model_path.replace("\\", "/").split("/") if part and part != "."][-1:]
-    text = name[0].lower() if name else ""
-    return text.removesuffix("-instruct").replace("_", ".")
+    return _last_part(model_path).removesuffix("-instruct").replace("_", ".")
 
 
 def sa2va_profile_for(model_path: str) -> str | None:
@@ -41,8 +45,7 @@ def sa2va_profile_for(model_path: str) -> str | None:
     if f"sa2va-{base}" in files:
         return f"sa2va-{base}"
     aliases = profile_aliases()
-    raw = [part for part in model_path.replace("\\", "/").split("/") if part and part != "."][-1:]
-    name = aliases.get(base) or (aliases.get(raw[0].lower()) if raw else None)
+    name = aliases.get(base) or aliases.get(_last_part(model_path))
     if name is None or name.startswith("sa2va-"):
         return name
 

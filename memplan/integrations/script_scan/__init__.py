@@ -48,7 +48,7 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
         raise InputError(f"SCRIPT={script}: nested too deeply to read") from None
     if is_sa2va_config(parsed):  # Sa2VA's xtuner config: module-level dicts, no training loop to read
         findings = [*read_sa2va_config(parsed), *read_allocator(parsed)]
-        return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
+        return Scan.in_line_order(script=script, findings=findings)
     findings = read_stack(parsed)
     stack = findings[0].value if findings else None
     command_line = command_line_arguments(parsed) if stack is not None else None
@@ -69,7 +69,7 @@ def scan_source(*, source: str, script: str = "<script>", folder: Path | None = 
                  *read_input_grads(parsed, stack=stack, checkpointing=ckpt_on), *read_outputs(parsed, stack),
                  *read_loss(parsed), *read_optimizer(parsed, stack), *read_batch(parsed), *read_freezing(parsed),
                  *read_kbit_prepare(parsed), *read_quantization(parsed), *read_compile(parsed), *read_allocator(parsed), *read_unsloth(parsed)]
-    return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
+    return Scan.in_line_order(script=script, findings=findings)
 
 
 def _checkpointing_default(parsed: ScriptTree, found: list[Finding], *, command_line: bool) -> list[Finding]:

@@ -194,4 +194,4 @@ def scan_llamafactory(*, text: str, document: dict[str, Any], script: str, folde
                                 note="no deepspeed: key: plain PyTorch (DDP)"))
     findings += [*_training(document, lines, deepspeed_stage=stage), *_freezing(document, lines),
                  *_runtime(document, lines)]
-    return Scan(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
+    return Scan.in_line_order(script=script, findings=findings)

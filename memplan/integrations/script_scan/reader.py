@@ -57,6 +57,11 @@ class Scan:
     script: str
     findings: tuple[Finding, ...]
 
+    @classmethod
+    def in_line_order(cls, *, script: str, findings: list[Finding]) -> "Scan":
+        """The findings sorted by line, the whole-file conclusions (line 0) last."""
+        return cls(script=script, findings=tuple(sorted(findings, key=lambda f: (f.line == 0, f.line))))
+
     @property
     def stack(self) -> str | None:
         return next((f.value for f in self.findings if f.name == "stack"), None)
