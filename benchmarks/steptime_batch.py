@@ -90,14 +90,15 @@ def revision() -> str:
     return estimator_revision(also=("benchmarks/steptime_batch.py",))
 
 
-def predict(*, set_name: str = "b") -> dict:
-    """The calibrated model's step time for every run of the set on one H200 (16 host cores), with its terms."""
+def predict(*, set_name: str = "b", card: str = "h200") -> dict:
+    """The calibrated model's step time for every run of the set on one ``card`` (16 host cores), with its
+    terms; ``card_terms`` says whether the shipped calibration has terms of that card's own."""
     from memplan.spec.flags import plan_from_flags
     from memplan.planning.steptime import default_terms, step_time
     from memplan.spec.gpus import get_gpu
     from memplan.spec.loading import CALIBRATION_PATH, load_profile
 
-    gpu = get_gpu("h200")
+    gpu = get_gpu(card)
     terms = default_terms()
     out = {"revision": revision(), "calibration_sha256": hashlib.sha256(CALIBRATION_PATH.read_bytes()).hexdigest(),
            "card": gpu.name, "card_terms": gpu.name in terms.cards, "steps": STEPS, "set": set_name, "runs": {}}
@@ -193,13 +194,16 @@ def main() -> int:
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran) or d (ZeRO-3 on more "
                              "models, 5 runs)")
+    parser.add_argument("--card", default="h200",
+                        help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
+                             "h200); a card without terms of its own is predicted with the default terms")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the batch itself")
     args = parser.parse_args()
     if args.predict:
         if args.predictions.exists() and not args.force:
             print(f"{args.predictions} exists: pre-registered predictions are not overwritten (--force to do it)")
             return 1
-        predictions = predict(set_name=args.set_name)
+        predictions = predict(set_name=args.set_name, card=args.card)
         if predictions["revision"].endswith("-dirty") or not re.fullmatch(r"[0-9a-f]{40}", predictions["revision"]):
             print(f"warning: revision {predictions['revision']}: commit the code first so that it names the model")
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
