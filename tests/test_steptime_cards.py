@@ -107,3 +107,31 @@ def test_card_option_needs_step_time_terms(tmp_path):
     result = CliRunner().invoke(app, ["calibrate", str(H200_RECORDS[0]), "--card", "h200", "--out",
                                       str(tmp_path / "c.yaml")])
     assert result.exit_code != 0 and "--card" in result.output
+
+
+def test_a_step_time_says_whether_its_card_has_terms_of_its_own():
+    """A step time on a card without its own fit says it ranks plans and does not size a schedule (on the
+    H100, pre-registered, the default terms ranked 5 runs right and sized them 1.5-2x slow: docs/benchmarks.md)."""
+    from memplan.report.steps import step_line
+
+    profile = load_profile("sa2va-1b")
+    plan = plan_from_flags(None, gpus=1, vram=80)
+    terms = _card_terms()
+    own, default = step_time(profile, plan, get_gpu("h200"), terms=terms), step_time(profile, plan, get_gpu("h100-sxm"),
+                                                                                      terms=terms)
+    assert own.card_terms and not default.card_terms
+    assert own.to_dict()["card_terms"] is True and default.to_dict()["card_terms"] is False
+    assert "default terms" not in step_line(own)
+    assert "default terms, no per-card fit for h100-sxm" in step_line(default)
+
+
+def test_compare_names_the_cards_without_step_time_terms():
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+
+    untuned = CliRunner().invoke(app, ["compare", "--gpu", "h100-sxm", "--format", "md"])
+    tuned = CliRunner().invoke(app, ["compare", "--gpu", "h200", "--format", "md"])
+    assert untuned.exit_code == 0 and tuned.exit_code == 0, untuned.output + tuned.output
+    assert "no per-card fit for h100-sxm" in untuned.output
+    assert "no per-card fit" not in tuned.output

@@ -18,7 +18,7 @@ def _notes(rows, reference, calibration) -> list[str]:
     notes = [f"gives up: against the official recipe ({DEFAULT_PLAN}: SAM2 {reference.inputs.sam2_resolution}, "
              f"LoRA r{reference.components.llm.lora.rank if reference.components.llm.lora else '-'}, mask decoder trained) "
              f"on the same model",
-             step_note(calibration),
+             step_note(calibration, rows=rows),
              "peak: what the card must hold, GiB per GPU (allocated + what the allocator cannot give back under "
              "pressure + CUDA context + NCCL: what an OOM is decided against; docs/methodology.md)"]
     same = [r.name for r in rows[1:] if r.plan.mode == first.plan.mode

@@ -41,16 +41,20 @@ def report_options(fn):
     --choose, --script, --dataset-samples, --price), last, handed to the command as one dict, ``report``."""
     return option_group(REPORT_OPTIONS, tuple(REPORT_OPTIONS), into="report")(fn)
 
-def step_note(calibration) -> str:
-    """Where the step times come from: the calibrated mechanistic model, and how to see its terms."""
+def step_note(calibration, *, rows=()) -> str:
+    """Where the step times come from: the calibrated mechanistic model, how to see its terms, and which
+    cards of ``rows`` (evaluations) have no step-time terms of their own."""
     from memplan.planning.steptime import default_terms
 
     terms = calibration.step_time if calibration is not None and calibration.step_time else default_terms()
     fitted = (f"terms fitted on {terms.records} probe runs ({', '.join(k for k in terms.efficiency if k != 'default')})"
               if terms.records else "literature defaults (not fitted)")
+    untuned = sorted({row.step.gpu for row in rows if not row.step.card_terms})
+    caution = (f"; no per-card fit for {', '.join(untuned)}: the default terms there compare plans, they do not size "
+               f"a schedule (memplan calibrate --terms step-time --card fits one from your probe records)" if untuned else "")
     return (f"step time: memplan.planning.steptime, per rank from mechanisms (compute per kernel class, framework "
-            f"calls, ZeRO-3 gathers, collectives, offload copies, CPU Adam); {fitted}; the terms of every plan are "
-            f"in --format json (step_breakdown_seconds); docs/benchmarks.md has its measured accuracy")
+            f"calls, ZeRO-3 gathers, collectives, offload copies, CPU Adam); {fitted}{caution}; the terms of every "
+            f"plan are in --format json (step_breakdown_seconds); docs/benchmarks.md has its measured accuracy")
 
 
 def _render(report, output_format: ReportFormat, *, rendered_charts: dict[str, tuple[str, bytes]],

@@ -103,6 +103,8 @@ def search(
         return
     stats, hardware = result.stats, result.base_plan.hardware
     assumed = "" if (spec or base.hardware.gpu) else " (nearest catalogued VRAM; pass --gpu)"
+    rows = evaluate_front(profile, result, calibration=cal, top=top, dataset_samples=report["dataset_samples"],
+                          price=report["price"])
     notes = [
         _stats_note(stats),
         f"hardware: {gpus} x {vram_gib:g} GiB {result.gpu.name}{assumed}, host RAM {hardware.host_ram_gib:g} GiB "
@@ -110,12 +112,10 @@ def search(
         f"model {profile.name}; base plan {result.base_plan.name}",
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
-        step_note(cal),
+        step_note(cal, rows=rows),
         (f"feasible: fits clear of the {cal.tight_band:.1%} tight band (--allow-tight counts the tight fits too)"
          if cal.tight_band and not allow_tight else "feasible: any fit (--allow-tight)"),
     ]
-    rows = evaluate_front(profile, result, calibration=cal, top=top, dataset_samples=report["dataset_samples"],
-                          price=report["price"])
     if len(result.front) > top:
         notes.append(f"front has {len(result.front)} plans; showing the {top} most faithful (--top)")
     title = (f"memplan search: Pareto front of {len(result.front)} plans for {profile.name} on {gpus} x {vram_gib:g} GiB "

@@ -80,6 +80,7 @@ class StepTime:
     flops: float = 0.0
     num_gpus: int = 1
     tokens: int = 0  # LLM tokens per step per GPU
+    card_terms: bool = False  # the calibration has terms fitted on this card (else the default terms)
 
     @property
     def per_sample(self) -> float:
@@ -107,7 +108,7 @@ class StepTime:
         out: dict[str, Any] = {
             "seconds": self.seconds, "per_sample_seconds": self.per_sample, "gpu": self.gpu, "flops": self.flops,
             "samples_per_s": self.samples_per_s, "tokens_per_s": self.tokens_per_s,
-            "breakdown": dict(self.breakdown)}
+            "breakdown": dict(self.breakdown), "card_terms": self.card_terms}
         if dataset_samples:
             out["epoch_seconds"] = self.epoch_seconds(dataset_samples)
             if price is not None:
@@ -204,7 +205,9 @@ def optimizer_terms(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSp
 def time_step(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, terms: StepTimeTerms | None = None,
               host_cores: int | None = None, foreach: bool = True) -> StepTime:
     """Seconds of one step on one rank: the sum of TERMS (memplan.planning.steptime docstring)."""
-    terms = (terms or default_terms()).on_card(gpu.name)  # a card's own fit, where the calibration has one
+    terms = terms or default_terms()
+    card_terms = gpu.name in terms.cards
+    terms = terms.on_card(gpu.name)  # a card's own fit, where the calibration has one
     key = (gpu.name, id(terms))
     cached = work.cache.get(key)
     if cached is None or cached[0] is not terms:  # the compute terms depend on the card and the terms only
@@ -222,7 +225,7 @@ def time_step(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSpec, te
     breakdown.update(optimizer_terms(work, engine, num_gpus=num_gpus, gpu=gpu, terms=terms, host_cores=host_cores,
                                      foreach=foreach))
     step = StepTime(sum(breakdown.values()), breakdown, work.micro_batch, gpu.name, work.total_flops,
-                    num_gpus, work.tokens)
+                    num_gpus, work.tokens, card_terms)
     return step
 
 

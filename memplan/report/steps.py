@@ -14,7 +14,14 @@ def step_line(step: StepTime, dataset_samples: int | None = None) -> str:
         if dataset_samples else ""
     return (f"step time {step.seconds:.2f} s on {step.gpu} ({step.num_gpus} GPU{'s' if step.num_gpus > 1 else ''}): "
             f"{step.samples_per_s:.2f} samples/s, {step.tokens_per_s:,.0f} tokens/s "
-            f"(largest term: {top[0]} {top[1]:.2f} s; memplan.planning.steptime){epoch}")
+            f"(largest term: {top[0]} {top[1]:.2f} s; memplan.planning.steptime){epoch}{untuned_text(step)}")
+
+
+def untuned_text(step: StepTime) -> str:
+    """What a step time on a card without terms of its own is good for (docs/benchmarks.md, 2026-12-06: on such
+    a card the pre-registered runs were ranked right and sized 1.5-2x off)."""
+    return "" if step.card_terms else (f"; default terms, no per-card fit for {step.gpu}: compare plans by it, "
+                                       "do not schedule by it (docs/benchmarks.md)")
 
 
 def with_step_json(document: str, step: StepTime, dataset_samples: int | None = None) -> str:
