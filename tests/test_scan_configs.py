@@ -49,6 +49,23 @@ def test_a_sa2va_config_without_lora_trains_or_freezes_the_llm():
     assert _settings(frozen.replace("freeze_llm=True", "freeze_llm=False"))["components.llm.train"] == "full"
 
 
+def test_the_three_lora_readers_agree_on_defaults_and_invalid_values():
+    """xtuner's llm_lora (a dict peft builds), LoraConfig and Unsloth's get_peft_model share one reader: a key
+    not given takes its library's default, a rank of 0 is refused by name and keeps the plan's value."""
+    bare = SA2VA_CONFIG.replace("r=64, lora_alpha=128, lora_dropout=0.1", "lora_alpha=128")
+    settings = _settings(bare)
+    assert settings["components.llm.lora.rank"] == 8 and settings["components.llm.lora.alpha"] == 128
+    config = scan_source(source="from peft import LoraConfig, get_peft_model\n"
+                                "model = get_peft_model(model, LoraConfig(r=0, lora_alpha=16))\n")
+    lora = next(f for f in config.findings if f.name == "LoraConfig")
+    assert "r=0: not a valid LoRA rank" in lora.note
+    assert "components.llm.lora.rank" not in dict(lora.settings) and dict(lora.settings)["components.llm.lora.alpha"] == 16
+    unsloth = scan_source(source="from unsloth import FastLanguageModel\n"
+                                 "model = FastLanguageModel.get_peft_model(model, r=0)\n")
+    found = next(f for f in unsloth.findings if f.name.endswith("get_peft_model"))
+    assert "r=0: not a valid LoRA rank" in found.note and dict(found.settings)["components.llm.lora.alpha"] == 16
+
+
 def test_a_dict_named_model_without_sa2va_parts_is_not_a_sa2va_config():
     assert "stack.kind" not in _settings("model = dict(type=Foo, backbone=dict(type=Bar))\n")
 

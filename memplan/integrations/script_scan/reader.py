@@ -23,6 +23,7 @@ EIGHT_BIT_OPTIMS = {"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "adamw_t
 ARITHMETIC = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
               ast.FloorDiv: lambda a, b: a // b, ast.Div: lambda a, b: a / b}
 PEFT_DEFAULTS = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0}  # peft LoraConfig's field defaults
+LORA_KEYS = (("r", "rank"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"))  # keyword -> plan's lora field
 
 
 class _Missing:
@@ -304,6 +305,35 @@ def make_finding(script: ScriptTree, *, name: str, value: Any, node: ast.AST, se
         settings or {}, note, "always")
     return Finding(name=name, value=str(value), line=line, snippet=script.snippet(line),
                    settings=tuple(settings.items()), note=note, status=status)
+
+
+def lora_numbers(script: ScriptTree, keywords: dict[str, ast.AST], *, defaults: dict[str, Any],
+                 source: str) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Rank, alpha and dropout of one LoRA call or dict (``keywords``: keyword -> node), as plan settings, the
+    shown ``keyword=value`` parts and notes. A keyword not given takes ``defaults`` (``source``'s, named in a
+    note); a value that is not a literal, or not a valid one (rank and alpha > 0, 0 <= dropout < 1: peft's
+    LoraConfig checks), is noted and leaves the plan's value. The one reader behind LoraConfig, xtuner's
+    ``llm_lora`` and Unsloth's ``get_peft_model``."""
+    settings: dict[str, Any] = {}
+    shown: list[str] = []
+    notes: list[str] = []
+    for keyword, target in LORA_KEYS:
+        node = keywords.get(keyword)
+        value, via = script.value(node) if node is not None else (defaults[keyword], "")
+        if node is None:
+            notes.append(f"{keyword} not given: {source}'s default {defaults[keyword]}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number:
+            notes.append(f"{keyword}={ast.unparse(node)[:30]}: {NOT_LITERAL}")
+            continue
+        if not (0 <= value < 1 if target == "dropout" else value > 0):
+            notes.append(f"{keyword}={value}: not a valid LoRA {target}, the plan's value kept")
+            continue
+        settings[f"components.llm.lora.{target}"] = float(value) if target == "dropout" else int(value)
+        shown.append(f"{keyword}={value}")
+        if via:
+            notes.append(f"{keyword}{via}")
+    return settings, shown, notes
 
 
 def keyword_findings(script: ScriptTree, *, keyword: str, calls: list[ast.Call], read) -> list[Finding]:

@@ -6,7 +6,7 @@ import ast
 from typing import Any
 
 from memplan.integrations.script_scan.reader import (
-    EIGHT_BIT_OPTIMS, MISSING, NOT_LITERAL, PEFT_DEFAULTS, TRAINER_ARGS, TRAINER_CLASSES, Finding, ScriptTree,
+    EIGHT_BIT_OPTIMS, MISSING, NOT_LITERAL, PEFT_DEFAULTS, lora_numbers, TRAINER_ARGS, TRAINER_CLASSES, Finding, ScriptTree,
     call_name, keyword_findings, make_finding, partial, receiver_chain,
 )
 from memplan.integrations.script_scan.trl import loss_default
@@ -31,6 +31,7 @@ def _modules(value: Any) -> tuple[tuple[str, ...], list[str]]:
 
 
 UNSLOTH_MODELS = ("FastLanguageModel", "FastVisionModel", "FastModel")
+UNSLOTH_DEFAULTS = {"r": 16, "lora_alpha": 16, "lora_dropout": 0.0}  # the signature defaults of Unsloth's FastLlamaModel.get_peft_model
 
 
 def _unsloth_call(call: ast.Call) -> bool:
@@ -43,15 +44,8 @@ def _unsloth_peft(script: ScriptTree, call: ast.Call) -> Finding:
     """Unsloth's get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, use_gradient_checkpointing=...):
     LoRA with those values (Unsloth's defaults r=16, alpha=16, dropout 0 where not given)."""
     keywords = script.keywords(call)
-    settings: dict[str, Any] = {"components.llm.train": "lora", "components.llm.modules_to_save": []}
-    shown, notes = [], []
-    for keyword, target, default in (("r", "rank", 16), ("lora_alpha", "alpha", 16), ("lora_dropout", "dropout", 0.0)):
-        value = script.value(keywords[keyword])[0] if keyword in keywords else default
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (target == "dropout" or value > 0):
-            settings[f"components.llm.lora.{target}"] = float(value) if target == "dropout" else int(value)
-            shown.append(f"{keyword}={value}")
-        else:
-            notes.append(f"{keyword}: {NOT_LITERAL}")
+    numbers, shown, notes = lora_numbers(script, keywords, defaults=UNSLOTH_DEFAULTS, source="Unsloth")
+    settings: dict[str, Any] = {"components.llm.train": "lora", "components.llm.modules_to_save": [], **numbers}
     checkpointing = keywords.get("use_gradient_checkpointing")
     if checkpointing is not None:
         value = script.value(checkpointing)[0]
@@ -89,21 +83,8 @@ def read_peft(script: ScriptTree, *, internvl: tuple[Finding, ...] = ()) -> tupl
                and call_name(c) in TRAINER_CLASSES]
     for call in configs:
         keywords = script.keywords(call)
-        settings: dict[str, Any] = {"components.llm.train": "lora"}
-        shown = []
-        notes = []
-        for keyword, target in (("r", "rank"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout")):
-            node = keywords.get(keyword)
-            value, via = script.value(node) if node is not None else (PEFT_DEFAULTS[keyword], "")
-            if node is None:
-                notes.append(f"{keyword} not given: peft's default {PEFT_DEFAULTS[keyword]}")
-            if value is MISSING or isinstance(value, bool) or not isinstance(value, (int, float)):
-                notes.append(f"{keyword}={ast.unparse(node)[:30]}: {NOT_LITERAL}")
-                continue
-            settings[f"components.llm.lora.{target}"] = int(value) if target != "dropout" else float(value)
-            shown.append(f"{keyword}={value}")
-            if via:
-                notes.append(f"{keyword}{via}")
+        numbers, shown, notes = lora_numbers(script, keywords, defaults=PEFT_DEFAULTS, source="peft")
+        settings: dict[str, Any] = {"components.llm.train": "lora", **numbers}
         targets = keywords.get("target_modules")
         if targets is not None:
             value, _ = script.value(targets)

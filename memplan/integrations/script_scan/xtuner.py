@@ -15,10 +15,9 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from memplan.integrations.script_scan.reader import MISSING, NOT_LITERAL, Finding, ScriptTree, make_finding
+from memplan.integrations.script_scan.reader import (MISSING, NOT_LITERAL, PEFT_DEFAULTS, Finding, ScriptTree,
+                                                     lora_numbers, make_finding)
 from memplan.spec.aliases import sa2va_profile_for
-
-LORA_KEYS = (("r", "rank"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"))
 
 
 def _dict_keywords(node: ast.AST | None) -> dict[str, ast.AST] | None:
@@ -52,15 +51,9 @@ def _llm(script: ScriptTree, mllm: dict[str, ast.AST], at: ast.AST) -> list[Find
     lora = _dict_keywords(mllm.get("llm_lora"))
     freeze = _flag(script, mllm, "freeze_llm")
     if lora is not None:
-        settings: dict[str, Any] = {"components.llm.train": "lora"}
-        shown, notes = [], []
-        for key, target in LORA_KEYS:
-            value = script.value(lora[key])[0] if key in lora else MISSING
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                settings[f"components.llm.lora.{target}"] = float(value) if target == "dropout" else int(value)
-                shown.append(f"{key}={value}")
-            elif key in lora:
-                notes.append(f"{key}: {NOT_LITERAL}")
+        # llm_lora = dict(type=LoraConfig, ...): peft builds it, so a key not given takes peft's default
+        numbers, shown, notes = lora_numbers(script, lora, defaults=PEFT_DEFAULTS, source="peft")
+        settings: dict[str, Any] = {"components.llm.train": "lora", **numbers}
         return [make_finding(script, name="llm_lora", value=", ".join(shown) or "LoraConfig", node=mllm["llm_lora"],
                              settings=settings, note="; ".join(notes) or "LoRA on the LLM (Sa2VA wraps it with peft)")]
     if freeze is True:
