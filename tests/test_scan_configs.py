@@ -241,6 +241,22 @@ def test_llamafactory_upcasts_adapters_and_full_weights_without_deepspeed(tmp_pa
     assert off.settings()["components.llm.checkpointing"] is False and off.settings()["attention"] == "eager"
 
 
+def test_llamafactory_and_a_script_read_one_deepspeed_json_alike(tmp_path):
+    """The same JSON through LLaMA-Factory's deepspeed: key and a script's deepspeed= gives one engine, one shown
+    value and the same note on a stage not given (rules.engine_of_config)."""
+    from memplan.integrations.script_scan import scan_script
+
+    ds = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}, "bf16": {"enabled": "auto"}}
+    factory = next(f for f in scan_script(path=_write(tmp_path, LLAMAFACTORY, deepspeed=ds)).findings
+                   if f.name == "deepspeed")
+    script = tmp_path / "train.py"
+    script.write_text("from transformers import TrainingArguments\n"
+                      "args = TrainingArguments(output_dir='o', deepspeed='ds/z3.json')\n")
+    scanned = next(f for f in scan_script(path=script).findings if f.name == "deepspeed")
+    assert factory.value == scanned.value and dict(factory.settings)["engine"] == dict(scanned.settings)["engine"]
+    assert "stage not given" in factory.note and "stage not given" in scanned.note
+
+
 def test_a_missing_deepspeed_file_is_said_and_the_engine_kept(tmp_path):
     from memplan.integrations.script_scan import scan_script
 

@@ -53,24 +53,31 @@ def _finding(lines: _Lines, key: str, value: Any, *, settings: dict[str, Any] | 
                    note=note if line else ("not set: LLaMA-Factory's default" + (f"; {note}" if note else "")))
 
 
-def _deepspeed(value: Any, *, folder: Path | None) -> tuple[dict[str, Any] | None, str]:
-    """The engine a DeepSpeed JSON path gives, and a note; searched beside the YAML and the folders above
-    it (LLaMA-Factory's examples name paths from the repository root), then the current directory."""
-    from memplan.spec.inherit import plan_from_deepspeed
+def _deepspeed(value: Any, *, folder: Path | None) -> tuple[dict[str, Any] | None, str, str]:
+    """The engine a DeepSpeed JSON path gives, the value shown and a note; searched beside the YAML and the
+    folders above it (LLaMA-Factory's examples name paths from the repository root), then the current
+    directory; read as a script's ``deepspeed=`` is (rules.engine_of_config)."""
+    from memplan.integrations.script_scan.rules import engine_of_config
 
     if not isinstance(value, str):
-        return None, "not a path: not read"
+        return None, str(value), "not a path: not read"
     path = Path(value)
     candidates = [path] if path.is_absolute() else [
         *[base / path for base in ([folder, *folder.parents][:4] if folder else [])], Path.cwd() / path]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        return None, f"{value} not found beside the config: ZeRO stage not read, assumed the base plan's"
+        return None, value, f"{value} not found beside the config: ZeRO stage not read, assumed the base plan's"
     try:
         config = json.loads(found.read_text(encoding="utf-8"))
-        return plan_from_deepspeed(config, value, ValueError)["engine"], printable(found)
     except (OSError, ValueError) as error:
-        return None, f"{value} unreadable ({str(error).splitlines()[0][:60]}): not read"
+        return None, value, f"{value} unreadable ({str(error).splitlines()[0][:60]}): not read"
+    if not isinstance(config, dict):
+        return None, value, f"{value}: not a DeepSpeed config (a JSON object): not read"
+    try:
+        engine, shown, note = engine_of_config(config, where=value)
+    except ValueError as error:
+        return None, value, f"{value}: not read: {error}"
+    return engine, shown, printable(found) + (f"; {note}" if note else "")
 
 
 def _training(document: dict[str, Any], lines: _Lines, *, deepspeed_stage: Any) -> list[Finding]:
@@ -181,13 +188,13 @@ def scan_llamafactory(*, text: str, document: dict[str, Any], script: str, folde
     findings = [stack, *_model(document, lines)]
     stage = None
     if "deepspeed" in document:
-        engine, note = _deepspeed(document["deepspeed"], folder=folder)
+        engine, shown, note = _deepspeed(document["deepspeed"], folder=folder)
         if engine is not None:
             stage = engine.get("zero_stage")
-            findings.append(_finding(lines, "deepspeed", f"ZeRO-{stage}", settings={"engine": engine}, note=note))
+            findings.append(_finding(lines, "deepspeed", shown, settings={"engine": engine}, note=note))
         else:
             stage = "not read"  # DeepSpeed all the same: its engine decides the adapters' dtype
-            findings.append(_finding(lines, "deepspeed", document["deepspeed"], note=note))
+            findings.append(_finding(lines, "deepspeed", shown, note=note))
     else:
         findings.append(Finding(name="engine", value="pytorch", line=0, snippet="",
                                 settings=(("engine", {"kind": "pytorch", "zero_stage": 0}),),

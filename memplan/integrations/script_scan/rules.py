@@ -40,10 +40,24 @@ def read_stack(script: ScriptTree) -> list[Finding]:
     return []
 
 
-def read_engine(script: ScriptTree, stack: str | None) -> list[Finding]:
-    """deepspeed= (a JSON path beside the script, or a dict): stage and offload devices; none: plain PyTorch."""
+def engine_of_config(config: dict[str, Any], *, where: str) -> tuple[dict[str, Any], str, str]:
+    """The plan's engine for a DeepSpeed config dict (memplan.spec.inherit.plan_from_deepspeed: ZeRO stage and
+    offload devices), the value a finding shows, and a note when the stage is not given (DeepSpeed's default,
+    0); ValueError when it is not a DeepSpeed config. Shared by a script's ``deepspeed=`` and LLaMA-Factory's
+    ``deepspeed:`` key."""
     from memplan.spec.inherit import plan_from_deepspeed
 
+    engine = plan_from_deepspeed(config, where, ValueError)["engine"]
+    zero = config.get("zero_optimization")
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    note = "" if stage not in (None, "auto") else "zero_optimization.stage not given: DeepSpeed's default, 0"
+    shown = (f"ZeRO-{engine['zero_stage']}, offload optimizer {engine['offload_optimizer']}, "
+             f"params {engine['offload_params']}")
+    return engine, shown, note
+
+
+def read_engine(script: ScriptTree, stack: str | None) -> list[Finding]:
+    """deepspeed= (a JSON path beside the script, or a dict): stage and offload devices; none: plain PyTorch."""
     out: list[Finding] = []
     for call in [c for c, _ in script.reader.calls]:
         node = script.keywords(call).get("deepspeed")
@@ -69,17 +83,11 @@ def read_engine(script: ScriptTree, stack: str | None) -> list[Finding]:
         if not isinstance(config, dict):
             out.append(make_finding(script, name="deepspeed", value=ast.unparse(node)[:60], node=node, note=NOT_LITERAL))
             continue
-        config = _without_missing(config)
         try:
-            engine = plan_from_deepspeed(config, where, ValueError)["engine"]
+            engine, shown, note = engine_of_config(_without_missing(config), where=where)
         except ValueError as error:
             out.append(make_finding(script, name="deepspeed", value=where, node=node, note=f"not read: {error}"))
             continue
-        stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(
-            config.get("zero_optimization"), dict) else None
-        note = "" if stage not in (None, "auto") else "zero_optimization.stage not given: DeepSpeed's default, 0"
-        shown = (f"ZeRO-{engine['zero_stage']}, offload optimizer {engine['offload_optimizer']}, "
-                 f"params {engine['offload_params']}")
         out.append(make_finding(script, name="deepspeed", value=shown, node=node,
                             settings={"engine": engine}, note=(f"{where}; {note}" if note else where) + via))
     if not out and stack in ("hf-trainer", "accelerate", "custom-loop"):
