@@ -72,12 +72,12 @@ def zero3_gathers_in_place(ctx: Context) -> bool:
             and ctx.plan.engine.offload_params == "none")
 
 
-def one_rank_gather_copy_bytes(*, gathered_params: int, param_bytes: int, held_bytes: int,
-                               partitions_on_device: bool) -> int:
-    """GPU bytes that ZeRO-3's gathered parameters cost on a partition group of one rank.
+def one_rank_gather_copy_bytes(*, gathered_params: int, param_bytes: int, held_bytes: int) -> int:
+    """GPU bytes that ZeRO-3's gathered parameters cost on a partition group of one rank whose partitions
+    are offloaded (offload_param cpu/nvme; with them on the GPU the gather is in place and costs nothing:
+    zero3_gathers_in_place, which keeps that case from here).
 
-        0                                               if the partitions are on the GPU
-        min(gathered_params x param_bytes, held_bytes)  if they are offloaded (offload_param cpu/nvme)
+        min(gathered_params x param_bytes, held_bytes)
 
     Source (DeepSpeed 0.19.8, deepspeed/runtime/zero/partition_parameters.py): with partition world
     size 1, ``Init.all_gather_coalesced`` returns ``_no_gather_coalesced(params)``, whose
@@ -93,8 +93,6 @@ def one_rank_gather_copy_bytes(*, gathered_params: int, param_bytes: int, held_b
     coordinator's business, as on N > 1 (``gathered_params``: zero3_gathered_bytes's working set, up to
     stage3_max_live_parameters once the trace is complete, docs/stacks.md 9 and 14); the copies cannot
     exceed the parameters the host holds (``held_bytes``)."""
-    if partitions_on_device:
-        return 0
     return min(gathered_params * param_bytes, held_bytes)
 
 
@@ -131,8 +129,7 @@ def zero3_gathered_bytes(ctx: Context) -> int:
         live = min(engine.stage3_max_live_parameters, largest_module_params(ctx) + engine.stage3_prefetch_bucket_size)
     if ctx.num_gpus == 1:  # one rank with parameter offload: each gather is a host-to-GPU copy
         return one_rank_gather_copy_bytes(gathered_params=live, param_bytes=ctx.compute_bytes,
-                                          held_bytes=weights.held_weight_bytes(ctx),
-                                          partitions_on_device=engine.offload_params == "none")
+                                          held_bytes=weights.held_weight_bytes(ctx))
     return live * ctx.compute_bytes
 
 
