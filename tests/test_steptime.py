@@ -285,3 +285,11 @@ def test_link_type_from_nvidia_smi_topology():
     pcie = "\tGPU0\tGPU1\tGPU2\nGPU0\t X \tPIX\tSYS\nGPU1\tPIX\t X \tSYS\nGPU2\tSYS\tSYS\t X \n"
     assert link_from_topology(nvlink) == "nvlink" and link_from_topology(pcie) == "pcie"
     assert link_from_topology("\tGPU0\nGPU0\t X \n") is None and link_from_topology(None) is None
+
+
+def test_cpu_model_from_cpuinfo():
+    from memplan.probe.hostinfo import HOST_FACTS, cpu_model, host_facts
+
+    text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+  \nflags\t: fpu\n"
+    assert cpu_model(text) == "Intel(R) Xeon(R) Platinum 8480+"
+    assert "cpu_model" in HOST_FACTS and set(host_facts()) == set(HOST_FACTS)

@@ -55,7 +55,7 @@ def environment(device: Any, world_size: int) -> dict[str, Any]:
         "torch": torch.__version__,
         **{library: _version(library) for library in LIBRARIES},
         **_host(world_size),
-        **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width (memplan.probe.hostinfo)
+        **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model (memplan.probe.hostinfo)
     }
 
 

@@ -6,18 +6,22 @@ to the record's ``environment``:
 - host_cpus: logical CPUs this process may run on (os.sched_getaffinity, else os.cpu_count);
 - gpu_link: "nvlink" when ``nvidia-smi topo -m`` shows an NV# entry between two GPUs, "pcie" when it
   shows only PIX/PXB/PHB/NODE/SYS, None with fewer than two GPUs or without nvidia-smi;
-- pcie_gen, pcie_width: the first GPU's current host link (nvidia-smi --query-gpu pcie.link.*).
+- pcie_gen, pcie_width: the first GPU's current host link (nvidia-smi --query-gpu pcie.link.*);
+- cpu_model: the host CPU's name (/proc/cpuinfo "model name", else platform.processor(), else None): step
+  times of the same plan on the same card model differed by up to 2x between machines (docs/benchmarks.md,
+  2026-12-06), and the framework term is host-bound.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 from typing import Any
 
 
-HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width")
+HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width", "cpu_model")
 
 
 def host_cpus() -> int | None:
@@ -25,6 +29,17 @@ def host_cpus() -> int | None:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str | None:
+    """The first "model name" of ``cpuinfo`` (default: /proc/cpuinfo), else platform.processor(), else None."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+        except OSError:
+            cpuinfo = ""
+    match = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo, re.MULTILINE)
+    return match.group(1) if match else (platform.processor() or None)
 
 
 def _nvidia_smi(*args: str) -> str | None:
@@ -61,4 +76,4 @@ def host_link() -> tuple[int | None, int | None]:
 def host_facts() -> dict[str, Any]:
     gen, width = host_link()
     return {"host_cpus": host_cpus(), "gpu_link": link_from_topology(_nvidia_smi("topo", "-m")),
-            "pcie_gen": gen, "pcie_width": width}
+            "pcie_gen": gen, "pcie_width": width, "cpu_model": cpu_model()}
