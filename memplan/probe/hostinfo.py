@@ -7,9 +7,9 @@ to the record's ``environment``:
 - gpu_link: "nvlink" when ``nvidia-smi topo -m`` shows an NV# entry between two GPUs, "pcie" when it
   shows only PIX/PXB/PHB/NODE/SYS, None with fewer than two GPUs or without nvidia-smi;
 - pcie_gen, pcie_width: the first GPU's current host link (nvidia-smi --query-gpu pcie.link.*);
-- cpu_model: the host CPU's name (/proc/cpuinfo "model name", else platform.processor(), else None): step
-  times of the same plan on the same card model differed by up to 2x between machines (docs/benchmarks.md,
-  2026-12-06), and the framework term is host-bound.
+- cpu_model: the host CPU's name (/proc/cpuinfo "model name", else platform.processor(), else None): the same
+  plans differed by up to 19% between two H200 machines, and the terms fitted on one H100 machine's records
+  sized another H100's steps 1.5-2x slow (docs/benchmarks.md, 2026-12-06); the framework term is host time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 
@@ -35,7 +36,7 @@ def cpu_model(cpuinfo: str | None = None) -> str | None:
     """The first "model name" of ``cpuinfo`` (default: /proc/cpuinfo), else platform.processor(), else None."""
     if cpuinfo is None:
         try:
-            cpuinfo = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             cpuinfo = ""
     match = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo, re.MULTILINE)

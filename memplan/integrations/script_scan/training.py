@@ -6,8 +6,8 @@ import ast
 from typing import Any
 
 from memplan.integrations.script_scan.reader import (
-    EIGHT_BIT_OPTIMS, MISSING, NOT_LITERAL, PEFT_DEFAULTS, lora_numbers, TRAINER_ARGS, TRAINER_CLASSES, Finding, ScriptTree,
-    call_name, keyword_findings, make_finding, partial, receiver_chain,
+    EIGHT_BIT_OPTIMS, MISSING, NOT_LITERAL, PEFT_DEFAULTS, TRAINER_ARGS, TRAINER_CLASSES, Finding, ScriptTree,
+    call_name, keyword_findings, lora_numbers, make_finding, partial, receiver_chain,
 )
 from memplan.integrations.script_scan.trl import loss_default
 from memplan.spec.allocator import allocator_of
