@@ -71,7 +71,20 @@ RUNS_D: list[dict] = [
     {"name": "4b-zero1", "model": "sa2va-4b", "plan": {"zero": 1}, "timeout": 180},
     {"name": "4b-zero3-offload", "model": "sa2va-4b", "plan": {"zero": 3, "offload": "optimizer"}, "timeout": 260},
 ]
-SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D}  # "b": the first set (its files predate the key and carry no "set")
+# The fourth set (--set e, pre-registered 2026-12-06, predicted for both cards the device may lend, H200 with
+# its own terms and H100 with the default terms): plans no set ran, so that nothing of it was fitted on: the
+# seed's plan B (ZeRO-3 + full offload) on InternVL3-2B, a longer text, ZeRO-2 + optimizer offload on the 4B,
+# ZeRO-1 with a micro-batch of 2, and plain PyTorch with 13 tiles.
+RUNS_E: list[dict] = [
+    {"name": "1b-zero2-t4096", "model": "sa2va-1b", "plan": {"zero": 2, "text_len": 4096}, "timeout": 150},
+    {"name": "2b-zero1-mb2", "model": "sa2va-internvl3-2b", "plan": {"zero": 1, "micro_batch": 2}, "timeout": 150},
+    {"name": "1b-pytorch-t13", "model": "sa2va-1b", "plan": {"engine": "pytorch", "zero": 0, "tiles": 13},
+     "timeout": 150},
+    {"name": "4b-zero2-offload", "model": "sa2va-4b", "plan": {"zero": 2, "offload": "optimizer"}, "timeout": 200},
+    {"name": "2b-zero3-offload-all", "model": "sa2va-internvl3-2b", "plan": {"zero": 3, "offload": "all"},
+     "timeout": 240},
+]
+SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -192,8 +205,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "reports/probes")) / "steptime-h200.jsonl")
     parser.add_argument("--only", nargs="*", help="run only these names")
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
-                        help="which run set: b (the first, 7 runs), c (6 plans b never ran) or d (ZeRO-3 on more "
-                             "models, 5 runs)")
+                        help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
+                             "models, 5 runs) or e (5 plans no set ran, plan B among them)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
                              "h200); a card without terms of its own is predicted with the default terms")
