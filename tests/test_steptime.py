@@ -293,3 +293,14 @@ def test_cpu_model_from_cpuinfo():
     text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+  \nflags\t: fpu\n"
     assert cpu_model(text) == "Intel(R) Xeon(R) Platinum 8480+"
     assert "cpu_model" in HOST_FACTS and set(host_facts()) == set(HOST_FACTS)
+
+
+def test_host_dispatch_cost_is_measured_per_call():
+    pytest.importorskip("torch")
+    from memplan.probe.environment import DISPATCH_KEYS, host_dispatch_us
+
+    few, many = host_dispatch_us(calls=200, repeats=2), host_dispatch_us(calls=2_000, repeats=2)
+    assert set(few) == set(many) == set(DISPATCH_KEYS)
+    # per call, not per loop: ten times the calls does not give ten times the figure
+    assert all(0 < many[key] < 1_000 and many[key] < 5 * few[key] for key in DISPATCH_KEYS)
+    assert many["host_module_us"] > many["host_op_us"]  # a module call is an op plus Module.__call__

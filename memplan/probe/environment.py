@@ -42,8 +42,40 @@ def _host(world_size: int) -> dict[str, Any]:
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
 
 
+DISPATCH_KEYS = ("host_op_us", "host_module_us")
+
+
+def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float]:
+    """The host's per-call cost of PyTorch dispatch, in microseconds (best of ``repeats`` loops of ``calls``):
+    ``host_op_us`` for one ``torch.add(a, b, out=c)`` on 1-element CPU tensors (Python -> ATen dispatch),
+    ``host_module_us`` for one ``nn.Linear(4, 4)`` call on a 1x4 tensor (``Module.__call__``, its hooks
+    check and an addmm). The step-time model's framework term (module calls x module_call_s) is this kind
+    of host time, and it differed between machines with the same card (docs/benchmarks.md, 2026-12-06):
+    the records carry it so that the term can be related to the host. CPU only: no GPU memory is touched,
+    so it can run at any point of a probe. About 0.1 s."""
+    import time
+
+    import torch
+
+    a, b, c = torch.ones(1), torch.ones(1), torch.empty(1)
+    linear, x = torch.nn.Linear(4, 4), torch.ones(1, 4)
+
+    def best(call: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            times.append(time.perf_counter() - start)
+        return round(min(times) / calls * 1e6, 3)
+
+    with torch.no_grad():
+        return {"host_op_us": best(lambda: torch.add(a, b, out=c)), "host_module_us": best(lambda: linear(x))}
+
+
 def environment(device: Any, world_size: int) -> dict[str, Any]:
-    """GPU name and memory, driver, CUDA, torch and library versions, python, host, world size."""
+    """GPU name and memory, driver, CUDA, torch and library versions, python, host, world size, and the
+    host's dispatch cost (host_dispatch_us)."""
     import torch
 
     cuda = device.type == "cuda"
@@ -56,13 +88,15 @@ def environment(device: Any, world_size: int) -> dict[str, Any]:
         **{library: _version(library) for library in LIBRARIES},
         **_host(world_size),
         **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model (memplan.probe.hostinfo)
+        **host_dispatch_us(),
     }
 
 
 def fallback_environment(world_size: int) -> dict[str, Any]:
     """The same keys with nothing measured but the host (no rank saved its environment)."""
     return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
-            **{library: None for library in LIBRARIES}, **_host(world_size), **dict.fromkeys(HOST_FACTS)}
+            **{library: None for library in LIBRARIES}, **_host(world_size), **dict.fromkeys(HOST_FACTS),
+            **dict.fromkeys(DISPATCH_KEYS)}
 
 
 def apply_allocator(plan: Any) -> Any:
