@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 import subprocess
+import time
 from importlib import metadata
 from typing import Any
 
@@ -53,8 +54,6 @@ def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float
     of host time, and it differed between machines with the same card (docs/benchmarks.md, 2026-12-06):
     the records carry it so that the term can be related to the host. CPU only: no GPU memory is touched,
     so it can run at any point of a probe. About 0.1 s."""
-    import time
-
     import torch
 
     a, b, c = torch.ones(1), torch.ones(1), torch.empty(1)
