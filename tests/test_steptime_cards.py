@@ -1,6 +1,6 @@
 """Step-time calibration keyed by card: a card's own fit wins for plans on it, every other card keeps the
-top-level terms untouched, and the shipped H200 fit is reproduced by `memplan calibrate --terms step-time
---card h200` on the calibration side of the H200 records (the held-out side never read)."""
+top-level terms untouched, and each shipped card fit (H200, H100) is reproduced by `memplan calibrate
+--terms step-time --card NAME` on the calibration side of that card's records (the held-out side never read)."""
 
 import shutil
 from pathlib import Path
@@ -18,6 +18,9 @@ from memplan.spec.loading import CALIBRATION_PATH, load_profile
 ROOT = Path(__file__).resolve().parents[1]
 H200_RECORDS = [ROOT / "reports" / "probes" / name
                 for name in ("h200-stacks-a.jsonl", "h200-batch4.jsonl", "h200-stacks-b.jsonl")]
+# The H100 entry: the calibration side of the 2026-12-06 H100 records (one machine, one probe at a time).
+H100_RECORDS = [ROOT / "reports" / "probes" / name
+                for name in ("h100-steptime-d.jsonl", "h100-batch10.jsonl", "h100-stacks-e.jsonl")]
 
 # The H100 top-level terms as shipped before the per-card section existed (they must not move).
 H100_TERMS = {"efficiency": {"default": {"gemm": 0.2431, "attention": 0.25, "vision": 0.35, "sam2": 0.2},
@@ -56,9 +59,12 @@ def test_shipped_h100_terms_unchanged_and_h200_keyed():
         assert shipped[key] == value
     assert shipped["fitted_on"] == ["reports/probes/split/steptime-calibration.jsonl"]
     terms = default_terms()
-    assert terms.on_card("h100-sxm") is terms and set(terms.cards) == {"h200"}
+    assert set(terms.cards) == {"h100-sxm", "h200"} and terms.on_card("a100-80gb") is terms
     entry = terms.cards["h200"]
     assert entry.side == "calibration" and entry.card == "NVIDIA H200"
+    h100 = terms.cards["h100-sxm"]
+    assert h100.side == "calibration" and h100.card == "NVIDIA H100 80GB HBM3"
+    assert h100.fitted_on == sorted(str(p.relative_to(ROOT)) for p in H100_RECORDS)
 
 
 def test_h200_fit_uses_the_calibration_side_only():
@@ -84,7 +90,8 @@ def _records():
     return list(out.values())
 
 
-def test_calibrate_card_reproduces_the_shipped_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("card,records", [("h200", H200_RECORDS), ("h100-sxm", H100_RECORDS)])
+def test_calibrate_card_reproduces_the_shipped_file(tmp_path, monkeypatch, card, records):
     from typer.testing import CliRunner
 
     from memplan.cli.main import app
@@ -92,7 +99,7 @@ def test_calibrate_card_reproduces_the_shipped_file(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     target = tmp_path / "calibration.yaml"
     shutil.copy(CALIBRATION_PATH, target)
-    args = ["calibrate", *[str(p.relative_to(ROOT)) for p in H200_RECORDS], "--terms", "step-time", "--card", "h200",
+    args = ["calibrate", *[str(p.relative_to(ROOT)) for p in records], "--terms", "step-time", "--card", card,
             "--out", str(target), "--force"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -130,8 +137,8 @@ def test_compare_names_the_cards_without_step_time_terms():
 
     from memplan.cli.main import app
 
-    untuned = CliRunner().invoke(app, ["compare", "--gpu", "h100-sxm", "--format", "md"])
+    untuned = CliRunner().invoke(app, ["compare", "--gpu", "a100-80gb", "--format", "md"])
     tuned = CliRunner().invoke(app, ["compare", "--gpu", "h200", "--format", "md"])
     assert untuned.exit_code == 0 and tuned.exit_code == 0, untuned.output + tuned.output
-    assert "no per-card fit for h100-sxm" in untuned.output
+    assert "no per-card fit for a100-80gb" in untuned.output
     assert "no per-card fit" not in tuned.output
