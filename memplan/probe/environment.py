@@ -52,8 +52,10 @@ def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float
     ``host_module_us`` for one ``nn.Linear(4, 4)`` call on a 1x4 tensor (``Module.__call__``, its hooks
     check and an addmm). The step-time model's framework term (module calls x module_call_s) is this kind
     of host time, and it differed between machines with the same card (docs/benchmarks.md, 2026-12-06):
-    the records carry it so that the term can be related to the host. CPU only: no GPU memory is touched,
-    so it can run at any point of a probe. About 0.1 s."""
+    the records carry it so that the term can be related to the host. CPU only: no GPU memory is touched.
+    Measure it before the model and the engine exist (``environment(dispatch=...)``): after a DeepSpeed
+    ZeRO-3 run the same loop measured about 29 us per module call against 5 us after ZeRO-1/2 and plain
+    PyTorch on the same machine (reports/probes/h100-batch11.jsonl, h100-steptime-e.jsonl). About 0.1 s."""
     import torch
 
     a, b, c = torch.ones(1), torch.ones(1), torch.empty(1)
@@ -72,9 +74,10 @@ def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float
         return {"host_op_us": best(lambda: torch.add(a, b, out=c)), "host_module_us": best(lambda: linear(x))}
 
 
-def environment(device: Any, world_size: int) -> dict[str, Any]:
+def environment(device: Any, world_size: int, *, dispatch: dict[str, float] | None = None) -> dict[str, Any]:
     """GPU name and memory, driver, CUDA, torch and library versions, python, host, world size, and the
-    host's dispatch cost (host_dispatch_us)."""
+    host's dispatch cost (``dispatch``: host_dispatch_us() as measured before the run; measured here when
+    not given)."""
     import torch
 
     cuda = device.type == "cuda"
@@ -87,7 +90,7 @@ def environment(device: Any, world_size: int) -> dict[str, Any]:
         **{library: _version(library) for library in LIBRARIES},
         **_host(world_size),
         **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model (memplan.probe.hostinfo)
-        **host_dispatch_us(),
+        **(dispatch if dispatch is not None else host_dispatch_us()),
     }
 
 
