@@ -85,7 +85,19 @@ RUNS_E: list[dict] = [
     {"name": "2b-zero3-offload-all", "model": "sa2va-internvl3-2b", "plan": {"zero": 3, "offload": "all"},
      "timeout": 240},
 ]
-SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E}  # "b": the first set (its files predate the key and carry no "set")
+# The fifth set (--set f, pre-registered 2026-12-07 for both cards the device lends, each with its own terms, the
+# model of the sixth set unchanged): plans no set ran, leaning on the terms set e missed or the records least
+# constrain: CPU Adam (ZeRO-2 + optimizer offload on the 1B at 8,192 tokens; plan B on the 4B), ZeRO-3's fetch
+# at 8,192 tokens on InternVL3-2B, and micro-batches of 4 (ZeRO-1, 1B) and 2 (ZeRO-2, 4B).
+RUNS_F: list[dict] = [
+    {"name": "1b-zero1-mb4", "model": "sa2va-1b", "plan": {"zero": 1, "micro_batch": 4}, "timeout": 180},
+    {"name": "4b-zero2-mb2", "model": "sa2va-4b", "plan": {"zero": 2, "micro_batch": 2}, "timeout": 200},
+    {"name": "1b-zero2-offload-t8192", "model": "sa2va-1b", "plan": {"zero": 2, "offload": "optimizer",
+                                                                    "text_len": 8192}, "timeout": 200},
+    {"name": "2b-zero3-t8192", "model": "sa2va-internvl3-2b", "plan": {"zero": 3, "text_len": 8192}, "timeout": 240},
+    {"name": "4b-zero3-offload-all", "model": "sa2va-4b", "plan": {"zero": 3, "offload": "all"}, "timeout": 280},
+]
+SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -207,7 +219,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="run only these names")
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
-                             "models, 5 runs) or e (5 plans no set ran, plan B among them)")
+                             "models, 5 runs), e (5 plans no set ran, plan B among them) or f (5 more, on the CPU "
+                             "Adam and ZeRO-3 fetch terms)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
                              "h200); a card without terms of its own is predicted with the default terms")
