@@ -103,29 +103,35 @@ def _plan_for_record(record: dict[str, Any], plan):
     return plan.model_copy(update={"hardware": hardware})
 
 
-def score_rows(calibration=None) -> list[dict[str, Any]]:
-    """One row per scored record of every batch: errors of today's estimate, verdict under a cap."""
+def estimated_records(calibration=None):
+    """(batch, record, measured, estimate) for every scored record of every batch, estimated with today's
+    model (a record that emulated a card estimated on that card)."""
     calibration = calibration or load_calibration(None)
-    rows = []
     for batch in load_history()["batches"]:
         for path in batch["files"]:
             for record in read_records(ROOT / path):
                 if not scored(record["model"], record["status"]):
                     continue
                 m = measured_from_record(record, path)
-                e = estimate(m.profile, _plan_for_record(record, m.plan), calibration)
-                ok = m.status == "ok"
-                cap = m.vram_cap_bytes
-                rows.append({
-                    "run_id": m.run_id, "batch": batch["batch"], "part": part_of(m.run_id, batch, record),
-                    "side": side_of(m.run_id), "model": m.profile.name, "status": m.status, "capped": bool(cap),
-                    "command": record.get("command", ""), "run_key": record.get("run_key"),
-                    "stack": stack_label(record),
-                    "allocated_error": (e.peak_allocated_bytes - m.allocated) / m.allocated if ok and m.allocated else None,
-                    "device_error": (e.device_bytes - m.device) / m.device if ok and not cap and m.device else None,
-                    "verdict": ("oom" if e.needed_bytes > cap else "fits", "oom" if m.status == "oom" else "fits")
-                    if cap else None,
-                })
+                yield batch, record, m, estimate(m.profile, _plan_for_record(record, m.plan), calibration)
+
+
+def score_rows(calibration=None) -> list[dict[str, Any]]:
+    """One row per scored record of every batch: errors of today's estimate, verdict under a cap."""
+    rows = []
+    for batch, record, m, e in estimated_records(calibration):
+        ok = m.status == "ok"
+        cap = m.vram_cap_bytes
+        rows.append({
+            "run_id": m.run_id, "batch": batch["batch"], "part": part_of(m.run_id, batch, record),
+            "side": side_of(m.run_id), "model": m.profile.name, "status": m.status, "capped": bool(cap),
+            "command": record.get("command", ""), "run_key": record.get("run_key"),
+            "stack": stack_label(record),
+            "allocated_error": (e.peak_allocated_bytes - m.allocated) / m.allocated if ok and m.allocated else None,
+            "device_error": (e.device_bytes - m.device) / m.device if ok and not cap and m.device else None,
+            "verdict": ("oom" if e.needed_bytes > cap else "fits", "oom" if m.status == "oom" else "fits")
+            if cap else None,
+        })
     return rows
 
 

@@ -85,8 +85,8 @@ RUNS_E: list[dict] = [
     {"name": "2b-zero3-offload-all", "model": "sa2va-internvl3-2b", "plan": {"zero": 3, "offload": "all"},
      "timeout": 240},
 ]
-# The fifth set (--set f, pre-registered 2026-12-07 for both cards the device lends, each with its own terms, the
-# model of the sixth set unchanged): plans no set ran, leaning on the terms set e missed or the records least
+# The fifth set (--set f, pre-registered 2026-12-07 for both cards the device lends, each with its own terms; the
+# step-time model that scored set e, unchanged): plans no set ran, leaning on the terms set e missed or the records least
 # constrain: CPU Adam (ZeRO-2 + optimizer offload on the 1B at 8,192 tokens; plan B on the 4B), ZeRO-3's fetch
 # at 8,192 tokens on InternVL3-2B, and micro-batches of 4 (ZeRO-1, 1B) and 2 (ZeRO-2, 4B).
 RUNS_F: list[dict] = [

@@ -17,29 +17,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rescore  # noqa: E402  (benchmarks/rescore.py: the history, the record -> estimate path)
 
-from memplan.probe.records import read_records  # noqa: E402
-from memplan.spec.loading import load_calibration  # noqa: E402
-
 
 def capped_rows() -> list[dict]:
     """One row per capped default-allocator record: needed/capacity under today's estimate and the outcome."""
-    calibration = load_calibration(None)
     rows = []
-    for batch in rescore.load_history()["batches"]:
-        for path in batch["files"]:
-            for record in read_records(rescore.ROOT / path):
-                if not record.get("vram_cap_bytes") or (record.get("environment") or {}).get("alloc_conf"):
-                    continue
-                if not rescore.scored(record["model"], record["status"]):
-                    continue
-                measured = rescore.measured_from_record(record, path)
-                plan = rescore._plan_for_record(record, measured.plan)
-                estimate = rescore.estimate(measured.profile, plan, calibration)
-                needed = estimate.needed_bytes / measured.vram_cap_bytes
-                rows.append({"batch": batch["batch"], "run": record.get("run_key") or record["run_id"],
-                             "needed": needed, "oom": measured.status == "oom",
-                             "checkpointing": plan.components.llm.checkpointing, "stack": rescore.stack_label(record),
-                             "wrong": (needed > 1) != (measured.status == "oom")})
+    for batch, record, measured, estimate in rescore.estimated_records():
+        if not measured.vram_cap_bytes or (record.get("environment") or {}).get("alloc_conf"):
+            continue
+        needed = estimate.needed_bytes / measured.vram_cap_bytes
+        rows.append({"batch": batch["batch"], "run": record.get("run_key") or record["run_id"],
+                     "needed": needed, "oom": measured.status == "oom",
+                     "checkpointing": measured.plan.components.llm.checkpointing,
+                     "stack": rescore.stack_label(record), "wrong": (needed > 1) != (measured.status == "oom")})
     return sorted(rows, key=lambda row: row["needed"])
 
 
