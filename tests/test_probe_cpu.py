@@ -134,6 +134,10 @@ def test_run_probe_record_round_trip(tiny_record, tmp_path):
     (rank,) = record["ranks"]
     assert set(rank["phases"]) == {"init", "forward", "backward", "optimizer_step"}
     assert len(rank["step_times_s"]) == 3 and len(rank["step_phases"]) == 3
+    assert len(rank["phase_times_s"]) == 3  # the three timed phases of each step add up to the step
+    for parts, total in zip(rank["phase_times_s"], rank["step_times_s"]):
+        assert set(parts) == {"forward", "backward", "optimizer_step"} and all(v > 0 for v in parts.values())
+        assert sum(parts.values()) == pytest.approx(total, abs=1e-5)
     for reading in rank["phases"].values():
         assert all(isinstance(value, int) and value > 0 for value in reading.values())
     categories = rank["categories"]

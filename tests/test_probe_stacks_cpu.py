@@ -86,6 +86,7 @@ def check_record(record: dict, steps: int = 2) -> dict:
     (rank,) = record["ranks"]
     assert set(rank["phases"]) == {"init", "forward", "backward", "optimizer_step"}
     assert len(rank["step_phases"]) == steps and len(rank["step_times_s"]) == steps
+    assert [round(sum(parts.values()), 6) for parts in rank["phase_times_s"]] == pytest.approx(rank["step_times_s"], abs=1e-5)
     phases = rank["phases"]
     assert phases["backward"]["max_allocated_bytes"] > phases["init"]["max_allocated_bytes"] > 0
     assert rank["categories"]["optimizer_state"] > 0 and rank["categories"]["gradients"] > 0

@@ -9,9 +9,10 @@ import pytest
 
 from memplan.spec.flags import plan_from_flags
 from memplan.planning import stepfit
-from memplan.planning.steptime import (COLLECTIVE_LATENCY_S, DDP_BUCKET_BYTES, LINK_EFFICIENCY, PINNED_EFFICIENCY, TERMS, step_time,
+from memplan.planning.steptime import (COLLECTIVE_LATENCY_S, optimizer_phase_seconds, DDP_BUCKET_BYTES, LINK_EFFICIENCY, PINNED_EFFICIENCY, TERMS, step_time,
                                        time_step, workload)
 from memplan.probe.records import steady_step_seconds, warmup_steps
+from memplan.spec.record import steady_phase_seconds
 from memplan.spec.calibration import KernelEfficiency, StepTimeTerms
 from memplan.spec.gpus import catalogue, get_gpu, gpu_for
 from memplan.spec.loading import load_profile
@@ -171,6 +172,28 @@ def test_steady_step_excludes_warmup_and_takes_the_slowest_rank():
     assert steady_step_seconds([{"step_times_s": [9.0]}], zero2) is None
 
 
+def test_steady_phase_seconds_per_phase_after_warmup_slowest_rank():
+    zero2 = {"engine": {"kind": "deepspeed", "zero_stage": 2}}
+    step = lambda f, b, o: {"forward": f, "backward": b, "optimizer_step": o}  # noqa: E731
+    ranks = [{"phase_times_s": [step(9, 9, 9), step(1, 2, 3), step(1, 2, 5), step(1, 4, 4)]},
+             {"phase_times_s": [step(9, 9, 9), step(2, 1, 1), step(2, 1, 1), step(2, 1, 1)]}]
+    assert steady_phase_seconds(ranks, zero2) == {"forward": 2.0, "backward": 2.0, "optimizer_step": 4.0}
+    assert steady_phase_seconds([{"step_times_s": [1.0, 2.0]}], zero2) is None  # records before phase times
+
+
+def test_optimizer_phase_is_the_step_side_of_the_terms():
+    """CPU Adam, the GPU step and the post-step all-gather are in engine.step(); of the offload copies only
+    the 2-byte 16-bit partition that goes up after the CPU step (the 4-byte gradients go down in backward)."""
+    breakdown = {"gemm": 1.0, "cpu_adam": 0.5, "offload_copy": 0.3, "gpu_optimizer": 0.0, "param_allgather": 0.1}
+    assert optimizer_phase_seconds(breakdown) == pytest.approx(0.5 + 0.1 + 0.3 / 3)
+    profile = load_profile("sa2va-1b")
+    offload = step_time(profile, plan_from_flags(None, gpus=1, vram=80, zero=2, offload="optimizer"), get_gpu("h100-sxm"))
+    plain = step_time(profile, plan_from_flags(None, gpus=1, vram=80, zero=2), get_gpu("h100-sxm"))
+    assert offload.optimizer_step_seconds > offload.breakdown["cpu_adam"] > 0
+    assert plain.optimizer_step_seconds == pytest.approx(plain.breakdown["gpu_optimizer"])
+    assert offload.to_dict()["optimizer_step_seconds"] == pytest.approx(offload.optimizer_step_seconds)
+
+
 def test_spearman_and_accuracy_metrics():
     assert stepfit.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert stepfit.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
@@ -220,6 +243,29 @@ def test_fit_recovers_known_terms():
     assert fitted.module_call_s == pytest.approx(150e-6, rel=0.05)
     assert fitted.zero3_fetch_s == pytest.approx(500e-6, rel=0.05)
     assert fitted.in_sample["within_30"] == 1.0 and fitted.records == len(plans)
+
+
+def test_fit_takes_cpu_adam_from_the_optimizer_phase():
+    """Offloaded records made from known terms (CPU Adam 4x the default rate, another module-call cost),
+    each timing its phases: the fit finds the CPU Adam rate from the optimizer-step rows."""
+    profile = load_profile("sa2va-1b")
+    base = StepTimeTerms()
+    truth = base.model_copy(update={"cpu_adam_params_per_core_s": 4 * base.cpu_adam_params_per_core_s,
+                                    "module_call_s": 1.3 * base.module_call_s})
+    plans = [plan_from_flags(None, gpus=1, vram=80, zero=z, offload=o, text_len=t)
+             for z, o in ((2, "optimizer"), (3, "all")) for t in (2048, 8192)]
+    records = _records(profile, plans, truth, 1.0)
+    for record, plan in zip(records, plans):
+        step = step_time(profile, plan, get_gpu("h100-sxm"), terms=truth)
+        phases = {"forward": 0.0, "backward": step.seconds - step.optimizer_step_seconds,
+                  "optimizer_step": step.optimizer_step_seconds}
+        record["ranks"][0]["phase_times_s"] = [phases] * 4
+    runs, _ = stepfit.timed_runs(records)
+    assert [run.measured_optimizer_s for run in runs] == [r["ranks"][0]["phase_times_s"][0]["optimizer_step"] for r in records]
+    fitted = stepfit.fit(runs, base)
+    assert fitted.cpu_adam_params_per_core_s == pytest.approx(truth.cpu_adam_params_per_core_s, rel=0.05)
+    pair = stepfit.pairs(runs, fitted)[0]
+    assert pair["predicted_optimizer_s"] == pytest.approx(pair["measured_optimizer_s"], rel=0.05)
 
 
 def test_compare_prints_epoch_cost_and_the_terms(tmp_path):

@@ -304,13 +304,20 @@ def validate(
 def _print_steps(out, steps, summary) -> None:
     """Predicted vs measured steady-state step time per run, then the rank and error metrics."""
     table = Table(title="step time: predicted vs measured (steady state, seconds); error = (pred - meas) / meas")
-    for column in ("run", "model", "engine", "gpus", "card", "measured", "predicted", "err", "largest term"):
+    phased = any(r.get("measured_optimizer_s") for r in steps)
+    columns = ("run", "model", "engine", "gpus", "card", "measured", "predicted", "err",
+               *(("opt step meas", "opt step pred") if phased else ()), "largest term")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("run", "model", "engine", "card", "largest term") else "right")
     for r in steps:
         top = max(r["terms"].items(), key=lambda kv: kv[1]) if r["terms"] else ("", 0.0)
+        optimizer = ()
+        if phased:
+            measured = r.get("measured_optimizer_s")
+            optimizer = ("" if measured is None else f"{measured:.3f}", f"{r['predicted_optimizer_s']:.3f}")
         table.add_row(r["run_id"][:8], r["model"], r["engine"], str(r["num_gpus"]), r["gpu"], f"{r['measured_s']:.3f}",
                       f"{r['predicted_s']:.3f}", f"{(r['predicted_s'] - r['measured_s']) / r['measured_s'] * 100:+.0f}%",
-                      f"{top[0]} {top[1]:.3f}")
+                      *optimizer, f"{top[0]} {top[1]:.3f}")
     out.print(table)
     rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
     out.print(f"step time: Spearman {rho}, within 30% {summary['within_30']:.0%}, within 50% {summary['within_50']:.0%}, "

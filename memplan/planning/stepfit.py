@@ -9,6 +9,11 @@ ridge pull RIDGE x sum_j (c_j / c0_j - 1)^2 toward the defaults c0 (memplan.spec
 every coefficient >= 0 (projected coordinate descent), and re-evaluates the overlap terms between
 rounds. A coefficient whose term is under MIN_SHARE of every record's step stays at its default:
 the records say nothing about it. One set of numbers for every plan; nothing per configuration.
+
+A record that times its phases (``phase_times_s``, since 2026-12-07) adds a second row for an offloaded
+plan: its measured optimizer-step phase against the model's (memplan.planning.steptime.
+optimizer_phase_seconds), where CPU Adam is the only coefficient. The whole step leaves CPU Adam to a
+residual next to the framework and ZeRO-3 hook terms; the phase measures it nearly alone.
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from memplan.planning.steptime import HOST_CORES_PER_GPU, StepTime, time_step
+from memplan.planning.steptime import HOST_CORES_PER_GPU, OPTIMIZER_PHASE_SHARES, StepTime, time_step
 from memplan.planning.workload import KERNEL_CLASSES, Workload, workload
 from memplan.spec.allocator import record_plan_document
 from memplan.spec.calibration import KernelEfficiency, StepTimeTerms
 from memplan.spec.gpus import GpuSpec, gpu_for, match_device_name
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
-from memplan.spec.record import steady_step_seconds
+from memplan.spec.record import steady_phase_seconds, steady_step_seconds
 
 RIDGE = 0.02
 MIN_SHARE = 0.10
@@ -52,6 +57,11 @@ class TimedRun:
     work: Workload
     capped: bool = False  # ran under --vram-cap (the allocator squeezed: frees and retries)
     device: str | None = None  # torch.cuda.get_device_name() of the record
+    measured_phases: dict[str, float] | None = None  # steady seconds per phase (steady_phase_seconds)
+
+    @property
+    def measured_optimizer_s(self) -> float | None:
+        return (self.measured_phases or {}).get("optimizer_step")
 
     def predict(self, terms: StepTimeTerms | None = None) -> StepTime:
         return time_step(self.work, self.plan.engine, num_gpus=self.plan.hardware.num_gpus, gpu=self.gpu, terms=terms,
@@ -80,7 +90,8 @@ def timed_runs(records: Iterable[dict[str, Any]]) -> tuple[list[TimedRun], list[
         gpu = match_device_name(environment.get("gpu_name")) or gpu_for(plan.hardware.gpu, plan.hardware.vram_gib)
         runs.append(TimedRun(run_id, profile, plan, gpu, measured, environment.get("host_cpus"),
                              workload(profile, plan), bool(record.get("vram_cap_bytes")),
-                             environment.get("gpu_name")))
+                             environment.get("gpu_name"),
+                             steady_phase_seconds(record.get("ranks") or [], record["plan"])))
     return runs, skipped
 
 
@@ -95,6 +106,24 @@ def _columns(run: TimedRun, terms: StepTimeTerms) -> tuple[dict[str, float], flo
     columns["cpu_adam"] = step["cpu_adam"]
     fixed = sum(step.values()) - sum(columns.values())
     return columns, fixed
+
+
+def _optimizer_row(run: TimedRun, terms: StepTimeTerms) -> tuple[dict[str, float], float, float] | None:
+    """(columns, fixed, measured) of the optimizer-step phase of an offloaded run that timed it, else None:
+    CPU Adam is its one coefficient, the rest of the phase's terms are fixed."""
+    if not run.measured_optimizer_s:
+        return None
+    step = run.predict(terms).breakdown
+    if not step.get("cpu_adam"):
+        return None
+    fixed = sum(step.get(term, 0.0) * share for term, share in OPTIMIZER_PHASE_SHARES.items() if term != "cpu_adam")
+    return {"cpu_adam": step["cpu_adam"]}, fixed, run.measured_optimizer_s
+
+
+def _rows(runs: list[TimedRun], terms: StepTimeTerms) -> list[tuple[dict[str, float], float, float]]:
+    """One row per run's step, and one per run's optimizer-step phase where _optimizer_row gives one."""
+    rows = [(*_columns(run, terms), run.measured_s) for run in runs]
+    return rows + [row for row in (_optimizer_row(run, terms) for run in runs) if row is not None]
 
 
 def _apply(terms: StepTimeTerms, scale: dict[str, float], cards: list[str]) -> StepTimeTerms:
@@ -142,7 +171,7 @@ def fit(runs: list[TimedRun], base: StepTimeTerms | None = None, sources: Iterab
         return terms
     cards = sorted({run.gpu.name for run in runs})
     for _ in range(ROUNDS):
-        rows = [(*_columns(run, terms), run.measured_s) for run in runs]
+        rows = _rows(runs, terms)
         names = sorted({n for columns, _, m in rows for n, v in columns.items() if v / m >= MIN_SHARE})
         scale = _solve(rows, names) if names else {}
         terms = _apply(terms, scale, cards)
@@ -170,7 +199,7 @@ def fit_card(runs: list[TimedRun], base: StepTimeTerms, *, card: str, sources: I
     start = base.model_copy(update={"cards": {k: v for k, v in base.cards.items() if k != card}})
     terms = start.model_copy(update={"efficiency": {**start.efficiency, card: start.for_card(card)}})
     for _ in range(ROUNDS):
-        rows = [(*_columns(run, terms), run.measured_s) for run in mine]
+        rows = _rows(mine, terms)
         names = sorted({n for columns, _, m in rows for n, v in columns.items() if v / m >= MIN_SHARE})
         scale = _solve(rows, names) if names else {}
         terms = _apply(terms, scale, [card])
@@ -204,6 +233,8 @@ def pairs(runs: list[TimedRun], terms: StepTimeTerms | None = None) -> list[dict
                     "num_gpus": run.plan.hardware.num_gpus, "engine": engine_label(run.plan), "capped": run.capped,
                     "measured_s": run.measured_s, "predicted_s": step.seconds,
                     "ratio": run.measured_s / step.seconds if step.seconds else math.inf,
+                    "measured_optimizer_s": run.measured_optimizer_s,
+                    "predicted_optimizer_s": step.optimizer_step_seconds,
                     "terms": {k: v for k, v in step.breakdown.items() if v}})
     return out
 

@@ -38,6 +38,11 @@ the fitted terms (memplan.spec.calibration.StepTimeTerms, `memplan calibrate`). 
 
 The efficiencies and the three host terms are fitted per card on probe records (memplan.planning.stepfit);
 every other constant is a rated figure or a library's behaviour.
+
+The optimizer-step phase (what the probe times around ``engine.step()``, records' ``phase_times_s``) is
+OPTIMIZER_PHASE_SHARES of the terms: all of ``cpu_adam``, ``gpu_optimizer`` and ``param_allgather``, and
+the 2 of the 6 bytes of ``offload_copy`` that go up after the CPU step (the 4-byte gradient copies run in
+the backward's reduction hooks: stage_1_and_2.py reduce_ipg_grads -> async_inplace_copy_grad_to_fp32_buffer_from_gpu).
 """
 
 from __future__ import annotations
@@ -67,6 +72,14 @@ EAGER_SCORE_PASSES = 6  # score writes/reads: matmul out, softmax in/out, dropou
 HOST_CORES_PER_GPU = 16  # assumed when a record or the caller gives none (the H200 hosts: 16 per GPU)
 TERMS = (*KERNEL_CLASSES, "eager_scores", "framework", "zero3_gather", "param_offload", "grad_sync",
          "param_allgather", "offload_copy", "cpu_adam", "gpu_optimizer")
+OFFLOAD_DOWN_BYTES, OFFLOAD_UP_BYTES = 4, 2  # fp32 gradients down, the updated 16-bit partition up
+OPTIMIZER_PHASE_SHARES = {"cpu_adam": 1.0, "gpu_optimizer": 1.0, "param_allgather": 1.0,
+                          "offload_copy": OFFLOAD_UP_BYTES / (OFFLOAD_DOWN_BYTES + OFFLOAD_UP_BYTES)}
+
+
+def optimizer_phase_seconds(breakdown: dict[str, float]) -> float:
+    """Seconds of a breakdown that fall in the optimizer-step phase (OPTIMIZER_PHASE_SHARES)."""
+    return sum(breakdown.get(term, 0.0) * share for term, share in OPTIMIZER_PHASE_SHARES.items())
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,11 @@ class StepTime:
     num_gpus: int = 1
     tokens: int = 0  # LLM tokens per step per GPU
     card_terms: bool = False  # the calibration has terms fitted on this card (else the default terms)
+
+    @property
+    def optimizer_step_seconds(self) -> float:
+        """The part of the step inside ``engine.step()`` / ``optimizer.step()`` (optimizer_phase_seconds)."""
+        return optimizer_phase_seconds(self.breakdown)
 
     @property
     def per_sample(self) -> float:
@@ -108,7 +126,8 @@ class StepTime:
         out: dict[str, Any] = {
             "seconds": self.seconds, "per_sample_seconds": self.per_sample, "gpu": self.gpu, "flops": self.flops,
             "samples_per_s": self.samples_per_s, "tokens_per_s": self.tokens_per_s,
-            "breakdown": dict(self.breakdown), "card_terms": self.card_terms}
+            "breakdown": dict(self.breakdown), "optimizer_step_seconds": self.optimizer_step_seconds,
+            "card_terms": self.card_terms}
         if dataset_samples:
             out["epoch_seconds"] = self.epoch_seconds(dataset_samples)
             if price is not None:
@@ -193,7 +212,7 @@ def optimizer_terms(work: Workload, engine: Engine, *, num_gpus: int, gpu: GpuSp
     partition = work.trainable / shard
     if deepspeed and engine.offload_optimizer != "none":
         cores = max(1, (host_cores or HOST_CORES_PER_GPU * num_gpus) // num_gpus)
-        out["offload_copy"] = (4 + 2) * partition / _pcie(gpu)
+        out["offload_copy"] = (OFFLOAD_DOWN_BYTES + OFFLOAD_UP_BYTES) * partition / _pcie(gpu)
         out["cpu_adam"] = partition / (terms.cpu_adam_params_per_core_s * cores)
     else:
         calls = 0 if foreach else work.trainable_tensors

@@ -11,6 +11,7 @@ A record (all byte counts are ``int``)::
                   python, hostname, world_size},
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
              max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],
+             phase_times_s: [{forward, backward, optimizer_step: seconds} per step] (since 2026-12-07),
              categories: {memplan.spec.vocabulary.Category value: bytes}, ...extras}],
     summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase,
               steady_step_s (steady-state seconds per step, warm-up excluded: steady_step_seconds)}

@@ -94,6 +94,7 @@ class RankResult:
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
     step_phases: list[dict[str, dict[str, int]]] = field(default_factory=list)
     step_times_s: list[float] = field(default_factory=list)
+    phase_times_s: list[dict[str, float]] = field(default_factory=list)  # per step: forward, backward, optimizer_step
     categories: dict[str, int] = field(default_factory=dict)
     status: str = "ok"
     error: str | None = None
@@ -120,7 +121,7 @@ class RankResult:
             "rank": self.rank, "device": self.device, "status": self.status, "error": self.error,
             "error_trace": self.error_trace, "oom": self.oom,
             "phases": self.phases, "step_phases": self.step_phases, "step_times_s": self.step_times_s,
-            "categories": self.categories, "notes": self.notes, "parameters": self.parameters,
+            "phase_times_s": self.phase_times_s, "categories": self.categories, "notes": self.notes, "parameters": self.parameters,
             "context_bytes": self.context_bytes,
         }
 
@@ -231,6 +232,8 @@ def _train_steps(engine: Engine, batch: dict[str, torch.Tensor], *, steps: int, 
         _, step_s = run(Phase.OPTIMIZER_STEP, engine.step, step)
         result.record_categories(category_bytes(engine.model, engine.optimizer, device))
         result.step_times_s.append(round(forward_s + backward_s + step_s, 6))
+        result.phase_times_s.append({Phase.FORWARD.value: round(forward_s, 6), Phase.BACKWARD.value: round(backward_s, 6),
+                                     Phase.OPTIMIZER_STEP.value: round(step_s, 6)})
 
 
 def _inference_steps(engine: Engine, batch: dict[str, torch.Tensor], *, steps: int, run: _PhaseRunner) -> None:

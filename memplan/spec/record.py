@@ -92,6 +92,26 @@ def warmup_steps(plan: dict[str, Any]) -> int:
     return 2 if engine.get("kind") == "deepspeed" and engine.get("zero_stage") == 3 else 1
 
 
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def steady_phase_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, float] | None:
+    """{forward, backward, optimizer_step: seconds}: per phase, the slowest rank's median over the steps
+    after warmup_steps(plan) (records since 2026-12-07 carry ``phase_times_s``); None without them."""
+    skip = warmup_steps(plan)
+    out: dict[str, float] = {}
+    for rank in ranks:
+        steps = [step for step in rank.get("phase_times_s") or [] if isinstance(step, dict)][skip:]
+        for phase in {name for step in steps for name in step}:
+            values = [float(step[phase]) for step in steps if step.get(phase) is not None]
+            if values:
+                out[phase] = max(out.get(phase, 0.0), _median(values))
+    return out or None
+
+
 def steady_step_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> float | None:
     """The slowest rank's median step time after warmup_steps(plan) (ranks wait for each other at every
     collective); None when no rank ran past its warm-up."""
@@ -100,7 +120,5 @@ def steady_step_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> fl
     for rank in ranks:
         steps = [float(t) for t in rank.get("step_times_s") or [] if t is not None][skip:]
         if steps:
-            steps.sort()
-            middle = len(steps) // 2
-            medians.append(steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2)
+            medians.append(_median(steps))
     return max(medians) if medians else None

@@ -137,13 +137,14 @@ def _run_stack(profile: Profile, plan: Plan, *, steps: int, device: Any, clock: 
 def _describe(result: Any, info: dict[str, Any], clock: Any, *, steps: int, plan: Plan) -> None:
     """Notes, parameter counts, step times and the ``stack`` block of what really ran."""
     from memplan.probe.stacks.models import input_grad_hooks, parameter_counts
-    from memplan.probe.stacks.phases import step_seconds
+    from memplan.probe.stacks.phases import phase_seconds, step_seconds
 
     model = info["model"]
     result.notes = list(info["notes"])
     result.parameters = {"trainable": parameter_counts(model, trainable=True),
                          "frozen": parameter_counts(model, trainable=False)}
     result.step_times_s = step_seconds(clock, steps)
+    result.phase_times_s = phase_seconds(clock, steps)
     dtypes = Counter()
     for param in model.parameters():
         if param.requires_grad:

@@ -81,15 +81,23 @@ class PhaseClock:
         return phase.value
 
 
-def step_seconds(clock: PhaseClock, steps: int) -> list[float]:
-    """Forward + backward + optimizer seconds of each step (rounded to microseconds)."""
+TIMED_PHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
+
+
+def phase_seconds(clock: PhaseClock, steps: int) -> list[dict[str, float]]:
+    """{forward, backward, optimizer_step: seconds} of each step that closed all three (rounded to
+    microseconds), bounded by the callbacks and hooks that open and close the phases."""
     out = []
     for step in range(steps):
-        parts = [clock.durations.get((phase.value, step)) for phase in (Phase.FORWARD, Phase.BACKWARD,
-                                                                        Phase.OPTIMIZER_STEP)]
-        if all(part is not None for part in parts):
-            out.append(round(sum(parts), 6))
+        parts = {phase.value: clock.durations.get((phase.value, step)) for phase in TIMED_PHASES}
+        if all(part is not None for part in parts.values()):
+            out.append({name: round(part, 6) for name, part in parts.items()})
     return out
+
+
+def step_seconds(clock: PhaseClock, steps: int) -> list[float]:
+    """Forward + backward + optimizer seconds of each step (rounded to microseconds)."""
+    return [round(sum(parts.values()), 6) for parts in phase_seconds(clock, steps)]
 
 
 def synchronize(device: torch.device) -> None:
