@@ -97,7 +97,21 @@ RUNS_F: list[dict] = [
     {"name": "2b-zero3-t8192", "model": "sa2va-internvl3-2b", "plan": {"zero": 3, "text_len": 8192}, "timeout": 240},
     {"name": "4b-zero3-offload-all", "model": "sa2va-4b", "plan": {"zero": 3, "offload": "all"}, "timeout": 280},
 ]
-SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F}  # "b": the first set (its files predate the key and carry no "set")
+# The sixth set (--set g, pre-registered 2026-12-07 for both cards with the model that scored set f, unchanged): the
+# first records that time their phases (phase_times_s), all with the optimizer offloaded, so that each measures
+# CPU Adam in its own phase, over trainable partitions of about 350M (1B), 630M (InternVL3-2B), 880M (4B) and
+# 1.15B (8B) parameters, under ZeRO-1, -2 and -3; the 8B last, so that a cut budget loses only it.
+RUNS_G: list[dict] = [
+    {"name": "1b-zero1-offload", "model": "sa2va-1b", "plan": {"zero": 1, "offload": "optimizer"}, "timeout": 180},
+    {"name": "1b-zero3-offload-mb2", "model": "sa2va-1b", "plan": {"zero": 3, "offload": "optimizer",
+                                                                  "micro_batch": 2}, "timeout": 220},
+    {"name": "2b-zero2-offload-t8192", "model": "sa2va-internvl3-2b", "plan": {"zero": 2, "offload": "optimizer",
+                                                                              "text_len": 8192}, "timeout": 200},
+    {"name": "4b-zero2-offload-mb2", "model": "sa2va-4b", "plan": {"zero": 2, "offload": "optimizer",
+                                                                  "micro_batch": 2}, "timeout": 220},
+    {"name": "8b-zero2-offload", "model": "sa2va-8b", "plan": {"zero": 2, "offload": "optimizer"}, "timeout": 300},
+]
+SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -174,6 +188,7 @@ def table(*, results: list[dict], files: dict[str, dict]) -> str:
             cells += f" {predicted or float('nan'):16.3f} {f'{ratio:.2f}' if ratio is not None else '':>6}"
         steps = [round(t, 2) for t in ((record.get("ranks") or [{}])[0].get("step_times_s") or [])]
         lines.append(f"{run:22} {record['status']:8} {measured or float('nan'):10.3f}{cells}  {steps}")
+    lines += optimizer_lines(results=results, files=files)
     lines.append("")
     for name, predictions in files.items():
         metrics = accuracy(rows[name])
@@ -186,6 +201,29 @@ def table(*, results: list[dict], files: dict[str, dict]) -> str:
                      f"measured/predicted {show('median_ratio', '.2f')} ({predictions['_path']}, revision "
                      f"{predictions.get('revision', 'not recorded')})")
     return "\n".join(lines)
+
+
+def optimizer_lines(*, results: list[dict], files: dict[str, dict]) -> list[str]:
+    """For records that time their phases: the measured steady optimizer-step phase against each file's
+    (memplan.planning.steptime.optimizer_phase_seconds of the predicted terms); none for older records."""
+    from memplan.planning.steptime import optimizer_phase_seconds
+    from memplan.spec.record import steady_phase_seconds
+
+    timed = [(r, (steady_phase_seconds(r.get("ranks") or [], r.get("plan") or {}) or {}).get("optimizer_step"))
+             for r in results]
+    if not any(measured for _, measured in timed):
+        return []
+    head = "".join(f" {name + ' s':>16} {'ratio':>6}" for name in files)
+    lines = ["", f"{'optimizer step phase':22} {'':8} {'measured s':>10}{head}"]
+    for record, measured in timed:
+        cells = ""
+        for predictions in files.values():
+            terms = predictions["runs"].get(record["_batch_name"], {}).get("terms")
+            predicted = optimizer_phase_seconds(terms) if terms else None
+            ratio = f"{measured / predicted:.2f}" if measured and predicted else ""
+            cells += f" {predicted if predicted is not None else float('nan'):16.3f} {ratio:>6}"
+        lines.append(f"{record['_batch_name']:22} {'':8} {measured or float('nan'):10.3f}{cells}")
+    return lines
 
 
 def scored(*, path: Path, runs: list[dict] = RUNS) -> list[dict]:
@@ -219,8 +257,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="run only these names")
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
-                             "models, 5 runs), e (5 plans no set ran, plan B among them) or f (5 more, on the CPU "
-                             "Adam and ZeRO-3 fetch terms)")
+                             "models, 5 runs), e (5 plans no set ran, plan B among them), f (5 more, on the CPU "
+                             "Adam and ZeRO-3 fetch terms) or g (5 optimizer-offload plans, the first with phase "
+                             "times)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
                              "h200); a card without terms of its own is predicted with the default terms")

@@ -55,3 +55,15 @@ def test_score_names_records_by_their_flags(tmp_path):
                             for name in names))
     assert [r["_batch_name"] for r in BATCH["scored"](path=path)] == ["1b-zero2", "1b-zero2-offload",
                                                                       "1b-zero3-offload-all"]
+
+
+def test_table_shows_the_optimizer_phase_of_records_that_time_it():
+    files = {"new": {"runs": {"1b-zero2": {"predicted_s": 1.0, "terms": {"cpu_adam": 0.4, "offload_copy": 0.3}}},
+                     "_path": "new.json"}}
+    plain = _record(name="1b-zero2", steps=[3.0, 1.0, 1.0, 1.0, 1.0])
+    assert "optimizer step phase" not in BATCH["table"](results=[plain], files=files)
+    phases = [{"forward": 0.3, "backward": 0.5, "optimizer_step": 0.25}] * 5
+    timed = {**plain, "ranks": [{**plain["ranks"][0], "phase_times_s": phases}]}
+    text = BATCH["table"](results=[timed], files=files)
+    row = next(line for line in text.splitlines() if line.startswith("1b-zero2") and "0.250" in line)
+    assert row.split()[1:] == ["0.250", "0.500", "0.50"]  # predicted 0.4 + 0.3 / 3, ratio measured / predicted
