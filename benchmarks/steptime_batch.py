@@ -111,7 +111,16 @@ RUNS_G: list[dict] = [
                                                                   "micro_batch": 2}, "timeout": 220},
     {"name": "8b-zero2-offload", "model": "sa2va-8b", "plan": {"zero": 2, "offload": "optimizer"}, "timeout": 300},
 ]
-SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G}  # "b": the first set (its files predate the key and carry no "set")
+# The seventh set (--set h, pre-registered 2026-12-07 with the H100 terms refitted after set g, CPU Adam from the
+# optimizer-step phase): three plans no set ran, two with the optimizer offloaded, one without.
+RUNS_H: list[dict] = [
+    {"name": "1b-zero2-offload-mb2", "model": "sa2va-1b", "plan": {"zero": 2, "offload": "optimizer",
+                                                                  "micro_batch": 2}, "timeout": 150},
+    {"name": "2b-zero1-offload", "model": "sa2va-internvl3-2b", "plan": {"zero": 1, "offload": "optimizer"},
+     "timeout": 150},
+    {"name": "4b-zero1-mb2", "model": "sa2va-4b", "plan": {"zero": 1, "micro_batch": 2}, "timeout": 150},
+]
+SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G, "h": RUNS_H}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -258,8 +267,8 @@ def main() -> int:
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
                              "models, 5 runs), e (5 plans no set ran, plan B among them), f (5 more, on the CPU "
-                             "Adam and ZeRO-3 fetch terms) or g (5 optimizer-offload plans, the first with phase "
-                             "times)")
+                             "Adam and ZeRO-3 fetch terms) g (5 optimizer-offload plans, the first with phase "
+                             "times) or h (3 plans, after the refit on g)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
                              "h200); a card without terms of its own is predicted with the default terms")

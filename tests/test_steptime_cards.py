@@ -18,9 +18,12 @@ from memplan.spec.loading import CALIBRATION_PATH, load_profile
 ROOT = Path(__file__).resolve().parents[1]
 H200_RECORDS = [ROOT / "reports" / "probes" / name
                 for name in ("h200-stacks-a.jsonl", "h200-batch4.jsonl", "h200-stacks-b.jsonl")]
-# The H100 entry: the calibration side of the 2026-12-06 H100 records (one machine, one probe at a time).
+# The H100 entry: the calibration side of the H100 records of 2026-12-06 and -07 (one image, one probe at a time;
+# refitted after step-time set g, whose records time the optimizer-step phase).
 H100_RECORDS = [ROOT / "reports" / "probes" / name
-                for name in ("h100-steptime-d.jsonl", "h100-batch10.jsonl", "h100-stacks-e.jsonl")]
+                for name in ("h100-steptime-d.jsonl", "h100-batch10.jsonl", "h100-stacks-e.jsonl", "h100-batch11.jsonl",
+                             "h100-steptime-e.jsonl", "h100-stacks-f.jsonl", "h100-steptime-f.jsonl",
+                             "h100-steptime-g.jsonl")]
 
 # The H100 top-level terms as shipped before the per-card section existed (they must not move).
 H100_TERMS = {"efficiency": {"default": {"gemm": 0.2431, "attention": 0.25, "vision": 0.35, "sam2": 0.2},
