@@ -267,7 +267,7 @@ def main() -> int:
     parser.add_argument("--set", choices=sorted(SETS), default="b", dest="set_name",
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
                              "models, 5 runs), e (5 plans no set ran, plan B among them), f (5 more, on the CPU "
-                             "Adam and ZeRO-3 fetch terms) g (5 optimizer-offload plans, the first with phase "
+                             "Adam and ZeRO-3 fetch terms), g (5 optimizer-offload plans, the first with phase "
                              "times) or h (3 plans, after the refit on g)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
