@@ -273,7 +273,7 @@ def main() -> int:
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
                              "models, 5 runs), e (5 plans no set ran, plan B among them), f (5 more, on the CPU "
                              "Adam and ZeRO-3 fetch terms), g (5 optimizer-offload plans, the first with phase "
-                             "times) h (3 plans, after the refit on g) or i (set g's "
+                             "times), h (3 plans, after the refit on g) or i (set g's "
                              "8B plan again, with its own time limit)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "

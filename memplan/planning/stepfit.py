@@ -96,9 +96,9 @@ def timed_runs(records: Iterable[dict[str, Any]]) -> tuple[list[TimedRun], list[
 
 
 # ---------------------------------------------------------------- the fit
-def _columns(run: TimedRun, terms: StepTimeTerms) -> tuple[dict[str, float], float]:
-    """({coefficient: seconds it contributes at its current value}, seconds of the fixed terms)."""
-    step = run.predict(terms).breakdown
+def _columns(run: TimedRun, terms: StepTimeTerms, step: dict[str, float]) -> tuple[dict[str, float], float]:
+    """({coefficient: seconds it contributes at its current value}, seconds of the fixed terms), from the
+    run's predicted breakdown ``step`` under ``terms``."""
     columns = {f"{run.gpu.name}.{k}": step[k] for k in KERNEL_CLASSES}
     columns["module_call_s"] = step["framework"]
     zero3 = run.plan.engine.zero_stage == 3 and run.plan.engine.kind == "deepspeed"
@@ -108,22 +108,21 @@ def _columns(run: TimedRun, terms: StepTimeTerms) -> tuple[dict[str, float], flo
     return columns, fixed
 
 
-def _optimizer_row(run: TimedRun, terms: StepTimeTerms) -> tuple[dict[str, float], float, float] | None:
+def _optimizer_row(run: TimedRun, step: dict[str, float]) -> tuple[dict[str, float], float, float] | None:
     """(columns, fixed, measured) of the optimizer-step phase of an offloaded run that timed it, else None:
-    CPU Adam is its one coefficient, the rest of the phase's terms are fixed."""
-    if not run.measured_optimizer_s:
-        return None
-    step = run.predict(terms).breakdown
-    if not step.get("cpu_adam"):
+    CPU Adam is its one coefficient, the rest of the phase's terms (from the breakdown ``step``) are fixed."""
+    if not run.measured_optimizer_s or not step.get("cpu_adam"):
         return None
     fixed = sum(step.get(term, 0.0) * share for term, share in OPTIMIZER_PHASE_SHARES.items() if term != "cpu_adam")
     return {"cpu_adam": step["cpu_adam"]}, fixed, run.measured_optimizer_s
 
 
 def _rows(runs: list[TimedRun], terms: StepTimeTerms) -> list[tuple[dict[str, float], float, float]]:
-    """One row per run's step, and one per run's optimizer-step phase where _optimizer_row gives one."""
-    rows = [(*_columns(run, terms), run.measured_s) for run in runs]
-    return rows + [row for row in (_optimizer_row(run, terms) for run in runs) if row is not None]
+    """One row per run's step, and one per run's optimizer-step phase where _optimizer_row gives one; each
+    run is predicted once."""
+    steps = [run.predict(terms).breakdown for run in runs]
+    rows = [(*_columns(run, terms, step), run.measured_s) for run, step in zip(runs, steps)]
+    return rows + [row for row in (_optimizer_row(run, step) for run, step in zip(runs, steps)) if row is not None]
 
 
 def _apply(terms: StepTimeTerms, scale: dict[str, float], cards: list[str]) -> StepTimeTerms:

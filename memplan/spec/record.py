@@ -10,6 +10,7 @@ A null summary reads as an empty one.
 
 from __future__ import annotations
 
+import statistics
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,12 +93,6 @@ def warmup_steps(plan: dict[str, Any]) -> int:
     return 2 if engine.get("kind") == "deepspeed" and engine.get("zero_stage") == 3 else 1
 
 
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
-
-
 def steady_phase_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, float] | None:
     """{forward, backward, optimizer_step: seconds}: per phase, the slowest rank's median over the steps
     after warmup_steps(plan) (records since 2026-12-07 carry ``phase_times_s``); None without them."""
@@ -108,7 +103,7 @@ def steady_phase_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> d
         for phase in {name for step in steps for name in step}:
             values = [float(step[phase]) for step in steps if step.get(phase) is not None]
             if values:
-                out[phase] = max(out.get(phase, 0.0), _median(values))
+                out[phase] = max(out.get(phase, 0.0), statistics.median(values))
     return out or None
 
 
@@ -120,5 +115,5 @@ def steady_step_seconds(ranks: list[dict[str, Any]], plan: dict[str, Any]) -> fl
     for rank in ranks:
         steps = [float(t) for t in rank.get("step_times_s") or [] if t is not None][skip:]
         if steps:
-            medians.append(_median(steps))
+            medians.append(statistics.median(steps))
     return max(medians) if medians else None
