@@ -91,14 +91,9 @@ def main() -> int:
     steps = int(argv[argv.index("--steps") + 1]) if "--steps" in argv else 3
     STATE["steps"] = steps
     probe_run._PhaseRunner.__call__ = _call
-    import typer
+    from memplan.cli.main import app
 
-    from memplan.cli.probe import probe_command
-
-    app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-    app.callback()(lambda: None)
-    app.command("probe")(probe_command)
-    app(args=argv, prog_name="memplan", standalone_mode=False)
+    app(args=argv, prog_name="memplan")
     return 0
 
 

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # steptime_batch (it adds scripts/ itself)
 PROBES = ROOT / "reports" / "probes"
 PREDICTIONS = PROBES / "predictions"
 
