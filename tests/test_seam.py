@@ -20,6 +20,7 @@ from memplan.spec.vocabulary import Category, Phase, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUSED = ROOT / "reports" / "probes" / "h100-verdicts3.jsonl"  # H100 runs whose ranks carry a census
+STEPTIME_G = ROOT / "reports" / "probes" / "h100-steptime-g.jsonl"  # its ZeRO-3 + optimizer offload run
 RECORDS = sorted((ROOT / "reports" / "probes").glob("*.jsonl")) + sorted((ROOT / "reports" / "probes" / "split").glob("*.jsonl"))
 
 
@@ -110,3 +111,21 @@ def test_category_bytes_covers_the_peak_moment():
     per_category = category_bytes(result)
     for term in result.peak.moment.terms:
         assert per_category[term.category] >= term.bytes
+
+
+def test_a_category_the_census_found_none_of_has_no_ratio():
+    """A census category under CENSUS_FLOOR_BYTES (DeepSpeed's ZeRO-3 + offload keeps no param.grad on the GPU)
+    gets no relative error: it is listed as absent, not scored as a ratio over a few stray bytes."""
+    from memplan.probe.calibrate import CENSUS_FLOOR_BYTES, summary
+
+    comparisons = compare(load_measurements([STEPTIME_G]), load_calibration())
+    absent = [c for c in comparisons if c.absent_categories()]
+    assert absent, "set g's ZeRO-3 + optimizer offload run holds no gradients the census sees"
+    for c in absent:
+        for category, estimated in c.absent_categories().items():
+            estimated_again, measured, error = c.category_errors()[category]
+            assert error is None and measured < CENSUS_FLOOR_BYTES <= estimated == estimated_again
+    gradients = summary(comparisons)["categories"]["gradients"]
+    assert gradients["absent_count"] == sum(Category.GRADIENTS in c.absent_categories()
+                                            for c in comparisons if c.measured.status == "ok")
+    assert gradients["max_abs_error"] < 10

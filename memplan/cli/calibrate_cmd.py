@@ -212,13 +212,17 @@ def calibrate(
 
 def _category_table(rows: list[dict], gib, pct) -> Table:
     """Per record with a census of live tensors: each category measured vs estimated."""
+    from memplan.probe.calibrate import CENSUS_FLOOR_BYTES
+
     table = Table(title="estimate vs census of live tensors per category (GiB, max over ranks and phases)")
     for column in ("run", "plan", "category", "measured", "estimated", "err"):
         table.add_column(column, justify="left" if column in ("run", "plan", "category") else "right")
     for r in rows:
         for category, cell in r["categories"].items():
+            error = pct(cell["error"]) if cell["error"] is not None or cell["estimated_bytes"] < CENSUS_FLOOR_BYTES \
+                else f"+{gib(cell['estimated_bytes'])} GiB, none measured"
             table.add_row(r["run_id"][:8], r["plan"], category, gib(cell["measured_bytes"]), gib(cell["estimated_bytes"]),
-                          pct(cell["error"]))
+                          error)
     return table
 
 
@@ -292,8 +296,11 @@ def validate(
     if censused:
         out.print(_category_table(censused, gib, pct))
         for category, s in result["categories"].items():
-            out.print(f"{category}: median |error| {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}% "
-                      f"over {s['count']} censused runs")
+            absent = (f"; {s['absent_count']} runs where the census found none and the estimate holds some"
+                      if s["absent_count"] else "")
+            measured = (f"median |error| {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}% "
+                        f"over {s['count']} censused runs" if s["count"] else "no run with a census of it")
+            out.print(f"{category}: {measured}{absent}")
     v = result["verdicts"]
     if v["count"]:
         out.print(f"verdicts under a VRAM cap: {v['correct']}/{v['count']} correct, {v['fits_that_ran_oom']} 'fits' that ran out of memory")

@@ -101,6 +101,8 @@ def _least_squares(xs: list[int], ys: list[int]) -> tuple[float, float]:
     return a, mean_y - a * mean_x
 
 
+# A census category below this (1 MiB) counts as none: its relative error is left undefined.
+CENSUS_FLOOR_BYTES = 2**20
 PRESSURE_RATIOS = [i / 400 for i in range(0, 121)]  # 0 .. 0.30
 PRESSURE_BLOCKS = [i / 100 for i in range(0, 201)]  # 0 .. 2.00
 
@@ -246,13 +248,22 @@ class Comparison:
 
     def category_errors(self) -> dict[Category, tuple[int, int, float | None]]:
         """Per censused Category: (estimated, measured, relative error); the estimate at each
-        category's largest over the phases (memplan.estimate.peak.category_bytes). Empty without a census."""
+        category's largest over the phases (memplan.estimate.peak.category_bytes). Empty without a census.
+        The relative error is None where the census found less than CENSUS_FLOOR_BYTES of the category:
+        a ratio over a few stray bytes says nothing (absent_categories() lists those)."""
         if not self.measured.categories:
             return {}
         predicted = category_bytes(self.estimate)
         return {category: (predicted.get(category, 0), measured,
-                           (predicted.get(category, 0) - measured) / measured if measured else None)
+                           (predicted.get(category, 0) - measured) / measured if measured >= CENSUS_FLOOR_BYTES else None)
                 for category, measured in self.measured.categories.items()}
+
+    def absent_categories(self) -> dict[Category, int]:
+        """Categories the census found (next to) none of while the estimate holds at least CENSUS_FLOOR_BYTES:
+        {category: estimated bytes}. Such a row is a difference of attribution or a real over-estimate;
+        the total (allocated) says which."""
+        return {category: estimated for category, (estimated, measured, _) in self.category_errors().items()
+                if measured < CENSUS_FLOOR_BYTES <= estimated}
 
     def verdict_under_cap(self) -> tuple[str, str] | None:
         """(predicted, measured) verdicts when the run had a VRAM cap: OOM if the device view exceeds it
@@ -284,9 +295,14 @@ def summary(comparisons: list[Comparison]) -> dict[str, Any]:
         for category, (_, _, error) in c.category_errors().items():
             if error is not None:
                 by_category.setdefault(category, []).append(abs(error))
-    out["categories"] = {category.value: {"median_abs_error": statistics.median(errors),
-                                          "max_abs_error": max(errors), "count": len(errors)}
-                         for category, errors in by_category.items()}
+    absent: dict[Category, int] = {}
+    for c in ok:
+        for category in c.absent_categories():
+            absent[category] = absent.get(category, 0) + 1
+    out["categories"] = {category.value: {"median_abs_error": statistics.median(errors) if errors else None,
+                                          "max_abs_error": max(errors) if errors else None, "count": len(errors),
+                                          "absent_count": absent.get(category, 0)}
+                         for category, errors in {**{k: [] for k in absent}, **by_category}.items()}
     verdicts = [v for c in comparisons if (v := c.verdict_under_cap())]
     out["verdicts"] = {"count": len(verdicts), "correct": sum(p == m for p, m in verdicts),
                        "fits_that_ran_oom": sum(p == "fits" and m == "oom" for p, m in verdicts)}
