@@ -125,7 +125,82 @@ RUNS_H: list[dict] = [
 RUNS_I: list[dict] = [
     {"name": "8b-zero2-offload", "model": "sa2va-8b", "plan": {"zero": 2, "offload": "optimizer"}, "timeout": 420},
 ]
-SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G, "h": RUNS_H, "i": RUNS_I}  # "b": the first set (its files predate the key and carry no "set")
+# The ninth set (--set j, pre-registered 2026-12-07 with the terms of sets h and i, unchanged): not chosen by hand but
+# drawn at random (seed J_SEED) from a stated grid, so that no judgement of which plans the model handles picks them.
+J_SEED = 20261207
+J_RUNS = 8
+J_MODELS = ("sa2va-1b", "sa2va-internvl3-2b", "sa2va-4b")  # the 8B: its model build alone took over 2 min (set g)
+J_ENGINES = {"pytorch": {"engine": "pytorch", "zero": 0}, "zero1": {"zero": 1}, "zero2": {"zero": 2},
+             "zero2-offload": {"zero": 2, "offload": "optimizer"}, "zero3": {"zero": 3},
+             "zero3-offload": {"zero": 3, "offload": "optimizer"}, "zero3-offload-all": {"zero": 3, "offload": "all"}}
+J_MICRO_BATCH = (1, 2)
+J_TEXT_LEN = (2048, 4096, 8192)
+J_TILES = (4, 13)
+
+
+def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict]] | None = None) -> list[dict]:
+    """``count`` plans drawn without replacement (random.Random(seed).sample, in the drawn order) from the grid
+    J_MODELS x J_ENGINES x J_MICRO_BATCH x J_TEXT_LEN x J_TILES, less the plans an earlier set ran (``taken``,
+    compared as probe flags with the defaults filled in) and those whose estimate does not fit an H100 clear of
+    the tight band (memplan estimate on 79.65 GiB; the H100 is the smaller card the device lends). The time limit
+    is a rule of the plan (150 s, +70 s for ZeRO-3, +40 s more with everything offloaded, +50 s for the 4B), never
+    of a prediction."""
+    import itertools
+    import random
+
+    from memplan.estimate.peak import estimate
+    from memplan.spec.flags import plan_from_flags
+    from memplan.spec.gpus import get_gpu
+    from memplan.spec.loading import load_profile
+
+    defaults = {"micro_batch": 1, "text_len": 4096, "tiles": 13}
+    seen = {(run["model"], tuple(sorted({**defaults, **run["plan"]}.items())))
+            for runs in (taken if taken is not None else PRE_J) for run in runs}
+    vram = get_gpu("h100-sxm").vram_gib
+    grid = []
+    for model, engine, micro_batch, text_len, tiles in itertools.product(J_MODELS, J_ENGINES, J_MICRO_BATCH,
+                                                                          J_TEXT_LEN, J_TILES):
+        plan = {**J_ENGINES[engine], "micro_batch": micro_batch, "text_len": text_len, "tiles": tiles}
+        if (model, tuple(sorted(plan.items()))) in seen:
+            continue
+        shown = {key: value for key, value in plan.items() if defaults.get(key) != value}
+        name = "-".join([model.removeprefix("sa2va-").removeprefix("internvl3-"), engine,
+                         *(f"mb{micro_batch}",) * (micro_batch != 1), *(f"t{text_len}",) * (text_len != 4096),
+                         *(f"tiles{tiles}",) * (tiles != 13)])
+        timeout = 150 + 70 * (plan["zero"] == 3) + 40 * (plan.get("offload") == "all") + 50 * (model == "sa2va-4b")
+        grid.append({"name": name, "model": model, "plan": shown, "timeout": timeout})
+    drawn = []
+    for run in random.Random(seed).sample(grid, len(grid)):
+        result = estimate(load_profile(run["model"]), plan_from_flags(None, gpus=1, vram=vram, **run["plan"]))
+        if result.clear_fit:
+            drawn.append(run)
+        if len(drawn) == count:
+            return drawn
+    return drawn
+
+
+PRE_J = [RUNS, RUNS_C, RUNS_D, RUNS_E, RUNS_F, RUNS_G, RUNS_H, RUNS_I]
+RUNS_J: list[dict] = [  # drawn_runs() at the revision that wrote steptime-h100-j.json, pasted here so that no
+    # later model change can redraw it
+    {"name": "1b-zero3-t2048-tiles4", "model": "sa2va-1b",
+     "plan": {"zero": 3, "text_len": 2048, "tiles": 4}, "timeout": 220},
+    {"name": "4b-zero3-offload-tiles4", "model": "sa2va-4b",
+     "plan": {"zero": 3, "offload": "optimizer", "tiles": 4}, "timeout": 270},
+    {"name": "1b-zero2-mb2-t2048", "model": "sa2va-1b",
+     "plan": {"zero": 2, "micro_batch": 2, "text_len": 2048}, "timeout": 150},
+    {"name": "4b-zero2-offload-t2048", "model": "sa2va-4b",
+     "plan": {"zero": 2, "offload": "optimizer", "text_len": 2048}, "timeout": 200},
+    {"name": "1b-zero2-offload-mb2-t8192-tiles4", "model": "sa2va-1b",
+     "plan": {"zero": 2, "offload": "optimizer", "micro_batch": 2, "text_len": 8192, "tiles": 4}, "timeout": 150},
+    {"name": "1b-zero2-offload-mb2-tiles4", "model": "sa2va-1b",
+     "plan": {"zero": 2, "offload": "optimizer", "micro_batch": 2, "tiles": 4}, "timeout": 150},
+    {"name": "4b-zero1-mb2-tiles4", "model": "sa2va-4b",
+     "plan": {"zero": 1, "micro_batch": 2, "tiles": 4}, "timeout": 200},
+    {"name": "2b-zero1-tiles4", "model": "sa2va-internvl3-2b",
+     "plan": {"zero": 1, "tiles": 4}, "timeout": 150},
+]
+SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G, "h": RUNS_H, "i": RUNS_I,
+        "j": RUNS_J}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
@@ -273,8 +348,8 @@ def main() -> int:
                         help="which run set: b (the first, 7 runs), c (6 plans b never ran), d (ZeRO-3 on more "
                              "models, 5 runs), e (5 plans no set ran, plan B among them), f (5 more, on the CPU "
                              "Adam and ZeRO-3 fetch terms), g (5 optimizer-offload plans, the first with phase "
-                             "times), h (3 plans, after the refit on g) or i (set g's "
-                             "8B plan again, with its own time limit)")
+                             "times), h (3 plans, after the refit on g), i (set g's "
+                             "8B plan again, with its own time limit) or j (8 plans drawn at random from a grid)")
     parser.add_argument("--card", default="h200",
                         help="with --predict: the card the runs will be made on (profiles/gpus.yaml name, default "
                              "h200); a card without terms of its own is predicted with the default terms")

@@ -67,3 +67,25 @@ def test_table_shows_the_optimizer_phase_of_records_that_time_it():
     text = BATCH["table"](results=[timed], files=files)
     row = next(line for line in text.splitlines() if line.startswith("1b-zero2") and "0.250" in line)
     assert row.split()[1:] == ["0.250", "0.500", "0.50"]  # predicted 0.4 + 0.3 / 3, ratio measured / predicted
+
+
+def test_the_drawn_set_is_new_plans_of_its_grid_named_back_by_their_flags(tmp_path):
+    """Set j (drawn at random from a grid): every plan lies in the grid, none was run by an earlier set, and
+    scoring names each of its records back to its own run (the longest flag match wins)."""
+    defaults = {"micro_batch": 1, "text_len": 4096, "tiles": 13}
+    earlier = {(run["model"], tuple(sorted({**defaults, **run["plan"]}.items())))
+               for runs in BATCH["PRE_J"] for run in runs}
+    runs = BATCH["RUNS_J"]
+    assert len(runs) == BATCH["J_RUNS"] and len({run["name"] for run in runs}) == len(runs)
+    for run in runs:
+        plan = {**defaults, **run["plan"]}
+        assert run["model"] in BATCH["J_MODELS"] and plan["micro_batch"] in BATCH["J_MICRO_BATCH"]
+        assert plan["text_len"] in BATCH["J_TEXT_LEN"] and plan["tiles"] in BATCH["J_TILES"]
+        engine = {key: value for key, value in run["plan"].items() if key in ("engine", "zero", "offload")}
+        assert engine in BATCH["J_ENGINES"].values()
+        assert (run["model"], tuple(sorted(plan.items()))) not in earlier, run["name"]
+    base = json.loads((ROOT / "reports" / "probes" / "h200-stacks-b.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps({**base, "command": f"memplan probe --model {run['model']} --gpus 1 "
+                                        + " ".join(BATCH["probe_flags"](run))}) + "\n" for run in reversed(runs)))
+    assert [r["_batch_name"] for r in BATCH["scored"](path=path, runs=runs)] == [run["name"] for run in runs]
