@@ -6,9 +6,10 @@ names them), for the card the runs were made on. Two pools:
 
 - ``own``: each card's own fitted terms (the H200 sets b, c and c again; the H100 sets e, f, g and later);
 - ``of-its-day``: every pre-registered run with the model that was shipped when it was predicted, which adds
-  set d (an H100 predicted with the default terms, before the H100 had terms of its own).
+  set d (an H100 predicted with the default terms, before the H100 had terms of its own);
+- ``frozen``: sets h, i and j, one step-time model (fd1efd9), the test of issue 14's criteria fixed before they ran.
 
-Usage: python benchmarks/steptime_pool.py [--pool own|of-its-day] [--rows]
+Usage: python benchmarks/steptime_pool.py [--pool own|of-its-day|frozen] [--rows]
 """
 from __future__ import annotations
 
@@ -33,7 +34,14 @@ OWN: list[tuple[str, Path, Path, str]] = [
 OF_ITS_DAY = OWN + [
     ("h100-steptime-d", PROBES / "h100-steptime-d.jsonl", PREDICTIONS / "steptime-h100-d.json", "d"),
 ]
-POOLS = {"own": OWN, "of-its-day": OF_ITS_DAY}
+# The test of issue 14's criteria, fixed before its runs (docs/accuracy.md, "Pre-registered and waiting"): sets h, i
+# and j, all predicted by the step-time model frozen at fd1efd9, each scored against the file of the card it ran on.
+FROZEN: list[tuple[str, Path, Path, str]] = [
+    (f"{card}-steptime-{set_name}", PROBES / f"{card}-steptime-{set_name}.jsonl",
+     PREDICTIONS / f"steptime-{card}-{set_name}.json", set_name)
+    for set_name in ("h", "i", "j") for card in ("h100", "h200")
+]
+POOLS = {"own": OWN, "of-its-day": OF_ITS_DAY, "frozen": FROZEN}
 
 
 def pooled_rows(*, pool: list[tuple[str, Path, Path, str]]) -> list[dict]:
@@ -68,6 +76,9 @@ def main() -> int:
         for row in rows:
             print(f"{row['batch']:18} {row['run']:24} {row['measured_s']:8.3f} {row['predicted_s']:8.3f} "
                   f"{row['ratio']:6.2f}")
+    if not rows:
+        print(f"pool {args.pool}: no scored run yet (its records are not in {PROBES.relative_to(ROOT)})")
+        return 0
     metrics = accuracy(rows)
     batches = sorted({row["batch"] for row in rows})
     print(f"pool {args.pool}: {metrics['runs']} runs in {len(batches)} batches, Spearman {metrics['spearman']:.3f}, "
