@@ -138,20 +138,22 @@ J_TEXT_LEN = (2048, 4096, 8192)
 J_TILES = (4, 13)
 
 
-def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict]] | None = None) -> list[dict]:
+def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict]] | None = None,
+               input_check: bool = True) -> list[dict]:
     """``count`` plans drawn without replacement (random.Random(seed).sample, in the drawn order) from the grid
     J_MODELS x J_ENGINES x J_MICRO_BATCH x J_TEXT_LEN x J_TILES, less the plans an earlier set ran (``taken``,
     compared as probe flags with the defaults filled in) and those whose estimate does not fit an H100 clear of
     the tight band (memplan estimate on 79.65 GiB; the H100 is the smaller card the device lends). The time limit
     is a rule of the plan (150 s, +70 s for ZeRO-3, +40 s more with everything offloaded, +50 s for the 4B), never
-    of a prediction."""
+    of a prediction. ``input_check`` drops plans whose image tokens overflow the sequence (spec.flags.check_sequence);
+    set j was drawn before that check existed (input_check=False), and 2 of its 8 plans could not run."""
     import itertools
     import random
 
     from memplan.estimate.peak import estimate
-    from memplan.spec.flags import plan_from_flags
+    from memplan.spec.flags import check_sequence, plan_from_flags
     from memplan.spec.gpus import get_gpu
-    from memplan.spec.loading import load_profile
+    from memplan.spec.loading import InputError, load_profile
 
     defaults = {"micro_batch": 1, "text_len": 4096, "tiles": 13}
     seen = {(run["model"], tuple(sorted({**defaults, **run["plan"]}.items())))
@@ -171,8 +173,13 @@ def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict
         grid.append({"name": name, "model": model, "plan": shown, "timeout": timeout})
     drawn = []
     for run in random.Random(seed).sample(grid, len(grid)):
-        result = estimate(load_profile(run["model"]), plan_from_flags(None, gpus=1, vram=vram, **run["plan"]))
-        if result.clear_fit:
+        profile, plan = load_profile(run["model"]), plan_from_flags(None, gpus=1, vram=vram, **run["plan"])
+        if input_check:
+            try:
+                check_sequence(profile, plan)
+            except InputError:
+                continue
+        if estimate(profile, plan).clear_fit:
             drawn.append(run)
         if len(drawn) == count:
             return drawn
@@ -180,8 +187,8 @@ def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict
 
 
 PRE_J = [RUNS, RUNS_C, RUNS_D, RUNS_E, RUNS_F, RUNS_G, RUNS_H, RUNS_I]
-RUNS_J: list[dict] = [  # drawn_runs() at the revision that wrote steptime-h100-j.json, pasted here so that no
-    # later model change can redraw it
+RUNS_J: list[dict] = [  # drawn_runs(input_check=False) at the revision that wrote steptime-h100-j.json, pasted
+    # here so that no later model change can redraw it
     {"name": "1b-zero3-t2048-tiles4", "model": "sa2va-1b",
      "plan": {"zero": 3, "text_len": 2048, "tiles": 4}, "timeout": 220},
     {"name": "4b-zero3-offload-tiles4", "model": "sa2va-4b",

@@ -161,6 +161,8 @@ CASES: list[Case] = [
          {"p.yaml": "optimizer: {kind: cpu_adam}\n"}),
     Case("lora-rank-above-width", "LoRA rank above Qwen2.5-0.5B's k_proj width (128)",
          (E, "-m", "sa2va-1b", "--lora-rank", "129"), ("components.llm.lora.rank=129", "(128)", "allowed: 1..128")),
+    Case("sequence-short-of-image-tokens", "a sequence too short for its 13 tiles of image tokens",
+         (E, "--tiles", "13", "--text-len", "2048"), ("inputs.text_tokens=2048", "at least 3334")),
     Case("lora-rank-above-cap", "LoRA rank above the field's cap", (E, "--lora-rank", "100000"),
          ("components.llm.lora.rank=100000", "less than or equal to 4096")),
     Case("vision-lora-rank-above-width", "vision LoRA rank above InternViT-300M's width (1024)",

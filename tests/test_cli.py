@@ -56,9 +56,22 @@ def test_profiles_lists_counts():
 
 
 def test_flags_override_plan():
-    a = json.loads(invoke("estimate", "--text-len", "1024", "--format", "json").output)
-    b = json.loads(invoke("estimate", "--text-len", "8192", "--format", "json").output)
+    a = json.loads(invoke("estimate", "--tiles", "2", "--text-len", "1024", "--format", "json").output)
+    b = json.loads(invoke("estimate", "--tiles", "2", "--text-len", "8192", "--format", "json").output)
     assert b["peak_allocated_bytes"] > a["peak_allocated_bytes"]
+
+
+@pytest.mark.parametrize("command", [["estimate", "--tiles", "13", "--text-len", "2048"], ["compare", "PLAN"],
+                                     ["search", "--plan", "PLAN", "--gpus", "4", "--vram", "24"]])
+def test_a_sequence_too_short_for_its_image_tokens_is_bad_input(command, tmp_path):
+    """13 tiles x 256 image tokens cannot sit in a 2,048-token sequence (--text-len counts image tokens):
+    one line naming the field, exit 2, as the probe says for the same plan."""
+    plan = tmp_path / "short.yaml"
+    plan.write_text("name: short\ninputs:\n  tiles: 13\n  text_tokens: 2048\n")
+    result = invoke(*[str(plan) if word == "PLAN" else word for word in command])
+    assert result.exit_code == 2, result.output
+    assert "inputs.text_tokens=2048" in result.output and "at least 3334" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -325,7 +325,7 @@ def test_cli_runs_on_cpu_and_rejects_bad_input(tmp_path):
     assert "optimizer_step" in result.output and str(out) in result.output.replace("\n", "")
     assert records.read_records(out)[0]["status"] == "ok"
     bad = CliRunner().invoke(_cli(), [*args[:-2], "--text-len", "4", "--out", str(out)])
-    assert bad.exit_code == 2 and "text_tokens(4)" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "inputs.text_tokens=4" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(_cli(), [*args, "--steps", "0"])
     assert bad.exit_code == 2 and "--steps=0" in bad.output
 

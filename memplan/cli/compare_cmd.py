@@ -10,7 +10,7 @@ import typer
 from memplan.cli.options import ALLOCATOR, GPU, MODEL, user_errors
 from memplan.cli.names import resolve_profile
 from memplan.cli.outputs import choose_row, emit_deepspeed, report_options, step_note, write_outputs
-from memplan.spec.flags import DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_lora_rank, on_gpu, plan_argument, plan_from_flags
+from memplan.spec.flags import DEFAULT_PLAN, SEED_DIR, SEED_PLANS, check_against_profile, on_gpu, plan_argument, plan_from_flags
 
 
 def _notes(rows, reference, calibration) -> list[str]:
@@ -50,7 +50,7 @@ def compare(
     for argument in arguments:
         plan = on_gpu(plan_from_flags(plan_argument(argument), allocator=allocator), gpu)
         profile = resolve_profile(model, plan)
-        check_lora_rank(profile, plan)
+        check_against_profile(profile, plan)
         entries.append((profile, plan))
     reference = plan_from_flags(DEFAULT_PLAN)
     calibration = load_calibration(report["calibration"])

@@ -61,13 +61,13 @@ def estimate(
     from memplan.planning.evaluate import evaluate
     from memplan.report import render, story
     from memplan.report.steps import step_line, with_step_json
-    from memplan.spec.flags import check_lora_rank, plan_from_flags
+    from memplan.spec.flags import check_against_profile, plan_from_flags
     from memplan.spec.loading import load_calibration
 
     host_ram, host_note = host_ram_choice(flags["host_ram"], plan)
     the_plan = plan_from_flags(plan, **{**flags, "host_ram": host_ram})
     profile = resolve_profile(model, the_plan)
-    check_lora_rank(profile, the_plan)
+    check_against_profile(profile, the_plan)
     if emit_deepspeed_to is not None:
         check_emittable(the_plan, the_plan.name)
     if emit_fsdp_to is not None:

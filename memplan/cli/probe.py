@@ -23,7 +23,7 @@ from memplan.cli.options import FAKE_WORLD, MODEL, PLAN, console, plan_flags, us
 from memplan.probe.records import PHASE_FIELDS, STATUSES
 from memplan.probe.stacks import check_stack
 from memplan.cli.names import resolve_profile
-from memplan.spec.flags import check_lora_rank, plan_from_flags
+from memplan.spec.flags import check_against_profile, plan_from_flags
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
@@ -247,7 +247,7 @@ def probe_command(
     the_plan = apply_allocator(plan_from_flags(plan, **flags))
     require_probe_packages(the_plan)
     profile = resolve_profile(model, the_plan)
-    check_lora_rank(profile, the_plan)
+    check_against_profile(profile, the_plan)
     check_probe_inputs(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, timeout_s=timeout)
     check_stack(profile, the_plan)
     if fake_world is not None:

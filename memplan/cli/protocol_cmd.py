@@ -11,7 +11,7 @@ import typer
 
 from memplan.cli.options import OutputFormat, console, user_errors
 from memplan.cli.names import resolve_profile
-from memplan.spec.flags import check_lora_rank, plan_from_flags
+from memplan.spec.flags import check_against_profile, plan_from_flags
 from memplan.planning.protocol import (PREDICTION_SCHEMA, PlannedRun, RunSet, calibration_hash, estimator_revision,
                                        load_runset, plan_fingerprint, read_predictions, resolve_plan_file)
 from memplan.spec.loading import InputError
@@ -48,7 +48,7 @@ def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict
         try:
             plan = planned_plan(runset, run, runset_path)
             profile = resolve_profile(run.model, plan)
-            check_lora_rank(profile, plan)
+            check_against_profile(profile, plan)
         except InputError as error:
             raise InputError(f"runs.{run.name}: {error}") from None
         result = estimate(profile, plan, calibration)

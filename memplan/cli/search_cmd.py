@@ -11,7 +11,7 @@ import typer
 from memplan.cli.options import ALLOCATOR, GPU, HOST_RAM, MODEL, PLAN, VRAM, fail, user_errors
 from memplan.cli.outputs import ReportFormat, choose_row, emit_deepspeed, report_options, step_note, write_outputs
 from memplan.cli.names import resolve_profile
-from memplan.spec.flags import check_lora_rank, plan_argument, plan_from_flags
+from memplan.spec.flags import check_against_profile, plan_argument, plan_from_flags
 
 
 def _stats_note(stats) -> str:
@@ -86,7 +86,7 @@ def search(
     host_ram, host_note = host_ram_choice(host_ram, plan_argument(plan) if plan else None)
     base = plan_from_flags(plan_argument(plan) if plan else None, allocator=allocator)
     profile = resolve_profile(model, base)
-    check_lora_rank(profile, base)
+    check_against_profile(profile, base)
     output_format = report["output_format"]
     cal = load_calibration(report["calibration"])
     if engines:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memplan.spec.flags import sequence_floor
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
@@ -30,9 +31,7 @@ class Shapes:
 def input_shapes(profile: Profile, plan: Plan) -> Shapes:
     """Shapes of one micro-batch; raises ProbeBuildError when the image tokens overflow the sequence."""
     inputs = plan.inputs
-    images = inputs.tiles + inputs.frames if profile.vision else 0
-    per_image = profile.image_tokens_per_tile if profile.vision else 0
-    objects = inputs.objects if profile.sam2 or profile.seg_head else 0
+    images, per_image, objects = sequence_floor(profile, plan)
     if profile.llm and images * per_image + objects + 1 > inputs.text_tokens:
         raise ProbeBuildError(
             f"inputs: images({images}) * tokens_per_image({per_image}) + objects({objects}) + 1 "

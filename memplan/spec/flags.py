@@ -159,6 +159,34 @@ def resolve_profile(name: str | None, plan: Plan | None = None) -> Profile:
     return load_profile(name or (plan.model if plan else None) or DEFAULT_MODEL)
 
 
+def sequence_floor(profile: Profile, plan: Plan) -> tuple[int, int, int]:
+    """(images, image tokens per image, objects) one sample's sequence must hold: images x tokens + objects + 1
+    (a text token at least) <= inputs.text_tokens, the whole LLM sequence (memplan.probe.shapes builds it so)."""
+    inputs = plan.inputs
+    images = inputs.tiles + inputs.frames if profile.vision else 0
+    per_image = profile.image_tokens_per_tile if profile.vision else 0
+    objects = inputs.objects if profile.sam2 or profile.seg_head else 0
+    return images, per_image, objects
+
+
+def check_sequence(profile: Profile, plan: Plan) -> None:
+    """A sequence too short for the plan's image tokens is rejected: such a sample cannot be built, so no
+    estimate of it means anything."""
+    images, per_image, objects = sequence_floor(profile, plan)
+    need = images * per_image + objects + 1
+    if profile.llm and need > plan.inputs.text_tokens:
+        raise InputError(
+            f"inputs.text_tokens={plan.inputs.text_tokens}: {images} images x {per_image} image tokens of "
+            f"{profile.name} + {objects} objects + 1 need a sequence of at least {need} (--text-len, or fewer --tiles)"
+        )
+
+
+def check_against_profile(profile: Profile, plan: Plan) -> None:
+    """Everything about a plan that only the model can refute: check_lora_rank, check_sequence."""
+    check_lora_rank(profile, plan)
+    check_sequence(profile, plan)
+
+
 def check_lora_rank(profile: Profile, plan: Plan) -> None:
     """LoRA rank above a wrapped layer's narrowest width is rejected (the update could not be low-rank)."""
     for slot, spec in (("llm", profile.llm), ("vision", profile.vision)):
