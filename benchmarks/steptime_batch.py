@@ -138,11 +138,18 @@ J_TEXT_LEN = (2048, 4096, 8192)
 J_TILES = (4, 13)
 
 
-def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict]] | None = None,
-               input_check: bool = True) -> list[dict]:
+J_DEFAULTS = {"micro_batch": 1, "text_len": 4096, "tiles": 13}  # plan_from_flags's defaults for the grid's axes
+
+
+def plan_key(*, model: str, plan: dict) -> tuple:
+    """A run's model and flags with J_DEFAULTS filled in: two runs with equal keys probe the same plan."""
+    return model, tuple(sorted({**J_DEFAULTS, **plan}.items()))
+
+
+def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, input_check: bool = True) -> list[dict]:
     """``count`` plans drawn without replacement (random.Random(seed).sample, in the drawn order) from the grid
-    J_MODELS x J_ENGINES x J_MICRO_BATCH x J_TEXT_LEN x J_TILES, less the plans an earlier set ran (``taken``,
-    compared as probe flags with the defaults filled in) and those whose estimate does not fit an H100 clear of
+    J_MODELS x J_ENGINES x J_MICRO_BATCH x J_TEXT_LEN x J_TILES, less the plans an earlier set ran (PRE_J,
+    compared by plan_key) and those whose estimate does not fit an H100 clear of
     the tight band (memplan estimate on 79.65 GiB; the H100 is the smaller card the device lends). The time limit
     is a rule of the plan (150 s, +70 s for ZeRO-3, +40 s more with everything offloaded, +50 s for the 4B), never
     of a prediction. ``input_check`` drops plans whose image tokens overflow the sequence (spec.flags.check_sequence);
@@ -155,17 +162,15 @@ def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, taken: list[list[dict
     from memplan.spec.gpus import get_gpu
     from memplan.spec.loading import InputError, load_profile
 
-    defaults = {"micro_batch": 1, "text_len": 4096, "tiles": 13}
-    seen = {(run["model"], tuple(sorted({**defaults, **run["plan"]}.items())))
-            for runs in (taken if taken is not None else PRE_J) for run in runs}
+    seen = {plan_key(model=run["model"], plan=run["plan"]) for runs in PRE_J for run in runs}
     vram = get_gpu("h100-sxm").vram_gib
     grid = []
     for model, engine, micro_batch, text_len, tiles in itertools.product(J_MODELS, J_ENGINES, J_MICRO_BATCH,
                                                                           J_TEXT_LEN, J_TILES):
         plan = {**J_ENGINES[engine], "micro_batch": micro_batch, "text_len": text_len, "tiles": tiles}
-        if (model, tuple(sorted(plan.items()))) in seen:
+        if plan_key(model=model, plan=plan) in seen:
             continue
-        shown = {key: value for key, value in plan.items() if defaults.get(key) != value}
+        shown = {key: value for key, value in plan.items() if J_DEFAULTS.get(key) != value}
         name = "-".join([model.removeprefix("sa2va-").removeprefix("internvl3-"), engine,
                          *(f"mb{micro_batch}",) * (micro_batch != 1), *(f"t{text_len}",) * (text_len != 4096),
                          *(f"tiles{tiles}",) * (tiles != 13)])

@@ -72,9 +72,8 @@ def test_table_shows_the_optimizer_phase_of_records_that_time_it():
 def test_the_drawn_set_is_new_plans_of_its_grid_named_back_by_their_flags(tmp_path):
     """Set j (drawn at random from a grid): every plan lies in the grid, none was run by an earlier set, and
     scoring names each of its records back to its own run (the longest flag match wins)."""
-    defaults = {"micro_batch": 1, "text_len": 4096, "tiles": 13}
-    earlier = {(run["model"], tuple(sorted({**defaults, **run["plan"]}.items())))
-               for runs in BATCH["PRE_J"] for run in runs}
+    defaults, plan_key = BATCH["J_DEFAULTS"], BATCH["plan_key"]
+    earlier = {plan_key(model=run["model"], plan=run["plan"]) for runs in BATCH["PRE_J"] for run in runs}
     runs = BATCH["RUNS_J"]
     assert len(runs) == BATCH["J_RUNS"] and len({run["name"] for run in runs}) == len(runs)
     for run in runs:
@@ -83,7 +82,7 @@ def test_the_drawn_set_is_new_plans_of_its_grid_named_back_by_their_flags(tmp_pa
         assert plan["text_len"] in BATCH["J_TEXT_LEN"] and plan["tiles"] in BATCH["J_TILES"]
         engine = {key: value for key, value in run["plan"].items() if key in ("engine", "zero", "offload")}
         assert engine in BATCH["J_ENGINES"].values()
-        assert (run["model"], tuple(sorted(plan.items()))) not in earlier, run["name"]
+        assert plan_key(model=run["model"], plan=run["plan"]) not in earlier, run["name"]
     base = json.loads((ROOT / "reports" / "probes" / "h200-stacks-b.jsonl").read_text().splitlines()[0])
     path = tmp_path / "records.jsonl"
     path.write_text("".join(json.dumps({**base, "command": f"memplan probe --model {run['model']} --gpus 1 "

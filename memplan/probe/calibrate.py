@@ -262,8 +262,7 @@ class Comparison:
         """Categories the census found (next to) none of while the estimate holds at least CENSUS_FLOOR_BYTES:
         {category: estimated bytes}. Such a row is a difference of attribution or a real over-estimate;
         the total (allocated) says which."""
-        return {category: estimated for category, (estimated, measured, _) in self.category_errors().items()
-                if measured < CENSUS_FLOOR_BYTES <= estimated}
+        return absent_of(self.category_errors())
 
     def verdict_under_cap(self) -> tuple[str, str] | None:
         """(predicted, measured) verdicts when the run had a VRAM cap: OOM if the device view exceeds it
@@ -274,6 +273,13 @@ class Comparison:
         predicted = "oom" if self.estimate.needed_bytes > cap else "fits"
         measured = "oom" if self.measured.status == "oom" else "fits" if self.measured.status == "ok" else None
         return (predicted, measured) if measured else None
+
+
+def absent_of(errors: dict[Category, tuple[int, int, float | None]]) -> dict[Category, int]:
+    """Of Comparison.category_errors(): {category: estimated bytes} where the census found under
+    CENSUS_FLOOR_BYTES and the estimate at least that."""
+    return {category: estimated for category, (estimated, measured, _) in errors.items()
+            if measured < CENSUS_FLOOR_BYTES <= estimated}
 
 
 def compare(measurements: list[Measured], calibration: Calibration) -> list[Comparison]:
@@ -291,13 +297,13 @@ def summary(comparisons: list[Comparison]) -> dict[str, Any]:
         out[kind] = {"median_abs_error": statistics.median(errors) if errors else None,
                      "max_abs_error": max(errors) if errors else None, "count": len(errors)}
     by_category: dict[Category, list[float]] = {}
-    for c in ok:
-        for category, (_, _, error) in c.category_errors().items():
-            if error is not None:
-                by_category.setdefault(category, []).append(abs(error))
     absent: dict[Category, int] = {}
     for c in ok:
-        for category in c.absent_categories():
+        errors = c.category_errors()
+        for category, (_, _, error) in errors.items():
+            if error is not None:
+                by_category.setdefault(category, []).append(abs(error))
+        for category in absent_of(errors):
             absent[category] = absent.get(category, 0) + 1
     out["categories"] = {category.value: {"median_abs_error": statistics.median(errors) if errors else None,
                                           "max_abs_error": max(errors) if errors else None, "count": len(errors),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memplan.spec.flags import sequence_floor
+from memplan.spec.errors import InputError
+from memplan.spec.flags import check_sequence, sequence_floor
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
 
@@ -31,12 +32,11 @@ class Shapes:
 def input_shapes(profile: Profile, plan: Plan) -> Shapes:
     """Shapes of one micro-batch; raises ProbeBuildError when the image tokens overflow the sequence."""
     inputs = plan.inputs
+    try:
+        check_sequence(profile, plan)
+    except InputError as error:
+        raise ProbeBuildError(str(error)) from None
     images, per_image, objects = sequence_floor(profile, plan)
-    if profile.llm and images * per_image + objects + 1 > inputs.text_tokens:
-        raise ProbeBuildError(
-            f"inputs: images({images}) * tokens_per_image({per_image}) + objects({objects}) + 1 "
-            f"> text_tokens({inputs.text_tokens})"
-        )
     return Shapes(
         micro_batch=inputs.micro_batch,
         images=images,
