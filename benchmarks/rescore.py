@@ -49,7 +49,7 @@ PART_LABELS = {
     "formulas-seen": "in-sample: the allocated formulas were fixed on these",
     "calibration": "in-sample for the calibration (fitted on this side); allocated out of sample",
     "held-out": "held out from the formulas and from the calibration",
-    "sa2va-harness": "H200 and (2026-12-06, -07) H100, the Sa2VA harness (h200-batch4 to -9, h100-batch10, -11; h200-steptime-b, -c, -c2, h100-steptime-d to -h and -j, h100-profile-a, their memory not pre-registered); h200-batch8 and -9 in-sample for the expandable-segments term (found on them), h100-batch10 held out for it",
+    "sa2va-harness": "H200 and (2026-12-06, -07) H100, the Sa2VA harness (h200-batch4 to -9, h100-batch10, -11; h200-steptime-b, -c, -c2, h100-steptime-d to -j, h100-profile-a, their memory not pre-registered); h200-batch8 and -9 in-sample for the expandable-segments term (found on them), h100-batch10 held out for it",
     "hf-trainer": "H200 (H100 for stacks-e, -f), transformers Trainer + peft, text-only LLMs",
     "custom-loop": "H200 (H100 for stacks-e, -f), a custom training loop, text-only LLMs",
     "accelerate": "H200, an accelerate loop (Accelerator(mixed_precision=bf16)) + peft, text-only LLMs",

@@ -146,10 +146,11 @@ def plan_key(*, model: str, plan: dict) -> tuple:
     return model, tuple(sorted({**J_DEFAULTS, **plan}.items()))
 
 
-def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, input_check: bool = True) -> list[dict]:
+def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, input_check: bool = True,
+               earlier: list[list[dict]] | None = None) -> list[dict]:
     """``count`` plans drawn without replacement (random.Random(seed).sample, in the drawn order) from the grid
-    J_MODELS x J_ENGINES x J_MICRO_BATCH x J_TEXT_LEN x J_TILES, less the plans an earlier set ran (PRE_J,
-    compared by plan_key) and those whose estimate does not fit an H100 clear of
+    J_MODELS x J_ENGINES x J_MICRO_BATCH x J_TEXT_LEN x J_TILES, less the plans an earlier set ran (``earlier``,
+    default PRE_J; compared by plan_key) and those whose estimate does not fit an H100 clear of
     the tight band (memplan estimate on 79.65 GiB; the H100 is the smaller card the device lends). The time limit
     is a rule of the plan (150 s, +70 s for ZeRO-3, +40 s more with everything offloaded, +50 s for the 4B), never
     of a prediction. ``input_check`` drops plans whose image tokens overflow the sequence (spec.flags.check_sequence);
@@ -162,7 +163,8 @@ def drawn_runs(*, seed: int = J_SEED, count: int = J_RUNS, input_check: bool = T
     from memplan.spec.gpus import get_gpu
     from memplan.spec.loading import InputError, load_profile
 
-    seen = {plan_key(model=run["model"], plan=run["plan"]) for runs in PRE_J for run in runs}
+    seen = {plan_key(model=run["model"], plan=run["plan"]) for runs in (PRE_J if earlier is None else earlier)
+            for run in runs}
     vram = get_gpu("h100-sxm").vram_gib
     grid = []
     for model, engine, micro_batch, text_len, tiles in itertools.product(J_MODELS, J_ENGINES, J_MICRO_BATCH,
@@ -211,8 +213,29 @@ RUNS_J: list[dict] = [  # drawn_runs(input_check=False) at the revision that wro
     {"name": "2b-zero1-tiles4", "model": "sa2va-internvl3-2b",
      "plan": {"zero": 1, "tiles": 4}, "timeout": 150},
 ]
+# The tenth set (--set k, pre-registered 2026-12-07 after the frozen test of sets h, i and j was called, with the same
+# terms, unchanged): a second draw from set j's grid, with the input check, less every plan sets b-j ran. K_RUNS is 6,
+# not 8, so that the batch fits the device's 10 minutes a command (chosen before the draw was seen).
+K_SEED = 20261208
+K_RUNS = 6
+PRE_K = [*PRE_J, RUNS_J]
+RUNS_K: list[dict] = [  # drawn_runs(seed=K_SEED, count=K_RUNS, earlier=PRE_K) at the revision that wrote
+    # steptime-h100-k.json, pasted here so that no later model change can redraw it
+    {"name": "2b-zero3-offload-mb2-t8192", "model": "sa2va-internvl3-2b",
+     "plan": {"zero": 3, "offload": "optimizer", "micro_batch": 2, "text_len": 8192}, "timeout": 220},
+    {"name": "1b-zero3-mb2-tiles4", "model": "sa2va-1b",
+     "plan": {"zero": 3, "micro_batch": 2, "tiles": 4}, "timeout": 220},
+    {"name": "4b-zero2-offload-t2048-tiles4", "model": "sa2va-4b",
+     "plan": {"zero": 2, "offload": "optimizer", "text_len": 2048, "tiles": 4}, "timeout": 200},
+    {"name": "1b-pytorch-mb2-t8192-tiles4", "model": "sa2va-1b",
+     "plan": {"engine": "pytorch", "zero": 0, "micro_batch": 2, "text_len": 8192, "tiles": 4}, "timeout": 150},
+    {"name": "4b-zero3-offload-all-mb2", "model": "sa2va-4b",
+     "plan": {"zero": 3, "offload": "all", "micro_batch": 2}, "timeout": 310},
+    {"name": "2b-zero2-mb2-t2048-tiles4", "model": "sa2va-internvl3-2b",
+     "plan": {"zero": 2, "micro_batch": 2, "text_len": 2048, "tiles": 4}, "timeout": 150},
+]
 SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G, "h": RUNS_H, "i": RUNS_I,
-        "j": RUNS_J}  # "b": the first set (its files predate the key and carry no "set")
+        "j": RUNS_J, "k": RUNS_K}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}

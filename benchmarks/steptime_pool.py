@@ -4,7 +4,7 @@
 Each batch pairs its records with the predictions file committed before it ran (reports/probes/history.yaml
 names them), for the card the runs were made on. Two pools:
 
-- ``own``: each card's own fitted terms (the H200 sets b, c and c again; the H100 sets e, f, g, h and j);
+- ``own``: each card's own fitted terms (the H200 sets b, c and c again; the H100 sets e to j);
 - ``of-its-day``: every pre-registered run with the model that was shipped when it was predicted, which adds
   set d (an H100 predicted with the default terms, before the H100 had terms of its own);
 - ``frozen``: sets h, i and j, one step-time model (fd1efd9), the test of issue 14's criteria fixed before they ran.
@@ -31,6 +31,7 @@ OWN: list[tuple[str, Path, Path, str]] = [
     ("h100-steptime-f", PROBES / "h100-steptime-f.jsonl", PREDICTIONS / "steptime-h100-f.json", "f"),
     ("h100-steptime-g", PROBES / "h100-steptime-g.jsonl", PREDICTIONS / "steptime-h100-g.json", "g"),
     ("h100-steptime-h", PROBES / "h100-steptime-h.jsonl", PREDICTIONS / "steptime-h100-h.json", "h"),
+    ("h100-steptime-i", PROBES / "h100-steptime-i.jsonl", PREDICTIONS / "steptime-h100-i.json", "i"),
     ("h100-steptime-j", PROBES / "h100-steptime-j.jsonl", PREDICTIONS / "steptime-h100-j.json", "j"),
 ]
 OF_ITS_DAY = OWN + [

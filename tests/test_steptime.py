@@ -231,6 +231,16 @@ def test_rank_check_on_records():
     assert "3 records" in check.summary() and check.metrics["within_50"] == 0
 
 
+def test_a_fake_world_record_is_not_timed():
+    """Rank 0 of a fake world measures the plan's memory, but its collectives move no data: its step is not the
+    N-GPU plan's step, so the step-time check skips it (it was scored as one, 0 of 5 within 50% at N = 1024)."""
+    profile = load_profile("sa2va-1b")
+    plan = plan_from_flags(None, gpus=1024, vram=80, engine="fsdp2")
+    (record,) = _records(profile, [plan], TERMS_DEFAULT, 1.0)
+    runs, skipped = stepfit.timed_runs([record, {**record, "run_id": "fake", "fake_world": 1024}])
+    assert len(runs) == 1 and skipped == ["fake: rank 0 of a fake world of 1024, not a step of the plan"]
+
+
 def test_fit_recovers_known_terms():
     """Records generated from known terms: the fit finds them again (and the host terms it can see)."""
     profile = load_profile("sa2va-1b")
@@ -352,13 +362,27 @@ def test_host_dispatch_cost_is_measured_per_call():
     assert many["host_module_us"] > many["host_op_us"]  # a module call is an op plus Module.__call__
 
 
-def test_environment_keeps_the_dispatch_cost_measured_before_the_run(monkeypatch):
-    """The probe measures the dispatch cost before the model exists and hands it over (after a ZeRO-3 run the
-    same loop measured about 6x slower: memplan.probe.environment.host_dispatch_us)."""
+def test_environment_keeps_the_dispatch_cost_and_load_measured_before_the_run(monkeypatch):
+    """The probe measures the dispatch cost and the host's load before the model exists and hands them over
+    (after a ZeRO-3 run the same loop measured about 6x slower: memplan.probe.environment.host_dispatch_us;
+    the load after the run would count the probe's own steps)."""
     torch = pytest.importorskip("torch")
     from memplan.probe import environment as env
 
-    monkeypatch.setattr(env, "host_dispatch_us", lambda **_: pytest.fail("measured again after the run"))
-    given = {"host_op_us": 1.25, "host_module_us": 4.5}
-    record = env.environment(torch.device("cpu"), 1, dispatch=given)
-    assert {key: record[key] for key in env.DISPATCH_KEYS} == given
+    monkeypatch.setattr(env, "before_run", lambda: pytest.fail("measured again after the run"))
+    given = {"host_op_us": 1.25, "host_module_us": 4.5, "host_load_1m": 3.5, "gpu_processes": 1}
+    record = env.environment(torch.device("cpu"), 1, before=given)
+    assert {key: record[key] for key in env.BEFORE_RUN_KEYS} == given
+    assert set(env.fallback_environment(1)) == set(record)  # the launcher's fallback has the same keys
+
+
+def test_host_load_reads_the_load_average_and_the_gpu_processes(monkeypatch):
+    from memplan.probe import hostinfo
+
+    assert hostinfo.gpu_processes("12345\n67890\n\n") == 2 and hostinfo.gpu_processes("") == 0
+    assert hostinfo.gpu_processes(None) is None  # no nvidia-smi: unknown, not zero
+    monkeypatch.setattr(hostinfo.os, "getloadavg", lambda: (3.14159, 2.0, 1.0))
+    monkeypatch.setattr(hostinfo, "_nvidia_smi", lambda *args: "4242\n" if "--query-compute-apps=pid" in args else None)
+    assert hostinfo.host_load() == {"host_load_1m": 3.14, "gpu_processes": 1}
+    monkeypatch.setattr(hostinfo.os, "getloadavg", lambda: (_ for _ in ()).throw(OSError("no load average")))
+    assert hostinfo.host_load()["host_load_1m"] is None

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "steptime_batch.py"
 BATCH = runpy.run_path(str(SCRIPT))
@@ -69,13 +71,14 @@ def test_table_shows_the_optimizer_phase_of_records_that_time_it():
     assert row.split()[1:] == ["0.250", "0.500", "0.50"]  # predicted 0.4 + 0.3 / 3, ratio measured / predicted
 
 
-def test_the_drawn_set_is_new_plans_of_its_grid_named_back_by_their_flags(tmp_path):
-    """Set j (drawn at random from a grid): every plan lies in the grid, none was run by an earlier set, and
+@pytest.mark.parametrize("drawn, before, count", [("RUNS_J", "PRE_J", "J_RUNS"), ("RUNS_K", "PRE_K", "K_RUNS")])
+def test_the_drawn_set_is_new_plans_of_its_grid_named_back_by_their_flags(tmp_path, drawn, before, count):
+    """Sets j and k (drawn at random from a grid): every plan lies in the grid, none was run by an earlier set, and
     scoring names each of its records back to its own run (the longest flag match wins)."""
     defaults, plan_key = BATCH["J_DEFAULTS"], BATCH["plan_key"]
-    earlier = {plan_key(model=run["model"], plan=run["plan"]) for runs in BATCH["PRE_J"] for run in runs}
-    runs = BATCH["RUNS_J"]
-    assert len(runs) == BATCH["J_RUNS"] and len({run["name"] for run in runs}) == len(runs)
+    earlier = {plan_key(model=run["model"], plan=run["plan"]) for runs in BATCH[before] for run in runs}
+    runs = BATCH[drawn]
+    assert len(runs) == BATCH[count] and len({run["name"] for run in runs}) == len(runs)
     for run in runs:
         plan = {**defaults, **run["plan"]}
         assert run["model"] in BATCH["J_MODELS"] and plan["micro_batch"] in BATCH["J_MICRO_BATCH"]
@@ -88,3 +91,9 @@ def test_the_drawn_set_is_new_plans_of_its_grid_named_back_by_their_flags(tmp_pa
     path.write_text("".join(json.dumps({**base, "command": f"memplan probe --model {run['model']} --gpus 1 "
                                         + " ".join(BATCH["probe_flags"](run))}) + "\n" for run in reversed(runs)))
     assert [r["_batch_name"] for r in BATCH["scored"](path=path, runs=runs)] == [run["name"] for run in runs]
+
+
+def test_set_k_is_the_draw_its_comment_names():
+    """Set k as pasted is drawn_runs(seed=K_SEED, count=K_RUNS, earlier=PRE_K) with the input check: the draw's
+    rule, not a hand, picked it (the estimate it filters on is frozen by tests/golden/estimates.json)."""
+    assert BATCH["drawn_runs"](seed=BATCH["K_SEED"], count=BATCH["K_RUNS"], earlier=BATCH["PRE_K"]) == BATCH["RUNS_K"]

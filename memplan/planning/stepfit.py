@@ -69,12 +69,17 @@ class TimedRun:
 
 
 def timed_runs(records: Iterable[dict[str, Any]]) -> tuple[list[TimedRun], list[str]]:
-    """(runs with a steady step time, "run_id: reason" for the records skipped)."""
+    """(runs with a steady step time, "run_id: reason" for the records skipped). A fake-world record
+    (``memplan probe --fake-world N``) is skipped: its collectives complete at once and move no data, so its
+    step is one GPU's compute, not the N-GPU plan's step (its memory is the plan's; its time is not)."""
     runs, skipped = [], []
     for record in records:
         run_id = str(record.get("run_id"))
         if record.get("status") != "ok":
             skipped.append(f"{run_id}: status {record.get('status')}")
+            continue
+        if record.get("fake_world"):  # memplan.probe.fake_world: the fake group's collectives move no data
+            skipped.append(f"{run_id}: rank 0 of a fake world of {record['fake_world']}, not a step of the plan")
             continue
         try:
             profile = Profile.model_validate(record["profile"])

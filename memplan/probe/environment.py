@@ -14,7 +14,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-from memplan.probe.hostinfo import HOST_FACTS, host_facts
+from memplan.probe.hostinfo import HOST_FACTS, HOST_LOAD, host_facts, host_load
 
 LIBRARIES = ("transformers", "peft", "accelerate", "deepspeed")
 
@@ -44,6 +44,7 @@ def _host(world_size: int) -> dict[str, Any]:
 
 
 DISPATCH_KEYS = ("host_op_us", "host_module_us")
+BEFORE_RUN_KEYS = DISPATCH_KEYS + HOST_LOAD  # measured before the model and the engine exist
 
 
 def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float]:
@@ -53,7 +54,7 @@ def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float
     check and an addmm). The step-time model's framework term (module calls x module_call_s) is this kind
     of host time, and it differed between machines with the same card (docs/benchmarks.md, 2026-12-06):
     the records carry it so that the term can be related to the host. CPU only: no GPU memory is touched.
-    Measure it before the model and the engine exist (``environment(dispatch=...)``): after a DeepSpeed
+    Measure it before the model and the engine exist (``environment(before=before_run())``): after a DeepSpeed
     ZeRO-3 run the same loop measured about 29 us per module call against 5 us after ZeRO-1/2 and plain
     PyTorch on the same machine (reports/probes/h100-batch11.jsonl, h100-steptime-e.jsonl). About 0.1 s."""
     import torch
@@ -74,9 +75,15 @@ def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float
         return {"host_op_us": best(lambda: torch.add(a, b, out=c)), "host_module_us": best(lambda: linear(x))}
 
 
-def environment(device: Any, world_size: int, *, dispatch: dict[str, float] | None = None) -> dict[str, Any]:
+def before_run() -> dict[str, Any]:
+    """What the probe measures of the host before the model and the engine exist: the dispatch cost
+    (host_dispatch_us) and the load (memplan.probe.hostinfo.host_load); BEFORE_RUN_KEYS."""
+    return {**host_dispatch_us(), **host_load()}
+
+
+def environment(device: Any, world_size: int, *, before: dict[str, Any] | None = None) -> dict[str, Any]:
     """GPU name and memory, driver, CUDA, torch and library versions, python, host, world size, and the
-    host's dispatch cost (``dispatch``: host_dispatch_us() as measured before the run; measured here when
+    host's dispatch cost and load (``before``: before_run() as measured before the run; measured here when
     not given)."""
     import torch
 
@@ -90,7 +97,7 @@ def environment(device: Any, world_size: int, *, dispatch: dict[str, float] | No
         **{library: _version(library) for library in LIBRARIES},
         **_host(world_size),
         **host_facts(),  # host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model (memplan.probe.hostinfo)
-        **(dispatch if dispatch is not None else host_dispatch_us()),
+        **(before if before is not None else before_run()),
     }
 
 
@@ -98,7 +105,7 @@ def fallback_environment(world_size: int) -> dict[str, Any]:
     """The same keys with nothing measured but the host (no rank saved its environment)."""
     return {"gpu_name": None, "gpu_total_bytes": None, "driver": None, "cuda": None, "torch": None,
             **{library: None for library in LIBRARIES}, **_host(world_size), **dict.fromkeys(HOST_FACTS),
-            **dict.fromkeys(DISPATCH_KEYS)}
+            **dict.fromkeys(BEFORE_RUN_KEYS)}
 
 
 def apply_allocator(plan: Any) -> Any:

@@ -9,7 +9,17 @@ to the record's ``environment``:
 - pcie_gen, pcie_width: the first GPU's current host link (nvidia-smi --query-gpu pcie.link.*);
 - cpu_model: the host CPU's name (/proc/cpuinfo "model name", else platform.processor(), else None): the same
   plans differed by up to 19% between two H200 machines, and the terms fitted on one H100 machine's records
-  sized another H100's steps 1.5-2x slow (docs/benchmarks.md, 2026-12-06); the framework term is host time.
+  sized another H100's steps 1.5-2x slow (docs/benchmarks.md, 2026-12-06); the framework term is host time;
+Two more facts are measured before the model exists (``host_load``, handed to ``environment`` with the
+dispatch cost, since after the run they would count the probe's own work):
+
+- host_load_1m: the host's 1-minute load average before the model is built (os.getloadavg; None where absent): a
+  one-GPU ZeRO-3 step is bound by the host's Python and kernel launches, and the same plan ran 1.5x slower in
+  one run than another on the same kind of card (docs/benchmarks.md, 2026-12-07), so a record says how busy
+  the host was. It counts the work of the minute before (a previous probe of a batch included);
+- gpu_processes: the compute processes ``nvidia-smi --query-compute-apps`` lists at that moment, on every GPU
+  of the host (None without nvidia-smi). The probe's own ranks are among them once their CUDA context exists,
+  so more than the world size means another job shares the cards.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from typing import Any
 
 
 HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width", "cpu_model")
+HOST_LOAD = ("host_load_1m", "gpu_processes")
 
 
 def host_cpus() -> int | None:
@@ -41,6 +52,21 @@ def cpu_model(cpuinfo: str | None = None) -> str | None:
             cpuinfo = ""
     match = re.search(r"^model name\s*:\s*(.+?)\s*$", cpuinfo, re.MULTILINE)
     return match.group(1) if match else (platform.processor() or None)
+
+
+def host_load_1m() -> float | None:
+    """The 1-minute load average (os.getloadavg()[0]), rounded to 0.01; None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def gpu_processes(text: str | None) -> int | None:
+    """The number of processes in ``nvidia-smi --query-compute-apps=pid --format=csv,noheader`` output."""
+    if text is None:
+        return None
+    return sum(1 for line in text.splitlines() if line.strip())
 
 
 def _nvidia_smi(*args: str) -> str | None:
@@ -78,3 +104,9 @@ def host_facts() -> dict[str, Any]:
     gen, width = host_link()
     return {"host_cpus": host_cpus(), "gpu_link": link_from_topology(_nvidia_smi("topo", "-m")),
             "pcie_gen": gen, "pcie_width": width, "cpu_model": cpu_model()}
+
+
+def host_load() -> dict[str, Any]:
+    """How busy the host and its GPUs are now: host_load_1m and gpu_processes (see the module docstring)."""
+    return {"host_load_1m": host_load_1m(),
+            "gpu_processes": gpu_processes(_nvidia_smi("--query-compute-apps=pid", "--format=csv,noheader"))}

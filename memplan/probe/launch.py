@@ -29,7 +29,7 @@ from typing import Any
 from memplan.integrations.deepspeed import NCCL_ENV
 from memplan.probe import faults, records
 from memplan.probe.distributed import world
-from memplan.probe.environment import environment, fallback_environment, host_dispatch_us
+from memplan.probe.environment import before_run, environment, fallback_environment
 from memplan.probe.faults import FAULT_ENV  # noqa: F401 (the hook's variable, for callers of the launcher)
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
@@ -180,14 +180,14 @@ def worker(spec_path: Path) -> int:
     work = Path(spec["work"])
     profile, plan = Profile.model_validate(spec["profile"]), Plan.model_validate(spec["plan"])
     env_holder: dict[str, Any] = {}
-    dispatch = host_dispatch_us()  # before the model and the engine exist (their hooks slow every call)
+    before = before_run()  # dispatch cost and load, before the model and the engine exist (their hooks slow every call)
 
     def save(result: probe_run.RankResult) -> None:
         if "environment" not in env_holder:
             import torch
 
             device = torch.device(result.device) if result.device != "cuda" else torch.device("cpu")
-            env_holder["environment"] = environment(device, world_size, dispatch=dispatch)
+            env_holder["environment"] = environment(device, world_size, before=before)
         _write_json(work / f"rank-{rank}.json", {"result": result.as_dict(), "environment": env_holder["environment"]})
 
     result = probe_run.measure_rank(profile, plan, steps=spec["steps"], vram_cap_gib=spec["vram_cap_gib"],

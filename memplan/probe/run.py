@@ -29,7 +29,7 @@ from memplan.probe.census import category_bytes
 from memplan.probe.context import emulated_context_bytes, start_context_bytes
 from memplan.probe.distributed import gather_objects, resolve_device, world
 from memplan.probe.engines import Engine, EngineSetup, make_engine
-from memplan.probe.environment import environment, host_dispatch_us
+from memplan.probe.environment import before_run, environment
 from memplan.probe.meter import Meter
 from memplan.probe.tracker import StorageTracker
 from memplan.spec.plan import Plan
@@ -352,12 +352,12 @@ def run_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: flo
     rank returns the same record (rank 0 is the one that should write it). A failed rank in a
     multi-rank run would leave the others waiting in a collective: memplan.probe.launch handles that.
     """
-    dispatch = host_dispatch_us()  # before the model and the engine exist (their hooks slow every call)
+    before = before_run()  # dispatch cost and load, before the model and the engine exist (their hooks slow every call)
     result = measure_rank(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
                           ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=on_phase)
     torch_device = torch.device(result.device)
     ranks = gather_ranks(result, torch_device)
-    record = assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2], dispatch=dispatch),
+    record = assemble_record(profile, plan, ranks, env=environment(torch_device, world()[2], before=before),
                              vram_cap_gib=vram_cap_gib, command=command)
     return records.with_cap_card(record, vram_cap_card)
 
