@@ -4,12 +4,13 @@
 Each batch pairs its records with the predictions file committed before it ran (reports/probes/history.yaml
 names them), for the card the runs were made on. Two pools:
 
-- ``own``: each card's own fitted terms (the H200 sets b, c and c again; the H100 sets e to j);
+- ``own``: each card's own fitted terms (the H200 sets b, c and c again; the H100 sets e to k);
 - ``of-its-day``: every pre-registered run with the model that was shipped when it was predicted, which adds
   set d (an H100 predicted with the default terms, before the H100 had terms of its own);
-- ``frozen``: sets h, i and j, one step-time model (fd1efd9), the test of issue 14's criteria fixed before they ran.
+- ``frozen``: sets h, i and j, one step-time model (fd1efd9), the test of issue 14's criteria fixed before they ran;
+- ``same-model``: those and set k, drawn after that test was called and predicted by the same model.
 
-Usage: python benchmarks/steptime_pool.py [--pool own|of-its-day|frozen] [--rows]
+Usage: python benchmarks/steptime_pool.py [--pool own|of-its-day|frozen|same-model] [--rows]
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ OWN: list[tuple[str, Path, Path, str]] = [
     ("h100-steptime-h", PROBES / "h100-steptime-h.jsonl", PREDICTIONS / "steptime-h100-h.json", "h"),
     ("h100-steptime-i", PROBES / "h100-steptime-i.jsonl", PREDICTIONS / "steptime-h100-i.json", "i"),
     ("h100-steptime-j", PROBES / "h100-steptime-j.jsonl", PREDICTIONS / "steptime-h100-j.json", "j"),
+    ("h100-steptime-k", PROBES / "h100-steptime-k.jsonl", PREDICTIONS / "steptime-h100-k.json", "k"),
 ]
 OF_ITS_DAY = OWN + [
     ("h100-steptime-d", PROBES / "h100-steptime-d.jsonl", PREDICTIONS / "steptime-h100-d.json", "d"),
@@ -44,7 +46,12 @@ FROZEN: list[tuple[str, Path, Path, str]] = [
      PREDICTIONS / f"steptime-{card}-{set_name}.json", set_name)
     for set_name in ("h", "i", "j") for card in ("h100", "h200")
 ]
-POOLS = {"own": OWN, "of-its-day": OF_ITS_DAY, "frozen": FROZEN}
+# Every set predicted by that one model, the frozen test's and set k (drawn after the test was called): h to k.
+SAME_MODEL = FROZEN + [
+    (f"{card}-steptime-k", PROBES / f"{card}-steptime-k.jsonl", PREDICTIONS / f"steptime-{card}-k.json", "k")
+    for card in ("h100", "h200")
+]
+POOLS = {"own": OWN, "of-its-day": OF_ITS_DAY, "frozen": FROZEN, "same-model": SAME_MODEL}
 
 
 def pooled_rows(*, pool: list[tuple[str, Path, Path, str]]) -> list[dict]:
