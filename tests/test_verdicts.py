@@ -65,10 +65,10 @@ def shipped():
     return load_calibration(None)
 
 
-def _side(name):
+def _side(name, *, files=None):
     from memplan.planning.protocol import scored, side_of
 
-    records = load_measurements(sorted((ROOT / "reports" / "probes").glob("h100-*.jsonl")))
+    records = load_measurements(sorted(files or (ROOT / "reports" / "probes").glob("h100-*.jsonl")))
     return [m for m in records if scored(m.profile.name, m.status) and side_of(m.run_id) == name]
 
 
@@ -79,8 +79,11 @@ def test_shipped_calibration_is_fitted_on_the_calibration_side(shipped):
 
 
 def test_calibration_side_verdicts_all_correct(shipped):
-    """In-sample: the maximum-margin fit gets its own capped runs right by construction."""
-    result = summary(compare(_side("calibration"), shipped))
+    """In-sample: the maximum-margin fit gets its own capped runs right by construction. Only the records it
+    was fitted on (``fitted_on``): a later H100 record on the calibration side was never fitted on, and may
+    miss (h100-repeat-a's repeats of two known misses do)."""
+    fitted = {ROOT / path for path in shipped.fitted_on}
+    result = summary(compare(_side("calibration", files=fitted), shipped))
     verdicts = result["verdicts"]
     assert verdicts["count"] >= 10 and verdicts["correct"] == verdicts["count"]
 
