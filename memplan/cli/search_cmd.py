@@ -59,7 +59,7 @@ def search(
     host_ram: Optional[float] = HOST_RAM,
     top: int = typer.Option(10, "--top", help="Show at most this many plans of the front (most faithful first).", min=1),
     allow_tight: bool = typer.Option(False, "--allow-tight", help="Count plans that fit only within the tight band "
-                                     "(calibration tight_band of the card, where past verdicts went either way)."),
+                                     "(calibration tight_band of the card, too close to call; one capped `memplan probe` settles each)."),
     allocator: Optional[str] = ALLOCATOR,
     report: dict,
 ) -> None:

@@ -67,8 +67,10 @@ def _columns(estimate: Estimate, grouped: bool) -> tuple[list[Component], list[t
 def verdict_text(estimate: Estimate) -> str:
     margin = format_gib(abs(estimate.headroom_bytes))
     needs = f"needs {format_gib(estimate.needed_bytes)} of {format_gib(estimate.vram_bytes)} GiB per GPU"
-    tight = (f"; TIGHT: within {estimate.calibration.tight_band:.1%} of the card, where past runs went either way"
-             if estimate.tight else "")
+    # inside the band past verdicts missed both ways, but a plan's outcome repeats to the byte (docs/accuracy.md,
+    # repeat-a): one capped probe of the plan settles what the estimate cannot
+    tight = (f"; TIGHT: within {estimate.calibration.tight_band:.1%} of the card, too close to call; "
+             "one `memplan probe` settles it" if estimate.tight else "")
     if estimate.verdict is Verdict.FITS:
         return f"FITS with {margin} GiB to spare ({needs}){tight}"
     return f"OOM by {margin} GiB ({needs}){tight}"
