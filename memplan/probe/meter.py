@@ -5,6 +5,13 @@ Before a phase the peak counters are reset; after it ``Meter.read()`` gives
 (torch.cuda.max_memory_reserved), ``device_used_bytes`` (torch.cuda.mem_get_info: total - free, which
 includes the CUDA context and NCCL buffers) and ``host_rss_bytes`` (the process's peak RSS in the phase,
 VmHWM after resetting it through /proc/self/clear_refs; VmRSS where that is not possible).
+Two more say how hard the caching allocator worked (torch.cuda.memory_stats; c10/cuda/CUDACachingAllocator.cpp):
+``max_inactive_split_bytes`` ("inactive_split_bytes.all.peak", reset with the other peaks: free blocks left
+inside segments that still hold a live block, which a later large request cannot use and the allocator cannot
+release) and ``alloc_retries`` ("num_alloc_retries", cumulative since the process started: the times a
+cudaMalloc or the memory fraction failed and the allocator released its cache and tried again). A run that fits
+with retries was at the card's edge. Recorded since 2026-12-07: capped verdicts inside the tight band are
+decided by where the freed blocks lie, which the plans' estimates do not see (docs/accuracy.md, repeat-a).
 On ``device="cpu"`` a ``StorageTracker`` stands in for the allocator: allocated = reserved = device =
 live tensor-storage bytes (no cache, no rounding), so the CPU tests exercise the same code path.
 """
@@ -81,11 +88,16 @@ class Meter:
             allocated = int(torch.cuda.max_memory_allocated(self.device))
             reserved = int(torch.cuda.max_memory_reserved(self.device))
             used = int(total - free)
+            stats = torch.cuda.memory_stats(self.device)
+            split, retries = int(stats.get("inactive_split_bytes.all.peak", 0)), int(stats.get("num_alloc_retries", 0))
         else:
             allocated = reserved = used = self.tracker.peak() if self.tracker else 0
+            split = retries = 0  # the StorageTracker has no cache: nothing split, nothing retried
         return {
             "max_allocated_bytes": allocated,
             "max_reserved_bytes": reserved,
             "device_used_bytes": used,
             "host_rss_bytes": host_rss_bytes(),
+            "max_inactive_split_bytes": split,
+            "alloc_retries": retries,
         }

@@ -8,9 +8,11 @@ A record (all byte counts are ``int``)::
     oom: {phase, rank, requested_bytes, step (1-based), allocated_bytes, reserved_unallocated_bytes
           (the fragmentation at the failing request, from PyTorch's message)} | None, vram_cap_bytes: int | None,
     environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, accelerate, deepspeed,
-                  python, hostname, world_size},
+                  python, hostname, world_size, alloc_conf, host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model,
+                  host_op_us, host_module_us, host_load_1m, gpu_processes (memplan.probe.environment)},
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
-             max_reserved_bytes, device_used_bytes, host_rss_bytes}}, step_times_s: [...],
+             max_reserved_bytes, device_used_bytes, host_rss_bytes, max_inactive_split_bytes and
+             alloc_retries (since 2026-12-07: memplan.probe.meter)}}, step_times_s: [...],
              phase_times_s: [{forward, backward, optimizer_step: seconds} per step] (since 2026-12-07),
              categories: {memplan.spec.vocabulary.Category value: bytes}, ...extras}],
     summary: {peak_allocated_bytes, peak_reserved_bytes, peak_device_bytes, peak_host_bytes, peak_phase,
