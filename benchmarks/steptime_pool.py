@@ -41,16 +41,17 @@ OF_ITS_DAY = OWN + [
 ]
 # The test of issue 14's criteria, fixed before its runs (docs/accuracy.md, "Pre-registered and waiting"): sets h, i
 # and j, all predicted by the step-time model frozen at fd1efd9, each scored against the file of the card it ran on.
-FROZEN: list[tuple[str, Path, Path, str]] = [
-    (f"{card}-steptime-{set_name}", PROBES / f"{card}-steptime-{set_name}.jsonl",
-     PREDICTIONS / f"steptime-{card}-{set_name}.json", set_name)
-    for set_name in ("h", "i", "j") for card in ("h100", "h200")
-]
+def on_each_card(*set_names: str) -> list[tuple[str, Path, Path, str]]:
+    """The pool entries of these sets on either card, each set's records against the file of the card they ran on
+    (a card whose records file does not exist is skipped by pooled_rows)."""
+    return [(f"{card}-steptime-{set_name}", PROBES / f"{card}-steptime-{set_name}.jsonl",
+             PREDICTIONS / f"steptime-{card}-{set_name}.json", set_name)
+            for set_name in set_names for card in ("h100", "h200")]
+
+
+FROZEN = on_each_card("h", "i", "j")
 # Every set predicted by that one model, the frozen test's and set k (drawn after the test was called): h to k.
-SAME_MODEL = FROZEN + [
-    (f"{card}-steptime-k", PROBES / f"{card}-steptime-k.jsonl", PREDICTIONS / f"steptime-{card}-k.json", "k")
-    for card in ("h100", "h200")
-]
+SAME_MODEL = on_each_card("h", "i", "j", "k")
 POOLS = {"own": OWN, "of-its-day": OF_ITS_DAY, "frozen": FROZEN, "same-model": SAME_MODEL}
 
 
