@@ -70,3 +70,37 @@ def test_the_runner_sets_the_allocator_and_the_record_says_so(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     record = json.loads(out.read_text().splitlines()[0])
     assert record["status"] == "ok" and record["environment"]["alloc_conf"] == "expandable_segments:True"
+
+
+def _segment(total, *blocks):
+    return {"total_size": total, "blocks": [{"size": size, "state": state} for size, state in blocks]}
+
+
+def test_the_layout_names_the_largest_free_block_and_what_split_the_big_segments():
+    """summarize_segments (memplan.probe.layout) on a made-up snapshot: a 4 GiB segment split by two live
+    blocks, a wholly free one, a small live one. Free bytes count as stranded only in live segments."""
+    from memplan.probe.layout import summarize_segments
+
+    g = 2**30
+    segments = [_segment(4 * g, (g // 4, "active_allocated"), (3 * g // 2, "inactive"), (g // 4, "active_allocated"),
+                         (2 * g, "inactive")),
+                _segment(3 * g, (3 * g, "inactive")),
+                _segment(2**21, (2**20, "active_allocated"), (2**20, "inactive"))]
+    summary = summarize_segments(segments, requested=int(3.5 * g))
+    assert summary["segments"] == 3 and summary["reserved_bytes"] == 7 * g + 2**21
+    assert summary["allocated_bytes"] == g // 2 + 2**20
+    assert summary["free_in_live_segments_bytes"] == 3 * g // 2 + 2 * g + 2**20  # not the wholly free 3 GiB
+    assert summary["largest_free_block_bytes"] == 3 * g
+    assert summary["large_segments"] == [{"size_bytes": 4 * g, "live_bytes": g // 2, "largest_free_bytes": 2 * g,
+                                          "live_blocks_bytes": [g // 4, g // 4]}]
+    assert len(summarize_segments(segments, requested=None)["large_segments"]) == 3
+
+
+def test_no_layout_without_cuda():
+    """On the CPU stand-in there is no allocator to read: the record gets no layout, not an error."""
+    import torch
+
+    from memplan.probe.layout import layout_at_failure
+
+    if not torch.cuda.is_available():
+        assert layout_at_failure(2**30) == {}

@@ -64,10 +64,15 @@ def test_vram_cap_gives_oom():
     assert record["status"] == "oom", record["error"]
     assert record["oom"]["phase"] in ("init", "forward", "backward", "optimizer_step")
     assert record["oom"]["requested_bytes"] and record["oom"]["requested_bytes"] > 0
+    layout = record["oom"]["layout"]  # memplan.probe.layout: the segments the failing request met
+    assert layout["largest_free_block_bytes"] < record["oom"]["requested_bytes"]
+    assert layout["reserved_bytes"] >= layout["allocated_bytes"] > 0
 
 
 def test_emitted_config_trains_under_its_cap(tmp_path):
-    """The pair `memplan estimate --emit-deepspeed` writes trains with that very config, capped."""
+    """The pair `memplan estimate --emit-deepspeed` writes trains with that very config, capped at a card the
+    estimate says it fits clear of the tight band (at --vram 4 this plan needs 3.83 GiB: tight, and it ran
+    out on an H100 on 2026-12-07; a tight verdict is the estimate saying it cannot tell)."""
     pytest.importorskip("deepspeed")
     from typer.testing import CliRunner
 
@@ -75,12 +80,12 @@ def test_emitted_config_trains_under_its_cap(tmp_path):
 
     target = tmp_path / "ds.json"
     out = tmp_path / "r.jsonl"
-    emitted = CliRunner().invoke(app, ["estimate", "--model", str(TINY), "--gpus", "1", "--zero", "2", "--vram", "4",
+    emitted = CliRunner().invoke(app, ["estimate", "--model", str(TINY), "--gpus", "1", "--zero", "2", "--vram", "6",
                                        "--lora-rank", "8", "--text-len", "256", "--tiles", "2", "--res", "256",
                                        "--objects", "2", "--emit-deepspeed", str(target)])
     assert emitted.exit_code == 0, emitted.output
     probed = CliRunner().invoke(app, ["probe", "--plan", str(tmp_path / "ds.plan.yaml"), "--model", str(TINY),
-                                      "--deepspeed-config", str(target), "--vram-cap", "4", "--out", str(out)])
+                                      "--deepspeed-config", str(target), "--vram-cap", "6", "--out", str(out)])
     assert probed.exit_code == 0, probed.output
     import json
 

@@ -30,6 +30,7 @@ from memplan.probe.context import emulated_context_bytes, start_context_bytes
 from memplan.probe.distributed import gather_objects, resolve_device, world
 from memplan.probe.engines import Engine, EngineSetup, make_engine
 from memplan.probe.environment import before_run, environment
+from memplan.probe.layout import layout_at_failure
 from memplan.probe.meter import Meter
 from memplan.probe.tracker import StorageTracker
 from memplan.spec.plan import Plan
@@ -251,8 +252,12 @@ def _file_failure(result: RankResult, failure: PhaseFailure) -> None:
         result.status, result.error = "timeout", f"{failure.phase}: {error}"
     elif is_oom(error):
         result.status, result.error = "oom", f"{failure.phase}: {_one_line(error)}"
-        result.oom = {"phase": failure.phase, "rank": result.rank, "requested_bytes": requested_bytes(str(error)),
+        requested = requested_bytes(str(error))
+        result.oom = {"phase": failure.phase, "rank": result.rank, "requested_bytes": requested,
                       "step": len(result.step_times_s) + 1, **oom_fragmentation(str(error))}
+        layout = layout_at_failure(requested)  # while ``error`` still holds the failing frames' tensors
+        if layout:
+            result.oom["layout"] = layout
     else:
         import traceback
 
