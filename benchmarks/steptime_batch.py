@@ -234,8 +234,15 @@ RUNS_K: list[dict] = [  # drawn_runs(seed=K_SEED, count=K_RUNS, earlier=PRE_K) a
     {"name": "2b-zero2-mb2-t2048-tiles4", "model": "sa2va-internvl3-2b",
      "plan": {"zero": 2, "micro_batch": 2, "text_len": 2048, "tiles": 4}, "timeout": 150},
 ]
+# The noise set (--set n, 2026-12-07, written by hand): not a test of the model but of the measurement. Three plans
+# run before (j's 0.848 s ZeRO-2 + optimizer offload, k's 0.591 s plain PyTorch and 0.359 s ZeRO-2 short step: a host-
+# bound CPU Adam, a GPU-bound step, a framework-bound step), each three times, interleaved, in separate processes on
+# one machine: the spread of one plan's steady step between processes is the floor under any per-plan model's error.
+N_PLANS: list[dict] = [next(run for run in [*RUNS_J, *RUNS_K] if run["name"] == name) for name in
+                       ("1b-zero2-offload-mb2-tiles4", "1b-pytorch-mb2-t8192-tiles4", "2b-zero2-mb2-t2048-tiles4")]
+RUNS_N: list[dict] = [{**run, "name": f"{run['name']}-r{repeat}"} for repeat in (1, 2, 3) for run in N_PLANS]
 SETS = {"b": RUNS, "c": RUNS_C, "d": RUNS_D, "e": RUNS_E, "f": RUNS_F, "g": RUNS_G, "h": RUNS_H, "i": RUNS_I,
-        "j": RUNS_J, "k": RUNS_K}  # "b": the first set (its files predate the key and carry no "set")
+        "j": RUNS_J, "k": RUNS_K, "n": RUNS_N}  # "b": the first set (its files predate the key and carry no "set")
 FLAGS = {"text_len": "--text-len", "tiles": "--tiles", "res": "--res", "objects": "--objects",
          "lora_rank": "--lora-rank", "zero": "--zero", "engine": "--engine", "offload": "--offload",
          "micro_batch": "--micro-batch"}
