@@ -104,3 +104,20 @@ def test_no_layout_without_cuda():
 
     if not torch.cuda.is_available():
         assert layout_at_failure(2**30) == {}
+
+
+def test_the_layout_report_shows_what_split_the_segments(tmp_path):
+    """benchmarks/oom_layout.py prints an OOM record's layout and counts the records without one."""
+    import runpy
+
+    report = runpy.run_path(str(ROOT / "benchmarks" / "oom_layout.py"))
+    g = 2**30
+    record = {"run_id": "r1", "run_key": "layout-a/lay-a", "status": "oom",
+              "oom": {"phase": "backward", "step": 2, "requested_bytes": 4 * g,
+                      "layout": {"segments": 9, "reserved_bytes": 20 * g, "allocated_bytes": 16 * g,
+                                 "free_in_live_segments_bytes": 4 * g, "largest_free_block_bytes": 3 * g,
+                                 "large_segments": [{"size_bytes": 4 * g, "live_bytes": g // 2, "largest_free_bytes": 3 * g,
+                                                     "live_blocks_bytes": [g // 4, g // 8]}]}}}
+    lines = report["describe"](record)
+    assert lines[0].startswith("layout-a/lay-a: backward step 2, requested 4.00 GiB")
+    assert "largest free block 3.00" in lines[0] and "live 0.50 (largest live blocks 0.25, 0.12)" in lines[1]
