@@ -121,3 +121,13 @@ def test_the_layout_report_shows_what_split_the_segments(tmp_path):
     lines = report["describe"](record)
     assert lines[0].startswith("layout-a/lay-a: backward step 2, requested 4.00 GiB")
     assert "largest free block 3.00" in lines[0] and "live 0.50 (largest live blocks 0.25, 0.12)" in lines[1]
+
+
+def test_the_observers_layout_is_the_one_filed_once():
+    """An observed failure's layout is handed to the record once and labelled as taken at the request; the
+    next failure without an observation does not reuse it."""
+    from memplan.probe import layout
+
+    layout._AT_REQUEST.update({"segments": 1, "when": "at the request"})
+    assert layout.layout_at_failure(2**30) == {"segments": 1, "when": "at the request"}
+    assert layout._AT_REQUEST == {}

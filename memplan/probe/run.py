@@ -30,7 +30,7 @@ from memplan.probe.context import emulated_context_bytes, start_context_bytes
 from memplan.probe.distributed import gather_objects, resolve_device, world
 from memplan.probe.engines import Engine, EngineSetup, make_engine
 from memplan.probe.environment import before_run, environment
-from memplan.probe.layout import layout_at_failure
+from memplan.probe.layout import layout_at_failure, watch_out_of_memory
 from memplan.probe.meter import Meter
 from memplan.probe.tracker import StorageTracker
 from memplan.spec.plan import Plan
@@ -176,6 +176,8 @@ def open_device(result: Any, device: str, local_rank: int, *, vram_cap_gib: floa
         return None
     result.device = str(torch_device)
     result.context_bytes = start_context_bytes(torch_device)
+    if torch_device.type == "cuda":
+        watch_out_of_memory()  # an OOM record's layout at the failing request (memplan.probe.layout)
     tracker = StorageTracker(device_type="cpu", limit_bytes=cap) if torch_device.type == "cpu" else None
     device_cap = DeviceCap(torch_device, cap, emulated_context=emulated_context_bytes(vram_cap_card),
                            start_context=result.context_bytes or 0)
