@@ -60,7 +60,7 @@ _AT_REQUEST: dict[str, Any] = {}  # the last observed failure's layout, taken by
 _WATCHING: list[bool] = []  # one observer per process (an attached observer cannot be detached)
 
 
-def _observe(device: int, requested: int, _device_allocated: int, _device_free: int) -> None:
+def _oom_observer(device: int, requested: int, _device_allocated: int, _device_free: int) -> None:
     """The out-of-memory observer: the layout of ``device`` at the failing request."""
     try:
         import torch
@@ -81,7 +81,7 @@ def watch_out_of_memory() -> bool:
     attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
     if attach is None or not torch.cuda.is_available():
         return False
-    attach(_observe)
+    attach(_oom_observer)
     _WATCHING.append(True)
     return True
 
