@@ -131,3 +131,39 @@ def test_the_observers_layout_is_the_one_filed_once():
     layout._AT_REQUEST.update({"segments": 1, "when": "at the request"})
     assert layout.layout_at_failure(2**30) == {"segments": 1, "when": "at the request"}
     assert layout._AT_REQUEST == {}
+
+
+def test_an_oom_is_called_fragmentation_only_when_the_free_bytes_would_have_held_the_request():
+    """memplan.probe.layout.fragmented on h100-layout-b's two misses: the Sa2VA harness had 4.18 GiB free in live
+    segments for a 3.94 GiB request (fragmentation); the custom loop 2.93 GiB for 3.70 GiB (short of bytes too)."""
+    from memplan.probe.layout import fragmented
+    from memplan.probe.records import read_records
+
+    records = {r["run_key"]: r for r in read_records(ROOT / "reports" / "probes" / "h100-layout-b.jsonl")}
+    a, b = records["layout-b/lb-a"]["oom"], records["layout-b/lb-b"]["oom"]
+    assert fragmented(a["layout"], a["requested_bytes"]) and not fragmented(b["layout"], b["requested_bytes"])
+    assert not fragmented({}, 2**30) and not fragmented(a["layout"], None)
+
+
+def test_the_probe_line_names_the_layout(tmp_path):
+    """memplan probe's outcome line for an OOM record with a layout: the stranded bytes, the largest free block,
+    and the fragmentation hint where it applies."""
+    from memplan.cli import probe as probe_cli
+    from memplan.probe.records import read_records
+
+    record = next(r for r in read_records(ROOT / "reports" / "probes" / "h100-layout-b.jsonl")
+                  if r["run_key"] == "layout-b/lb-a")
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    original = probe_cli.console
+    probe_cli.console = lambda: Console(file=buffer, width=400)
+    try:
+        probe_cli.render_result(record, tmp_path / "r.jsonl")
+    finally:
+        probe_cli.console = original
+    text = buffer.getvalue()
+    assert "OOM in backward on rank 0, tried to allocate 3.94 GiB; 4.18 GiB sat free in segments holding live blocks" in text
+    assert "the largest free block 2.42 GiB (at the request); fragmentation, not capacity" in text

@@ -209,6 +209,16 @@ def render_result(record: dict[str, Any], out: Path) -> None:
         requested = oom.get("requested_bytes")
         asked = f", tried to allocate {format_gib(requested)} GiB" if requested else ""
         line = f"OOM in {oom['phase']} on rank {oom['rank']}{asked}"
+        layout = oom.get("layout")
+        if layout:
+            from memplan.probe.layout import fragmented
+
+            line += (f"; {format_gib(layout['free_in_live_segments_bytes'])} GiB sat free in segments holding live "
+                     f"blocks, the largest free block {format_gib(layout['largest_free_block_bytes'])} GiB "
+                     f"({layout.get('when', 'after unwinding')})")
+            if fragmented(layout, requested):
+                line += ("; fragmentation, not capacity: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True lets freed "
+                         "neighbours merge (docs/methodology.md, the tight band)")
     elif record["status"] in ("error", "timeout"):
         line = f"{record['status']}: {record.get('error')}"
     out_console.print(line, markup=False)

@@ -56,6 +56,13 @@ def summarize_segments(segments: list[dict[str, Any]], requested: int | None) ->
             "largest_free_block_bytes": int(largest_free), "large_segments": shown[:SHOWN_SEGMENTS]}
 
 
+def fragmented(layout: dict[str, Any], requested: int | None) -> bool:
+    """The request failed for want of one free block, not of free bytes: what sat free in live segments
+    would have held it had it been one block (free_in_live_segments >= requested > largest free block)."""
+    return bool(layout and requested and layout["free_in_live_segments_bytes"] >= requested
+                and layout["largest_free_block_bytes"] < requested)
+
+
 _AT_REQUEST: dict[str, Any] = {}  # the last observed failure's layout, taken by layout_at_failure
 _WATCHING: list[bool] = []  # one observer per process (an attached observer cannot be detached)
 
