@@ -6,7 +6,8 @@ A record (all byte counts are ``int``)::
     profile (Profile.model_dump(mode="json")), plan (Plan.model_dump(mode="json")),
     status: ok | oom | error | timeout, error: str | None,
     oom: {phase, rank, requested_bytes, step (1-based), allocated_bytes, reserved_unallocated_bytes
-          (the fragmentation at the failing request, from PyTorch's message)} | None, vram_cap_bytes: int | None,
+          (the fragmentation at the failing request, from PyTorch's message), layout (the allocator's segments
+          at the request, on CUDA: memplan.probe.layout)} | None, vram_cap_bytes: int | None,
     environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, accelerate, deepspeed,
                   python, hostname, world_size, alloc_conf, host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model,
                   host_op_us, host_module_us, host_load_1m, gpu_processes (memplan.probe.environment)},

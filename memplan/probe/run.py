@@ -257,7 +257,7 @@ def _file_failure(result: RankResult, failure: PhaseFailure) -> None:
         requested = requested_bytes(str(error))
         result.oom = {"phase": failure.phase, "rank": result.rank, "requested_bytes": requested,
                       "step": len(result.step_times_s) + 1, **oom_fragmentation(str(error))}
-        layout = layout_at_failure(requested)  # while ``error`` still holds the failing frames' tensors
+        layout = layout_at_failure(requested)  # the observer's, at the request (memplan.probe.layout)
         if layout:
             result.oom["layout"] = layout
     else:
