@@ -97,3 +97,15 @@ def test_set_k_is_the_draw_its_comment_names():
     """Set k as pasted is drawn_runs(seed=K_SEED, count=K_RUNS, earlier=PRE_K) with the input check: the draw's
     rule, not a hand, picked it (the estimate it filters on is frozen by tests/golden/estimates.json)."""
     assert BATCH["drawn_runs"](seed=BATCH["K_SEED"], count=BATCH["K_RUNS"], earlier=BATCH["PRE_K"]) == BATCH["RUNS_K"]
+
+
+def test_the_repeats_report_finds_the_plans_timed_twice():
+    """benchmarks/steptime_repeats.py: set c's six plans ran twice on H200s (h200-steptime-c and -c2); the
+    command key drops --out/--timeout/--steps, and a plan run once is not listed."""
+    repeats = runpy.run_path(str(ROOT / "benchmarks" / "steptime_repeats.py"))
+    assert repeats["plan_command"]("memplan probe --zero 2 --ckpt --model m --steps 5 --out x.jsonl --timeout 9") == \
+        repeats["plan_command"]("memplan probe --model m --zero 2 --ckpt") == "--ckpt --model m --zero 2"
+    probes = ROOT / "reports" / "probes"
+    groups = repeats["repeated"]([probes / "h200-steptime-c.jsonl", probes / "h200-steptime-c2.jsonl"])
+    assert len(groups) == 6 and all(len(g["runs"]) == 2 for g in groups)
+    assert repeats["repeated"]([probes / "h200-steptime-c.jsonl"]) == []
