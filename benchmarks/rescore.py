@@ -130,7 +130,7 @@ def score_rows(calibration=None) -> list[dict[str, Any]]:
             "allocated_error": (e.peak_allocated_bytes - m.allocated) / m.allocated if ok and m.allocated else None,
             "device_error": (e.device_bytes - m.device) / m.device if ok and not cap and m.device else None,
             "verdict": ("oom" if e.needed_bytes > cap else "fits", "oom" if m.status == "oom" else "fits")
-            if cap else None,
+            if cap and not m.alloc_options else None,  # no verdict for allocator options not modelled
         })
     return rows
 

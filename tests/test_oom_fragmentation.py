@@ -167,3 +167,29 @@ def test_the_probe_line_names_the_layout(tmp_path):
     text = buffer.getvalue()
     assert "OOM in backward on rank 0, tried to allocate 3.94 GiB; 4.18 GiB sat free in segments holding live blocks" in text
     assert "the largest free block 2.42 GiB (at the request); fragmentation, not capacity" in text
+
+
+def test_allocator_options_the_estimate_does_not_model_take_a_run_out_of_the_verdicts():
+    """memplan.spec.allocator.unmodelled_options, and what reads it: a capped run under max_split_size_mb
+    (h100-layout-b, kept in logs/) is neither a verdict to score nor a run to fit the default allocator on."""
+    from memplan.planning.scoring import score_run
+    from memplan.probe.calibrate import default_allocator, measured_from_record
+    from memplan.probe.records import read_records
+    from memplan.spec.allocator import unmodelled_options
+
+    assert unmodelled_options(None) == () == unmodelled_options("expandable_segments:True")
+    assert unmodelled_options("max_split_size_mb:512,expandable_segments:False") == ("max_split_size_mb",)
+    assert unmodelled_options("garbage_collection_threshold:0.6, max_split_size_mb:128") == (
+        "garbage_collection_threshold", "max_split_size_mb")
+    path = ROOT / "reports" / "probes" / "logs" / "h100-layout-b-split512.jsonl"
+    records = read_records(path)
+    measured = [measured_from_record(record, str(path)) for record in records]
+    assert all(m.alloc_options == ("max_split_size_mb",) and m.vram_cap_bytes for m in measured)
+    assert default_allocator(measured) == []
+    prediction = {"run_key": records[0]["run_key"], "model": "sa2va-1b", "vram_cap": "rtx-3090",
+                  "capacity_bytes": records[0]["vram_cap_bytes"],
+                  "predicted": {"verdict": "fits", "needed_bytes": 1, "peak_allocated_bytes": 1}}
+    scored = score_run(prediction, records[0])
+    assert scored.measured_verdict is None and scored.verdict_right is None
+    plain = dict(records[0], environment={**records[0]["environment"], "alloc_conf": None})
+    assert score_run(prediction, plain).verdict_right is True

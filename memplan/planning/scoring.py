@@ -13,7 +13,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from memplan.spec.allocator import record_plan_document
+from memplan.spec.allocator import record_plan_document, unmodelled_options
 from memplan.planning.protocol import plan_differences, plan_fingerprints, side_of
 
 
@@ -93,7 +93,8 @@ def score_run(prediction: dict[str, Any], record: dict[str, Any] | None) -> Scor
         return ScoredRun(side=None, status=None, card=None, stack="", measured_allocated=None,
                          measured_verdict=None, plan_matches=None, **common)
     status = record.get("status")
-    measured_verdict = {"ok": "fits", "oom": "oom"}.get(status) if capped else None
+    modelled = not unmodelled_options((record.get("environment") or {}).get("alloc_conf"))
+    measured_verdict = {"ok": "fits", "oom": "oom"}.get(status) if capped and modelled else None
     matches, differences = plan_check(prediction, record)
     return ScoredRun(side=side_of(str(record.get("run_id"))), status=status, card=_card_name(record),
                      stack=_stack(record.get("plan") or {}), measured_allocated=_measured_allocated(record),

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from memplan.estimate.peak import Estimate, category_bytes, estimate
 from memplan.estimate.overhead import CALIBRATION_SCHEMA, DEFAULT, Calibration, uses_nccl
-from memplan.spec.allocator import record_plan_document
+from memplan.spec.allocator import record_plan_document, unmodelled_options
 from memplan.spec.loading import InputError
 from memplan.spec.plan import Plan
 from memplan.spec.profile import Profile
@@ -49,6 +49,7 @@ class Measured:
     vram_cap_bytes: int | None
     card: str | None
     versions: dict[str, str]
+    alloc_options: tuple[str, ...] = ()  # PYTORCH_CUDA_ALLOC_CONF options not modelled (spec.allocator.unmodelled_options)
 
 
 def measured_from_record(record: dict[str, Any], source: str) -> Measured:
@@ -76,6 +77,7 @@ def measured_from_record(record: dict[str, Any], source: str) -> Measured:
         card=typed.environment.get("gpu_name"),
         versions={k: str(v) for k, v in typed.environment.items()
                   if k in ("driver", "cuda", "torch", "transformers", "peft", "deepspeed") and v},
+        alloc_options=unmodelled_options(typed.environment.get("alloc_conf")),
     )
 
 
@@ -138,8 +140,9 @@ def fit_pressure(capped: list[tuple[Measured, int, int, int]]) -> tuple[float, f
 
 def default_allocator(measurements: list[Measured]) -> list[Measured]:
     """The runs made under PyTorch's default caching allocator, the one the memory terms model (runs
-    under expandable segments, stack.allocator, reserve and strand differently: overhead.needed_bytes)."""
-    return [m for m in measurements if m.plan.stack.allocator == "default"]
+    under expandable segments, stack.allocator, reserve and strand differently: overhead.needed_bytes;
+    runs with other allocator options, Measured.alloc_options, place their blocks otherwise)."""
+    return [m for m in measurements if m.plan.stack.allocator == "default" and not m.alloc_options]
 
 
 def fit_reserved(measurements: list[Measured]) -> dict[str, Any]:
@@ -268,7 +271,7 @@ class Comparison:
         """(predicted, measured) verdicts when the run had a VRAM cap: OOM if the device view exceeds it
         (the probe's cap limits the allocator to the cap less what lies outside it, as a real card does)."""
         cap = self.measured.vram_cap_bytes
-        if not cap:
+        if not cap or self.measured.alloc_options:  # an allocator setting the estimate does not model
             return None
         predicted = "oom" if self.estimate.needed_bytes > cap else "fits"
         measured = "oom" if self.measured.status == "oom" else "fits" if self.measured.status == "ok" else None

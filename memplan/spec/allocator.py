@@ -23,6 +23,16 @@ def allocator_of(alloc_conf: str | None) -> str:
     return EXPANDABLE if value else "default"
 
 
+def unmodelled_options(alloc_conf: str | None) -> tuple[str, ...]:
+    """The options of a PYTORCH_CUDA_ALLOC_CONF value the estimate does not model: every key but
+    expandable_segments (max_split_size_mb, garbage_collection_threshold, roundup_power2_divisions, backend,
+    ...: CUDAAllocatorConfig.cpp parseArgs). A run made with any of them placed its blocks otherwise, so its
+    verdict and reserved bytes are not the default allocator's (h100-layout-b: max_split_size_mb:512 made two
+    runs fit that ran out without it)."""
+    keys = (part.partition(":")[0].strip() for part in (alloc_conf or "").split(","))
+    return tuple(sorted({key for key in keys if key and key != EXPANDABLE}))
+
+
 def conf_with_allocator(alloc_conf: str | None, allocator: str) -> str | None:
     """PYTORCH_CUDA_ALLOC_CONF with expandable segments switched on for allocator=expandable_segments
     (the user's other options kept); unchanged for default."""
