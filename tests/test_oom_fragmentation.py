@@ -103,7 +103,10 @@ def test_no_layout_without_cuda():
     from memplan.probe.layout import layout_at_failure
 
     if not torch.cuda.is_available():
+        from memplan.probe.layout import watch_out_of_memory
+
         assert layout_at_failure(2**30) == {}
+        assert watch_out_of_memory() is False  # no observer to attach without CUDA
 
 
 def test_the_layout_report_shows_what_split_the_segments(tmp_path):
