@@ -109,3 +109,15 @@ def test_the_repeats_report_finds_the_plans_timed_twice():
     groups = repeats["repeated"]([probes / "h200-steptime-c.jsonl", probes / "h200-steptime-c2.jsonl"])
     assert len(groups) == 6 and all(len(g["runs"]) == 2 for g in groups)
     assert repeats["repeated"]([probes / "h200-steptime-c.jsonl"]) == []
+
+
+def test_the_published_repeat_spread_is_the_records_largest():
+    """memplan.planning.steptime.REPEAT_SPREAD, which estimate prints beside a step time on a card with terms of
+    its own, is the largest max/min of benchmarks/steptime_repeats.py over every record: a new repeat that
+    widens it fails here until the constant and docs/benchmarks.md say so."""
+    from memplan.planning.steptime import REPEAT_SPREAD
+
+    repeats = runpy.run_path(str(ROOT / "benchmarks" / "steptime_repeats.py"))
+    groups = repeats["repeated"](sorted((ROOT / "reports" / "probes").glob("*.jsonl")))
+    spreads = [max(s for s, _ in g["runs"]) / min(s for s, _ in g["runs"]) for g in groups]
+    assert len(spreads) >= 11 and round(max(spreads), 2) == REPEAT_SPREAD

@@ -69,6 +69,12 @@ COLLECTIVE_LATENCY_S = 50e-6  # per collective launch (NCCL ring, tens of micros
 DDP_BUCKET_BYTES = 25 * 1024**2  # torch.nn.parallel.DistributedDataParallel bucket_cap_mb=25
 GPU_ADAM_BYTES_PER_PARAM = 30  # fp32 master, m, v read+write (24) + grad read (4) + 16-bit copy (2)
 EAGER_SCORE_PASSES = 6  # score writes/reads: matmul out, softmax in/out, dropout, matmul in; backward again
+# The slowest over the fastest steady step of one plan run more than once on one kind of card, with nothing in
+# the plan changed: the largest over the 11 plans of reports/probes timed two to four times (internvl2.5-1b
+# through Trainer at 13 tiles on H100s, 0.441-0.586 s; median 1.10). Measured, not a model term: a single run
+# can sit this far from another run of the same plan (benchmarks/steptime_repeats.py; tests/test_steptime_batch.py
+# recomputes it from the records; docs/benchmarks.md).
+REPEAT_SPREAD = 1.33
 HOST_CORES_PER_GPU = 16  # assumed when a record or the caller gives none (the H200 hosts: 16 per GPU)
 TERMS = (*KERNEL_CLASSES, "eager_scores", "framework", "zero3_gather", "param_offload", "grad_sync",
          "param_allgather", "offload_copy", "cpu_adam", "gpu_optimizer")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from memplan.planning.steptime import StepTime
+from memplan.planning.steptime import REPEAT_SPREAD, StepTime
 
 
 def step_line(step: StepTime, dataset_samples: int | None = None) -> str:
@@ -18,10 +18,13 @@ def step_line(step: StepTime, dataset_samples: int | None = None) -> str:
 
 
 def untuned_text(step: StepTime) -> str:
-    """What a step time on a card without terms of its own is good for (docs/benchmarks.md, 2026-12-06: on such
-    a card the pre-registered runs were ranked right and sized 1.5-2x off)."""
-    return "" if step.card_terms else (f"; default terms, no per-card fit for {step.gpu}: compare plans by it, "
-                                       "do not schedule by it (docs/benchmarks.md)")
+    """What a step time is good for. On a card without terms of its own (docs/benchmarks.md, 2026-12-06: there
+    the pre-registered runs were ranked right and sized 1.5-2x off): comparing plans. On one with terms: sizing,
+    within what two runs of one plan have differed by (steptime.REPEAT_SPREAD)."""
+    if step.card_terms:
+        return f"; runs of one plan have differed by up to {REPEAT_SPREAD:.2f}x (docs/benchmarks.md)"
+    return (f"; default terms, no per-card fit for {step.gpu}: compare plans by it, "
+            "do not schedule by it (docs/benchmarks.md)")
 
 
 def with_step_json(document: str, step: StepTime, dataset_samples: int | None = None) -> str:
