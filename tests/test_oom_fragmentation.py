@@ -131,9 +131,13 @@ def test_the_observers_layout_is_the_one_filed_once():
     next failure without an observation does not reuse it."""
     from memplan.probe import layout
 
-    layout._AT_REQUEST.update({"segments": 1, "when": "at the request"})
-    assert layout.layout_at_failure(2**30) == {"segments": 1, "when": "at the request"}
+    observed = {"segments": 1, "when": "at the request", "observed_request_bytes": 2**30}
+    layout._AT_REQUEST.update(observed)
+    assert layout.layout_at_failure(int(1.004 * 2**30)) == observed  # the message rounds the size
     assert layout._AT_REQUEST == {}
+    layout._AT_REQUEST.update(observed)  # a caught and survived failure, then another of 2 GiB
+    taken = layout.layout_at_failure(2**31)
+    assert taken.get("when") != "at the request" and layout._AT_REQUEST == {}
 
 
 def test_an_oom_is_called_fragmentation_only_when_the_free_bytes_would_have_held_the_request():

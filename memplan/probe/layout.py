@@ -74,7 +74,8 @@ def _oom_observer(device: int, requested: int, _device_allocated: int, _device_f
 
         segments = [s for s in torch.cuda.memory_snapshot() if s.get("device", device) == device]
         _AT_REQUEST.clear()
-        _AT_REQUEST.update(summarize_segments(segments, int(requested)), when="at the request")
+        _AT_REQUEST.update(summarize_segments(segments, int(requested)), when="at the request",
+                           observed_request_bytes=int(requested))
     except Exception:  # noqa: BLE001 - an observer must never turn an OOM into another error
         _AT_REQUEST.clear()
 
@@ -93,15 +94,24 @@ def watch_out_of_memory() -> bool:
     return True
 
 
+def _same_request(observed: int, requested: int | None) -> bool:
+    """The observed request is the failing one: the message prints its size to two decimals of its unit
+    (run.requested_bytes), so within 1% (or unknown)."""
+    return requested is None or abs(observed - requested) <= 0.01 * max(observed, requested)
+
+
 def layout_at_failure(requested: int | None) -> dict[str, Any]:
-    """The layout the failing request met (the observer's), else summarize_segments of the current CUDA
-    device now, labelled "after unwinding"; {} without CUDA or when the snapshot fails."""
+    """The layout the failing request met (the observer's, when its request is this failure's), else
+    summarize_segments of the current CUDA device now, labelled "after unwinding"; {} without CUDA or when the
+    snapshot fails."""
     import torch
 
     if _AT_REQUEST:
         taken = dict(_AT_REQUEST)
         _AT_REQUEST.clear()
-        return taken
+        if _same_request(taken["observed_request_bytes"], requested):
+            return taken
+        # an earlier failure that was caught and survived (a library's retry): not this one's layout
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     try:
