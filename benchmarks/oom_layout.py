@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from memplan.probe.layout import UNLABELLED
 from memplan.probe.records import read_records
 
 GIB = 2**30
@@ -33,7 +34,7 @@ def describe(record: dict) -> list[str]:
              f"allocated {gib(layout['allocated_bytes'])}, reserved {gib(layout['reserved_bytes'])} in "
              f"{layout['segments']} segments; free in live segments {gib(layout['free_in_live_segments_bytes'])}, "
              f"largest free block {gib(layout['largest_free_block_bytes'])} "
-             f"({layout.get('when', 'read after unwinding: unlabelled, before 7b10529')})"]
+             f"({layout.get('when', UNLABELLED)})"]
     for segment in layout["large_segments"]:
         blocks = ", ".join(gib(size) for size in segment["live_blocks_bytes"])
         lines.append(f"    segment {gib(segment['size_bytes'])}: live {gib(segment['live_bytes'])} "

@@ -25,6 +25,7 @@ from typing import Any
 
 SHOWN_SEGMENTS = 4  # segments listed, largest first
 SHOWN_BLOCKS = 3  # live blocks listed per segment, largest first
+UNLABELLED = "read after unwinding: unlabelled, before 7b10529"  # the "when" of layouts recorded before the label
 
 
 def _live(block: dict[str, Any]) -> bool:
@@ -67,12 +68,17 @@ _AT_REQUEST: dict[str, Any] = {}  # the last observed failure's layout, taken by
 _WATCHING: list[bool] = []  # one observer per process (an attached observer cannot be detached)
 
 
+def _device_segments(device: int) -> list[dict[str, Any]]:
+    """torch.cuda.memory_snapshot()'s segments of one device."""
+    import torch
+
+    return [segment for segment in torch.cuda.memory_snapshot() if segment.get("device", device) == device]
+
+
 def _oom_observer(device: int, requested: int, _device_allocated: int, _device_free: int) -> None:
     """The out-of-memory observer: the layout of ``device`` at the failing request."""
     try:
-        import torch
-
-        segments = [s for s in torch.cuda.memory_snapshot() if s.get("device", device) == device]
+        segments = _device_segments(device)
         _AT_REQUEST.clear()
         _AT_REQUEST.update(summarize_segments(segments, int(requested)), when="at the request",
                            observed_request_bytes=int(requested))
@@ -85,7 +91,7 @@ def watch_out_of_memory() -> bool:
     import torch
 
     if _WATCHING:
-        return _WATCHING[0]
+        return True
     attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
     if attach is None or not torch.cuda.is_available():
         return False
@@ -115,8 +121,7 @@ def layout_at_failure(requested: int | None) -> dict[str, Any]:
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     try:
-        device = torch.cuda.current_device()
-        segments = [s for s in torch.cuda.memory_snapshot() if s.get("device", device) == device]
+        segments = _device_segments(torch.cuda.current_device())
     except (RuntimeError, AttributeError):  # a broken context after the failure: no layout, not a crash
         return {}
     return {**summarize_segments(segments, requested), "when": "after unwinding"}
