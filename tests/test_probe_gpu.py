@@ -93,3 +93,31 @@ def test_emitted_config_trains_under_its_cap(tmp_path):
     record = json.loads(out.read_text().splitlines()[-1])
     check_ok(record)
     assert record["deepspeed_config"] == json.loads(target.read_text())
+
+
+def test_trace_replays_the_run_and_its_capped_outcome(tmp_path):
+    """`memplan probe --trace-out`: the uncapped replay reproduces the run's peak reserved (within 1%), and
+    the replay's smallest allocator limit separates a capped run that fits from one that runs out."""
+    from typer.testing import CliRunner
+
+    from memplan.cli.main import app
+    from memplan.planning.replay import fidelity, reproduces, smallest_limit
+    from memplan.spec.trace import read_trace
+
+    flags = ["--model", str(TINY), "--gpus", "1", "--engine", "pytorch", "--lora-rank", "8", "--text-len", "2048",
+             "--tiles", "2", "--res", "256", "--objects", "2", "--steps", "3"]
+    trace_path, out = tmp_path / "t.json.gz", tmp_path / "r.jsonl"
+    traced = CliRunner().invoke(app, ["probe", *flags, "--out", str(out), "--trace-out", str(trace_path)])
+    assert traced.exit_code == 0, traced.output
+    trace = read_trace(trace_path)
+    assert trace.requests > 100 and not trace.header["ring_full"]
+    unlimited, measured = fidelity(trace)
+    assert reproduces(unlimited, measured), (unlimited.peak_reserved_bytes, measured)
+    least = smallest_limit(trace)
+    outside = trace.header["outside_bytes"]
+    for share, expected in ((1.15, "ok"), (0.75, "oom")):
+        cap_gib = (least * share + outside) / 2**30
+        capped = CliRunner().invoke(app, ["probe", *flags, "--out", str(out), "--vram-cap", f"{cap_gib:.4f}"])
+        from memplan.probe.records import read_records
+
+        assert read_records(out)[-1]["status"] == expected, (share, capped.output)

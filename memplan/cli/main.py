@@ -138,6 +138,7 @@ def list_profiles(output_format: OutputFormat = typer.Option(OutputFormat.table,
 from memplan.cli import calibrate_cmd, protocol_cmd  # noqa: E402
 from memplan.cli.compare_cmd import compare  # noqa: E402
 from memplan.cli.probe import probe_command  # noqa: E402
+from memplan.cli.replay_cmd import replay  # noqa: E402
 from memplan.cli.scan_cmd import scan  # noqa: E402
 from memplan.cli.profile_cmd import profile_app  # noqa: E402
 from memplan.cli.search_cmd import search  # noqa: E402
@@ -145,6 +146,7 @@ from memplan.cli.search_cmd import search  # noqa: E402
 app.command("compare")(compare)
 app.command("search")(search)
 app.command("probe")(probe_command)
+app.command("replay")(replay)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("validate")(calibrate_cmd.validate)
 app.command("predict")(protocol_cmd.predict)

@@ -143,9 +143,11 @@ def check_gpus(plan: Plan, device: str) -> None:
 def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib: float | None = None,
                   out: Path = DEFAULT_OUT, timeout_s: float | None = None, device: str = "cuda",
                   command: str | None = None, ds_config: dict[str, Any] | None = None,
-                  fake_world: int | None = None, vram_cap_card: str | None = None) -> dict[str, Any]:
+                  fake_world: int | None = None, vram_cap_card: str | None = None,
+                  trace_out: Path | None = None) -> dict[str, Any]:
     """Run the probe (in process for one GPU or a fake world, under torchrun for several) and append its record.
-    ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too)."""
+    ``vram_cap_card``: the catalogued card --vram-cap names (its family's context is emulated too);
+    ``trace_out``: write the run's allocation trace there (one GPU: memplan.probe.trace)."""
     from memplan.probe.progress import ProbeProgress
 
     command = command if command is not None else shlex.join(["memplan", *sys.argv[1:]])
@@ -170,14 +172,44 @@ def execute_probe(profile: Profile, plan: Plan, *, steps: int = 3, vram_cap_gib:
     from memplan.probe.records import append_record
     from memplan.probe.run import run_probe
 
+    if trace_out is not None:
+        from memplan.probe import trace
+
+        trace.start_recording()
     with ProbeProgress(steps=steps) as progress:
         record = run_probe(profile, plan, steps=steps, vram_cap_gib=vram_cap_gib, device=device, timeout_s=timeout_s,
                            command=command, ds_config=ds_config, vram_cap_card=vram_cap_card, on_phase=progress.phase)
+    if trace_out is not None:
+        record["trace"] = _write_trace(trace_out, record)
     if ds_config is not None:
         record["deepspeed_config"] = ds_config
     release_distributed()
     append_record(out, record)
     return record
+
+
+def _write_trace(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The run's allocation trace to ``path`` (before the process group goes: NCCL's bytes are read)."""
+    import torch
+
+    from memplan.probe import trace
+
+    device = torch.device(record["ranks"][0]["device"]) if record.get("ranks") else torch.device("cuda")
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return trace.finish_recording(path, record=record, device=device, outside=trace.outside_bytes(device),
+                                  process_group=grouped)
+
+
+def check_trace_out(trace_out: Path | None, *, device: str, gpus: int, fake_world: int | None) -> None:
+    """--trace-out: one real GPU, and a path that holds nothing yet (a trace is never overwritten)."""
+    if trace_out is None:
+        return
+    if device != "cuda" or gpus > 1 or fake_world:
+        raise InputError(f"--trace-out={trace_out}: traces one CUDA device (--device cuda, one GPU, no --fake-world)")
+    if trace_out.exists():
+        raise InputError(f"--trace-out={trace_out}: exists; traces are not overwritten, give a new path")
+    if not trace_out.parent.is_dir():
+        raise InputError(f"--trace-out={trace_out}: folder {trace_out.parent} does not exist")
 
 
 def phase_table(record: dict[str, Any]):
@@ -223,6 +255,10 @@ def render_result(record: dict[str, Any], out: Path) -> None:
         line = f"{record['status']}: {record.get('error')}"
     out_console.print(line, markup=False)
     out_console.print(f"record appended to {out} (run {record['run_id']})", markup=False)
+    if record.get("trace"):
+        written = record["trace"]
+        out_console.print(f"trace written to {written['path']} ({written['requests']} requests); replay it on other "
+                          f"cards: memplan replay {written['path']} --card rtx-3090", markup=False)
 
 
 @user_errors
@@ -243,6 +279,9 @@ def probe_command(
     deepspeed_config: Optional[Path] = typer.Option(
         None, "--deepspeed-config", help="Train with this DeepSpeed JSON config (e.g. one memplan emitted) instead of "
         "the one memplan builds from the plan; it must agree with the plan."),
+    trace_out: Optional[Path] = typer.Option(
+        None, "--trace-out", help="Also write the run's allocation trace (gzip JSON) here, for `memplan replay`: "
+        "one run on any card large enough answers for every smaller card."),
     flags: dict,
 ) -> None:
     """Train a plan for a few steps on random weights and record the memory measured per phase."""
@@ -266,10 +305,11 @@ def probe_command(
         check_fake_world(the_plan, fake_world, deepspeed_config=deepspeed_config)
     else:
         check_gpus(the_plan, device.value)
+    check_trace_out(trace_out, device=device.value, gpus=the_plan.hardware.num_gpus, fake_world=fake_world)
     ds_config = load_deepspeed_config(deepspeed_config, the_plan) if deepspeed_config is not None else None
     record = execute_probe(profile, the_plan, steps=steps, vram_cap_gib=vram_cap_gib, out=out, timeout_s=timeout,
                            device=device.value, ds_config=ds_config, fake_world=fake_world,
-                           vram_cap_card=cap.card if cap else None)
+                           vram_cap_card=cap.card if cap else None, trace_out=trace_out)
     if record["status"] not in STATUSES:
         raise InputError(f"status={record['status']!r}: the probe record's status must be one of {', '.join(STATUSES)}")
     render_result(record, out)

@@ -1,0 +1,91 @@
+"""``memplan replay TRACE``: the recorded step (``memplan probe --trace-out``) served by a replay of
+PyTorch's caching allocator under each card's limit (memplan.planning.replay)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from enum import Enum
+
+from memplan.cli.options import console, user_errors
+
+
+class ReplayFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+DEFAULT_SETTINGS = ("default", "max_split_size_mb:512")
+
+
+def _cards(names: list[str] | None, device_total: int | None):
+    """The caps to replay on: those named, else every catalogued card smaller than the probing one."""
+    from memplan.spec.cards import parse_vram_cap
+    from memplan.spec.gpus import catalogue
+
+    if names:
+        return [(name, parse_vram_cap(name)) for name in names]
+    cards = [card for card in catalogue() if card.cuda_total_bytes and
+             (device_total is None or card.cuda_total_bytes < int(device_total))]
+    return [(card.name, parse_vram_cap(card.name)) for card in sorted(cards, key=lambda c: c.cuda_total_bytes)]
+
+
+def _settings(values: list[str] | None) -> list[int | None]:
+    from memplan.planning.replay import max_split_bytes_of
+
+    return [None if value.strip() == "default" else max_split_bytes_of(value) for value in values or DEFAULT_SETTINGS]
+
+
+@user_errors
+def replay(
+    *,
+    trace: Path = typer.Argument(..., help="A trace written by `memplan probe --trace-out FILE`."),
+    card: Optional[list[str]] = typer.Option(
+        None, "--card", help="A card name (rtx-3090) or GiB as CUDA reports them, as --vram-cap takes; repeat for "
+        "several. Default: every catalogued card smaller than the one probed."),
+    alloc_conf: Optional[list[str]] = typer.Option(
+        None, "--alloc-conf", help="Allocator settings to replay: default, or max_split_size_mb:N; repeat for "
+        "several. Default: default and max_split_size_mb:512."),
+    smallest: bool = typer.Option(True, "--smallest/--no-smallest", help="Also bisect for the smallest allocator "
+                                  "limit each setting fits in."),
+    output_format: ReplayFormat = typer.Option(ReplayFormat.table, "--format", "-f", help="table or json."),
+) -> None:
+    """Replay a probe's allocation trace on other cards: fits or OOM, per card and allocator setting."""
+    from memplan.planning.replay import allocator_limit, fidelity, replay as replay_trace, reproduces, smallest_limit
+    from memplan.report.replay import CardReplay, fidelity_line, replay_document, replay_table
+    from memplan.spec.trace import read_trace
+    from memplan.spec.units import format_gib
+
+    the_trace = read_trace(trace)
+    settings = _settings(alloc_conf)
+    caps = _cards(card, the_trace.header.get("device_total_bytes"))
+    unlimited, measured = fidelity(the_trace)
+    reproduced = reproduces(unlimited, measured)
+    rows = [CardReplay(card=name, replay=replay_trace(the_trace, limit_bytes=allocator_limit(the_trace, cap),
+                                                      max_split_bytes=setting))
+            for name, cap in caps for setting in settings]
+    least = {}
+    if smallest:
+        for setting in settings:
+            found = smallest_limit(the_trace, max_split_bytes=setting)
+            least["default" if setting is None else f"max_split_size_mb:{setting >> 20}"] = found
+    if output_format is ReplayFormat.json:
+        typer.echo(json.dumps(replay_document(header=the_trace.header, rows=rows, unlimited=unlimited,
+                                              measured=measured, reproduced=reproduced, smallest=least), indent=2))
+        return
+    out = console()
+    header = the_trace.header
+    out.print(f"trace of {header.get('model')} (run {header.get('run_id')}, {header.get('gpu_name')}): "
+              f"{the_trace.requests} requests", markup=False)
+    out.print(fidelity_line(unlimited=unlimited, measured=measured, reproduced=reproduced), markup=False)
+    if header.get("ring_full") or header.get("num_alloc_retries") or (header.get("measured") or {}).get(
+            "num_alloc_retries"):
+        out.print("warning: the trace's ring buffer filled or the run retried allocations; its start or its "
+                  "releases may be missing", markup=False)
+    out.print(replay_table(rows, title="memplan replay: the recorded step on each card"))
+    for setting, found in least.items():
+        out.print(f"smallest allocator limit it fits in ({setting}): {format_gib(found)} GiB", markup=False)

@@ -1,0 +1,137 @@
+"""A recorded run replayed against other cards: does the step fit, under which allocator settings.
+
+A probe on any card large enough to run the plan records its allocation trace (``memplan probe
+--trace-out``, memplan.spec.trace). A program's requests do not depend on the card or the allocator's
+settings (the same sizes in the same order: h100-repeat-a gave the same bytes on every repeat), so one
+trace answers for every card: memplan.estimate.caching_allocator serves the requests under the card's
+allocator limit and reports the first one it cannot.
+
+The limit is what ``memplan probe --vram-cap`` gives the allocator (memplan.probe.cap.DeviceCap):
+
+    limit = CUDA-visible total - the card family's context - NCCL (a catalogued card)
+    limit = cap - what lay outside the allocator on the probing card (a cap in GiB)
+
+with NCCL = max(outside - max(start context, family context), 0) when the run had a process group
+(DeepSpeed, even on one GPU), else 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.estimate.caching_allocator import CachingAllocator, Failure
+from memplan.spec.allocator import ENV
+from memplan.spec.cards import VramCap
+from memplan.spec.errors import InputError
+from memplan.spec.trace import ALLOC, FREE, Trace
+from memplan.spec.units import MIB
+
+SMALLEST_LIMIT_RESOLUTION = 32 * MIB  # the bisection for the smallest limit stops at this width
+FIDELITY_TOLERANCE = 0.01  # an unlimited replay's peak reserved within 1% of the run's: the replay reproduces it
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One replay: the limit, the allocator setting, and what came of it."""
+
+    limit_bytes: int | None
+    max_split_bytes: int | None
+    fits: bool
+    peak_reserved_bytes: int
+    peak_allocated_bytes: int
+    requests_served: int
+    failure: Failure | None = None
+
+    @property
+    def setting(self) -> str:
+        return "default" if self.max_split_bytes is None else f"max_split_size_mb:{self.max_split_bytes // MIB}"
+
+
+def replay(trace: Trace, *, limit_bytes: int | None, max_split_bytes: int | None = None) -> Replay:
+    """Serve the trace's requests in order under ``limit_bytes`` (None: unlimited); stops at the first
+    request the allocator cannot serve."""
+    allocator = CachingAllocator(limit_bytes=limit_bytes, max_split_bytes=max_split_bytes)
+    live: dict[int, object] = {}
+    served = 0
+    streams = trace.stream_ids
+    for kind, block_id, size, stream in zip(trace.kinds, trace.blocks, trace.sizes, trace.streams):
+        if kind == ALLOC:
+            block = allocator.malloc(size, streams[stream])
+            if block is None:
+                break
+            live[block_id] = block
+            served += 1
+        elif kind == FREE:
+            block = live.pop(block_id, None)
+            if block is not None:
+                allocator.free(block)
+        else:
+            allocator.release_cached_blocks()
+    return Replay(limit_bytes=limit_bytes, max_split_bytes=max_split_bytes, fits=allocator.failure is None,
+                  peak_reserved_bytes=allocator.peak_reserved_bytes,
+                  peak_allocated_bytes=allocator.peak_allocated_bytes, requests_served=served,
+                  failure=allocator.failure)
+
+
+def smallest_limit(trace: Trace, *, max_split_bytes: int | None = None,
+                   resolution_bytes: int = SMALLEST_LIMIT_RESOLUTION) -> int:
+    """The smallest allocator limit (to ``resolution_bytes``) under which the trace replays to its end,
+    by bisection between its peak allocated bytes (below which nothing fits) and its unlimited peak
+    reserved (at which it fits). Fitting is assumed monotone in the limit; the verdict for a card is its
+    own replay, not this number."""
+    unlimited = replay(trace, limit_bytes=None, max_split_bytes=max_split_bytes)
+    low, high = unlimited.peak_allocated_bytes - 1, unlimited.peak_reserved_bytes
+    while high - low > resolution_bytes:
+        middle = (low + high) // 2
+        if replay(trace, limit_bytes=middle, max_split_bytes=max_split_bytes).fits:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def allocator_limit(trace: Trace, cap: VramCap) -> int:
+    """What the allocator may reserve on ``cap`` (module docstring): the cap less the context (the
+    card family's, or the probing card's outside bytes for a cap in GiB) and NCCL."""
+    header = trace.header
+    outside = int(header.get("outside_bytes") or 0)
+    if cap.context_bytes is None:
+        return cap.cap_bytes - outside
+    nccl = 0
+    if header.get("process_group"):
+        nccl = max(outside - max(int(header.get("start_context_bytes") or 0), cap.context_bytes), 0)
+    return cap.cap_bytes - cap.context_bytes - nccl
+
+
+def max_split_bytes_of(alloc_conf: str) -> int:
+    """max_split_size_mb of a PYTORCH_CUDA_ALLOC_CONF value (``max_split_size_mb:512``) in bytes; the
+    allocator refuses values not above 20 MiB (CUDAAllocatorConfig.cpp, parseMaxSplitSize)."""
+    for part in alloc_conf.split(","):
+        key, _, value = part.partition(":")
+        if key.strip() == "max_split_size_mb":
+            try:
+                mib = int(value.strip())
+            except ValueError:
+                break
+            if mib <= 20:
+                raise InputError(f"{ENV}={alloc_conf}: max_split_size_mb must be above 20 (MiB)")
+            return mib * MIB
+    raise InputError(f"--alloc-conf={alloc_conf}: give max_split_size_mb:N (N in MiB, above 20); "
+                     "other allocator options are not replayed")
+
+
+def fidelity(trace: Trace) -> tuple[Replay, int | None]:
+    """The unlimited replay and the peak reserved the run measured (None when the trace has none, or when
+    the run used expandable segments, which this replay does not model)."""
+    unlimited = replay(trace, limit_bytes=None)
+    measured = (trace.header.get("measured") or {}).get("max_reserved_bytes")
+    if "expandable_segments:true" in str(trace.header.get("alloc_conf") or "").replace(" ", "").lower():
+        measured = None
+    return unlimited, (int(measured) if measured else None)
+
+
+def reproduces(unlimited: Replay, measured: int | None) -> bool | None:
+    """Whether the unlimited replay's peak reserved is within FIDELITY_TOLERANCE of the run's."""
+    if measured is None:
+        return None
+    return abs(unlimited.peak_reserved_bytes - measured) <= FIDELITY_TOLERANCE * measured
