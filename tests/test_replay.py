@@ -153,10 +153,11 @@ def test_entries_to_trace_maps_addresses_to_blocks():
         {"action": "oom", "addr": 0, "size": 0, "stream": 0},
     ]
     trace = entries_to_trace(entries, {"run_id": "r"})
-    assert trace.kinds == "aafra"
-    assert trace.blocks == [0, 1, 0, 0, 2]
-    assert trace.sizes == [4096, 8192, 0, 0, 512]
-    assert trace.stream_ids == [0, 5] and trace.streams == [0, 1, 0, 0, 0]
+    assert trace.kinds == "SaafrDDa"
+    assert trace.blocks == [0, 0, 1, 0, 0, 0, 0, 2]
+    assert [s for k, s in zip(trace.kinds, trace.sizes) if k in "afr"] == [4096, 8192, 0, 0, 512]
+    assert trace.stream_ids == [0, 5] and trace.streams == [0, 0, 1, 0, 0, 0, 0, 0]
+    assert trace.addresses[:3] == [0, 100, 200]
     assert trace.header["unmatched_frees"] == 1 and trace.header["trace_ooms"] == 1
 
 
@@ -208,3 +209,10 @@ def test_cli_bad_input_is_one_line(tmp_path, argv, message):
     result = runner.invoke(app, [arg.replace("{trace}", str(path)) for arg in argv])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_segment_events_are_kept_but_not_replayed():
+    trace = Trace(header={}, kinds="SaDfa", blocks=[0, 0, 0, 0, 1], sizes=[60 * MIB, 60 * MIB, 60 * MIB, 0, 60 * MIB],
+                  streams=[0] * 5, addresses=[7, 7, 7, 0, 9])
+    result = replay(trace, limit_bytes=None)
+    assert result.fits and result.peak_reserved_bytes == 60 * MIB  # the D is no release: the segment is reused

@@ -23,7 +23,7 @@ from memplan.estimate.caching_allocator import CachingAllocator, Failure
 from memplan.spec.allocator import ENV
 from memplan.spec.cards import VramCap
 from memplan.spec.errors import InputError
-from memplan.spec.trace import ALLOC, FREE, Trace
+from memplan.spec.trace import ALLOC, FREE, RELEASE, Trace
 from memplan.spec.units import MIB
 
 SMALLEST_LIMIT_RESOLUTION = 32 * MIB  # the bisection for the smallest limit stops at this width
@@ -65,7 +65,7 @@ def replay(trace: Trace, *, limit_bytes: int | None, max_split_bytes: int | None
             block = live.pop(block_id, None)
             if block is not None:
                 allocator.free(block)
-        else:
+        elif kind == RELEASE:
             allocator.release_cached_blocks()
     return Replay(limit_bytes=limit_bytes, max_split_bytes=max_split_bytes, fits=allocator.failure is None,
                   peak_reserved_bytes=allocator.peak_reserved_bytes,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from memplan.spec.trace import ALLOC, FREE, RELEASE, Trace, write_trace
+from memplan.spec.trace import ALLOC, FREE, RELEASE, SEGMENT_ALLOC, SEGMENT_FREE, Trace, write_trace
 
 MAX_ENTRIES = 20_000_000
 
@@ -26,6 +26,7 @@ MAX_ENTRIES = 20_000_000
 def entries_to_trace(entries: Iterable[dict[str, Any]], header: dict[str, Any]) -> Trace:
     """memplan.trace/1 columns from torch's trace entries (dicts with action, addr, size, stream)."""
     kinds: list[str] = []
+    addresses: list[int] = []
     blocks: list[int] = []
     sizes: list[int] = []
     streams: list[int] = []
@@ -41,21 +42,26 @@ def entries_to_trace(entries: Iterable[dict[str, Any]], header: dict[str, Any]) 
             block, next_block = next_block, next_block + 1
             live[int(entry["addr"])] = block
             kinds.append(ALLOC), blocks.append(block), sizes.append(int(entry["size"])), streams.append(stream)
+            addresses.append(int(entry["addr"]))
         elif action == "free_completed":
             block = live.pop(int(entry["addr"]), None)
             if block is None:
                 unmatched += 1  # allocated before recording began
             else:
-                kinds.append(FREE), blocks.append(block), sizes.append(0), streams.append(0)
+                kinds.append(FREE), blocks.append(block), sizes.append(0), streams.append(0), addresses.append(0)
         elif action == "segment_free" and previous != "segment_free":
-            kinds.append(RELEASE), blocks.append(0), sizes.append(0), streams.append(0)
+            kinds.append(RELEASE), blocks.append(0), sizes.append(0), streams.append(0), addresses.append(0)
+        if action in ("segment_alloc", "segment_free"):  # the driver's addresses, for study; the replay skips them
+            kinds.append(SEGMENT_ALLOC if action == "segment_alloc" else SEGMENT_FREE)
+            blocks.append(0), sizes.append(int(entry.get("size") or 0)), streams.append(0)
+            addresses.append(int(entry.get("addr") or 0))
         elif action == "oom":
             ooms += 1
         previous = action
     header = {**header, "unmatched_frees": unmatched, "trace_ooms": ooms}
     ordered = sorted(stream_index, key=stream_index.get)
     return Trace(header=header, kinds="".join(kinds), blocks=blocks, sizes=sizes, streams=streams,
-                 stream_ids=ordered or [0])
+                 stream_ids=ordered or [0], addresses=addresses)
 
 
 def start_recording() -> None:

@@ -11,8 +11,10 @@ caching allocator, in order, so that memplan.planning.replay can replay it again
 
 ``kind`` is one character per event: ``a`` a request (``block`` a new id, ``size`` its bytes as asked,
 ``stream`` an index into ``streams``), ``f`` the block's free completed (the moment it is reusable),
-``r`` a release of the cached segments (torch.cuda.empty_cache, seen as segment frees). Block ids replace
-addresses, which a replay does not reproduce. Pure: no torch.
+``r`` a release of the cached segments (torch.cuda.empty_cache, seen as segment frees), ``S``/``D`` the real
+allocator's segment allocations and frees (size and address, kept for study; the replay skips them). Block
+ids stand for addresses, which a replay does not reproduce; the optional ``address`` column keeps the real
+ones. Pure: no torch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from memplan.spec.errors import InputError
 
 TRACE_SCHEMA = "memplan.trace/1"
 ALLOC, FREE, RELEASE = "a", "f", "r"
+SEGMENT_ALLOC, SEGMENT_FREE = "S", "D"  # the real allocator's cudaMalloc / cudaFree (size, address): not replayed
+KINDS = {ALLOC, FREE, RELEASE, SEGMENT_ALLOC, SEGMENT_FREE}
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Trace:
     sizes: list[int]
     streams: list[int]
     stream_ids: list[int] = field(default_factory=lambda: [0])
+    addresses: list[int] | None = None  # the real address of each request and segment event (None: not kept)
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -49,8 +54,10 @@ class Trace:
 
 
 def trace_document(trace: Trace) -> dict[str, Any]:
-    return {**trace.header, "schema": TRACE_SCHEMA, "streams": trace.stream_ids,
-            "events": {"kind": trace.kinds, "block": trace.blocks, "size": trace.sizes, "stream": trace.streams}}
+    events = {"kind": trace.kinds, "block": trace.blocks, "size": trace.sizes, "stream": trace.streams}
+    if trace.addresses is not None:
+        events["address"] = trace.addresses
+    return {**trace.header, "schema": TRACE_SCHEMA, "streams": trace.stream_ids, "events": events}
 
 
 def write_trace(path: Path, trace: Trace) -> None:
@@ -79,8 +86,8 @@ def read_trace(path: Path) -> Trace:
     if not isinstance(events, dict) or any(key not in events for key in columns):
         raise _fail(path, f"events: must hold the columns {', '.join(columns)}")
     kinds, blocks, sizes, streams = (events[key] for key in columns)
-    if not isinstance(kinds, str) or set(kinds) - {ALLOC, FREE, RELEASE}:
-        raise _fail(path, "events.kind: must be a string of 'a', 'f' and 'r'")
+    if not isinstance(kinds, str) or set(kinds) - KINDS:
+        raise _fail(path, f"events.kind: must be a string of {', '.join(sorted(KINDS))}")
     lengths = {len(kinds), len(blocks), len(sizes), len(streams)}
     if len(lengths) != 1:
         raise _fail(path, f"events: columns of different lengths {sorted(lengths)}")
@@ -90,4 +97,8 @@ def read_trace(path: Path) -> Trace:
     if streams and max(streams) >= len(stream_ids):
         raise _fail(path, f"events.stream: index {max(streams)} but {len(stream_ids)} streams listed")
     header = {key: value for key, value in document.items() if key not in ("events", "streams")}
-    return Trace(header=header, kinds=kinds, blocks=blocks, sizes=sizes, streams=streams, stream_ids=stream_ids)
+    addresses = events.get("address")
+    if addresses is not None and len(addresses) != len(kinds):
+        raise _fail(path, "events.address: not one per event")
+    return Trace(header=header, kinds=kinds, blocks=blocks, sizes=sizes, streams=streams, stream_ids=stream_ids,
+                 addresses=addresses)
