@@ -546,7 +546,28 @@ CASES += [
          ("'--price'", "greater than or equal to 0"), usage=True),
     Case("search-price-nan", "search --price nan", ("search", "--gpus", "2", "--vram", "24", "--price", "nan"),
          ("'--price'", "greater than or equal to 0"), usage=True),
+    # ---- allocation traces: probe --trace-out and replay
+    Case("probe-trace-out-cpu", "probe --trace-out on the CPU stand-in",
+         ("probe", "-m", "qwen2.5-0.5b", "--device", "cpu", "--trace-out", "t.json.gz"),
+         ("--trace-out=t.json.gz", "one CUDA device")),
+    Case("replay-missing", "replay of a trace that does not exist", ("replay", "t.json.gz"),
+         ("trace=t.json.gz", "no such file")),
+    Case("replay-not-gzip", "replay of a file that is not a trace", ("replay", "t.json.gz"),
+         ("trace=t.json.gz", "not a gzip-compressed JSON trace"), {"t.json.gz": "plain text"}),
+    Case("replay-card-unknown", "replay --card naming no card", ("replay", "t.json.gz", "--card", "rtx-9090"),
+         ("--vram-cap=rtx-9090", "closest: rtx-4090"), {"t.json.gz": lambda: _trace_bytes()}),
+    Case("replay-alloc-conf", "replay --alloc-conf with an option it does not replay",
+         ("replay", "t.json.gz", "--alloc-conf", "garbage_collection_threshold:0.6"),
+         ("--alloc-conf=garbage_collection_threshold:0.6", "max_split_size_mb:N"), {"t.json.gz": lambda: _trace_bytes()}),
 ]
+
+
+def _trace_bytes() -> bytes:
+    """A one-request memplan.trace/1 file."""
+    import gzip
+
+    return gzip.compress(json.dumps({"schema": "memplan.trace/1", "events": {
+        "kind": "a", "block": [0], "size": [4096], "stream": [0]}}).encode())
 
 TRAIN_PY = "from transformers import Trainer\nTrainer(model=m).train()\n"
 CASES += [
