@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Score the replay's verdicts (benchmarks/trace_runset.py's replay.json, committed before the capped runs)
+against the capped records of the same run set, beside the estimate's (`memplan predict`'s file).
+
+    python benchmarks/score_replay.py reports/probes/predictions/replay-b-replay.json \
+        reports/probes/h100-replay-b.jsonl --estimate reports/probes/predictions/replay-b.jsonl
+
+Prints one row per run (outcome, the replay's verdict under the default allocator, the estimate's, with its
+needed/capacity) and the counts right. Records made under an allocator option other than expandable
+segments are skipped (memplan.spec.allocator.unmodelled_options), as `memplan score` skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+OUTCOME = {"ok": "fits", "oom": "oom"}
+
+
+def score(replay_file: Path, records_file: Path, estimate_file: Path | None) -> list[dict]:
+    from memplan.probe.records import read_records
+    from memplan.spec.allocator import unmodelled_options
+
+    replayed = json.loads(replay_file.read_text())
+    batch = replayed["batch"]
+    records = {r.get("run_key"): r for r in read_records(records_file)}
+    estimates = {}
+    if estimate_file is not None:
+        for line in estimate_file.read_text().splitlines():
+            entry = json.loads(line)
+            if "run_key" in entry:
+                estimates[entry["run_key"]] = entry
+    rows = []
+    for run in replayed["runs"]:
+        key = f"{batch}/{run['name']}"
+        record = records.get(key)
+        if record is None or unmodelled_options((record.get("environment") or {}).get("alloc_conf")):
+            continue
+        estimate = estimates.get(key, {})
+        predicted = estimate.get("predicted") or {}
+        rows.append({"run": run["name"], "outcome": OUTCOME.get(record["status"], record["status"]),
+                     "replay": (run.get("default") or {}).get("verdict"),
+                     "replay_smallest_gib": ((run.get("default") or {}).get("smallest_limit_bytes") or 0) / 2**30,
+                     "limit_gib": (run.get("limit_bytes") or 0) / 2**30,
+                     "estimate": predicted.get("verdict"),
+                     "needed_share": (predicted["needed_bytes"] / estimate["capacity_bytes"]
+                                      if predicted.get("needed_bytes") and estimate.get("capacity_bytes") else None)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("replay", type=Path)
+    parser.add_argument("records", type=Path)
+    parser.add_argument("--estimate", type=Path)
+    args = parser.parse_args()
+    rows = score(args.replay, args.records, args.estimate)
+    print("| run | outcome | replay (smallest limit / limit GiB) | estimate (needed / card) |")
+    print("|---|---|---|---|")
+    for row in rows:
+        share = f"{row['needed_share']:.3f}" if row["needed_share"] else ""
+        print(f"| {row['run']} | {row['outcome']} | {row['replay']} ({row['replay_smallest_gib']:.2f} / "
+              f"{row['limit_gib']:.2f}) | {row['estimate']} ({share}) |")
+    scored = [row for row in rows if row["outcome"] in ("fits", "oom")]
+    for who in ("replay", "estimate"):
+        right = sum(row[who] == row["outcome"] for row in scored)
+        optimistic = sum(row[who] == "fits" and row["outcome"] == "oom" for row in scored)
+        print(f"{who}: {right} of {len(scored)} right, {optimistic} optimistic")
+
+
+if __name__ == "__main__":
+    main()
