@@ -45,7 +45,7 @@ def test_the_verdict_line_and_json_say_tight():
     *_, result = _estimate(80)
     tight = _at(result, 0.99)
     assert "TIGHT" in verdict_text(tight) and "TIGHT" not in verdict_text(_at(result, 0.5))
-    assert "memplan probe" in verdict_text(tight)  # a tight plan's outcome repeats: one probe settles it
+    assert "memplan probe" in verdict_text(tight) and "memplan replay" in verdict_text(tight)  # probe, or trace + replay
     assert tight.to_dict()["tight"] is True and tight.to_dict()["tight_band"] == result.calibration.tight_band
 
 
