@@ -250,3 +250,29 @@ def test_trace_runset_drops_the_cap_and_bundles(tmp_path):
         (tmp_path / name).write_bytes(b"x" * size)
     module["bundle_traces"](tmp_path, chunk_bytes=15)
     assert sorted(p.name for p in tmp_path.glob("traces-*.tar")) == ["traces-1.tar", "traces-2.tar"]
+
+
+def test_recorded_addresses_break_ties_as_the_driver_placed_the_segments():
+    # two 60 MiB segments freed; a 30 MiB request takes the lower address: the first segment with rising
+    # synthetic addresses, the second where the driver gave it a lower address (replay-a4: falling addresses)
+    def chosen(recorded):
+        allocator = CachingAllocator(recorded_addresses=recorded)
+        first, second = allocator.malloc(60 * MIB), allocator.malloc(60 * MIB)
+        allocator.free(first)
+        allocator.free(second)
+        return "first" if allocator.malloc(30 * MIB).address == first.address else "second"
+
+    assert chosen(None) == "first"
+    assert chosen({60 * MIB: [10 * GIB, 9 * GIB]}) == "second"
+    beyond = CachingAllocator(recorded_addresses={60 * MIB: [GIB]})
+    beyond.malloc(60 * MIB)
+    assert beyond.malloc(60 * MIB).address > GIB  # past the recorded ones: rising, above them
+
+
+def test_replay_uses_the_traces_segment_addresses():
+    from memplan.planning.replay import recorded_addresses
+
+    trace = Trace(header={}, kinds="SaSa", blocks=[0, 0, 0, 1], sizes=[60 * MIB, 60 * MIB, 60 * MIB, 60 * MIB],
+                  streams=[0] * 4, addresses=[5 * GIB, 5 * GIB, 4 * GIB, 4 * GIB])
+    assert recorded_addresses(trace) == {60 * MIB: [5 * GIB, 4 * GIB]}
+    assert recorded_addresses(_fragmenting_trace()) is None

@@ -29,12 +29,18 @@ modelled here):
   512 bytes (small pool) or more than 1 MiB (large pool, and the request under max_split_size);
 - ``free_block``: a freed block merges with its free neighbours in the same segment.
 
+Ties between equal-sized free blocks go to the lower address, so where the driver puts each segment matters
+(docs/accuracy.md, replay-a4: large segments at falling addresses). Given the addresses the driver gave the
+traced run's segments (``recorded_addresses``: per segment size, in order), a new segment takes the next one
+of its size; beyond them, and without them, segments get rising addresses above every recorded one.
+
 Bytes are integers throughout. Pure: no torch.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from dataclasses import dataclass, field
 
 MIN_BLOCK_SIZE = 512  # kMinBlockSize
@@ -98,12 +104,14 @@ class CachingAllocator:
     ``limit_bytes``: what the allocator may reserve (a card's CUDA-visible total less what lies outside
     the allocator, or an emulated cap); None: unlimited. ``max_split_bytes``: max_split_size_mb in bytes
     (None: unset, every block may be split). ``max_non_split_rounding_bytes``: how much larger than an
-    oversize request a cached oversize block it reuses may be.
+    oversize request a cached oversize block it reuses may be. ``recorded_addresses``: the driver's addresses
+    of the traced run's segments, per size in the order it got them (module docstring).
     """
 
     limit_bytes: int | None = None
     max_split_bytes: int | None = None
     max_non_split_rounding_bytes: int = LARGE_BUFFER
+    recorded_addresses: dict[int, list[int]] | None = None
     reserved_bytes: int = 0
     allocated_bytes: int = 0
     peak_reserved_bytes: int = 0
@@ -113,6 +121,13 @@ class CachingAllocator:
     _free: dict[bool, list[tuple[int, int, int]]] = field(default_factory=lambda: {True: [], False: []})
     _blocks: dict[tuple[int, int, int], Block] = field(default_factory=dict)
     _next_address: int = 0
+    _recorded: dict[int, deque] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        recorded = self.recorded_addresses or {}
+        self._recorded = {size: deque(addresses) for size, addresses in recorded.items()}
+        ends = [address + size for size, addresses in recorded.items() for address in addresses]
+        self._next_address = max(ends, default=0) + ROUND_LARGE
 
     # -- the pool of cached blocks ------------------------------------------------------------------
     def _cache(self, block: Block) -> None:
@@ -147,8 +162,13 @@ class CachingAllocator:
         """alloc_block: a fresh segment of ``size`` bytes, or None when the limit would be passed."""
         if self.limit_bytes is not None and self.reserved_bytes + size > self.limit_bytes:
             return None
-        block = Block(address=self._next_address, size=size, stream=stream, small=small)
-        self._next_address += size + ROUND_LARGE  # segments never touch: no merge across them
+        recorded = self._recorded.get(size)
+        if recorded:
+            address = recorded.popleft()
+        else:
+            address = self._next_address
+            self._next_address += size + ROUND_LARGE  # segments never touch: no merge across them
+        block = Block(address=address, size=size, stream=stream, small=small)
         self.reserved_bytes += size
         self.segments += 1
         self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
