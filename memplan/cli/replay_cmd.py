@@ -82,6 +82,9 @@ def replay(
     out.print(f"trace of {header.get('model')} (run {header.get('run_id')}, {header.get('gpu_name')}): "
               f"{the_trace.requests} requests", markup=False)
     out.print(fidelity_line(unlimited=unlimited, measured=measured, reproduced=reproduced), markup=False)
+    if the_trace.addresses is None:
+        out.print("note: this trace kept no segment addresses (recorded before they were), so ties between equal-sized "
+                  "free blocks may go otherwise than on the card (docs/methodology.md 6b)", markup=False)
     if header.get("ring_full") or header.get("num_alloc_retries") or (header.get("measured") or {}).get(
             "num_alloc_retries"):
         out.print("warning: the trace's ring buffer filled or the run retried allocations; its start or its "
