@@ -85,8 +85,7 @@ def replay(
     if the_trace.addresses is None:
         out.print("note: this trace kept no segment addresses (recorded before they were), so ties between equal-sized "
                   "free blocks may go otherwise than on the card (docs/methodology.md 6b)", markup=False)
-    if header.get("ring_full") or header.get("num_alloc_retries") or (header.get("measured") or {}).get(
-            "num_alloc_retries"):
+    if header.get("ring_full") or (header.get("measured") or {}).get("num_alloc_retries"):
         out.print("warning: the trace's ring buffer filled or the run retried allocations; its start or its "
                   "releases may be missing", markup=False)
     out.print(replay_table(rows, title="memplan replay: the recorded step on each card"))

@@ -80,10 +80,13 @@ def outside_bytes(device: Any) -> int:
 
 
 def _measured(record: dict[str, Any]) -> dict[str, int]:
+    """Rank 0's peaks over the record's phases: what an unlimited replay must reproduce."""
     phases = [phase for rank in record.get("ranks") or [] if rank.get("rank", 0) == 0
               for phase in (rank.get("phases") or {}).values() if isinstance(phase, dict)]
+
     def peak(key: str) -> int:
         return max((int(phase.get(key) or 0) for phase in phases), default=0)
+
     return {"max_reserved_bytes": peak("max_reserved_bytes"), "max_allocated_bytes": peak("max_allocated_bytes"),
             "num_alloc_retries": peak("alloc_retries")}
 
