@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Trace a run set's plans without their cap, then replay each trace at its run's cap (memplan replay).
 
-    python3 benchmarks/trace_runset.py benchmarks/stacks/runset-replay-a.yaml --out-dir $OUT/replay-a --budget 480
+    python3 benchmarks/trace_runset.py benchmarks/stacks/runset-replay-b.yaml --out-dir /tmp/replay-b --budget 370
 
 For every run: `memplan probe` with the run's flags, without --vram-cap, with --trace-out (one subprocess
 each, as benchmarks/run_runset.py runs them); then the trace replayed under the allocator limit the run's
 cap gives (memplan.planning.replay.allocator_limit), under the default allocator and max_split_size_mb:512.
-Writes, under --out-dir: the traces (``<name>.trace.json.gz``, also bundled into ``traces.tar``), the
+Writes, under --out-dir: the traces (``<name>.trace.json.gz``, also bundled with the logs into
+``traces-1.tar``, ``traces-2.tar``, ... of at most 15 MiB each: bundle_traces), the
 uncapped records (``records.jsonl``) and ``replay.json`` (one entry per run: the replay's verdicts, the
 smallest limit, and whether the unlimited replay reproduces the run's peak reserved). Prints a table last.
 
@@ -66,7 +67,7 @@ def trace_one(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -
 
 
 def replay_entry(trace_path: Path, run, record: dict | None) -> dict:
-    from memplan.planning.replay import allocator_limit, fidelity, replay, reproduces, smallest_limit
+    from memplan.planning.replay import allocator_limit, fidelity, replay, reproduces, setting_label, smallest_limit
     from memplan.spec.cards import parse_vram_cap
     from memplan.spec.trace import read_trace
 
@@ -84,7 +85,7 @@ def replay_entry(trace_path: Path, run, record: dict | None) -> dict:
     limit = allocator_limit(trace, parse_vram_cap(run.vram_cap))
     entry["limit_bytes"] = limit
     for setting in SETTINGS:
-        label = "default" if setting is None else f"max_split_size_mb:{setting >> 20}"
+        label = setting_label(setting)
         result = replay(trace, limit_bytes=limit, max_split_bytes=setting)
         entry[label] = {"verdict": "fits" if result.fits else "oom",
                         "smallest_limit_bytes": smallest_limit(trace, max_split_bytes=setting),

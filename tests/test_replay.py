@@ -276,3 +276,12 @@ def test_replay_uses_the_traces_segment_addresses():
                   streams=[0] * 4, addresses=[5 * GIB, 5 * GIB, 4 * GIB, 4 * GIB])
     assert recorded_addresses(trace) == {60 * MIB: [5 * GIB, 4 * GIB]}
     assert recorded_addresses(_fragmenting_trace()) is None
+
+
+def test_a_recorded_address_still_in_use_is_not_given_twice():
+    # the traced run freed its first 60 MiB segment and the driver gave the second the same address; in a
+    # replay where the first is still live, the second must not land on it
+    allocator = CachingAllocator(recorded_addresses={60 * MIB: [GIB, GIB]})
+    first, second = allocator.malloc(60 * MIB), allocator.malloc(60 * MIB)
+    assert first.address == GIB and second.address != GIB
+    assert allocator.segments == 2

@@ -55,7 +55,9 @@ def replay(
     output_format: ReplayFormat = typer.Option(ReplayFormat.table, "--format", "-f", help="table or json."),
 ) -> None:
     """Replay a probe's allocation trace on other cards: fits or OOM, per card and allocator setting."""
-    from memplan.planning.replay import allocator_limit, fidelity, replay as replay_trace, reproduces, smallest_limit
+    from memplan.planning.replay import (
+        allocator_limit, fidelity, replay as replay_trace, reproduces, setting_label, smallest_limit,
+    )
     from memplan.report.replay import CardReplay, fidelity_line, replay_document, replay_table
     from memplan.spec.trace import read_trace
     from memplan.spec.units import format_gib
@@ -72,7 +74,7 @@ def replay(
     if smallest:
         for setting in settings:
             found = smallest_limit(the_trace, max_split_bytes=setting)
-            least["default" if setting is None else f"max_split_size_mb:{setting >> 20}"] = found
+            least[setting_label(setting)] = found
     if output_format is ReplayFormat.json:
         typer.echo(json.dumps(replay_document(header=the_trace.header, rows=rows, unlimited=unlimited,
                                               measured=measured, reproduced=reproduced, smallest=least), indent=2))

@@ -32,7 +32,9 @@ modelled here):
 Ties between equal-sized free blocks go to the lower address, so where the driver puts each segment matters
 (docs/accuracy.md, replay-a4: large segments at falling addresses). Given the addresses the driver gave the
 traced run's segments (``recorded_addresses``: per segment size, in order), a new segment takes the next one
-of its size; beyond them, and without them, segments get rising addresses above every recorded one.
+of its size, unless a live segment of the replay covers it (a capped replay frees and makes segments at other
+moments than the traced run, and the driver reuses freed addresses); beyond them, in that case, and without
+them, segments get rising addresses above every recorded one.
 
 Bytes are integers throughout. Pure: no torch.
 """
@@ -116,12 +118,16 @@ class CachingAllocator:
     allocated_bytes: int = 0
     peak_reserved_bytes: int = 0
     peak_allocated_bytes: int = 0
-    segments: int = 0
     failure: Failure | None = None
     _free: dict[bool, list[tuple[int, int, int]]] = field(default_factory=lambda: {True: [], False: []})
     _blocks: dict[tuple[int, int, int], Block] = field(default_factory=dict)
     _next_address: int = 0
     _recorded: dict[int, deque] = field(default_factory=dict)
+    _segments: dict[int, int] = field(default_factory=dict)  # live segments: address -> size
+
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
 
     def __post_init__(self) -> None:
         recorded = self.recorded_addresses or {}
@@ -163,21 +169,24 @@ class CachingAllocator:
         if self.limit_bytes is not None and self.reserved_bytes + size > self.limit_bytes:
             return None
         recorded = self._recorded.get(size)
-        if recorded:
-            address = recorded.popleft()
-        else:
+        address = recorded.popleft() if recorded else None
+        if address is None or self._covered(address, size):
             address = self._next_address
             self._next_address += size + ROUND_LARGE  # segments never touch: no merge across them
         block = Block(address=address, size=size, stream=stream, small=small)
+        self._segments[address] = size
         self.reserved_bytes += size
-        self.segments += 1
         self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
         return block
 
+    def _covered(self, address: int, size: int) -> bool:
+        """Whether [address, address + size) overlaps a live segment."""
+        return any(start < address + size and address < start + length for start, length in self._segments.items())
+
     def _release(self, block: Block) -> None:
         self._uncache(block)
+        del self._segments[block.address]
         self.reserved_bytes -= block.size
-        self.segments -= 1
 
     def release_cached_blocks(self) -> None:
         """release_cached_blocks (also what torch.cuda.empty_cache does): free every wholly free segment."""

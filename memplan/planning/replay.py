@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.estimate.caching_allocator import CachingAllocator, Failure
-from memplan.spec.allocator import ENV
+from memplan.spec.allocator import ENV, EXPANDABLE, allocator_of
 from memplan.spec.cards import VramCap
 from memplan.spec.errors import InputError
 from memplan.spec.trace import ALLOC, FREE, RELEASE, SEGMENT_ALLOC, Trace
@@ -44,7 +44,12 @@ class Replay:
 
     @property
     def setting(self) -> str:
-        return "default" if self.max_split_bytes is None else f"max_split_size_mb:{self.max_split_bytes // MIB}"
+        return setting_label(self.max_split_bytes)
+
+
+def setting_label(max_split_bytes: int | None) -> str:
+    """``default``, or ``max_split_size_mb:N`` as PYTORCH_CUDA_ALLOC_CONF spells it."""
+    return "default" if max_split_bytes is None else f"max_split_size_mb:{max_split_bytes // MIB}"
 
 
 def recorded_addresses(trace: Trace) -> dict[int, list[int]] | None:
@@ -141,7 +146,7 @@ def fidelity(trace: Trace) -> tuple[Replay, int | None]:
     the run used expandable segments, which this replay does not model)."""
     unlimited = replay(trace, limit_bytes=None)
     measured = (trace.header.get("measured") or {}).get("max_reserved_bytes")
-    if "expandable_segments:true" in str(trace.header.get("alloc_conf") or "").replace(" ", "").lower():
+    if allocator_of(trace.header.get("alloc_conf")) == EXPANDABLE:
         measured = None
     return unlimited, (int(measured) if measured else None)
 
