@@ -44,14 +44,16 @@ def fallback_record(runset, run, runset_path: Path, status: str, error: str) -> 
 
 
 def run_one(runset, run, runset_path: Path, work: Path, timeout_s: float,
-            device: str = "cuda") -> tuple[dict, float, int | None]:
-    """(record with run_key, seconds, returncode) of one planned run."""
+            device: str = "cuda", extra: tuple[str, ...] = ()) -> tuple[dict, float, int | None]:
+    """(record with run_key, seconds, returncode) of one planned run; ``extra``: more probe arguments
+    (benchmarks/replay_batch.py passes --trace-out)."""
     from memplan.planning.protocol import probe_argv
 
     out = work / f"{run.name}.jsonl"
     out.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "memplan.cli.main", "probe", *probe_argv(runset, run, runset_path),
-            "--out", str(out), "--timeout", str(max(int(timeout_s) - 15, 5)), "--device", device]
+            "--out", str(out), "--timeout", str(max(int(timeout_s) - 15, 5)), "--device", device,
+            *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            **({"PYTORCH_CUDA_ALLOC_CONF": run.alloc_conf} if run.alloc_conf else {})}
     started = time.time()
