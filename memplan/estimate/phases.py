@@ -95,7 +95,7 @@ class Shared:
     """
 
     __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "kept", "buckets",
-                 "persistent_buckets", "gathered", "activations", "loss_gathered", "backward_gathered", "backward_held",
+                 "persistent_buckets", "gathered", "activations", "layer_backward_activations", "loss_gathered", "backward_gathered", "backward_held",
                  "reduce_scatter", "reduce_scatter_activations")
 
     def __init__(self, ctx: Context) -> None:
@@ -129,6 +129,10 @@ class Shared:
         for upto in (Component.PROJECTOR, Component.LLM, Component.SEG_HEAD, Component.SAM2_DECODER):
             stop = order.index(upto)
             self.activations[upto] = _group(*[item for item in items if order.index(item[0]) <= stop])
+        # the LLM's layers backward runs after the loss backward: autograd has released the loss node's saved
+        # tensors (log_softmax's fp32 output; chunked: the hidden-state gradient), Node::release_variables,
+        # torch/csrc/autograd/engine.cpp, called once a node ran without retain_graph
+        self.layer_backward_activations = self.without_logits(ctx, self.activations[Component.LLM])
         if ctx.is_fsdp:  # FSDP2: which units are unsharded depends on the moment; reduce-scatter its own moment
             root = (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.root_unsharded_bytes(ctx))
             self.gathered = _group(
@@ -142,12 +146,15 @@ class Shared:
                 (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_neighbour_bytes(ctx)),
                 (Component.RUNTIME, Category.FSDP_BUFFERS, fsdp.reduce_scatter_bytes(ctx)))
             # after the loss backward: the logits' saved tensors are gone, the LLM's layer inputs remain
-            llm_saved = act.logits_saved_bytes(ctx) if Component.LLM in parts else 0
-            self.reduce_scatter_activations = _group(*[
-                (c, cat, b - llm_saved if c is Component.LLM else b)
-                for c, cat, b in self.activations[Component.SAM2_DECODER].terms])
+            self.reduce_scatter_activations = self.without_logits(ctx, self.activations[Component.SAM2_DECODER])
             if fsdp.root_reduces_largest(ctx):  # in the final callback, the graph has run: as at the end of backward
                 self.reduce_scatter_activations = self.activations[Component.PROJECTOR]
+
+    @staticmethod
+    def without_logits(ctx: Context, group: Group) -> Group:
+        """``group`` once the loss backward has run: the LLM's term less the logits' saved tensors."""
+        llm_saved = act.logits_saved_bytes(ctx) if Component.LLM in ctx.parts else 0
+        return _group(*[(c, cat, b - llm_saved if c is Component.LLM else b) for c, cat, b in group.terms])
 
     def states(self, gathered: Group | None = None) -> tuple[Group, ...]:
         """What every forward and backward moment holds (``gathered``: the moment's unsharded FSDP2
@@ -225,7 +232,7 @@ def backward_phase(ctx: Context, s: Shared) -> PhaseMemory:
         spike_states = start if buffers.output_grad_first(ctx) or ctx.is_fsdp else s.states(s.backward_held)
         moments.append(_moment("LLM loss backward", *spike_states, head_grad, s.activations[Component.LLM],
                                _transient(Component.LLM, act.llm_loss_backward_transient(ctx))))
-        moments.append(_moment("LLM layers backward", *states, head_grad, s.activations[Component.LLM],
+        moments.append(_moment("LLM layers backward", *states, head_grad, s.layer_backward_activations,
                                _transient(Component.LLM, act.llm_layers_backward_transient(ctx))))
     if s.reduce_scatter.total:  # FSDP2: the largest unit's reduce-scatter, after its reshard
         moments.append(_moment("reduce-scatter", s.weights, s.optimizer, s.persistent_buckets, s.reduce_scatter,
