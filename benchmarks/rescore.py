@@ -49,12 +49,12 @@ PART_LABELS = {
     "formulas-seen": "in-sample: the allocated formulas were fixed on these",
     "calibration": "in-sample for the calibration (fitted on this side); allocated out of sample",
     "held-out": "held out from the formulas and from the calibration",
-    "sa2va-harness": "H200 and (2026-12-06, -07) H100, the Sa2VA harness (h200-batch4 to -9, h100-batch10, -11; h200-steptime-b, -c, -c2, h100-steptime-d to -k, h100-profile-a, h100-repeat-a, -layout-a, -layout-b, -replay-b, their memory not pre-registered); h200-batch8 and -9 in-sample for the expandable-segments term (found on them), h100-batch10 held out for it",
-    "hf-trainer": "H200 (H100 for stacks-e, -f, layout-a, replay-b), transformers Trainer + peft, text-only LLMs",
-    "custom-loop": "H200 (H100 for stacks-e, -f, repeat-a, layout-a, -b, replay-b), a custom training loop, text-only LLMs",
-    "accelerate": "H200, an accelerate loop (Accelerator(mixed_precision=bf16)) + peft, text-only LLMs",
-    "internvl": "H200 (H100 for stacks-e, -f, repeat-a, replay-b), InternVL2.5 through Trainer or the custom loop; stacks-a/-b in-sample since 98fcda0 (checkpoint scope found on these), stacks-c, -d, -e and -f held out",
-    "hf-trainer-deepspeed": "H200 (H100 for stacks-e, -f), DeepSpeed ZeRO-2/3 through Trainer; stacks-b in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these), stacks-c held out but for ds-full-z2-q15-1k (docs/stacks.md 12 found on it), stacks-d, -e and -f held out",
+    "sa2va-harness": "H200 and (2026-12-06, -07) H100, the Sa2VA harness (h200-batch4 to -9, h100-batch10, -11; h200-steptime-b, -c, -c2, h100-steptime-d to -k, -n, h100-profile-a, h100-repeat-a, -layout-a, -layout-b, their memory not pre-registered; h100-replay-b, -d); h200-batch8 and -9 in-sample for the expandable-segments term (found on them), h100-batch10 held out for it",
+    "hf-trainer": "H200 (H100 for stacks-e, -f, layout-a, replay-b, -d, -e, eager-a), transformers Trainer + peft, text-only LLMs",
+    "custom-loop": "H200 (H100 for stacks-e, -f, repeat-a, layout-a, -b, replay-b, -d, eager-a), a custom training loop, text-only LLMs",
+    "accelerate": "H200 (H100 for replay-d), an accelerate loop (Accelerator(mixed_precision=bf16)) + peft, text-only LLMs",
+    "internvl": "H200 (H100 for stacks-e, -f, repeat-a, replay-b, -d, -e, eager-a), InternVL2.5 through Trainer or the custom loop; stacks-a/-b in-sample since 98fcda0 (checkpoint scope found on these), stacks-c, -d, -e and -f held out",
+    "hf-trainer-deepspeed": "H200 (H100 for stacks-e, -f, replay-d, -e), DeepSpeed ZeRO-2/3 through Trainer; stacks-b in-sample since 98fcda0 (bucket timing) and docs/stacks.md 9-11 (one-rank ZeRO-3 gather, ZeRO-3 gradient partitions, tied head; found on these), stacks-c held out but for ds-full-z2-q15-1k (docs/stacks.md 12 found on it), stacks-d, -e and -f held out",
     "fsdp2-fake-world": "H200, FSDP2 (and one DeepSpeed ZeRO-3) rank 0 of a fake world (Qwen2.5-1.5B, Sa2VA-1B); the first batch in-sample since the three FSDP2 fixes, fake-world-b in-sample for dim-0 padding and ZeRO-3 (docs/stacks.md 13-14), fake-world-c and -d held out; Qwen2.5-0.5B/3B too",
 }
 

@@ -285,3 +285,37 @@ def test_a_recorded_address_still_in_use_is_not_given_twice():
     first, second = allocator.malloc(60 * MIB), allocator.malloc(60 * MIB)
     assert first.address == GIB and second.address != GIB
     assert allocator.segments == 2
+
+
+@pytest.mark.parametrize("batch, right, estimate_right, scored", [("replay-b", 9, 4, 9), ("replay-d", 11, 4, 11), ("replay-e", 4, 1, 4)])
+def test_committed_replay_verdicts_follow_from_the_traces(tmp_path, batch, right, estimate_right, scored):
+    """The replay's verdicts of a batch (benchmarks/replay_batch.py, decided on the GPU machine before each capped
+    run) are recomputed here from the committed uncapped traces, and score as docs/accuracy.md says."""
+    import json
+    import runpy
+    import tarfile
+    from pathlib import Path
+
+    from memplan.planning.replay import allocator_limit, replay
+    from memplan.spec.cards import parse_vram_cap
+    from memplan.spec.trace import read_trace
+
+    root = Path(__file__).resolve().parents[1]
+    decided = json.loads((root / f"reports/probes/predictions/{batch}-replay.json").read_text())
+    with tarfile.open(root / f"reports/probes/traces/{batch}-traces.tar") as bundle:
+        bundle.extractall(tmp_path, filter="data")
+    for entry in decided["runs"]:
+        trace = read_trace(tmp_path / f"{entry['name']}.trace.json.gz")
+        limit = allocator_limit(trace, parse_vram_cap(entry["vram_cap"]))
+        assert limit == entry["limit_bytes"], entry["name"]
+        for label, setting in (("default", None), ("max_split_size_mb:512", 512 * MIB)):
+            fits = replay(trace, limit_bytes=limit, max_split_bytes=setting).fits
+            assert ("fits" if fits else "oom") == entry[label]["verdict"], (entry["name"], label)
+    module = runpy.run_path(str(root / "benchmarks" / "score_replay.py"))
+    rows = [row for row in module["score"](root / f"reports/probes/predictions/{batch}-replay.json",
+                                           root / f"reports/probes/h100-{batch}.jsonl",
+                                           root / f"reports/probes/predictions/{batch}.jsonl")
+            if row["outcome"] in ("fits", "oom")]
+    assert len(rows) == scored
+    assert sum(row["replay"] == row["outcome"] for row in rows) == right
+    assert sum(row["estimate"] == row["outcome"] for row in rows) == estimate_right
