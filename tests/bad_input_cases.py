@@ -559,6 +559,14 @@ CASES += [
     Case("replay-alloc-conf", "replay --alloc-conf with an option it does not replay",
          ("replay", "t.json.gz", "--alloc-conf", "garbage_collection_threshold:0.6"),
          ("--alloc-conf=garbage_collection_threshold:0.6", "max_split_size_mb:N"), {"t.json.gz": lambda: _trace_bytes()}),
+    Case("replay-text-len-one-trace", "replay --text-len with one trace",
+         ("replay", "t.json.gz", "--text-len", "8192"), ("--text-len=8192", "two or more traces"),
+         {"t.json.gz": lambda: _trace_bytes()}),
+    Case("replay-two-without-text-len", "replay of two traces without --text-len", ("replay", "t.json.gz", "u.json.gz"),
+         ("trace: 2 traces given without --text-len",), {"t.json.gz": lambda: _trace_bytes(), "u.json.gz": lambda: _trace_bytes()}),
+    Case("replay-family-one-length", "replay --text-len of two traces at one length",
+         ("replay", "t.json.gz", "u.json.gz", "--text-len", "8192"), ("traces: all at 4096 tokens",),
+         {"t.json.gz": lambda: _trace_bytes(), "u.json.gz": lambda: _trace_bytes()}),
 ]
 
 
@@ -566,7 +574,7 @@ def _trace_bytes() -> bytes:
     """A one-request memplan.trace/1 file."""
     import gzip
 
-    return gzip.compress(json.dumps({"schema": "memplan.trace/1", "events": {
+    return gzip.compress(json.dumps({"schema": "memplan.trace/1", "plan": {"inputs": {"text_tokens": 4096}}, "events": {
         "kind": "a", "block": [0], "size": [4096], "stream": [0]}}).encode())
 
 TRAIN_PY = "from transformers import Trainer\nTrainer(model=m).train()\n"

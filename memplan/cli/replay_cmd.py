@@ -40,10 +40,44 @@ def _settings(values: list[str] | None) -> list[int | None]:
     return [None if value.strip() == "default" else max_split_bytes_of(value) for value in values or DEFAULT_SETTINGS]
 
 
+def _the_trace(paths: list[Path], text_len: int | None):
+    """One trace as given, or, with --text-len, the plan's trace at that length synthesized from two or more
+    traces of it at other lengths (memplan.planning.trace_family), with the family's size laws."""
+    from memplan.planning.trace_family import align, laws, synthesize
+    from memplan.spec.errors import InputError
+    from memplan.spec.trace import read_trace
+
+    traces = [read_trace(path) for path in paths]
+    if text_len is None:
+        if len(traces) > 1:
+            raise InputError(f"trace: {len(traces)} traces given without --text-len (several traces of one plan "
+                             "at other lengths are replayed at the length --text-len names)")
+        return traces[0], None
+    if len(traces) < 2:
+        raise InputError(f"--text-len={text_len}: needs two or more traces of the plan at other sequence lengths")
+    family = align(traces)
+    return synthesize(family, tokens=text_len), {"tokens": list(family.tokens), "run_ids": list(family.run_ids),
+                                                  "text_len": text_len, "laws": laws(family)}
+
+
+def family_line(family: dict) -> str:
+    """Where a synthesized trace came from, in one line."""
+    laws = family["laws"]
+    lo, hi = min(family["tokens"]), max(family["tokens"])
+    where = "between" if lo <= family["text_len"] <= hi else "beyond"
+    return (f"synthesized at {family['text_len']} tokens ({where} the traced {', '.join(map(str, family['tokens']))}): "
+            f"request sizes constant {laws['constant']}, proportional to the length {laws['proportional']}, to its "
+            f"square {laws['quadratic']}, other {laws['polynomial']}; no addresses carried over")
+
+
 @user_errors
 def replay(
     *,
-    trace: Path = typer.Argument(..., help="A trace written by `memplan probe --trace-out FILE`."),
+    trace: list[Path] = typer.Argument(..., help="A trace written by `memplan probe --trace-out FILE`; with "
+                                       "--text-len, two or more traces of one plan at other sequence lengths."),
+    text_len: Optional[int] = typer.Option(
+        None, "--text-len", help="Replay the plan at this sequence length, its trace synthesized from the traces "
+        "given (one plan at two or more other lengths: trace lengths that fit the card you have)."),
     card: Optional[list[str]] = typer.Option(
         None, "--card", help="A card name (rtx-3090) or GiB as CUDA reports them, as --vram-cap takes; repeat for "
         "several. Default: every catalogued card smaller than the one probed."),
@@ -59,10 +93,9 @@ def replay(
         allocator_limit, fidelity, replay as replay_trace, reproduces, setting_label, smallest_limit,
     )
     from memplan.report.replay import CardReplay, fidelity_line, replay_document, replay_table
-    from memplan.spec.trace import read_trace
     from memplan.spec.units import format_gib
 
-    the_trace = read_trace(trace)
+    the_trace, family = _the_trace(trace, text_len)
     settings = _settings(alloc_conf)
     caps = _cards(card, the_trace.header.get("device_total_bytes"))
     unlimited, measured = fidelity(the_trace)
@@ -76,15 +109,19 @@ def replay(
             found = smallest_limit(the_trace, max_split_bytes=setting)
             least[setting_label(setting)] = found
     if output_format is ReplayFormat.json:
-        typer.echo(json.dumps(replay_document(header=the_trace.header, rows=rows, unlimited=unlimited,
-                                              measured=measured, reproduced=reproduced, smallest=least), indent=2))
+        document = replay_document(header=the_trace.header, rows=rows, unlimited=unlimited, measured=measured,
+                                   reproduced=reproduced, smallest=least)
+        typer.echo(json.dumps({**document, "synthesized": family}, indent=2))
         return
     out = console()
     header = the_trace.header
     out.print(f"trace of {header.get('model')} (run {header.get('run_id')}, {header.get('gpu_name')}): "
               f"{the_trace.requests} requests", markup=False)
-    out.print(fidelity_line(unlimited=unlimited, measured=measured, reproduced=reproduced), markup=False)
-    if the_trace.addresses is None:
+    if family is not None:
+        out.print(family_line(family), markup=False)
+    else:
+        out.print(fidelity_line(unlimited=unlimited, measured=measured, reproduced=reproduced), markup=False)
+    if the_trace.addresses is None and family is None:
         out.print("note: this trace kept no segment addresses (recorded before they were), so ties between equal-sized "
                   "free blocks may go otherwise than on the card (docs/methodology.md 6b)", markup=False)
     if header.get("ring_full") or (header.get("measured") or {}).get("num_alloc_retries"):
