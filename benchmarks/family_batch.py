@@ -8,7 +8,7 @@ For each family below (one plan, traced at two or three lengths by earlier batch
 reports/probes/traces/*.tar, extracted into --traces-dir), the trace at every length of a window is synthesized
 (memplan.planning.trace_family) and replayed at the card's allocator limit under the default allocator. The
 window's first length that runs out marks the boundary; the batch runs the last length before it that fits and
-that first OOM (a step of 64 tokens apart), capped at the card: the hardest two plans to call of each family, and,
+that first OOM (a step of 64 tokens apart; traced lengths are skipped), capped at the card: the hardest two plans to call of each family, and,
 where the replay says a longer length fits again (the verdict is not monotonic in the length: where the blocks land
 decides), the first such length.
 Writes the run set (schema memplan.runset/1) and the family replay's verdicts; commit both, and the estimate's
@@ -61,6 +61,8 @@ def scan(family, traces_dir: Path) -> dict:
     for card, (low, high) in cards.items():
         rows = []
         for tokens in range(low, high + 1, STEP):
+            if tokens in aligned.tokens:  # a traced length is no prediction
+                continue
             trace = synthesize(aligned, tokens=tokens)
             limit = allocator_limit(trace, parse_vram_cap(card))
             result = replay(trace, limit_bytes=limit)
