@@ -106,7 +106,7 @@ def replay(
     least = {}
     if smallest:
         for setting in settings:
-            found = smallest_limit(the_trace, max_split_bytes=setting)
+            found = smallest_limit(the_trace, max_split_bytes=setting, unlimited=unlimited)
             least[setting_label(setting)] = found
     if output_format is ReplayFormat.json:
         document = replay_document(header=the_trace.header, rows=rows, unlimited=unlimited, measured=measured,

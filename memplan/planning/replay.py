@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.estimate.caching_allocator import CachingAllocator, Failure
-from memplan.spec.allocator import ENV, EXPANDABLE, allocator_of
+from memplan.spec.allocator import ENV, EXPANDABLE, allocator_of, conf_options
 from memplan.spec.cards import VramCap
 from memplan.spec.errors import InputError
 from memplan.spec.trace import ALLOC, FREE, RELEASE, SEGMENT_ALLOC, Trace
@@ -95,12 +95,14 @@ def replay(trace: Trace, *, limit_bytes: int | None, max_split_bytes: int | None
 
 
 def smallest_limit(trace: Trace, *, max_split_bytes: int | None = None,
-                   resolution_bytes: int = SMALLEST_LIMIT_RESOLUTION) -> int:
+                   resolution_bytes: int = SMALLEST_LIMIT_RESOLUTION, unlimited: Replay | None = None) -> int:
     """The smallest allocator limit (to ``resolution_bytes``) under which the trace replays to its end,
     by bisection between its peak allocated bytes (below which nothing fits) and its unlimited peak
     reserved (at which it fits). Fitting is assumed monotone in the limit; the verdict for a card is its
-    own replay, not this number."""
-    unlimited = replay(trace, limit_bytes=None, max_split_bytes=max_split_bytes)
+    own replay, not this number. ``unlimited``: the trace's unlimited replay under this setting, when the
+    caller has it (fidelity's, for the default allocator)."""
+    if unlimited is None or unlimited.limit_bytes is not None or unlimited.max_split_bytes != max_split_bytes:
+        unlimited = replay(trace, limit_bytes=None, max_split_bytes=max_split_bytes)
     low, high = unlimited.peak_allocated_bytes - 1, unlimited.peak_reserved_bytes
     while high - low > resolution_bytes:
         middle = (low + high) // 2
@@ -127,16 +129,11 @@ def allocator_limit(trace: Trace, cap: VramCap) -> int:
 def max_split_bytes_of(alloc_conf: str) -> int:
     """max_split_size_mb of a PYTORCH_CUDA_ALLOC_CONF value (``max_split_size_mb:512``) in bytes; the
     allocator refuses values not above 20 MiB (CUDAAllocatorConfig.cpp, parseMaxSplitSize)."""
-    for part in alloc_conf.split(","):
-        key, _, value = part.partition(":")
-        if key.strip() == "max_split_size_mb":
-            try:
-                mib = int(value.strip())
-            except ValueError:
-                break
-            if mib <= 20:
-                raise InputError(f"{ENV}={alloc_conf}: max_split_size_mb must be above 20 (MiB)")
-            return mib * MIB
+    value = conf_options(alloc_conf).get("max_split_size_mb")
+    if value is not None and value.isdigit():
+        if int(value) <= 20:
+            raise InputError(f"{ENV}={alloc_conf}: max_split_size_mb must be above 20 (MiB)")
+        return int(value) * MIB
     raise InputError(f"--alloc-conf={alloc_conf}: give max_split_size_mb:N (N in MiB, above 20); "
                      "other allocator options are not replayed")
 

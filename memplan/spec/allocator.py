@@ -12,15 +12,21 @@ EXPANDABLE = "expandable_segments"
 ENV = "PYTORCH_CUDA_ALLOC_CONF"
 
 
+def conf_options(alloc_conf: str | None) -> dict[str, str]:
+    """A PYTORCH_CUDA_ALLOC_CONF value's ``option:value`` pairs, stripped; a repeated option keeps its last
+    value, as parseArgs does."""
+    options: dict[str, str] = {}
+    for part in (alloc_conf or "").split(","):
+        key, _, setting = part.partition(":")
+        if key.strip():
+            options[key.strip()] = setting.strip()
+    return options
+
+
 def allocator_of(alloc_conf: str | None) -> str:
     """The plan's allocator for a PYTORCH_CUDA_ALLOC_CONF value: expandable_segments where the
     variable sets ``expandable_segments:True`` (the last setting wins, as in parseArgs), else default."""
-    value = None
-    for part in (alloc_conf or "").split(","):
-        key, _, setting = part.partition(":")
-        if key.strip() == EXPANDABLE:
-            value = setting.strip().lower() == "true"
-    return EXPANDABLE if value else "default"
+    return EXPANDABLE if conf_options(alloc_conf).get(EXPANDABLE, "").lower() == "true" else "default"
 
 
 def unmodelled_options(alloc_conf: str | None) -> tuple[str, ...]:
@@ -29,8 +35,7 @@ def unmodelled_options(alloc_conf: str | None) -> tuple[str, ...]:
     ...: CUDAAllocatorConfig.cpp parseArgs). A run made with any of them placed its blocks otherwise, so its
     verdict and reserved bytes are not the default allocator's (h100-layout-b: max_split_size_mb:512 made two
     runs fit that ran out without it)."""
-    keys = (part.partition(":")[0].strip() for part in (alloc_conf or "").split(","))
-    return tuple(sorted({key for key in keys if key and key != EXPANDABLE}))
+    return tuple(sorted(key for key in conf_options(alloc_conf) if key != EXPANDABLE))
 
 
 def conf_with_allocator(alloc_conf: str | None, allocator: str) -> str | None:
