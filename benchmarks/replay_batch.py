@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_runset import run_one  # noqa: E402  (benchmarks/ is not a package)
-from trace_runset import bundle_traces, replay_entry, trace_one  # noqa: E402
+from trace_runset import budgeted, bundle_traces, replay_entry, trace_one  # noqa: E402
 
 OUTCOME = {"ok": "fits", "oom": "oom"}
 
@@ -129,13 +129,8 @@ def main() -> None:
     deadline = time.time() + args.budget if args.budget else None
     entries: list[dict] = []
     outcomes: dict[str, dict] = {}
-    for run in runset.runs:
-        if args.only and run.name not in args.only:
-            continue
-        left = deadline - time.time() if deadline else None
-        if left is not None and left < args.min_pair:
-            entries.append({"name": run.name, "status": "skipped (budget)"})
-            continue
+    for run, left in budgeted(runset.runs, only=args.only, budget=args.budget, min_seconds=args.min_pair,
+                              skipped=entries):
         entry = decide(runset, run, args.runset, args.out_dir, min(run.timeout_s, left / 2) if left else run.timeout_s)
         entries.append(entry)
         (args.out_dir / "replay.json").write_text(json.dumps({"batch": runset.batch, "runs": entries}, indent=1))
@@ -149,6 +144,7 @@ def main() -> None:
                                    min(run.timeout_s, left) if left else run.timeout_s)
         print(f"[{time.strftime('%H:%M:%S')}] {run.name}: capped {outcomes[run.name]['status']} "
               f"{outcomes[run.name]['seconds']:.0f}s", flush=True)
+    (args.out_dir / "replay.json").write_text(json.dumps({"batch": runset.batch, "runs": entries}, indent=1))
     bundle_traces(args.out_dir)
     print("\n".join(table(entries, outcomes, estimates_of(args.estimate))))
 

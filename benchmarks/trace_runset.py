@@ -93,6 +93,20 @@ def replay_entry(trace_path: Path, run, record: dict | None) -> dict:
     return entry
 
 
+def budgeted(runs, *, only: list[str] | None, budget: float | None, min_seconds: float, skipped: list[dict]):
+    """(run, seconds left or None) for each run kept by ``only`` that still has ``min_seconds`` of the batch's
+    ``budget``; the others are appended to ``skipped`` as ``{"name", "status": "skipped (budget)"}``."""
+    deadline = time.time() + budget if budget else None
+    for run in runs:
+        if only and run.name not in only:
+            continue
+        left = deadline - time.time() if deadline else None
+        if left is not None and left < min_seconds:
+            skipped.append({"name": run.name, "status": "skipped (budget)"})
+            continue
+        yield run, left
+
+
 def bundle_traces(out_dir: Path, *, chunk_bytes: int = 15 * 2**20) -> None:
     """The traces and logs into traces-1.tar, traces-2.tar, ... of at most ``chunk_bytes`` each (what the
     device machine hands back: a few files of at most 16 MiB)."""
@@ -125,15 +139,9 @@ def main() -> None:
 
     runset = load_runset(args.runset)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.time() + args.budget if args.budget else None
-    entries = []
-    for run in runset.runs:
-        if args.only and run.name not in args.only:
-            continue
-        left = deadline - time.time() if deadline else None
-        if left is not None and left < args.min_run:
-            entries.append({"name": run.name, "status": "skipped (budget)"})
-            continue
+    entries: list[dict] = []
+    for run, left in budgeted(runset.runs, only=args.only, budget=args.budget, min_seconds=args.min_run,
+                              skipped=entries):
         timeout = min(run.timeout_s, left) if left is not None else run.timeout_s
         record, trace_path, seconds = trace_one(runset, run, args.runset, args.out_dir, timeout)
         if record is not None:

@@ -319,3 +319,17 @@ def test_committed_replay_verdicts_follow_from_the_traces(tmp_path, batch, right
     assert len(rows) == scored
     assert sum(row["replay"] == row["outcome"] for row in rows) == right
     assert sum(row["estimate"] == row["outcome"] for row in rows) == estimate_right
+
+
+def test_budgeted_skips_what_the_budget_cannot_start():
+    import runpy
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "trace_runset.py"))
+    runs = [SimpleNamespace(name=name) for name in ("a", "b", "c")]
+    skipped: list[dict] = []
+    kept = [run.name for run, _ in module["budgeted"](runs, only=["a", "c"], budget=None, min_seconds=10, skipped=skipped)]
+    assert kept == ["a", "c"] and skipped == []
+    kept = list(module["budgeted"](runs, only=None, budget=5, min_seconds=10, skipped=skipped))
+    assert kept == [] and [entry["name"] for entry in skipped] == ["a", "b", "c"]
