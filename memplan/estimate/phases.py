@@ -91,12 +91,13 @@ class Shared:
     without partitions or BF16_Optimizer accumulators); buckets: ZeRO-1/2 gradient buckets, alive in
     backward only; persistent_buckets: ZeRO-3's reduce bucket, allocated at initialize and kept;
     gathered: ZeRO-3's gathered parameters; activations[c]: saved activations of the components run
-    up to and including c, in forward order.
+    up to and including c, in forward order; layer_backward_activations: activations up to the LLM once
+    the loss backward has released the logits' saved tensors.
     """
 
     __slots__ = ("weights", "masters", "optimizer", "gradients", "persistent_gradients", "kept", "buckets",
-                 "persistent_buckets", "gathered", "activations", "layer_backward_activations", "loss_gathered", "backward_gathered", "backward_held",
-                 "reduce_scatter", "reduce_scatter_activations")
+                 "persistent_buckets", "gathered", "activations", "layer_backward_activations", "loss_gathered",
+                 "backward_gathered", "backward_held", "reduce_scatter", "reduce_scatter_activations")
 
     def __init__(self, ctx: Context) -> None:
         parts = ctx.parts
