@@ -29,6 +29,25 @@ REPLAYED = (ALLOC, FREE, RELEASE)
 
 
 @dataclass(frozen=True)
+class Law:
+    """One request's size as a function of the sequence length n: ``name`` (constant, proportional,
+    quadratic, polynomial) and the exact polynomial it is, as (n, size) points it passes through."""
+
+    name: str
+    points: tuple[tuple[int, int], ...]
+
+    def at(self, tokens: int) -> int:
+        """The size at ``tokens``, rounded to a byte, at least one."""
+        if self.name == "constant":
+            return self.points[0][1]
+        if self.name in ("proportional", "quadratic"):
+            n0, s0 = self.points[0]
+            power = 1 if self.name == "proportional" else 2
+            return max(1, round(Fraction(s0, n0**power) * tokens**power))
+        return max(1, round(_lagrange(list(self.points), tokens)))
+
+
+@dataclass(frozen=True)
 class Family:
     """Traces of one plan at different sequence lengths, aligned request by request."""
 
@@ -38,7 +57,7 @@ class Family:
     kinds: str
     blocks: list[int]
     streams: list[int]
-    sizes: list[tuple[int, ...]]  # per event, its size in every trace (0 for frees and releases)
+    laws: list[Law | None]  # per event, its request's size law (None for frees and releases)
 
 
 def trace_tokens(trace: Trace) -> int:
@@ -106,39 +125,46 @@ def align(traces: list[Trace]) -> Family:
     columns = [base_sizes]
     for trace in traces[1:]:
         name = trace.header.get("run_id", "?")
-        if (trace.header.get("model"), _plan_without_tokens(trace)) != (base.header.get("model"), _plan_without_tokens(base)):
+        same_plan = (trace.header.get("model"), _plan_without_tokens(trace)) == (base.header.get("model"),
+                                                                                 _plan_without_tokens(base))
+        if not same_plan:
             raise InputError(f"trace {name}: another model or plan than trace {base.header.get('run_id', '?')} "
                              "(only the sequence length may differ)")
         their_kinds, their_blocks, their_sizes, _ = _replayed(trace)
         if their_kinds != kinds:
-            first = next((i for i, (a, b) in enumerate(zip(kinds, their_kinds)) if a != b), min(len(kinds), len(their_kinds)))
-            raise InputError(f"trace {name}: its requests differ from trace {base.header.get('run_id', '?')}'s at event "
-                             f"{first} ({len(their_kinds)} events against {len(kinds)}): not one plan's step")
+            first = next((i for i, (a, b) in enumerate(zip(kinds, their_kinds)) if a != b),
+                         min(len(kinds), len(their_kinds)))
+            raise InputError(f"trace {name}: its requests differ from trace {base.header.get('run_id', '?')}'s at "
+                             f"event {first} ({len(their_kinds)} events against {len(kinds)}): not one plan's step")
         differs = _free_runs_match(kinds, base_ordinals, _ordinals(their_kinds, their_blocks))
         if differs is not None:
             raise InputError(f"trace {name}: event {differs} frees another request than trace "
                              f"{base.header.get('run_id', '?')}'s: not one plan's step")
         columns.append(their_sizes)
-    return Family(tokens=tokens, run_ids=tuple(str(t.header.get("run_id", "?")) for t in traces), base=base, kinds=kinds, blocks=blocks, streams=streams,
-                  sizes=list(zip(*columns)))
+    laws = [fit(list(zip(tokens, column))) if kind == ALLOC else None for kind, column in zip(kinds, zip(*columns))]
+    return Family(tokens=tokens, run_ids=tuple(str(t.header.get("run_id", "?")) for t in traces), base=base,
+                  kinds=kinds, blocks=blocks, streams=streams, laws=laws)
 
 
-def size_at(points: list[tuple[int, int]], tokens: int) -> int:
-    """One request's size at ``tokens`` from its (tokens, size) in each trace: the one-term law both points
-    obey exactly (constant; c x n; c x n^2), else the polynomial through them (a line through two, a
-    quadratic through the first three lengths), rounded to a byte, at least one."""
+def fit(points: list[tuple[int, int]]) -> Law:
+    """One request's size law from its (tokens, size) in each trace: the one-term law every point obeys
+    exactly (constant; c x n; c x n^2), else the polynomial through them (a line through two lengths, a
+    quadratic through the first three)."""
     distinct = sorted(set(points))
     n0, s0 = distinct[0]
     if all(s == s0 for _, s in distinct):
-        return s0
-    for power in (1, 2):
+        return Law("constant", ((n0, s0),))
+    for name, power in (("proportional", 1), ("quadratic", 2)):
         c = Fraction(s0, n0**power)
         if all(c * n**power == s for n, s in distinct):
-            return max(1, round(c * tokens**power))
+            return Law(name, ((n0, s0),))
     by_tokens = dict(distinct)
-    xs = sorted(by_tokens)[:3]
-    value = _lagrange([(x, by_tokens[x]) for x in xs], tokens)
-    return max(1, round(value))
+    return Law("polynomial", tuple((n, by_tokens[n]) for n in sorted(by_tokens)[:3]))
+
+
+def size_at(points: list[tuple[int, int]], tokens: int) -> int:
+    """One request's size at ``tokens`` (fit's law), rounded to a byte, at least one."""
+    return fit(points).at(tokens)
 
 
 def _lagrange(points: list[tuple[int, int]], x: int) -> Fraction:
@@ -153,16 +179,16 @@ def _lagrange(points: list[tuple[int, int]], x: int) -> Fraction:
 
 
 def synthesize(family: Family, *, tokens: int) -> Trace:
-    """The family's trace at ``tokens``: the base trace's events, each request sized by size_at."""
+    """The family's trace at ``tokens``: the base trace's events, each request sized by its law."""
     if tokens <= 0:
         raise InputError(f"--text-len={tokens}: must be a positive number of tokens")
-    sizes = [size_at(list(zip(family.tokens, column)), tokens) if kind == ALLOC else 0
-             for kind, column in zip(family.kinds, family.sizes)]
+    sizes = [law.at(tokens) if law is not None else 0 for law in family.laws]
     header = dict(family.base.header)
     plan = dict(header.get("plan") or {})
     plan["inputs"] = {**(plan.get("inputs") or {}), "text_tokens": tokens}
-    header.update(plan=plan, measured=None, synthesized_from=[{"run_id": run_id, "tokens": n} for run_id, n in zip(family.run_ids, family.tokens)],
-                  run_id=f"{header.get('run_id', 'trace')}@{tokens}")
+    sources = [{"run_id": run_id, "tokens": n} for run_id, n in zip(family.run_ids, family.tokens)]
+    header.update(plan=plan, measured=None, run_id=f"{header.get('run_id', 'trace')}@{tokens}",
+                  synthesized_from=sources)
     return Trace(header=header, kinds=family.kinds, blocks=list(family.blocks), sizes=sizes,
                  streams=list(family.streams), stream_ids=list(family.base.stream_ids), addresses=None)
 
@@ -170,17 +196,7 @@ def synthesize(family: Family, *, tokens: int) -> Trace:
 def laws(family: Family) -> dict[str, int]:
     """How many requests follow each size law across the family (constant, proportional, quadratic, other)."""
     counts = {"constant": 0, "proportional": 0, "quadratic": 0, "polynomial": 0}
-    for kind, column in zip(family.kinds, family.sizes):
-        if kind != ALLOC:
-            continue
-        points = sorted(set(zip(family.tokens, column)))
-        n0, s0 = points[0]
-        if all(s == s0 for _, s in points):
-            counts["constant"] += 1
-        elif all(Fraction(s0, n0) * n == s for n, s in points):
-            counts["proportional"] += 1
-        elif all(Fraction(s0, n0 * n0) * n * n == s for n, s in points):
-            counts["quadratic"] += 1
-        else:
-            counts["polynomial"] += 1
+    for law in family.laws:
+        if law is not None:
+            counts[law.name] += 1
     return counts
