@@ -34,10 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_runset import run_one  # noqa: E402  (benchmarks/ is not a package)
+from score_replay import report, score  # noqa: E402
 from trace_runset import budgeted, bundle_traces, replay_entry, trace_one  # noqa: E402
-
-OUTCOME = {"ok": "fits", "oom": "oom"}
-
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -80,38 +78,6 @@ def check(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> di
     return {"status": record["status"], "seconds": round(seconds, 1), "rc": code}
 
 
-def estimates_of(path: Path | None) -> dict[str, dict]:
-    if path is None:
-        return {}
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {line["name"]: line for line in lines}
-
-
-def table(entries: list[dict], outcomes: dict[str, dict], estimates: dict[str, dict]) -> list[str]:
-    rows = ["| run | estimate (needed / card) | replay: default | replay: max_split 512 | outcome (capped) |",
-            "|---|---|---|---|---|"]
-    for entry in entries:
-        estimate = estimates.get(entry["name"], {})
-        predicted = estimate.get("predicted") or {}
-        share = (f"{predicted['needed_bytes'] / estimate['capacity_bytes']:.3f}"
-                 if predicted.get("needed_bytes") and estimate.get("capacity_bytes") else "")
-        outcome = outcomes.get(entry["name"], {}).get("status", "not run")
-        rows.append(f"| {entry['name']} | {predicted.get('verdict', '')} ({share}) | "
-                    f"{(entry.get('default') or {}).get('verdict', entry.get('status', ''))} | "
-                    f"{(entry.get('max_split_size_mb:512') or {}).get('verdict', '')} | "
-                    f"{OUTCOME.get(outcome, outcome)} |")
-    scored = [e for e in entries if OUTCOME.get(outcomes.get(e["name"], {}).get("status")) and e.get("default")]
-    for who in ("replay", "estimate"):
-        def said(entry: dict) -> str | None:
-            if who == "replay":
-                return entry["default"]["verdict"]
-            return (estimates.get(entry["name"], {}).get("predicted") or {}).get("verdict")
-        right = sum(said(e) == OUTCOME[outcomes[e["name"]]["status"]] for e in scored)
-        optimistic = sum(said(e) == "fits" and OUTCOME[outcomes[e["name"]]["status"]] == "oom" for e in scored)
-        rows.append(f"{who}: {right} of {len(scored)} right, {optimistic} optimistic")
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runset", type=Path)
@@ -128,7 +94,6 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.budget if args.budget else None
     entries: list[dict] = []
-    outcomes: dict[str, dict] = {}
     for run, left in budgeted(runset.runs, only=args.only, budget=args.budget, min_seconds=args.min_pair,
                               skipped=entries):
         entry = decide(runset, run, args.runset, args.out_dir, min(run.timeout_s, left / 2) if left else run.timeout_s)
@@ -140,13 +105,13 @@ def main() -> None:
         left = deadline - time.time() if deadline else None
         if verdict is None or (left is not None and left < args.min_pair / 2):
             continue
-        outcomes[run.name] = check(runset, run, args.runset, args.out_dir,
-                                   min(run.timeout_s, left) if left else run.timeout_s)
-        print(f"[{time.strftime('%H:%M:%S')}] {run.name}: capped {outcomes[run.name]['status']} "
-              f"{outcomes[run.name]['seconds']:.0f}s", flush=True)
+        outcome = check(runset, run, args.runset, args.out_dir, min(run.timeout_s, left) if left else run.timeout_s)
+        print(f"[{time.strftime('%H:%M:%S')}] {run.name}: capped {outcome['status']} {outcome['seconds']:.0f}s",
+              flush=True)
     (args.out_dir / "replay.json").write_text(json.dumps({"batch": runset.batch, "runs": entries}, indent=1))
     bundle_traces(args.out_dir)
-    print("\n".join(table(entries, outcomes, estimates_of(args.estimate))))
+    if (args.out_dir / "records.jsonl").exists():
+        print("\n".join(report(score(args.out_dir / "replay.json", args.out_dir / "records.jsonl", args.estimate))))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,9 @@ def score(replay_file: Path, records_file: Path, estimate_file: Path | None) -> 
     replayed = json.loads(replay_file.read_text())
     batch = replayed["batch"]
     records = {r.get("run_key"): r for r in read_records(records_file)}
-    estimates = {}
-    if estimate_file is not None:
-        for line in estimate_file.read_text().splitlines():
-            entry = json.loads(line)
-            if "run_key" in entry:
-                estimates[entry["run_key"]] = entry
+    from memplan.planning.protocol import read_predictions
+
+    estimates = {entry["run_key"]: entry for entry in read_predictions(estimate_file)} if estimate_file else {}
     rows = []
     for run in replayed["runs"]:
         key = f"{batch}/{run['name']}"
@@ -42,6 +39,7 @@ def score(replay_file: Path, records_file: Path, estimate_file: Path | None) -> 
         predicted = estimate.get("predicted") or {}
         rows.append({"run": run["name"], "outcome": OUTCOME.get(record["status"], record["status"]),
                      "replay": (run.get("default") or {}).get("verdict"),
+                     "replay_split512": (run.get("max_split_size_mb:512") or {}).get("verdict"),
                      "replay_smallest_gib": ((run.get("default") or {}).get("smallest_limit_bytes") or 0) / 2**30,
                      "limit_gib": (run.get("limit_bytes") or 0) / 2**30,
                      "estimate": predicted.get("verdict"),
@@ -50,24 +48,29 @@ def score(replay_file: Path, records_file: Path, estimate_file: Path | None) -> 
     return rows
 
 
+def report(rows: list[dict]) -> list[str]:
+    """The rows as a Markdown table, then each side's count right and optimistic."""
+    lines = ["| run | outcome | replay (smallest limit / limit GiB) | replay: max_split 512 | estimate (needed / card) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        share = f"{row['needed_share']:.3f}" if row["needed_share"] else ""
+        lines.append(f"| {row['run']} | {row['outcome']} | {row['replay']} ({row['replay_smallest_gib']:.2f} / "
+                     f"{row['limit_gib']:.2f}) | {row['replay_split512'] or ''} | {row['estimate']} ({share}) |")
+    scored = [row for row in rows if row["outcome"] in ("fits", "oom")]
+    for who in ("replay", "estimate"):
+        right = sum(row[who] == row["outcome"] for row in scored)
+        optimistic = sum(row[who] == "fits" and row["outcome"] == "oom" for row in scored)
+        lines.append(f"{who}: {right} of {len(scored)} right, {optimistic} optimistic")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("replay", type=Path)
     parser.add_argument("records", type=Path)
     parser.add_argument("--estimate", type=Path)
     args = parser.parse_args()
-    rows = score(args.replay, args.records, args.estimate)
-    print("| run | outcome | replay (smallest limit / limit GiB) | estimate (needed / card) |")
-    print("|---|---|---|---|")
-    for row in rows:
-        share = f"{row['needed_share']:.3f}" if row["needed_share"] else ""
-        print(f"| {row['run']} | {row['outcome']} | {row['replay']} ({row['replay_smallest_gib']:.2f} / "
-              f"{row['limit_gib']:.2f}) | {row['estimate']} ({share}) |")
-    scored = [row for row in rows if row["outcome"] in ("fits", "oom")]
-    for who in ("replay", "estimate"):
-        right = sum(row[who] == row["outcome"] for row in scored)
-        optimistic = sum(row[who] == "fits" and row["outcome"] == "oom" for row in scored)
-        print(f"{who}: {right} of {len(scored)} right, {optimistic} optimistic")
+    print("\n".join(report(score(args.replay, args.records, args.estimate))))
 
 
 if __name__ == "__main__":
