@@ -88,7 +88,7 @@ def replay_entry(trace_path: Path, run, record: dict | None) -> dict:
         label = setting_label(setting)
         result = replay(trace, limit_bytes=limit, max_split_bytes=setting)
         entry[label] = {"verdict": "fits" if result.fits else "oom",
-                        "smallest_limit_bytes": smallest_limit(trace, max_split_bytes=setting),
+                        "smallest_limit_bytes": smallest_limit(trace, max_split_bytes=setting, unlimited=unlimited),
                         "failed_request_bytes": result.failure.requested_bytes if result.failure else None}
     return entry
 
