@@ -50,8 +50,8 @@ CARD_TAG = {"rtx-3090": "3090", "a100-40gb": "a40g"}
 
 
 def scan(family, traces_dir: Path) -> dict:
-    from memplan.planning.replay import allocator_limit, replay
-    from memplan.planning.trace_family import align, laws, synthesize
+    from memplan.planning.replay import allocator_limit
+    from memplan.planning.trace_family import align, ladder, laws, scan_lengths, synthesize
     from memplan.spec.cards import parse_vram_cap
     from memplan.spec.trace import read_trace
 
@@ -59,16 +59,14 @@ def scan(family, traces_dir: Path) -> dict:
     aligned = align([read_trace(traces_dir / f"{member}.trace.json.gz") for member in members])
     out = {"family": name, "traced": members, "tokens": list(aligned.tokens), "laws": laws(aligned), "cards": {}}
     for card, (low, high) in cards.items():
-        rows = []
-        for tokens in range(low, high + 1, STEP):
-            if tokens in aligned.tokens:  # a traced length is no prediction
-                continue
-            trace = synthesize(aligned, tokens=tokens)
-            limit = allocator_limit(trace, parse_vram_cap(card))
-            result = replay(trace, limit_bytes=limit)
-            rows.append({"tokens": tokens, "verdict": "fits" if result.fits else "oom", "limit_bytes": limit,
-                         "peak_reserved_bytes": result.peak_reserved_bytes,
-                         "failed_request_bytes": result.failure.requested_bytes if result.failure else None})
+        # a traced length is no prediction; the limit is the card's for this plan (the context the trace names)
+        lengths = ladder(start=low, stop=high, step=STEP, skip=aligned.tokens)
+        limit = allocator_limit(synthesize(aligned, tokens=low), parse_vram_cap(card))
+        scanned = scan_lengths(aligned, lengths, limit_bytes=limit)
+        rows = [{"tokens": tokens, "verdict": "fits" if result.fits else "oom", "limit_bytes": limit,
+                 "peak_reserved_bytes": result.peak_reserved_bytes,
+                 "failed_request_bytes": result.failure.requested_bytes if result.failure else None}
+                for tokens, result in scanned.rows]
         first_oom = next((i for i, row in enumerate(rows) if row["verdict"] == "oom"), None)
         flips = sum(a["verdict"] != b["verdict"] for a, b in zip(rows, rows[1:]))
         targets = [] if first_oom in (None, 0) else [rows[first_oom - 1], rows[first_oom]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from memplan.cli.main import app
-from memplan.planning.trace_family import align, laws, size_at, synthesize, trace_tokens
+from memplan.planning.replay import Replay, replay
+from memplan.planning.trace_family import (
+    LengthScan, align, ladder, laws, scan_lengths, size_at, synthesize, trace_tokens,
+)
 from memplan.spec.errors import InputError
 from memplan.spec.trace import Trace, read_trace, write_trace
 
@@ -111,4 +115,65 @@ def test_cli_bad_family_input_is_one_line(tmp_path, argv, message):
     write_trace(second, _trace(2000))
     argv = [str(second) if arg == "SECOND" else arg for arg in argv]
     result = CliRunner().invoke(app, ["replay", str(first), *argv, "--no-smallest"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def _family(*lengths: int):
+    return align([_trace(tokens, eager=True) for tokens in lengths])
+
+
+def test_scan_finds_the_longest_length_each_rung_replayed():
+    """Eager scores (6 n^2 bytes) outgrow a 2 GiB limit near 18,900 tokens: the scan's longest rung fits and the next
+    runs out, each checked by its own replay; it stops BEYOND rungs past the first OOM."""
+    family, limit = _family(1000, 2000), 2 * 1024**3
+    lengths = ladder(start=1000, stop=40_000, step=500)
+    scan = scan_lengths(family, lengths, limit_bytes=limit, beyond=3)
+    assert 15_000 < scan.longest < 20_000 and scan.first_oom == scan.longest + 500 and scan.fits_again == ()
+    assert replay(synthesize(family, tokens=scan.longest), limit_bytes=limit).fits
+    assert not replay(synthesize(family, tokens=scan.first_oom), limit_bytes=limit).fits
+    assert scan.rows[-1][0] == scan.first_oom + 3 * 500  # three rungs past the first OOM, then stop
+    assert scan_lengths(family, lengths[:4], limit_bytes=limit).first_oom is None  # every rung fits
+
+
+def test_a_fit_above_the_first_oom_is_reported_not_trusted():
+    def rung(fits: bool) -> Replay:
+        return Replay(limit_bytes=1, max_split_bytes=None, fits=fits, peak_reserved_bytes=1, peak_allocated_bytes=1,
+                      requests_served=1, failure=None)
+
+    scan = LengthScan(limit_bytes=1, max_split_bytes=None,
+                      rows=tuple((n, rung(fits)) for n, fits in ((100, True), (200, True), (300, False), (400, True),
+                                                                  (500, False))))
+    assert (scan.longest, scan.first_oom, scan.fits_again) == (200, 300, (400,))
+    first_runs_out = LengthScan(limit_bytes=1, max_split_bytes=None, rows=((100, rung(False)), (200, rung(True))))
+    assert (first_runs_out.longest, first_runs_out.first_oom) == (None, 100)
+
+
+def test_cli_longest_sequence_per_card(tmp_path):
+    paths = []
+    for tokens in (1000, 2000):
+        path = tmp_path / f"t{tokens}.json.gz"
+        write_trace(path, _trace(tokens, eager=True))
+        paths.append(str(path))
+    argv = ["replay", *paths, "--longest", "--card", "2", "--alloc-conf", "default", "--step", "500", "--to", "30000"]
+    result = CliRunner().invoke(app, argv + ["--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)["rows"][0]
+    scan = scan_lengths(_family(1000, 2000), ladder(start=1000, stop=30_000, step=500), limit_bytes=2 * 1024**3)
+    assert (row["longest_tokens"], row["first_oom_tokens"]) == (scan.longest, scan.first_oom)
+    table = CliRunner().invoke(app, argv)
+    assert table.exit_code == 0 and f"{scan.longest:,}" in table.output and "extrapolated" in table.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--longest"], "needs two or more traces"),
+    (["SECOND", "--longest", "--text-len", "3000"], "not both"),
+    (["SECOND", "--longest", "--step", "0"], "--step=0"),
+    (["SECOND", "--longest", "--from", "5000", "--to", "4000"], "--from=5000 --to=4000"),
+])
+def test_cli_bad_longest_input_is_one_line(tmp_path, argv, message):
+    first, second = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
+    write_trace(first, _trace(1000))
+    write_trace(second, _trace(2000))
+    argv = [str(second) if arg == "SECOND" else arg for arg in argv]
+    result = CliRunner().invoke(app, ["replay", str(first), *argv, "--card", "2"])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -70,6 +70,45 @@ def family_line(family: dict) -> str:
             f"square {laws['quadratic']}, other {laws['polynomial']}; no addresses carried over")
 
 
+BEYOND_RUNGS = 8  # rungs replayed past the first OOM, to show where the verdict flips back (it is not monotone)
+
+
+def _longest(paths: list[Path], *, cards: list[str] | None, settings, step: int, start: int | None, stop: int | None,
+             output_format: "ReplayFormat") -> None:
+    """--longest: per card and allocator setting, the longest length on the ladder up to which every rung fits,
+    from two or more traces of one plan at lengths the user's card trains at (memplan.planning.trace_family)."""
+    from memplan.planning.replay import allocator_limit
+    from memplan.planning.trace_family import align, ladder, laws, scan_lengths
+    from memplan.report.replay import longest_document, longest_table
+    from memplan.spec.errors import InputError
+    from memplan.spec.trace import read_trace
+
+    if len(paths) < 2:
+        raise InputError("--longest: needs two or more traces of the plan at other sequence lengths")
+    family = align([read_trace(path) for path in paths])
+    caps = _cards(cards, family.base.header.get("device_total_bytes"))
+    start = start if start is not None else min(family.tokens)
+    stop = stop if stop is not None else 4 * max(family.tokens)
+    lengths = ladder(start=start, stop=stop, step=step)
+    scans = [(name, scan_lengths(family, lengths, limit_bytes=allocator_limit(family.base, cap),
+                                 max_split_bytes=setting, beyond=BEYOND_RUNGS))
+             for name, cap in caps for setting in settings]
+    if output_format is ReplayFormat.json:
+        typer.echo(json.dumps(longest_document(family=family, laws=laws(family), scans=scans, step=step), indent=2))
+        return
+    out = console()
+    header = family.base.header
+    out.print(f"{header.get('model')}: traced at {', '.join(map(str, family.tokens))} tokens; each length from {start} "
+              f"in steps of {step} synthesized and replayed (no addresses carried over), up to {BEYOND_RUNGS} rungs "
+              "past the first that runs out", markup=False)
+    out.print(longest_table(scans, traced=family.tokens, title="memplan replay --longest: the longest sequence each "
+                            "card trains"))
+    beyond = [name for name, scan in scans if (scan.longest or 0) > max(family.tokens)]
+    if beyond:
+        out.print(f"note: beyond the longest traced length ({max(family.tokens)}) on {', '.join(sorted(set(beyond)))}: "
+                  "the sizes there are extrapolated; trace nearer the answer to confirm it", markup=False)
+
+
 @user_errors
 def replay(
     *,
@@ -84,6 +123,13 @@ def replay(
     alloc_conf: Optional[list[str]] = typer.Option(
         None, "--alloc-conf", help="Allocator settings to replay: default, or max_split_size_mb:N; repeat for "
         "several. Default: default and max_split_size_mb:512."),
+    longest: bool = typer.Option(False, "--longest", help="With two or more traces of one plan at other lengths: the "
+                                 "longest sequence each card trains, every length up to it replayed at --step."),
+    step: int = typer.Option(64, "--step", help="With --longest: tokens between the lengths replayed."),
+    start: Optional[int] = typer.Option(None, "--from", help="With --longest: the first length replayed (default: "
+                                        "the shortest traced)."),
+    stop: Optional[int] = typer.Option(None, "--to", help="With --longest: the last length replayed (default: 4x "
+                                       "the longest traced)."),
     smallest: bool = typer.Option(True, "--smallest/--no-smallest", help="Also bisect for the smallest allocator "
                                   "limit each setting fits in."),
     output_format: ReplayFormat = typer.Option(ReplayFormat.table, "--format", "-f", help="table or json."),
@@ -95,6 +141,14 @@ def replay(
     from memplan.report.replay import CardReplay, fidelity_line, replay_document, replay_table
     from memplan.spec.units import format_gib
 
+    from memplan.spec.errors import InputError
+
+    if longest:
+        if text_len is not None:
+            raise InputError(f"--text-len={text_len}: give --text-len or --longest, not both")
+        _longest(trace, cards=card, settings=_settings(alloc_conf), step=step,
+                 start=start, stop=stop, output_format=output_format)
+        return
     the_trace, family = _the_trace(trace, text_len)
     settings = _settings(alloc_conf)
     caps = _cards(card, the_trace.header.get("device_total_bytes"))

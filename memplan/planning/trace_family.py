@@ -14,6 +14,11 @@ emptied, a module's buffers dropped): the allocator ends such a run of frees in 
 their order, so the runs are compared as sets and the first trace's order is kept. Segment events (``S``,
 ``D``) and addresses belong to one run's driver and are not carried over: the synthesized trace replays with
 rising addresses (memplan.estimate.caching_allocator). Pure: no torch.
+
+``scan_lengths`` replays the family along a ladder of lengths under one allocator limit: the longest length a
+card trains at, from traces of lengths it does. The verdict need not be monotone in the length (where the
+blocks land decides: replay-f's scans flip back to "fits" above a first OOM), so the ladder is replayed rung by
+rung, never bisected, and the lengths that fit again above the first OOM are reported, not trusted.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from memplan.planning.replay import Replay, replay
 from memplan.spec.errors import InputError
 from memplan.spec.trace import ALLOC, FREE, RELEASE, Trace
 
@@ -200,3 +206,58 @@ def laws(family: Family) -> dict[str, int]:
         if law is not None:
             counts[law.name] += 1
     return counts
+
+
+@dataclass(frozen=True)
+class LengthScan:
+    """A family's synthesized traces replayed rung by rung up a ladder of lengths under one allocator limit."""
+
+    limit_bytes: int | None
+    max_split_bytes: int | None
+    rows: tuple[tuple[int, Replay], ...]  # (tokens, its replay), ascending
+
+    @property
+    def first_oom(self) -> int | None:
+        """The shortest length on the ladder that runs out (None: every rung replayed fits)."""
+        return next((tokens for tokens, result in self.rows if not result.fits), None)
+
+    @property
+    def longest(self) -> int | None:
+        """The longest rung below the first OOM: every rung up to it fits (None: the first rung runs out)."""
+        first = self.first_oom
+        fits = [tokens for tokens, result in self.rows if result.fits and (first is None or tokens < first)]
+        return fits[-1] if fits else None
+
+    @property
+    def fits_again(self) -> tuple[int, ...]:
+        """Rungs above the first OOM that fit (the verdict is not monotone in the length there)."""
+        first = self.first_oom
+        return () if first is None else tuple(t for t, result in self.rows if t > first and result.fits)
+
+
+def ladder(*, start: int, stop: int, step: int, skip: tuple[int, ...] = ()) -> list[int]:
+    """start, start + step, ... up to stop (inclusive), less the lengths in ``skip``; InputError on a bad range."""
+    if step <= 0:
+        raise InputError(f"--step={step}: must be a positive number of tokens")
+    if start <= 0 or stop < start:
+        raise InputError(f"--from={start} --to={stop}: give 0 < from <= to (tokens)")
+    return [tokens for tokens in range(start, stop + 1, step) if tokens not in skip]
+
+
+def scan_lengths(family: Family, lengths: list[int], *, limit_bytes: int | None, max_split_bytes: int | None = None,
+                 beyond: int | None = None) -> LengthScan:
+    """Replay the family's trace at each length (ascending) under ``limit_bytes``; with ``beyond``, stop that many
+    rungs past the first OOM (None: replay every rung). Each rung is its own replay: synthesize, then
+    memplan.planning.replay.replay."""
+    rows: list[tuple[int, Replay]] = []
+    past = None
+    for tokens in sorted(lengths):
+        result = replay(synthesize(family, tokens=tokens), limit_bytes=limit_bytes, max_split_bytes=max_split_bytes)
+        rows.append((tokens, result))
+        if past is not None:
+            past += 1
+        elif not result.fits:
+            past = 0
+        if beyond is not None and past is not None and past >= beyond:
+            break
+    return LengthScan(limit_bytes=limit_bytes, max_split_bytes=max_split_bytes, rows=tuple(rows))

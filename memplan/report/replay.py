@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from memplan.planning.replay import Replay
+from memplan.planning.replay import Replay, setting_label
+from memplan.planning.trace_family import LengthScan
 from memplan.spec.units import GIB, format_gib
 
 
@@ -67,3 +68,32 @@ def replay_document(*, header: dict[str, Any], rows: list[CardReplay], unlimited
             "gpu_name": header.get("gpu_name"), "unlimited_peak_reserved_bytes": unlimited.peak_reserved_bytes,
             "measured_peak_reserved_bytes": measured, "reproduces": reproduced,
             "smallest_limit_bytes": smallest, "rows": [row.as_dict() for row in rows]}
+
+
+def longest_table(scans: list[tuple[str, LengthScan]], *, traced: tuple[int, ...], title: str) -> Table:
+    """One row per card and setting: the longest length every rung up to fits, the first that runs out, and the
+    rungs above it that fit again (memplan.planning.trace_family.LengthScan)."""
+    table = Table(title=title)
+    for column in ("card", "allocator limit GiB", "setting", "longest that fits", "first OOM", "fits again at"):
+        table.add_column(column, justify="left" if column in ("card", "setting", "fits again at") else "right")
+    for name, scan in scans:
+        longest = "none" if scan.longest is None else f"{scan.longest:,}"
+        if scan.longest is not None and scan.longest in traced:
+            longest += " (traced)"
+        first = f"{scan.first_oom:,}" if scan.first_oom is not None else f"none to {scan.rows[-1][0]:,}"
+        again = ", ".join(f"{tokens:,}" for tokens in scan.fits_again) or ("none" if scan.first_oom else "")
+        limit = "" if scan.limit_bytes is None else f"{scan.limit_bytes / GIB:.2f}"
+        table.add_row(name, limit, setting_label(scan.max_split_bytes), longest, first, again)
+    return table
+
+
+def longest_document(*, family: Any, laws: dict[str, int], scans: list[tuple[str, LengthScan]],
+                     step: int) -> dict[str, Any]:
+    header = family.base.header
+    return {"schema": "memplan.replay-longest/1", "model": header.get("model"), "traced_tokens": list(family.tokens),
+            "run_ids": list(family.run_ids), "laws": laws, "step": step,
+            "rows": [{"card": name, "setting": setting_label(scan.max_split_bytes), "limit_bytes": scan.limit_bytes,
+                      "longest_tokens": scan.longest, "first_oom_tokens": scan.first_oom,
+                      "fits_again_tokens": list(scan.fits_again),
+                      "scanned": [[tokens, "fits" if result.fits else "oom"] for tokens, result in scan.rows]}
+                     for name, scan in scans]}
