@@ -5,7 +5,8 @@ against the capped records of the same run set, beside the estimate's (`memplan 
     python benchmarks/score_replay.py reports/probes/predictions/replay-b-replay.json \
         reports/probes/h100-replay-b.jsonl --estimate reports/probes/predictions/replay-b.jsonl
 
-Prints one row per run (outcome, the replay's verdict under the default allocator, the estimate's, with its
+The replay file may also be benchmarks/family_batch.py's (replay-f-family.json: one default-allocator verdict
+per run, from a trace synthesized at the run's length). Prints one row per run (outcome, the replay's verdict under the default allocator, the estimate's, with its
 needed/capacity) and the counts right. Records made under an allocator option other than expandable
 segments are skipped (memplan.spec.allocator.unmodelled_options), as `memplan score` skips them.
 """
@@ -17,6 +18,10 @@ import json
 from pathlib import Path
 
 OUTCOME = {"ok": "fits", "oom": "oom"}
+
+
+def _gib(value: int | None) -> float | None:
+    return None if value is None else value / 2**30
 
 
 def score(replay_file: Path, records_file: Path, estimate_file: Path | None) -> list[dict]:
@@ -38,10 +43,11 @@ def score(replay_file: Path, records_file: Path, estimate_file: Path | None) -> 
         estimate = estimates.get(key, {})
         predicted = estimate.get("predicted") or {}
         rows.append({"run": run["name"], "outcome": OUTCOME.get(record["status"], record["status"]),
-                     "replay": (run.get("default") or {}).get("verdict"),
+                     # replay.json keeps each setting's verdict; family_batch's file (replay-f) the default's only
+                     "replay": (run.get("default") or {}).get("verdict", run.get("verdict")),
                      "replay_split512": (run.get("max_split_size_mb:512") or {}).get("verdict"),
-                     "replay_smallest_gib": ((run.get("default") or {}).get("smallest_limit_bytes") or 0) / 2**30,
-                     "limit_gib": (run.get("limit_bytes") or 0) / 2**30,
+                     "replay_smallest_gib": _gib((run.get("default") or {}).get("smallest_limit_bytes")),
+                     "limit_gib": _gib(run.get("limit_bytes")),
                      "estimate": predicted.get("verdict"),
                      "needed_share": (predicted["needed_bytes"] / estimate["capacity_bytes"]
                                       if predicted.get("needed_bytes") and estimate.get("capacity_bytes") else None)})
@@ -54,8 +60,10 @@ def report(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|"]
     for row in rows:
         share = f"{row['needed_share']:.3f}" if row["needed_share"] else ""
-        lines.append(f"| {row['run']} | {row['outcome']} | {row['replay']} ({row['replay_smallest_gib']:.2f} / "
-                     f"{row['limit_gib']:.2f}) | {row['replay_split512'] or ''} | {row['estimate']} ({share}) |")
+        limits = (f" ({row['replay_smallest_gib']:.2f} / {row['limit_gib']:.2f})"
+                  if row["replay_smallest_gib"] is not None and row["limit_gib"] is not None else "")
+        lines.append(f"| {row['run']} | {row['outcome']} | {row['replay']}{limits} | {row['replay_split512'] or ''} | "
+                     f"{row['estimate']} ({share}) |")
     scored = [row for row in rows if row["outcome"] in ("fits", "oom")]
     for who in ("replay", "estimate"):
         right = sum(row[who] == row["outcome"] for row in scored)
