@@ -76,3 +76,41 @@ def test_estimate_json_through_the_cli_carries_tight():
     document = json.loads(result.stdout)
     estimate_part = document.get("estimate", document)
     assert isinstance(estimate_part["tight"], bool)
+
+
+def _trainer_plan(text_len: int):
+    plan = plan_from_flags(str(ROOT / "benchmarks/stacks/plans/trainer-lora-ds.yaml"), gpus=1,
+                           gpu="rtx-3090", text_len=text_len)
+    return resolve_profile("qwen2.5-3b", plan), plan
+
+
+def test_a_tight_plan_is_told_the_two_traces_that_settle_it():
+    """Settle: two lengths on the 64-token grid below the plan's, both clear fits by the estimate, the longer the
+    longest such (the next rung is not clear), then the replay at the plan's own length on its card."""
+    from memplan.planning.advice import SETTLE_STEP, apply, settle
+
+    profile, plan = _trainer_plan(7104)
+    calibration = load_calibration()
+    result = estimate(profile, plan, calibration)
+    assert result.tight
+    found = settle(profile, plan, calibration, result=result)
+    shorter, longer = found.trace_tokens
+
+    def clear(tokens):
+        return estimate(profile, apply(plan, {"inputs": {"text_tokens": tokens}}), calibration).clear_fit
+
+    assert shorter < longer < 7104 and shorter % SETTLE_STEP == longer % SETTLE_STEP == 0
+    assert clear(shorter) and clear(longer) and not clear(longer + SETTLE_STEP)
+    assert (found.text_tokens, found.card) == (7104, "rtx-3090")
+    assert f"--text-len {longer}" in found.line() and "memplan replay a.json.gz b.json.gz --text-len 7104" in found.line()
+    clear_plan = _trainer_plan(4096)
+    assert settle(*clear_plan, calibration, result=estimate(*clear_plan, calibration)) is None
+
+
+def test_estimate_prints_how_to_settle_a_tight_verdict():
+    argv = ["estimate", "-m", "qwen2.5-3b", "--plan", str(ROOT / "benchmarks/stacks/plans/trainer-lora-ds.yaml"),
+            "--gpu", "rtx-3090", "--gpus", "1", "--text-len", "7104", "--host-ram", "64"]
+    shown = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and "TIGHT" in shown.output and "to settle it on this card" in shown.output
+    document = json.loads(CliRunner().invoke(app, argv + ["--format", "json"]).output)
+    assert document["settle"]["text_tokens"] == 7104

@@ -83,7 +83,8 @@ def estimate(
     advice_lines = story.advice_lines(advice) if advice else []
     if output_format is OutputFormat.json:
         document = render.estimate_json(result, {"host_ram_source": host_note,
-                                                 "advice": story.advice_json(advice) if advice else []})
+                                                 "advice": story.advice_json(advice) if advice else [],
+                                                 "settle": advice.settle.to_dict() if advice and advice.settle else None})
         typer.echo(with_step_json(render.with_stack_json(document, stack=evaluation.stack, sinks=evaluation.sinks),
                                   step, dataset_samples))
     elif output_format is OutputFormat.md:

@@ -37,6 +37,8 @@ from memplan.spec.vocabulary import Verdict
 MIN_FITTING = 3
 SMALL_BUCKET = 50_000_000  # elements: DeepSpeed's stage-3 prefetch default, 1/10 of its bucket default
 RESOLUTION_STEPS = (768, 512)
+SETTLE_STEP = 64  # tokens: the grid of trace lengths Settle proposes (replay-f's families were scanned on it)
+SETTLE_SPREAD = 0.125  # the second trace this share of the first's length shorter (two points fix each size law)
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,63 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Settle:
+    """How to settle a TIGHT verdict with the card itself: run the same plan at two shorter sequence lengths
+    that fit it clear of the tight band, tracing each (``memplan probe --text-len L --trace-out``), and replay
+    the plan at its own length from those two traces (``memplan replay A B --text-len N``: the request sizes
+    follow the length, docs/methodology.md 6c; memplan.planning.trace_family)."""
+
+    trace_tokens: tuple[int, int]  # the two lengths to trace, shorter first
+    text_tokens: int  # the plan's own length, to replay at
+    card: str  # what --card takes: the plan's GPU name, else its VRAM in GiB
+
+    def line(self) -> str:
+        a, b = self.trace_tokens
+        return (f"to settle it on this card: run the same plan with `memplan probe ... --text-len {a} --trace-out "
+                f"a.json.gz` and `--text-len {b} --trace-out b.json.gz` (both fit clear of the band), then "
+                f"`memplan replay a.json.gz b.json.gz --text-len {self.text_tokens} --card {self.card}` "
+                "(or --longest for the longest length it trains)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trace_tokens": list(self.trace_tokens), "text_tokens": self.text_tokens, "card": self.card}
+
+
+def _card_argument(plan: Plan) -> str:
+    return plan.hardware.gpu or f"{plan.hardware.vram_gib:g}"
+
+
+def settle(profile: Profile, plan: Plan, calibration: Calibration | None, *, result: Estimate,
+           step: int = SETTLE_STEP) -> Settle | None:
+    """For a plan inside the tight band: the longest length on a ``step`` grid below the plan's that the
+    estimate fits clear of the band (bisection: what a plan needs grows with its length), and a second one
+    SETTLE_SPREAD shorter; None when the plan is not tight or no two such lengths are above its image tokens."""
+    if not result.tight:
+        return None
+    image = (plan.inputs.tiles + plan.inputs.frames) * profile.image_tokens_per_tile if profile.vision else 0
+
+    def clear(tokens: int) -> bool:
+        return estimate(profile, apply(plan, {"inputs": {"text_tokens": tokens}}), calibration).clear_fit
+
+    low, high = (image // step + 1) * step, (plan.inputs.text_tokens - 1) // step * step
+    if high < low or not clear(low):
+        return None
+    while high - low > step:  # clear(low) holds; the answer is in [low, high]
+        middle = (low + high) // 2 // step * step
+        low, high = (middle, high) if clear(middle) else (low, middle)
+    longest = high if clear(high) else low
+    shorter = max(longest - max(step, round(longest * SETTLE_SPREAD / step) * step), (image // step + 1) * step)
+    if shorter >= longest:
+        return None
+    return Settle((shorter, longest), plan.inputs.text_tokens, _card_argument(plan))
+
+
+@dataclass(frozen=True)
 class Advice:
     estimate: Estimate
     diagnosis: list[str]
     changes: list[Change] = field(default_factory=list)  # the ones that fit
     tried: int = 0
+    settle: Settle | None = None  # a TIGHT plan: the two traces that settle it on the card
 
     @property
     def fits(self) -> bool:
@@ -98,6 +152,7 @@ class Advice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"fits": self.fits, "diagnosis": self.diagnosis, "tried": self.tried,
+                "settle": self.settle.to_dict() if self.settle else None,
                 "by_slowdown": [c.to_dict() for c in self.by_slowdown()],
                 "by_sacrifice": [c.to_dict() for c in self.by_sacrifice()]}
 
@@ -358,4 +413,4 @@ def advise(profile: Profile, plan: Plan, calibration: Calibration | None = None,
     if not fitting:
         diagnosis.append(f"no single change{' or pair' if pairs else ''} of the {len(singles)} tried fits; "
                          f"`memplan search` explores combinations")
-    return Advice(result, diagnosis, fitting, tried)
+    return Advice(result, diagnosis, fitting, tried, settle(profile, plan, calibration, result=result))

@@ -108,13 +108,14 @@ def advice_lines(advice: "Advice", count: int = ADVICE_COUNT) -> list[str]:
     """What to change, in a few lines (empty when the plan fits clear of the tight band)."""
     if advice.estimate.clear_fit:
         return []
+    settle = [advice.settle.line()] if advice.settle else []
     changes = cheapest(advice, count)
     if not changes:
         return [line for line in advice.diagnosis if line.startswith("no single change")] or [
-            "no single change or pair fits: `memplan search` explores combinations"]
+            "no single change or pair fits: `memplan search` explores combinations"] + settle
     head = (f"the {len(changes)} cheapest changes that fit ({len(advice.changes)} of {advice.tried} tried fit; "
             "more: `memplan search`):")
-    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1))]
+    return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1)), *settle]
 
 
 def advice_json(advice: "Advice", count: int = ADVICE_COUNT) -> list[dict[str, Any]]:
