@@ -90,12 +90,18 @@ def test_a_recorded_length_is_synthesized_to_the_byte_from_two_others(tmp_path):
     assert [(k, s) for k, s in zip(synthesized.kinds, synthesized.sizes) if k == "a"] == recorded
 
 
-def test_cli_replays_a_synthesized_length(tmp_path):
+def _written(tmp_path) -> list[str]:
+    """The eager tiny step's traces at 1,000 and 2,000 tokens, written; their paths."""
     paths = []
     for tokens in (1000, 2000):
         path = tmp_path / f"t{tokens}.json.gz"
         write_trace(path, _trace(tokens, eager=True))
         paths.append(str(path))
+    return paths
+
+
+def test_cli_replays_a_synthesized_length(tmp_path):
+    paths = _written(tmp_path)
     fits = CliRunner().invoke(app, ["replay", *paths, "--text-len", "4000", "--card", "2", "--no-smallest"])
     assert fits.exit_code == 0, fits.output
     assert "synthesized at 4000 tokens (beyond the traced 1000, 2000)" in fits.output and "FITS" in fits.output
@@ -149,11 +155,7 @@ def test_a_fit_above_the_first_oom_is_reported_not_trusted():
 
 
 def test_cli_longest_sequence_per_card(tmp_path):
-    paths = []
-    for tokens in (1000, 2000):
-        path = tmp_path / f"t{tokens}.json.gz"
-        write_trace(path, _trace(tokens, eager=True))
-        paths.append(str(path))
+    paths = _written(tmp_path)
     argv = ["replay", *paths, "--longest", "--card", "2", "--alloc-conf", "default", "--step", "500", "--to", "30000"]
     result = CliRunner().invoke(app, argv + ["--format", "json"])
     assert result.exit_code == 0, result.output
