@@ -567,6 +567,11 @@ CASES += [
     Case("replay-family-one-length", "replay --text-len of two traces at one length",
          ("replay", "t.json.gz", "u.json.gz", "--text-len", "8192"), ("traces: all at 4096 tokens",),
          {"t.json.gz": lambda: _trace_bytes(), "u.json.gz": lambda: _trace_bytes()}),
+    Case("replay-longest-one-trace", "replay --longest with one trace", ("replay", "t.json.gz", "--longest"),
+         ("--longest", "two or more traces"), {"t.json.gz": lambda: _trace_bytes()}),
+    Case("replay-longest-and-text-len", "replay --longest with --text-len",
+         ("replay", "t.json.gz", "u.json.gz", "--longest", "--text-len", "8192"), ("--text-len=8192", "not both"),
+         {"t.json.gz": lambda: _trace_bytes(), "u.json.gz": lambda: _trace_bytes()}),
 ]
 
 
