@@ -114,3 +114,16 @@ def test_estimate_prints_how_to_settle_a_tight_verdict():
     assert shown.exit_code == 0 and "TIGHT" in shown.output and "to settle it on this card" in shown.output
     document = json.loads(CliRunner().invoke(app, argv + ["--format", "json"]).output)
     assert document["settle"]["text_tokens"] == 7104
+
+
+def test_the_settle_line_follows_a_diagnosis_when_nothing_fits():
+    """A tight plan no change fits still gets its settle line after the diagnosis."""
+    from memplan.planning.advice import Advice, Settle
+    from memplan.report import story
+
+    *_, result = _estimate(24)
+    tight = _at(result, 1.01)
+    advice = Advice(tight, ["no single change or pair of the 9 tried fits; `memplan search` explores combinations"],
+                    settle=Settle((6272, 7168), 7296, "rtx-3090"))
+    lines = story.advice_lines(advice)
+    assert lines[0].startswith("no single change") and lines[-1] == advice.settle.line()

@@ -111,8 +111,8 @@ def advice_lines(advice: "Advice", count: int = ADVICE_COUNT) -> list[str]:
     settle = [advice.settle.line()] if advice.settle else []
     changes = cheapest(advice, count)
     if not changes:
-        return [line for line in advice.diagnosis if line.startswith("no single change")] or [
-            "no single change or pair fits: `memplan search` explores combinations"] + settle
+        return ([line for line in advice.diagnosis if line.startswith("no single change")] or [
+            "no single change or pair fits: `memplan search` explores combinations"]) + settle
     head = (f"the {len(changes)} cheapest changes that fit ({len(advice.changes)} of {advice.tried} tried fit; "
             "more: `memplan search`):")
     return [head, *(f"  {i}. {change_line(c, advice.estimate)}" for i, c in enumerate(changes, 1)), *settle]
