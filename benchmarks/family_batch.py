@@ -51,7 +51,7 @@ CARD_TAG = {"rtx-3090": "3090", "a100-40gb": "a40g"}
 
 def scan(family, traces_dir: Path) -> dict:
     from memplan.planning.replay import allocator_limit
-    from memplan.planning.trace_family import align, ladder, laws, scan_lengths, synthesize
+    from memplan.planning.trace_family import align, ladder, laws, scan_lengths
     from memplan.spec.cards import parse_vram_cap
     from memplan.spec.trace import read_trace
 
@@ -59,9 +59,9 @@ def scan(family, traces_dir: Path) -> dict:
     aligned = align([read_trace(traces_dir / f"{member}.trace.json.gz") for member in members])
     out = {"family": name, "traced": members, "tokens": list(aligned.tokens), "laws": laws(aligned), "cards": {}}
     for card, (low, high) in cards.items():
-        # a traced length is no prediction; the limit is the card's for this plan (the context the trace names)
+        # a traced length is no prediction; the limit reads only the header, which every length shares
         lengths = ladder(start=low, stop=high, step=STEP, skip=aligned.tokens)
-        limit = allocator_limit(synthesize(aligned, tokens=low), parse_vram_cap(card))
+        limit = allocator_limit(aligned.base, parse_vram_cap(card))
         scanned = scan_lengths(aligned, lengths, limit_bytes=limit)
         rows = [{"tokens": tokens, "verdict": "fits" if result.fits else "oom", "limit_bytes": limit,
                  "peak_reserved_bytes": result.peak_reserved_bytes,

@@ -139,9 +139,8 @@ def replay(
         allocator_limit, fidelity, replay as replay_trace, reproduces, setting_label, smallest_limit,
     )
     from memplan.report.replay import CardReplay, fidelity_line, replay_document, replay_table
-    from memplan.spec.units import format_gib
-
     from memplan.spec.errors import InputError
+    from memplan.spec.units import format_gib
 
     if longest:
         if text_len is not None:

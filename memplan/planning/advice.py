@@ -105,19 +105,19 @@ def settle(profile: Profile, plan: Plan, calibration: Calibration | None, *, res
     SETTLE_SPREAD shorter; None when the plan is not tight or no two such lengths are above its image tokens."""
     if not result.tight:
         return None
-    image = (plan.inputs.tiles + plan.inputs.frames) * profile.image_tokens_per_tile if profile.vision else 0
+    floor = (_image_tokens(plan, profile) // step + 1) * step  # the first grid length above the image tokens
 
     def clear(tokens: int) -> bool:
         return estimate(profile, apply(plan, {"inputs": {"text_tokens": tokens}}), calibration).clear_fit
 
-    low, high = (image // step + 1) * step, (plan.inputs.text_tokens - 1) // step * step
+    low, high = floor, (plan.inputs.text_tokens - 1) // step * step
     if high < low or not clear(low):
         return None
     while high - low > step:  # clear(low) holds; the answer is in [low, high]
         middle = (low + high) // 2 // step * step
         low, high = (middle, high) if clear(middle) else (low, middle)
     longest = high if clear(high) else low
-    shorter = max(longest - max(step, round(longest * SETTLE_SPREAD / step) * step), (image // step + 1) * step)
+    shorter = max(longest - max(step, round(longest * SETTLE_SPREAD / step) * step), floor)
     if shorter >= longest:
         return None
     return Settle((shorter, longest), plan.inputs.text_tokens, _card_argument(plan))
@@ -261,8 +261,13 @@ def _fewer_tiles(plan: Plan, profile: Profile):
     return Proposal(f"tiles {tiles}->{fewer}", {"inputs": {"tiles": fewer, "text_tokens": tokens}}, "tiles")
 
 
+def _image_tokens(plan: Plan, profile: Profile) -> int:
+    """The sequence's image tokens: (tiles + frames) x tokens per tile, 0 without a vision tower."""
+    return (plan.inputs.tiles + plan.inputs.frames) * profile.image_tokens_per_tile if profile.vision else 0
+
+
 def _shorter_text(plan: Plan, profile: Profile):
-    image = (plan.inputs.tiles + plan.inputs.frames) * profile.image_tokens_per_tile if profile.vision else 0
+    image = _image_tokens(plan, profile)
     text = plan.inputs.text_tokens - image
     if text < 128:
         return None
