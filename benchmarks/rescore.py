@@ -39,6 +39,7 @@ from memplan.planning.protocol import scored, side_of
 from memplan.probe.calibrate import measured_from_record
 from memplan.probe.records import read_records
 from memplan.spec.loading import load_calibration
+from memplan.spec.allocator import EXPANDABLE, allocator_of, unmodelled_options
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY = ROOT / "reports" / "probes" / "history.yaml"
@@ -412,21 +413,46 @@ def violations(rows: list[dict[str, Any]], published: dict[str, Any]) -> list[st
     return out
 
 
-def verdict_misses() -> list[tuple[str, Any]]:
-    """Every pre-registered capped verdict that went the other way: (batch, ScoredRun), as predicted."""
-    misses = []
+def _allocators(line: dict[str, Any], record: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(the allocator the prediction modelled: its plan's stack.allocator, the allocator the run used: its
+    environment's PYTORCH_CUDA_ALLOC_CONF, "unmodelled" with an option the estimate does not model such as
+    max_split_size_mb; None without a record)."""
+    predicted = ((line.get("plan") or {}).get("stack") or {}).get("allocator") or "default"
+    if record is None:
+        return predicted, None
+    conf = (record.get("environment") or {}).get("alloc_conf")
+    return predicted, "unmodelled" if unmodelled_options(conf) else allocator_of(conf)
+
+
+def pre_registered_verdicts(allocator: str | None = None) -> list[tuple[str, Any]]:
+    """Every pre-registered capped verdict that was scored: (batch, ScoredRun), as predicted. With
+    ``allocator``, only the runs predicted and made under it (h200-batch8 ran under expandable segments but
+    was predicted for the default allocator: it counts for neither)."""
+    out = []
     for batch in load_history()["batches"]:
-        if batch.get("predictions"):
-            misses += [(batch["batch"], run) for run, _ in pre_registered(batch)
-                       if run.verdict_right is False and run.needed_over_capacity is not None]
-    return misses
+        if not batch.get("predictions"):
+            continue
+        lines = prediction_lines(batch)
+        for (run, record), line in zip(pre_registered(batch), lines):
+            if run.verdict_right is None or run.needed_over_capacity is None:
+                continue
+            predicted, ran = _allocators(line, record)
+            if allocator is None or predicted == ran == allocator:
+                out.append((batch["batch"], run))
+    return out
 
 
-def tight_band(step: float = 0.005) -> float:
-    """Calibration.tight_band: the widest pre-registered verdict miss, |needed / capacity - 1| as predicted
-    before the run, rounded up to ``step``. In-sample for the band by construction: it is the spread the
-    verdicts have shown, not a test of it (the next pre-registered batch is)."""
-    widest = max((abs(run.needed_over_capacity - 1) for _, run in verdict_misses()), default=0.0)
+def verdict_misses(allocator: str | None = None) -> list[tuple[str, Any]]:
+    """Every pre-registered capped verdict that went the other way (pre_registered_verdicts' filter)."""
+    return [(batch, run) for batch, run in pre_registered_verdicts(allocator) if run.verdict_right is False]
+
+
+def tight_band(allocator: str = "default", step: float = 0.005) -> float:
+    """Calibration.tight_band (``allocator`` default) or its tight_bands entry: the widest pre-registered verdict
+    miss under that allocator, |needed / capacity - 1| as predicted before the run, rounded up to ``step``.
+    In-sample for the band by construction: it is the spread the verdicts have shown, not a test of it (the
+    next pre-registered batch is)."""
+    widest = max((abs(run.needed_over_capacity - 1) for _, run in verdict_misses(allocator)), default=0.0)
     return math.ceil(round(widest / step, 6)) * step
 
 
@@ -443,10 +469,15 @@ def main() -> None:
                         help="print the tight band (Calibration.tight_band) from the pre-registered verdict misses")
     args = parser.parse_args()
     if args.tight_band:
-        for batch, run in verdict_misses():
-            print(f"{batch:24} {run.name:45} {run.predicted_verdict} / {run.measured_verdict}  "
-                  f"needed/capacity {run.needed_over_capacity:.3f}")
+        for allocator in ("default", EXPANDABLE):
+            scored = pre_registered_verdicts(allocator)
+            print(f"{allocator}: {len(scored)} pre-registered verdicts predicted and run under it, "
+                  f"{sum(run.verdict_right is False for _, run in scored)} wrong")
+            for batch, run in verdict_misses(allocator):
+                print(f"  {batch:24} {run.name:45} {run.predicted_verdict} / {run.measured_verdict}  "
+                      f"needed/capacity {run.needed_over_capacity:.3f}")
         print(f"tight_band: {tight_band()}")
+        print(f"tight_bands: {{{EXPANDABLE}: {tight_band(EXPANDABLE)}}}")
         return
     if args.legacy_predictions:
         batch = next(b for b in load_history()["batches"] if b["batch"] == args.legacy_predictions)

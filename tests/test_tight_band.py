@@ -64,10 +64,38 @@ def test_advice_runs_for_a_tight_fit_and_ranks_clear_fits_first():
 
 def test_the_shipped_band_is_the_widest_pre_registered_miss():
     rescore = runpy.run_path(str(ROOT / "benchmarks" / "rescore.py"))
-    misses = rescore["verdict_misses"]()
+    misses = rescore["verdict_misses"]("default")
     assert len(misses) >= 13
     widest = max(abs(run.needed_over_capacity - 1) for _, run in misses)
     assert load_calibration().tight_band == rescore["tight_band"]() >= widest
+
+
+def test_the_expandable_segments_band_comes_from_its_own_verdicts():
+    """Runs predicted and made under expandable segments give their own band; h200-batch8 (made under them,
+    predicted for the default allocator) counts for neither allocator."""
+    rescore = runpy.run_path(str(ROOT / "benchmarks" / "rescore.py"))
+    scored = rescore["pre_registered_verdicts"]("expandable_segments")
+    batches = {batch for batch, _ in scored}
+    assert len(scored) >= 17 and "h200-batch8" not in batches
+    assert "h200-batch8" not in {batch for batch, _ in rescore["pre_registered_verdicts"]("default")}
+    misses = rescore["verdict_misses"]("expandable_segments")
+    widest = max((abs(run.needed_over_capacity - 1) for _, run in misses), default=0.0)
+    band = load_calibration().tight_bands["expandable_segments"]
+    assert band == rescore["tight_band"]("expandable_segments") >= widest
+    assert 0 < band < load_calibration().tight_band
+
+
+def test_a_plan_under_expandable_segments_gets_its_band():
+    profile, plan, calibration, _ = _estimate(24)
+    expandable = plan.model_copy(update={"stack": plan.stack.model_copy(update={"allocator": "expandable_segments"})})
+    result = estimate(profile, expandable, calibration)
+    band = calibration.tight_bands["expandable_segments"]
+    assert result.tight_band == band and result.to_dict()["tight_band"] == band
+    at_97 = _at(result, 0.97)
+    assert not at_97.tight and at_97.clear_fit  # inside the default allocator's band, clear of this one
+    assert _at(result, 1 - band / 2).tight and not _at(result, 1 + 2 * band).tight
+    default_at_97 = _at(estimate(profile, plan, calibration), 0.97)
+    assert default_at_97.tight and default_at_97.tight_band == calibration.tight_band
 
 
 def test_estimate_json_through_the_cli_carries_tight():

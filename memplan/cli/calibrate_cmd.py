@@ -169,7 +169,9 @@ def calibrate(
         else:
             calibration = cal.fit(measurements, [str(p) for p in records])
             # the tight band measures verdicts predicted before their runs, which a fit cannot: kept as shipped
-            calibration = calibration.model_copy(update={"tight_band": load_calibration().tight_band})
+            shipped = load_calibration()
+            calibration = calibration.model_copy(update={"tight_band": shipped.tight_band,
+                                                         "tight_bands": shipped.tight_bands})
         calibration = _with_median_error(calibration, measurements)
     if terms not in (CalibrateTerms.memory, CalibrateTerms.reserved):
         runs, _ = load_timed_runs(records)

@@ -61,7 +61,7 @@ def predictions_for(runset: RunSet, runset_path: Path, calibration) -> list[dict
             "predicted": {"peak_allocated_bytes": result.peak_allocated_bytes,
                           "peak_reserved_bytes": result.peak_reserved_bytes, "device_bytes": result.device_bytes,
                           "needed_bytes": result.needed_bytes, "verdict": result.verdict.value,
-                          "tight": result.tight, "tight_band": result.calibration.tight_band},
+                          "tight": result.tight, "tight_band": result.tight_band},
             "context_source": result.context_source, "estimator_revision": revision,
             "calibration_sha256": cal_hash, "created": created,
         })

@@ -113,7 +113,9 @@ def search(
         "fidelity: 0.45 SAM2 resolution + 0.25 LoRA rank (log) + 0.25 mask decoder trained + 0.05 micro-batch, "
         "against the base plan (memplan/planning/fidelity.py); time per sample = step time / micro-batch",
         step_note(cal, rows=rows),
-        (f"feasible: fits clear of the {cal.tight_band:.1%} tight band (--allow-tight counts the tight fits too)"
+        (f"feasible: fits clear of the {cal.tight_band:.1%} tight band"
+         + "".join(f" ({band:.1%} under {allocator})" for allocator, band in sorted(cal.tight_bands.items()))
+         + " (--allow-tight counts the tight fits too)"
          if cal.tight_band and not allow_tight else "feasible: any fit (--allow-tight)"),
     ]
     if len(result.front) > top:

@@ -54,10 +54,21 @@ class Estimate:
         return Verdict.FITS if self.needed_bytes <= self.vram_bytes else Verdict.OOM
 
     @property
+    def allocator(self) -> str:
+        """The plan's stack.allocator: expandable_segments or default."""
+        return "expandable_segments" if self.expandable_segments else "default"
+
+    @property
+    def tight_band(self) -> float:
+        """The share of the card either side of it where pre-registered verdicts under this plan's allocator
+        have gone either way (Calibration.band_for: 5.5% under the default allocator, whose fragmentation
+        decides there; narrower under expandable segments, which leave almost nothing stranded)."""
+        return self.calibration.band_for(self.allocator)
+
+    @property
     def tight(self) -> bool:
-        """|needed - VRAM| <= tight_band x VRAM: within the share of the card where pre-registered verdicts
-        have gone either way (the allocator's fragmentation decides; Calibration.tight_band)."""
-        return abs(self.needed_bytes - self.vram_bytes) <= self.calibration.tight_band * self.vram_bytes
+        """|needed - VRAM| <= tight_band x VRAM: too close to the card to call."""
+        return abs(self.needed_bytes - self.vram_bytes) <= self.tight_band * self.vram_bytes
 
     @property
     def clear_fit(self) -> bool:
@@ -95,7 +106,7 @@ class Estimate:
             "plan": self.plan_name,
             "verdict": self.verdict.value,
             "tight": self.tight,
-            "tight_band": self.calibration.tight_band,
+            "tight_band": self.tight_band,
             "num_gpus": self.num_gpus,
             "peak_allocated_bytes": self.peak_allocated_bytes,
             "peak_reserved_bytes": self.peak_reserved_bytes,

@@ -183,7 +183,7 @@ def diagnose(result: Estimate) -> list[str]:
                      f"{result.peak_phase.value} ({result.peak.moment.label}): {terms}")
     if result.tight:
         lines.append(f"tight: needs {result.needed_bytes / result.vram_bytes:.1%} of the card, within the "
-                     f"{result.calibration.tight_band:.1%} either side where runs predicted before they ran have "
+                     f"{result.tight_band:.1%} either side where runs predicted before they ran have "
                      f"gone either way; the changes below clear it")
     if not result.host_fits:
         lines.append(f"host RAM over by {format_gib(result.host_bytes - result.host_ram_bytes)} GiB: "

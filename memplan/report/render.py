@@ -70,7 +70,7 @@ def verdict_text(estimate: Estimate) -> str:
     # inside the band past verdicts missed both ways, but a plan's outcome repeats to the byte (docs/accuracy.md,
     # repeat-a): one capped probe of the plan settles what the estimate cannot, and a replay of one uncapped trace
     # on any larger card called 9 of 9 such plans right (replay-b)
-    tight = (f"; TIGHT: within {estimate.calibration.tight_band:.1%} of the card, too close to call; "
+    tight = (f"; TIGHT: within {estimate.tight_band:.1%} of the card, too close to call; "
              "one `memplan probe --trace-out` then `memplan replay` settles it" if estimate.tight else "")
     if estimate.verdict is Verdict.FITS:
         return f"FITS with {margin} GiB to spare ({needs}){tight}"

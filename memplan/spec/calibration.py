@@ -119,6 +119,9 @@ class Calibration(BaseModel):
     # share of the card (benchmarks/rescore.py --tight-band, from predictions committed before their runs).
     # A plan whose needed bytes lie within this share of the VRAM either way is reported as tight.
     tight_band: float = Field(default=0.0, ge=0, le=0.5)
+    # The same, per allocator setting other than the default (stack.allocator: "expandable_segments"), from the
+    # pre-registered verdicts of runs made and predicted under that setting; one not listed gets tight_band.
+    tight_bands: dict[str, float] = {}
     fitted_on: list[str] = []  # record files the fit used
     card: str | None = None
     versions: dict[str, str] = {}
@@ -126,6 +129,10 @@ class Calibration(BaseModel):
     family: str | None = None  # the card family the top-level terms were fitted on (e.g. hopper)
     families: dict[str, FamilyTerms] = {}  # per-family context/NCCL; the estimate picks the plan's card's
     step_time: StepTimeTerms | None = None  # None: StepTimeTerms() defaults
+
+    def band_for(self, allocator: str) -> float:
+        """The tight band of a plan under ``allocator`` (stack.allocator): tight_bands' entry, else tight_band."""
+        return self.tight_bands.get(allocator, self.tight_band)
 
 
 DEFAULT = Calibration()
