@@ -362,6 +362,27 @@ def test_host_dispatch_cost_is_measured_per_call():
     assert many["host_module_us"] > many["host_op_us"]  # a module call is an op plus Module.__call__
 
 
+def test_host_adam_rate_is_per_parameter():
+    """Parameters per second, not per pass: four times the parameters take about four times as long."""
+    pytest.importorskip("torch")
+    from memplan.probe.environment import HOST_RATE_KEYS, host_adam_rate
+
+    small, large = host_adam_rate(elements=1 << 20, repeats=2), host_adam_rate(elements=1 << 22, repeats=2)
+    assert set(small) == set(large) == set(HOST_RATE_KEYS) and large["host_threads"] >= 1
+    assert 1 < large["host_adam_mparams_s"] < 100_000
+    assert large["host_adam_mparams_s"] / small["host_adam_mparams_s"] < 3  # a pass 4x the size is not ~free
+
+
+def test_gpu_limits_from_nvidia_smi():
+    from memplan.probe.hostinfo import GPU_LIMITS, gpu_limits
+
+    assert gpu_limits("1980, 700.00, 700.00\n1980, 700.00, 700.00\n") == {
+        "gpu_sm_clock_max_mhz": 1980.0, "gpu_power_limit_w": 700.0, "gpu_power_max_limit_w": 700.0}
+    capped = gpu_limits("1980, 500.00, [N/A]\n")
+    assert capped["gpu_power_limit_w"] == 500.0 and capped["gpu_power_max_limit_w"] is None
+    assert gpu_limits(None) == gpu_limits("") == dict.fromkeys(GPU_LIMITS)
+
+
 def test_environment_keeps_the_dispatch_cost_and_load_measured_before_the_run(monkeypatch):
     """The probe measures the dispatch cost and the host's load before the model exists and hands them over
     (after a ZeRO-3 run the same loop measured about 6x slower: memplan.probe.environment.host_dispatch_us;
@@ -370,7 +391,8 @@ def test_environment_keeps_the_dispatch_cost_and_load_measured_before_the_run(mo
     from memplan.probe import environment as env
 
     monkeypatch.setattr(env, "before_run", lambda: pytest.fail("measured again after the run"))
-    given = {"host_op_us": 1.25, "host_module_us": 4.5, "host_load_1m": 3.5, "gpu_processes": 1}
+    given = {"host_op_us": 1.25, "host_module_us": 4.5, "host_adam_mparams_s": 410.0, "host_threads": 16,
+             "host_load_1m": 3.5, "gpu_processes": 1}
     record = env.environment(torch.device("cpu"), 1, before=given)
     assert {key: record[key] for key in env.BEFORE_RUN_KEYS} == given
     assert set(env.fallback_environment(1)) == set(record)  # the launcher's fallback has the same keys

@@ -44,7 +44,8 @@ def _host(world_size: int) -> dict[str, Any]:
 
 
 DISPATCH_KEYS = ("host_op_us", "host_module_us")
-BEFORE_RUN_KEYS = DISPATCH_KEYS + HOST_LOAD  # measured before the model and the engine exist
+HOST_RATE_KEYS = ("host_adam_mparams_s", "host_threads")
+BEFORE_RUN_KEYS = DISPATCH_KEYS + HOST_RATE_KEYS + HOST_LOAD  # measured before the model and the engine exist
 
 
 def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float]:
@@ -75,10 +76,35 @@ def host_dispatch_us(*, calls: int = 5_000, repeats: int = 5) -> dict[str, float
         return {"host_op_us": best(lambda: torch.add(a, b, out=c)), "host_module_us": best(lambda: linear(x))}
 
 
+def host_adam_rate(*, elements: int = 1 << 23, repeats: int = 3) -> dict[str, Any]:
+    """How fast this host updates fp32 parameters with Adam, in millions of parameters per second (best of
+    ``repeats``), with torch's intra-op threads (``host_threads``: torch.get_num_threads()). One update reads and
+    writes the parameter, m and v and reads the gradient (torch.optim.Adam's single-tensor step: exp_avg.lerp_,
+    exp_avg_sq.mul_().addcmul_(), param.addcdiv_()), so like DeepSpeed's CPU Adam (deepspeed/ops/adam/
+    cpu_adam.py, one OpenMP thread per core) it is bound by host memory bandwidth and cores: the step-time
+    model's cpu_adam term is this kind of host time, and records without it could not tell whether a host-bound
+    step was slow for the host's sake (docs/benchmarks.md, sets j and n). CPU only, 4 x ``elements`` fp32
+    (128 MiB by default, freed after); about 0.2 s."""
+    import torch
+
+    param, grad, m, v = (torch.rand(elements) for _ in range(4))
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first pass pages the tensors in
+            start = time.perf_counter()
+            m.lerp_(grad, 0.1)
+            v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+            param.addcdiv_(m, v.sqrt().add_(1e-8), value=-1e-4)
+            times.append(time.perf_counter() - start)
+    return {"host_adam_mparams_s": round(elements / min(times[1:]) / 1e6, 1), "host_threads": torch.get_num_threads()}
+
+
 def before_run() -> dict[str, Any]:
     """What the probe measures of the host before the model and the engine exist: the dispatch cost
-    (host_dispatch_us) and the load (memplan.probe.hostinfo.host_load); BEFORE_RUN_KEYS."""
-    return {**host_dispatch_us(), **host_load()}
+    (host_dispatch_us), the Adam update rate (host_adam_rate) and the load (memplan.probe.hostinfo.host_load,
+    read first: the other two are the probe's own work); BEFORE_RUN_KEYS."""
+    load = host_load()
+    return {**host_dispatch_us(), **host_adam_rate(), **load}
 
 
 def environment(device: Any, world_size: int, *, before: dict[str, Any] | None = None) -> dict[str, Any]:

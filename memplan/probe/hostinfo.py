@@ -10,6 +10,11 @@ to the record's ``environment``:
 - cpu_model: the host CPU's name (/proc/cpuinfo "model name", else platform.processor(), else None): the same
   plans differed by up to 19% between two H200 machines, and the terms fitted on one H100 machine's records
   sized another H100's steps 1.5-2x slow (docs/benchmarks.md, 2026-12-06); the framework term is host time;
+- gpu_sm_clock_max_mhz, gpu_power_limit_w, gpu_power_max_limit_w: the first GPU's highest SM clock and its
+  enforced and largest possible power limit (nvidia-smi --query-gpu clocks.max.sm, power.limit,
+  power.max_limit): two cards of one name run at different speeds when one is power-capped, and Sa2VA-1B's
+  ZeRO-2 + offload step was 1.64x slower on one H100 machine than another, with its forward and backward
+  1.5x slower too (docs/benchmarks.md, sets j and n), which the host terms alone do not explain.
 Two more facts are measured before the model exists (``host_load``, handed to ``environment`` with the
 dispatch cost, since after the run they would count the probe's own work):
 
@@ -32,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 
-HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width", "cpu_model")
+GPU_LIMITS = ("gpu_sm_clock_max_mhz", "gpu_power_limit_w", "gpu_power_max_limit_w")
+HOST_FACTS = ("host_cpus", "gpu_link", "pcie_gen", "pcie_width", "cpu_model", *GPU_LIMITS)
 HOST_LOAD = ("host_load_1m", "gpu_processes")
 
 
@@ -100,10 +106,26 @@ def host_link() -> tuple[int | None, int | None]:
     return gen, width
 
 
+def gpu_limits(text: str | None) -> dict[str, float | None]:
+    """GPU_LIMITS from the first line of ``nvidia-smi --query-gpu=clocks.max.sm,power.limit,power.max_limit
+    --format=csv,noheader,nounits`` output; a field nvidia-smi cannot read ("[N/A]") or no output: None."""
+    fields = (text or "").splitlines()[0].split(",") if (text or "").strip() else []
+
+    def number(i: int) -> float | None:
+        try:
+            return float(fields[i])
+        except (IndexError, ValueError):
+            return None
+
+    return {key: number(i) for i, key in enumerate(GPU_LIMITS)}
+
+
 def host_facts() -> dict[str, Any]:
     gen, width = host_link()
+    limits = gpu_limits(_nvidia_smi("--query-gpu=clocks.max.sm,power.limit,power.max_limit",
+                                    "--format=csv,noheader,nounits"))
     return {"host_cpus": host_cpus(), "gpu_link": link_from_topology(_nvidia_smi("topo", "-m")),
-            "pcie_gen": gen, "pcie_width": width, "cpu_model": cpu_model()}
+            "pcie_gen": gen, "pcie_width": width, "cpu_model": cpu_model(), **limits}
 
 
 def host_load() -> dict[str, Any]:

@@ -10,7 +10,9 @@ A record (all byte counts are ``int``)::
           at the request, on CUDA: memplan.probe.layout)} | None, vram_cap_bytes: int | None,
     environment: {gpu_name, gpu_total_bytes, driver, cuda, torch, transformers, peft, accelerate, deepspeed,
                   python, hostname, world_size, alloc_conf, host_cpus, gpu_link, pcie_gen, pcie_width, cpu_model,
-                  host_op_us, host_module_us, host_load_1m, gpu_processes (memplan.probe.environment)},
+                  gpu_sm_clock_max_mhz, gpu_power_limit_w, gpu_power_max_limit_w (since 2026-12-08),
+                  host_op_us, host_module_us, host_adam_mparams_s, host_threads (since 2026-12-08), host_load_1m,
+                  gpu_processes (memplan.probe.environment)},
     ranks: [{rank, phases: {init|forward|backward|optimizer_step: {max_allocated_bytes,
              max_reserved_bytes, device_used_bytes, host_rss_bytes, max_inactive_split_bytes and
              alloc_retries (since 2026-12-07: memplan.probe.meter)}}, step_times_s: [...],
