@@ -13,7 +13,7 @@ families the replay batches used), the 64-token grid of its window is estimated 
 card, and the batch runs, per family, the length nearest a target share of the card on the fitting side and
 the one nearest a target on the running-out side, both clear of the 1.0% band and inside the 5.5% one. The
 targets alternate between families (0.965 / 0.980 below, 1.020 / 1.035 above), so the batch covers the space
-between the bands on both sides. Lengths an earlier run set of benchmarks/stacks/ ran for the same model and
+between the bands on both sides. Lengths another run set of benchmarks/stacks/ ran for the same model and
 plan are skipped: every plan is new.
 
 Deterministic: the same estimator, calibration and run sets give the same file. Refuses an existing --runset.
@@ -50,39 +50,43 @@ FIT_TARGETS = (0.965, 0.980)
 OOM_TARGETS = (1.035, 1.020)
 
 
-def earlier_lengths(model: str, plan: str | None) -> set[int]:
-    """Text lengths the run sets of benchmarks/stacks/ already ran for this model and plan file."""
-    lengths = set()
+def new_lengths(family, *, batch: str) -> list[int]:
+    """The family's window on the 64-token grid, less the text lengths the run sets of benchmarks/stacks/ (but
+    ``batch``'s own) already ran for its model and plan file."""
+    _, model, plan, _, (low, high) = family
+    ran = set()
     for path in sorted(STACKS.glob("runset-*.yaml")):
-        for run in yaml.safe_load(path.read_text()).get("runs", []):
-            if run.get("model") == model and run.get("plan") == plan and "text_len" in run.get("flags", {}):
-                lengths.add(run["flags"]["text_len"])
-    return lengths
+        runset = yaml.safe_load(path.read_text())
+        if runset.get("batch") == batch:
+            continue
+        ran |= {run["flags"]["text_len"] for run in runset.get("runs", [])
+                if run.get("model") == model and run.get("plan") == plan and "text_len" in run.get("flags", {})}
+    return [tokens for tokens in range(low, high + 1, STEP) if tokens not in ran]
 
 
-def shares(family, calibration) -> list[tuple[int, float, float]]:
-    """(text length, needed / capacity under expandable segments, the same under the default allocator) for
-    every new length of the family's window."""
-    from memplan.cli.protocol_cmd import planned_plan
+def estimate_at(family, tokens: int, calibration, *, alloc_conf: str | None = None):
+    """(profile, plan, Estimate) of the family's plan at ``tokens`` on the card, as `memplan predict` makes it."""
     from memplan.cli.names import resolve_profile
+    from memplan.cli.protocol_cmd import planned_plan
     from memplan.estimate.peak import estimate
     from memplan.planning.protocol import PlannedRun, RunSet
 
-    name, model, plan, flags, (low, high) = family
-    skip = earlier_lengths(model, plan)
+    name, model, plan, flags, _ = family
+    run = PlannedRun(name=f"{name}-{tokens}", model=model, plan=plan, flags={**flags, "text_len": tokens},
+                     vram_cap=CARD, alloc_conf=alloc_conf)
+    runset = RunSet(schema="memplan.runset/1", batch="scan", card="h100-sxm", runs=[run])
+    the_plan = planned_plan(runset, run, STACKS / "runset.yaml")
+    profile = resolve_profile(model, the_plan)
+    return profile, the_plan, estimate(profile, the_plan, calibration)
+
+
+def shares(family, calibration, *, batch: str) -> list[tuple[int, float, float]]:
+    """(text length, needed / capacity under expandable segments, the same under the default allocator) for
+    every new length of the family's window."""
     out = []
-    for tokens in range(low, high + 1, STEP):
-        if tokens in skip:
-            continue
-        row = []
-        for alloc_conf in (ALLOC_CONF, None):
-            run = PlannedRun(name=f"{name}-{tokens}", model=model, plan=plan, flags={**flags, "text_len": tokens},
-                             vram_cap=CARD, alloc_conf=alloc_conf)
-            runset = RunSet(schema="memplan.runset/1", batch="scan", card="h100-sxm", runs=[run])
-            the_plan = planned_plan(runset, run, STACKS / "runset.yaml")
-            result = estimate(resolve_profile(model, the_plan), the_plan, calibration)
-            row.append(result.needed_bytes / result.vram_bytes)
-        out.append((tokens, *row))
+    for tokens in new_lengths(family, batch=batch):
+        results = [estimate_at(family, tokens, calibration, alloc_conf=conf)[2] for conf in (ALLOC_CONF, None)]
+        out.append((tokens, *(r.needed_bytes / r.vram_bytes for r in results)))
     return out
 
 
@@ -108,7 +112,7 @@ def main() -> None:
     runs, table = [], []
     for i, family in enumerate(FAMILIES):
         name, model, plan, flags, _ = family
-        rows = shares(family, calibration)
+        rows = shares(family, calibration, batch=args.batch)
         for target in (FIT_TARGETS[i % 2], OOM_TARGETS[i % 2]):
             row = pick(rows, target, narrow=narrow, wide=wide)
             if row is None:

@@ -45,10 +45,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from expandable_batch import CARD, FAMILIES, STACKS, earlier_lengths  # noqa: E402  (benchmarks/ is not a package)
+from expandable_batch import CARD, FAMILIES, estimate_at, new_lengths  # noqa: E402  (benchmarks/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
-STEP = 64
 TARGETS = (0.985, 1.015)
 SETTLE_FAMILIES = ("ds-lora-q3", "acc-lora-q3", "t-eager-q15", "t-vl1b-3t", "l-lora-q15", "s1b-ck-t3")
 
@@ -57,31 +56,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _estimate(family, tokens: int, calibration):
-    from memplan.cli.names import resolve_profile
-    from memplan.cli.protocol_cmd import planned_plan
-    from memplan.estimate.peak import estimate
-    from memplan.planning.protocol import PlannedRun, RunSet
-
-    name, model, plan, flags, _ = family
-    run = PlannedRun(name=f"{name}-{tokens}", model=model, plan=plan, flags={**flags, "text_len": tokens}, vram_cap=CARD)
-    runset = RunSet(schema="memplan.runset/1", batch="scan", card="h100-sxm", runs=[run])
-    the_plan = planned_plan(runset, run, STACKS / "runset.yaml")
-    profile = resolve_profile(model, the_plan)
-    return profile, the_plan, estimate(profile, the_plan, calibration)
-
-
-def choose(family, target: float, calibration):
+def choose(family, target: float, calibration, *, batch: str):
     """(length, needed / card, Settle) of the tight length nearest ``target`` that settle() answers for."""
     from memplan.planning.advice import settle
 
-    name, model, plan, _, (low, high) = family
-    skip = earlier_lengths(model, plan)
     rows = []
-    for tokens in range(low, high + 1, STEP):
-        if tokens in skip:
-            continue
-        profile, the_plan, result = _estimate(family, tokens, calibration)
+    for tokens in new_lengths(family, batch=batch):
+        profile, the_plan, result = estimate_at(family, tokens, calibration)
         if result.tight and (result.needed_bytes < result.vram_bytes) == (target < 1):
             rows.append((abs(result.needed_bytes / result.vram_bytes - target), tokens, profile, the_plan, result))
     for _, tokens, profile, the_plan, result in sorted(rows, key=lambda r: (r[0], r[1])):
@@ -101,7 +82,7 @@ def write(args) -> None:
     runs, table = [], []
     for i, family in enumerate(families):
         name, model, plan, flags, _ = family
-        chosen = choose(family, TARGETS[i % 2], calibration)
+        chosen = choose(family, TARGETS[i % 2], calibration, batch=args.batch)
         if chosen is None:
             table.append(f"| {name} | {TARGETS[i % 2]:.3f} | no tight length settle answers for | | |")
             continue
