@@ -7,7 +7,11 @@ section holds the step-time model's fitted terms (memplan/planning/steptime.py; 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from memplan.spec.allocator import EXPANDABLE
 
 CALIBRATION_SCHEMA = "memplan.calibration/1"
 
@@ -121,7 +125,7 @@ class Calibration(BaseModel):
     tight_band: float = Field(default=0.0, ge=0, le=0.5)
     # The same, per allocator setting other than the default (stack.allocator: "expandable_segments"), from the
     # pre-registered verdicts of runs made and predicted under that setting; one not listed gets tight_band.
-    tight_bands: dict[str, float] = {}
+    tight_bands: dict[str, Annotated[float, Field(ge=0, le=0.5)]] = {}
     fitted_on: list[str] = []  # record files the fit used
     card: str | None = None
     versions: dict[str, str] = {}
@@ -129,6 +133,15 @@ class Calibration(BaseModel):
     family: str | None = None  # the card family the top-level terms were fitted on (e.g. hopper)
     families: dict[str, FamilyTerms] = {}  # per-family context/NCCL; the estimate picks the plan's card's
     step_time: StepTimeTerms | None = None  # None: StepTimeTerms() defaults
+
+    @field_validator("tight_bands")
+    @classmethod
+    def _allocators(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - {EXPANDABLE})
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is no allocator setting with a band of its own; allowed: {EXPANDABLE} "
+                             "(the default allocator's band is tight_band)")
+        return value
 
     def band_for(self, allocator: str) -> float:
         """The tight band of a plan under ``allocator`` (stack.allocator): tight_bands' entry, else tight_band."""
