@@ -60,8 +60,9 @@ def decide(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> d
     return entry
 
 
-def check(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> dict:
-    """Step 3: the capped run, traced; its record gets ``started_utc``."""
+def capped_traced(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> tuple[dict, Path, float, int | None]:
+    """The run capped as planned, traced to ``<name>.capped.trace.json.gz``: (record, trace path, seconds,
+    returncode); the record gets ``started_utc`` and is appended to records.jsonl, the log kept beside it."""
     from memplan.probe.records import append_record
 
     work = out_dir / "capped"
@@ -75,6 +76,12 @@ def check(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> di
     append_record(out_dir / "records.jsonl", record)
     if (work / f"{run.name}.log").exists():
         shutil.copy(work / f"{run.name}.log", out_dir / f"{run.name}.capped.log")
+    return record, capped_trace, seconds, code
+
+
+def check(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> dict:
+    """Step 3: the capped run, traced (capped_traced)."""
+    record, _, seconds, code = capped_traced(runset, run, runset_path, out_dir, timeout_s)
     return {"status": record["status"], "seconds": round(seconds, 1), "rc": code}
 
 

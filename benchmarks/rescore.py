@@ -219,13 +219,14 @@ def prediction_lines(batch: dict[str, Any]) -> list[dict[str, Any]]:
     return legacy_prediction_lines(batch)
 
 
-def pre_registered(batch: dict[str, Any]):
+def pre_registered(batch: dict[str, Any], *, lines: list[dict[str, Any]] | None = None):
     """The batch scored against its committed predictions (memplan.planning.scoring): the estimate as
-    predicted before the runs, not today's. Each ScoredRun comes with its record (or None)."""
+    predicted before the runs, not today's. Each ScoredRun comes with its record (or None). ``lines``: the
+    batch's prediction_lines, where the caller has read them already."""
     from memplan.planning.scoring import score
 
     records = [r for path in batch["files"] for r in read_records(ROOT / path)]
-    lines = prediction_lines(batch)
+    lines = prediction_lines(batch) if lines is None else lines
     runs = score(lines, records)
     for run, line in zip(runs, lines):  # the device view is not part of ScoredRun: carried beside it
         object.__setattr__(run, "predicted_device", (line.get("predicted") or {}).get("device_bytes"))
@@ -433,7 +434,7 @@ def pre_registered_verdicts(allocator: str | None = None) -> list[tuple[str, Any
         if not batch.get("predictions"):
             continue
         lines = prediction_lines(batch)
-        for (run, record), line in zip(pre_registered(batch), lines):
+        for (run, record), line in zip(pre_registered(batch, lines=lines), lines):
             if run.verdict_right is None or run.needed_over_capacity is None:
                 continue
             predicted, ran = _allocators(line, record)
@@ -471,9 +472,9 @@ def main() -> None:
     if args.tight_band:
         for allocator in ("default", EXPANDABLE):
             scored = pre_registered_verdicts(allocator)
-            print(f"{allocator}: {len(scored)} pre-registered verdicts predicted and run under it, "
-                  f"{sum(run.verdict_right is False for _, run in scored)} wrong")
-            for batch, run in verdict_misses(allocator):
+            misses = [(batch, run) for batch, run in scored if run.verdict_right is False]
+            print(f"{allocator}: {len(scored)} pre-registered verdicts predicted and run under it, {len(misses)} wrong")
+            for batch, run in misses:
                 print(f"  {batch:24} {run.name:45} {run.predicted_verdict} / {run.measured_verdict}  "
                       f"needed/capacity {run.needed_over_capacity:.3f}")
         print(f"tight_band: {tight_band()}")

@@ -6,9 +6,10 @@ against the capped records of the same run set, beside the estimate's (`memplan 
         reports/probes/h100-replay-b.jsonl --estimate reports/probes/predictions/replay-b.jsonl
 
 The replay file may also be benchmarks/family_batch.py's (replay-f-family.json: one default-allocator verdict
-per run, from a trace synthesized at the run's length). Prints one row per run (outcome, the replay's verdict
-under the default allocator, the estimate's, with its needed/capacity) and the counts right. Records made under an allocator option other than expandable
-segments are skipped (memplan.spec.allocator.unmodelled_options), as `memplan score` skips them.
+per run, from a trace synthesized at the run's length), or benchmarks/settle_batch.py's settle.json (the same
+shape). Prints one row per run (outcome, the replay's verdict under the default allocator, the estimate's, with
+its needed/capacity) and the counts right. Records made under an allocator option other than expandable segments
+are skipped (memplan.spec.allocator.unmodelled_options), as `memplan score` skips them.
 """
 
 from __future__ import annotations

@@ -16,14 +16,13 @@ Run it (GPU):
 
 ``write``: for each family (benchmarks/expandable_batch.py's, under the default allocator), the length on the
 64-token grid whose estimate at the RTX 3090 is nearest a target share of the card inside the tight band (0.985
-and 1.015 alternating between families; lengths earlier run sets ran for the model and plan file are skipped), and
-the two lengths
-memplan.planning.advice.settle names for it. Three capped runs per plan, in this order: ``<plan>-a`` and
+and 1.015 alternating between families; lengths other run sets ran for the model and plan file are skipped), and
+the two lengths memplan.planning.advice.settle names for it. Three capped runs per plan, in this order: ``<plan>-a`` and
 ``<plan>-b`` at the settle lengths (the estimate says both fit clear of the band: that claim is scored too), then
 ``<plan>`` at its own length.
 
-``run``, one plan at a time: the two settle runs capped, each traced (benchmarks/run_runset.py's run_one with
---trace-out); the replay of the plan's length from those traces through the CLI a user runs (`memplan replay
+``run``, one plan at a time: the two settle runs capped, each traced (benchmarks/replay_batch.py's
+capped_traced); the replay of the plan's length from those traces through the CLI a user runs (`memplan replay
 ... --format json --alloc-conf default --no-smallest`), its verdict written to ``settle.json`` with the time it
 was decided, both traces' sha256 and the code's revision; only then the plan capped, its record appended to
 ``records.jsonl``. A settle run that does not fit ends that plan: the recipe failed, and the table says so.
@@ -38,7 +37,6 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -46,14 +44,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from expandable_batch import CARD, FAMILIES, estimate_at, new_lengths  # noqa: E402  (benchmarks/ is not a package)
+from replay_batch import capped_traced, utc_now  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = (0.985, 1.015)
 SETTLE_FAMILIES = ("ds-lora-q3", "acc-lora-q3", "t-eager-q15", "t-vl1b-3t", "l-lora-q15", "s1b-ck-t3")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def choose(family, target: float, calibration, *, batch: str):
@@ -125,22 +120,6 @@ def plans(runset) -> list[tuple]:
             if run.name + "-a" in by_name and run.name + "-b" in by_name]
 
 
-def capped(runset, run, runset_path: Path, out_dir: Path, timeout_s: float) -> tuple[dict, Path]:
-    """One capped run, traced; its record (with started_utc) appended to records.jsonl."""
-    from memplan.probe.records import append_record
-    from run_runset import run_one
-
-    work = out_dir / "work"
-    work.mkdir(exist_ok=True)
-    trace = out_dir / f"{run.name}.trace.json.gz"
-    trace.unlink(missing_ok=True)
-    started = utc_now()
-    record, _, _ = run_one(runset, run, runset_path, work, timeout_s, extra=("--trace-out", str(trace)))
-    record["started_utc"] = started
-    append_record(out_dir / "records.jsonl", record)
-    return record, trace
-
-
 def replay_verdict(plan_run, traces: list[Path]) -> dict:
     """`memplan replay A B --text-len N --card CARD` as a user runs it: the default allocator's verdict."""
     argv = [sys.executable, "-m", "memplan.cli.main", "replay", *map(str, traces), "--text-len",
@@ -174,7 +153,7 @@ def run(args) -> None:
         entry: dict = {"name": plan_run.name, "traces": [run_a.name, run_b.name]}
         statuses, traces = [], []
         for settle_run in (run_a, run_b):
-            record, trace = capped(runset, settle_run, args.runset, args.out_dir, settle_run.timeout_s)
+            record, trace, _, _ = capped_traced(runset, settle_run, args.runset, args.out_dir, settle_run.timeout_s)
             statuses.append(record["status"])
             traces.append(trace)
             print(f"[{time.strftime('%H:%M:%S')}] {settle_run.name}: {record['status']}", flush=True)
@@ -190,7 +169,7 @@ def run(args) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {plan_run.name}: replay says {entry.get('verdict')}", flush=True)
         if entry.get("verdict") is None:
             continue
-        record, _ = capped(runset, plan_run, args.runset, args.out_dir, plan_run.timeout_s)
+        record, *_ = capped_traced(runset, plan_run, args.runset, args.out_dir, plan_run.timeout_s)
         print(f"[{time.strftime('%H:%M:%S')}] {plan_run.name}: capped {record['status']}", flush=True)
     settle_file.write_text(json.dumps({"batch": runset.batch, "runs": entries}, indent=1))
     bundle_traces(args.out_dir)
